@@ -1,0 +1,36 @@
+# Every target installs what it needs: a fresh clone needs nothing but python3 (>= 3.10).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+RUN_DIR ?= runs/digits
+EPOCHS ?= 15
+
+.PHONY: install run test bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+# Train the default digits model unless a completed run is there; an interrupted one is resumed.
+run: $(INSTALLED)
+	@if grep -q '"status": "completed"' $(RUN_DIR)/run.json 2>/dev/null; then \
+		echo "using the completed run in $(RUN_DIR)"; \
+	elif [ -f $(RUN_DIR)/run.json ]; then \
+		$(VENV)/bin/bnserve train --out $(RUN_DIR) --resume --epochs $(EPOCHS); \
+	else \
+		$(VENV)/bin/bnserve train --out $(RUN_DIR) --epochs $(EPOCHS); \
+	fi
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+bench: $(INSTALLED)
+	$(PY) bench/warmup_study.py --out docs/warmup.md
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

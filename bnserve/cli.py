@@ -1,0 +1,110 @@
+"""The ``bnserve`` command line. Sub-commands import their heavy modules only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from bnserve.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line ``error: ...`` and exit status 2, like every user error."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# Flags of `train` that define a run; --resume keeps the stored values and refuses different ones.
+RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "heldout_fraction", "widths", "strides",
+                      "decay", "epsilon", "warmup", "strategy")
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train a batch-normalised conv net with EMA shadow statistics")
+    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, run.json)")
+    parser.add_argument("--data", help="digits (default), synthetic:HxWxC or PATH.npz with x [N,H,W,C], y [N]")
+    parser.add_argument("--epochs", type=int, help="total epochs of the run (default 15)")
+    parser.add_argument("--batch-size", type=int, help="default 64")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--heldout-fraction", type=float, help="default 0.2")
+    parser.add_argument("--widths", type=int_list, help="conv widths, comma-separated (default 32,64,64)")
+    parser.add_argument("--strides", type=int_list, help="conv strides, comma-separated (default 1,2,1)")
+    parser.add_argument("--decay", type=float, help="EMA decay of the BN shadow statistics (default 0.99)")
+    parser.add_argument("--epsilon", type=float, help="BN epsilon (default 1e-3)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
+                        help="plain EMA decay instead of min(decay, (1 + n) / (10 + n))")
+    parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], help="default: one device")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.set_defaults(handler=run_train)
+
+
+def train_config_from(args) -> "TrainConfig":
+    from trainer.config import TrainConfig
+    from trainer.rundir import read_run_record
+
+    given = {name: getattr(args, name) for name in RUN_DEFINING_FLAGS if getattr(args, name) is not None}
+    if not args.resume:
+        defaults = TrainConfig()
+        return replace(defaults, **given, epochs=args.epochs if args.epochs is not None else defaults.epochs)
+    stored = TrainConfig.from_json(read_run_record(args.out)["config"])
+    for name, value in given.items():
+        if getattr(stored, name) != value:
+            raise UserError(f"--{name.replace('_', '-')}: the run was trained with {getattr(stored, name)!r};"
+                            " --resume keeps the run's settings (only --epochs may change)")
+    return replace(stored, epochs=args.epochs if args.epochs is not None else stored.epochs)
+
+
+def run_train(args) -> int:
+    from trainer.data import load_dataset
+    from trainer.rundir import check_new_run_dir
+
+    config = train_config_from(args)
+    dataset = load_dataset(config.data)
+    if not args.resume:
+        check_new_run_dir(args.out)
+    from trainer.train import train  # TensorFlow loads only once the input is known to be good
+
+    record = train(config, args.out, resume=args.resume, dataset=dataset)
+    final = record.get("final", {})
+    print(f"run {args.out}: held-out accuracy {final.get('heldout_inference_accuracy', float('nan')):.4f}"
+          f" (inference mode), {final.get('heldout_batch_stats_accuracy', float('nan')):.4f} (batch statistics)")
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="bnserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    add_train_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""What a checkpoint holds, and rebuilding a trained model from a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from bnserve.errors import UserError
+from trainer.model import ModelConfig, ShadowBNConvNet, build_model
+from trainer.rundir import CHECKPOINTS, read_run_record
+
+
+def training_checkpoint(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer | None,
+                        completed_epochs: tf.Variable) -> tf.train.Checkpoint:
+    """Weights, optimizer slots and step, the EMA shadows and their step, and the completed epochs.
+
+    Variables are keyed by their Keras path; the shadows are listed explicitly because
+    ``tf.train.ExponentialMovingAverage`` is not tracked by checkpoints.
+    """
+    parts = {
+        "weights": {variable.path: variable.value for variable in model.variables},
+        "shadows": model.shadow_variables(),
+        "completed_epochs": completed_epochs,
+    }
+    if optimizer is not None:
+        parts["optimizer"] = {variable.path: variable.value for variable in optimizer.variables}
+    return tf.train.Checkpoint(**parts)
+
+
+def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, dict, str]:
+    """Rebuild the network of a run and load its latest checkpoint: (model, run record, checkpoint path)."""
+    record = read_run_record(run_dir)
+    model = build_model(ModelConfig.from_json(record["model"]))
+    latest = tf.train.latest_checkpoint(str(run_dir / CHECKPOINTS))
+    if latest is None:
+        raise UserError(f"{str(run_dir)!r}: the run has no checkpoint yet")
+    epochs = tf.Variable(0, dtype=tf.int64)
+    training_checkpoint(model, None, epochs).read(latest).expect_partial().assert_existing_objects_matched()
+    return model, record, latest

@@ -1,0 +1,59 @@
+"""Training settings, declared once and validated before TensorFlow is imported."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from bnserve.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``bnserve train`` was asked to do; stored in run.json so ``--resume`` can rebuild it."""
+
+    data: str = "digits"
+    """``digits``, ``synthetic:HxWxC`` or a ``PATH.npz`` with ``x`` [N,H,W,C] and ``y`` [N]."""
+    epochs: int = 15
+    """Total number of epochs of the run (a resumed run trains up to this number)."""
+    batch_size: int = 64
+    seed: int = 0
+    """Seeds the weight initialisation, the train/held-out split and every epoch's order."""
+    learning_rate: float = 1e-3
+    """Adam's learning rate."""
+    heldout_fraction: float = 0.2
+    widths: tuple[int, ...] = (32, 64, 64)
+    strides: tuple[int, ...] = (1, 2, 1)
+    decay: float = 0.99
+    """EMA decay of the BN shadow statistics."""
+    epsilon: float = 1e-3
+    """BN epsilon, added to the variance."""
+    warmup: bool = True
+    """EMA num_updates warm-up: decay min(decay, (1 + n) / (10 + n)) at optimizer step n."""
+    strategy: str = "default"
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, "--epochs", f"a positive integer, got {self.epochs}"),
+            (self.batch_size >= 1, "--batch-size", f"a positive integer, got {self.batch_size}"),
+            (self.learning_rate > 0, "--learning-rate", f"a positive number, got {self.learning_rate}"),
+            (0 < self.heldout_fraction < 1, "--heldout-fraction", f"a number in (0, 1), got {self.heldout_fraction}"),
+            (0 <= self.decay <= 1, "--decay", f"a number in [0, 1], got {self.decay}"),
+            (self.epsilon > 0, "--epsilon", f"a positive number, got {self.epsilon}"),
+            (len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "--widths",
+             f"one or more positive integers, got {list(self.widths)}"),
+            (len(self.strides) == len(self.widths) and all(s >= 1 for s in self.strides), "--strides",
+             f"{len(self.widths)} positive integers (one per width), got {list(self.strides)}"),
+            (self.strategy == "default", "--strategy", f"'default' (distributed training is not built yet), got {self.strategy!r}"),
+        ]
+        for ok, flag, expected in checks:
+            if not ok:
+                raise UserError(f"{flag}: expected {expected}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)

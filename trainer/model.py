@@ -1,0 +1,128 @@
+"""The conv net: fixed input standardisation, then (conv -> shadow BN -> ReLU) blocks, pooling, logits."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.bn import ShadowBatchNormalization
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network before restoring a checkpoint."""
+
+    input_shape: tuple[int, int, int]
+    """Image shape H, W, C (NHWC, batch dimension excluded)."""
+    num_classes: int
+    input_mean: tuple[float, ...]
+    """Per-channel mean of the training images, subtracted inside the model."""
+    input_std: tuple[float, ...]
+    """Per-channel standard deviation of the training images, divided inside the model."""
+    widths: tuple[int, ...] = (32, 64, 64)
+    """Output channels of each conv block."""
+    strides: tuple[int, ...] = (1, 2, 1)
+    """Stride of each conv block (same length as widths)."""
+    kernel_size: int = 3
+    conv_bias: bool = False
+    """A conv followed by BN needs no bias (beta absorbs it); kept as an option for the exporter."""
+    bn_scale: bool = True
+    """Whether BN layers learn gamma."""
+    decay: float = 0.99
+    epsilon: float = 1e-3
+    warmup: bool = True
+    """Use num_updates = optimizer steps, i.e. decay min(decay, (1 + n) / (10 + n))."""
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.strides):
+            raise ValueError(f"widths {self.widths} and strides {self.strides} must have the same length")
+        if len(self.input_mean) != self.input_shape[-1] or len(self.input_std) != self.input_shape[-1]:
+            raise ValueError("input_mean and input_std need one value per input channel")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelConfig":
+        tuples = {"input_shape", "input_mean", "input_std", "widths", "strides"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+class InputStandardization(keras.layers.Layer):
+    """y_c = (x_c - mean_c) / std_c with constants taken from the training set (not trained)."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self._mean, self._std = tuple(mean), tuple(std)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(channels,), initializer=keras.initializers.Constant(self._mean),
+                                    trainable=False, name="mean")
+        self.std = self.add_weight(shape=(channels,), initializer=keras.initializers.Constant(self._std),
+                                   trainable=False, name="std")
+
+    def call(self, x):
+        return (x - self.mean) / self.std
+
+
+class ShadowBNConvNet(keras.Model):
+    """images [N,H,W,C] -> standardise -> [conv -> ShadowBN -> ReLU] x L -> global average pool -> logits [N,K]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(name="shadow_bn_convnet")
+        self.config = config
+        # n in the warm-up decay: the optimizer steps whose batch moments the shadows have consumed.
+        self.shadow_step = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                           name="shadow_step")
+        num_updates = self.shadow_step.value if config.warmup else None
+        self.standardize = InputStandardization(config.input_mean, config.input_std, name="standardize")
+        self.convs = [
+            keras.layers.Conv2D(width, config.kernel_size, strides=stride, padding="same",
+                                use_bias=config.conv_bias, name=f"conv{i}")
+            for i, (width, stride) in enumerate(zip(config.widths, config.strides))
+        ]
+        self.norms = [
+            ShadowBatchNormalization(config.decay, config.epsilon, scale=config.bn_scale,
+                                     num_updates=num_updates, name=f"bn{i}")
+            for i in range(len(config.widths))
+        ]
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.head = keras.layers.Dense(config.num_classes, name="logits")
+
+    def build(self, input_shape):
+        # Explicit shapes instead of Keras's symbolic trial call, which can abandon a half-built layer
+        # and build it a second time (a second set of BN variables and shadows).
+        shape = tuple(input_shape)
+        self.standardize.build(shape)
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+        self.head.build((shape[0], shape[-1]))
+
+    def call(self, images, training=None):
+        hidden = self.standardize(images)
+        for conv, norm in zip(self.convs, self.norms):
+            hidden = tf.nn.relu(norm(conv(hidden), training=training))
+        return self.head(self.pool(hidden))
+
+    def update_shadow_statistics(self, completed_optimizer_steps) -> tf.Operation:
+        """Move every BN layer's shadows towards its recorded batch moments, with n = completed steps."""
+        self.shadow_step.assign(tf.cast(completed_optimizer_steps, tf.int64))
+        with tf.control_dependencies([self.shadow_step.value.read_value()]):
+            return tf.group(*[norm.get_assigner() for norm in self.norms])
+
+    def shadow_variables(self) -> dict[str, dict[str, tf.Variable]]:
+        """{bn layer name: {"mean": shadow, "variance": shadow}}; EMA objects are not tracked by checkpoints."""
+        return {norm.name: {"mean": norm.shadow_mean, "variance": norm.shadow_variance} for norm in self.norms}
+
+
+def build_model(config: ModelConfig) -> ShadowBNConvNet:
+    """Create the network and its variables (shadows included) eagerly, outside any tf.function."""
+    model = ShadowBNConvNet(config)
+    model(np.zeros((1, *config.input_shape), np.float32), training=False)
+    return model

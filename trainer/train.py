@@ -1,0 +1,189 @@
+"""The training loop: a tf.function step, per-epoch evaluation in both BN modes, checkpoints, logs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from trainer.checkpoint import training_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import Dataset, epoch_order, load_dataset, split
+from trainer.model import ModelConfig, ShadowBNConvNet, build_model
+from trainer.rundir import CHECKPOINTS, LOGS, RUN_FORMAT, check_new_run_dir, read_run_record, write_run_record
+
+INFERENCE_BATCH = 256
+
+
+def make_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer) -> Callable:
+    """One optimizer step on a batch, then the EMA shadow update that consumes this step's moments.
+
+    Returns ``step(images, labels) -> (mean loss, logits)``.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32), tf.TensorSpec([None], tf.int64)]
+
+    @tf.function(input_signature=signature)
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)  # records this batch's moments in every BN layer
+            loss = loss_fn(labels, logits)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        completed_steps = optimizer.iterations.value
+        with tf.control_dependencies([completed_steps.read_value()]):
+            model.update_shadow_statistics(completed_steps.read_value())
+        return loss, logits
+
+    return step
+
+
+def make_predict(model: ShadowBNConvNet, use_batch_statistics: bool) -> Callable:
+    """``logits = predict(images)``: inference mode (shadows) or normalised with each batch's own moments."""
+    signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32)]
+    return tf.function(lambda images: model(images, training=use_batch_statistics), input_signature=signature)
+
+
+def accuracy(predict: Callable, data: Dataset, batch_size: int) -> float:
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        logits = predict(data.images[start:start + batch_size]).numpy()
+        correct += int(np.sum(np.argmax(logits, axis=1) == data.labels[start:start + batch_size]))
+    return correct / len(data)
+
+
+@dataclass
+class Session:
+    """Live state of a run: model, optimizer, data, checkpointing, logging."""
+
+    config: TrainConfig
+    run_dir: Path
+    train: Dataset
+    heldout: Dataset
+    model: ShadowBNConvNet
+    optimizer: keras.optimizers.Optimizer
+    completed_epochs: tf.Variable
+    manager: tf.train.CheckpointManager
+    record: dict
+
+
+def model_config_for(config: TrainConfig, train: Dataset) -> ModelConfig:
+    axes = (0, 1, 2)
+    std = np.maximum(train.images.std(axis=axes), 1e-6)
+    return ModelConfig(
+        input_shape=train.image_shape, num_classes=train.num_classes,
+        input_mean=tuple(float(v) for v in train.images.mean(axis=axes)),
+        input_std=tuple(float(v) for v in std),
+        widths=config.widths, strides=config.strides, decay=config.decay, epsilon=config.epsilon,
+        warmup=config.warmup,
+    )
+
+
+def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None) -> Session:
+    """Validate data and run directory, build model and optimizer, restore the checkpoint on resume."""
+    dataset = dataset if dataset is not None else load_dataset(config.data)
+    train, heldout = split(dataset, config.seed, config.heldout_fraction)
+    if resume:
+        record = read_run_record(run_dir)
+        model_config = ModelConfig.from_json(record["model"])
+    else:
+        check_new_run_dir(run_dir)
+        model_config = model_config_for(config, train)
+        record = {"format": RUN_FORMAT, "epochs": []}
+    record.update(
+        status="running", config=config.to_json(), model=model_config.to_json(),
+        dataset={"name": dataset.name, "spec": config.data, "image_shape": list(dataset.image_shape),
+                 "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+                 "samples": len(dataset), "train_samples": len(train), "heldout_samples": len(heldout),
+                 "sha256": dataset.fingerprint()},
+    )
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    model = build_model(model_config)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer.build(model.trainable_variables)
+    completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+    checkpoint = training_checkpoint(model, optimizer, completed_epochs)
+    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / CHECKPOINTS), max_to_keep=3)
+    if resume:
+        if manager.latest_checkpoint is None:
+            raise UserError(f"--resume: {str(run_dir)!r} has no checkpoint to resume from")
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        record["epochs"] = record["epochs"][: int(completed_epochs.numpy())]
+    return Session(config, run_dir, train, heldout, model, optimizer, completed_epochs, manager, record)
+
+
+def write_summaries(writer, session: Session, epoch: int, metrics: dict) -> None:
+    with writer.as_default(step=epoch):
+        for key in ("loss", "train_accuracy", "heldout_inference_accuracy", "heldout_batch_stats_accuracy"):
+            tf.summary.scalar(key, metrics[key])
+        for layer, shadows in session.model.shadow_variables().items():
+            for statistic, variable in shadows.items():
+                tf.summary.scalar(f"{layer}/shadow_{statistic}", tf.reduce_mean(variable))
+                tf.summary.histogram(f"{layer}/shadow_{statistic}", variable)
+    writer.flush()
+
+
+def run_epoch(session: Session, step: Callable, epoch: int) -> tuple[float, float]:
+    """Train one epoch in the order fixed by (seed, epoch); returns (mean loss, accuracy)."""
+    order = epoch_order(len(session.train), session.config.seed, epoch)
+    batch = session.config.batch_size
+    losses, correct = [], 0
+    with tqdm(range(0, len(order), batch), desc=f"epoch {epoch}", unit="step", leave=False, disable=None) as bar:
+        for start in bar:
+            indices = order[start:start + batch]
+            images, labels = session.train.images[indices], session.train.labels[indices]
+            loss, logits = step(images, labels)
+            losses.append(float(loss) * len(indices))
+            correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels))
+            bar.set_postfix(loss=f"{float(loss):.4f}", accuracy=f"{correct / min(start + batch, len(order)):.3f}")
+    return sum(losses) / len(order), correct / len(order)
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dataset | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) a run up to ``config.epochs`` epochs; returns the final run record.
+
+    ``dataset`` is ``load_dataset(config.data)`` when the caller has already loaded it.
+    """
+    session = open_session(config, run_dir, resume, dataset)
+    step = make_train_step(session.model, session.optimizer)
+    predict_inference = make_predict(session.model, use_batch_statistics=False)
+    predict_batch_stats = make_predict(session.model, use_batch_statistics=True)
+    writer = tf.summary.create_file_writer(str(run_dir / LOGS))
+    write_run_record(run_dir, session.record)
+    first_epoch = int(session.completed_epochs.numpy()) + 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        loss, train_accuracy = run_epoch(session, step, epoch)
+        metrics = {
+            "epoch": epoch, "loss": loss, "train_accuracy": train_accuracy,
+            "heldout_inference_accuracy": accuracy(predict_inference, session.heldout, INFERENCE_BATCH),
+            "heldout_batch_stats_accuracy": accuracy(predict_batch_stats, session.heldout, config.batch_size),
+            "optimizer_steps": int(session.optimizer.iterations.numpy()),
+            "seconds": time.perf_counter() - started,
+        }
+        session.completed_epochs.assign(epoch)
+        checkpoint_path = session.manager.save(checkpoint_number=epoch)
+        write_summaries(writer, session, epoch, metrics)
+        session.record["epochs"].append(metrics)
+        session.record["checkpoint"] = Path(checkpoint_path).name
+        write_run_record(run_dir, session.record)
+        log(f"epoch {epoch}/{config.epochs}: loss {loss:.4f}, train acc {train_accuracy:.4f}, held-out acc "
+            f"{metrics['heldout_inference_accuracy']:.4f} (inference, shadow stats) / "
+            f"{metrics['heldout_batch_stats_accuracy']:.4f} (batch stats), {metrics['seconds']:.1f} s")
+    epochs = session.record["epochs"]
+    session.record.update(
+        status="completed",
+        final={key: epochs[-1][key] for key in ("epoch", "loss", "train_accuracy", "heldout_inference_accuracy",
+                                                 "heldout_batch_stats_accuracy", "optimizer_steps")}
+        | {"training_seconds": sum(e["seconds"] for e in epochs)} if epochs else {},
+    )
+    write_run_record(run_dir, session.record)
+    return session.record
