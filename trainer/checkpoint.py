@@ -16,17 +16,25 @@ def training_checkpoint(model: ShadowBNConvNet, optimizer: keras.optimizers.Opti
                         completed_epochs: tf.Variable) -> tf.train.Checkpoint:
     """Weights, optimizer slots and step, the EMA shadows and their step, and the completed epochs.
 
-    Variables are keyed by their Keras path; the shadows are listed explicitly because
+    Variables are keyed by their Keras path without its first part, which Keras may uniquify
+    (``adam_2``) when several models live in one process; the shadows are listed explicitly because
     ``tf.train.ExponentialMovingAverage`` is not tracked by checkpoints.
     """
     parts = {
-        "weights": {variable.path: variable.value for variable in model.variables},
+        "weights": keyed_by_path(model.variables),
         "shadows": model.shadow_variables(),
         "completed_epochs": completed_epochs,
     }
     if optimizer is not None:
-        parts["optimizer"] = {variable.path: variable.value for variable in optimizer.variables}
+        parts["optimizer"] = keyed_by_path(optimizer.variables)
     return tf.train.Checkpoint(**parts)
+
+
+def keyed_by_path(variables) -> dict[str, tf.Variable]:
+    keyed = {variable.path.split("/", 1)[-1]: variable.value for variable in variables}
+    if len(keyed) != len(variables):
+        raise RuntimeError("two variables share a checkpoint key")
+    return keyed
 
 
 def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, dict, str]:

@@ -18,7 +18,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     """Seeds the weight initialisation, the train/held-out split and every epoch's order."""
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     """Adam's learning rate."""
     heldout_fraction: float = 0.2
     widths: tuple[int, ...] = (32, 64, 64)
