@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bnserve.errors import UserError
+from bnserve.errors import BnserveError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -86,10 +86,40 @@ def run_train(args) -> int:
     return 0
 
 
+def add_export_parser(commands) -> None:
+    parser = commands.add_parser("export", help="fold the frozen BN statistics, verify and publish a model version")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by bnserve train")
+    parser.add_argument("--repository", required=True, type=Path, help="model repository root")
+    parser.add_argument("--name", required=True, help="model name (letters, digits, _ . -)")
+    parser.add_argument("--version", type=int, help="version to publish (default: highest + 1)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest absolute logit difference any artifact may show vs the reference (default 1e-4)")
+    parser.add_argument("--stats", choices=["ema", "precise"], default="ema",
+                        help="BN statistics to fold: EMA shadows (default) or precise re-estimation over the training data")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args) -> int:
+    from bnserve.repository import check_new_version
+
+    check_new_version(args.repository, args.name, args.version)
+    if not args.run_dir.is_dir():
+        raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
+    from exporter.export import ExportRequest, export
+
+    version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
+                                                   args.opset, args.tolerance, args.stats))
+    accuracy = manifest["heldout_accuracy"][manifest["batch_normalization"]["statistics"]]
+    print(f"published {args.name} version {version} at {path} (held-out accuracy {accuracy:.4f})")
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="bnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     add_train_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -101,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BnserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,187 @@
+"""``bnserve export``: restore, fold, write, certify, publish."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime
+import tensorflow as tf
+import tf2onnx
+from onnx.reference import ReferenceEvaluator
+
+import bnserve
+from bnserve.errors import BnserveError, UserError
+from bnserve.repository import (INPUT_NAME, MANIFEST, MANIFEST_FORMAT, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL,
+                                SIGNATURE, TensorSpec, check_new_version, discard, publish, staging_dir, write_json)
+from exporter.artifacts import assert_no_batch_norm, check_opset, write_onnx, write_saved_model
+from exporter.folded import FoldedModule, fold_network
+from exporter.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
+from trainer.checkpoint import restore_trained_model
+from trainer.data import Dataset, load_dataset, split
+from trainer.train import make_predict
+
+STATISTICS = ("ema", "precise")
+
+
+class ParityError(BnserveError):
+    """An artifact disagrees with the reference beyond the tolerance: nothing is published."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    run_dir: Path
+    repository: Path
+    name: str
+    version: int | None = None
+    opset: int = 17
+    tolerance: float = 1e-4
+    statistics: str = "ema"
+    """"ema": the shadow averages; "precise": the mean of batch moments over one pass of the training data."""
+
+
+@contextmanager
+def progress(step: str, log: Callable[[str], None]):
+    started = time.perf_counter()
+    log(f"{step} ...")
+    yield
+    log(f"{step}: done in {time.perf_counter() - started:.1f} s")
+
+
+def ema_statistics(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {norm.name: (norm.shadow_mean.numpy(), norm.shadow_variance.numpy()) for norm in model.norms}
+
+
+def precise_statistics(model, train: Dataset, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Population statistics re-estimated with frozen weights ("precise BN").
+
+    One pass over the training data in batches of ``batch_size`` in training mode; per BN layer,
+    mean = sum_b n_b m_b / N and variance = sum_b n_b v_b / N, with m_b, v_b batch b's moments.
+    """
+    forward = make_predict(model, use_batch_statistics=True)
+    sums = {norm.name: [0.0, 0.0] for norm in model.norms}
+    for start in range(0, len(train), batch_size):
+        images = train.images[start:start + batch_size]
+        forward(images)
+        for norm in model.norms:
+            sums[norm.name][0] += len(images) * norm.batch_mean.numpy().astype(np.float64)
+            sums[norm.name][1] += len(images) * norm.batch_variance.numpy().astype(np.float64)
+    return {name: (total_mean / len(train), total_variance / len(train))
+            for name, (total_mean, total_variance) in sums.items()}
+
+
+def use_statistics(model, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Point the in-memory model's shadows at ``statistics`` (the checkpoint on disk is not touched)."""
+    for norm in model.norms:
+        mean, variance = statistics[norm.name]
+        norm.shadow_mean.assign(mean.astype(np.float32))
+        norm.shadow_variance.assign(variance.astype(np.float32))
+
+
+def heldout_accuracy(model, heldout: Dataset) -> float:
+    logits = model(heldout.images, training=False).numpy()
+    return float(np.mean(np.argmax(logits, 1) == heldout.labels))
+
+
+def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
+    """Each artifact as written to disk, loaded by its own consumer."""
+    signature = tf.saved_model.load(str(version_dir / SAVED_MODEL)).signatures[SIGNATURE]
+    session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), providers=["CPUExecutionProvider"])
+    evaluator = ReferenceEvaluator(onnx.load(str(version_dir / ONNX_MODEL)))
+
+    def saved_model(images):
+        return {k: v.numpy() for k, v in signature(**{INPUT_NAME: tf.constant(images)}).items()}
+
+    def onnx_runtime(images):
+        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+
+    def onnx_reference(images):
+        return dict(zip(OUTPUT_NAMES, evaluator.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+
+    return {"saved_model": saved_model, "onnxruntime": onnx_runtime, "onnx_reference": onnx_reference}
+
+
+def build_manifest(request: ExportRequest, model, record: dict, checkpoint: str, accuracies: dict, parity: dict,
+                   ema_updates: int) -> dict:
+    config, dataset = record["model"], record["dataset"]
+    height, width, channels = config["input_shape"]
+    classes = config["num_classes"]
+    return {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "signature": SIGNATURE,
+        "inputs": [TensorSpec(INPUT_NAME, "FP32", (-1, height, width, channels)).to_json()],
+        "outputs": [TensorSpec(name, "FP32", (-1, classes)).to_json() for name in OUTPUT_NAMES],
+        "class_labels": dataset["class_names"],
+        "input_values": f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
+        "batch_normalization": {
+            "statistics": request.statistics,
+            "decay": config["decay"], "warmup": config["warmup"], "ema_updates": ema_updates,
+            "epsilon": config["epsilon"], "layers": len(model.norms),
+            "folded": [f"{conv.name}+{norm.name}" for conv, norm in zip(model.convs, model.norms)],
+            "input_standardization": "multiply-add (x * 1/std + -mean/std)",
+        },
+        "heldout_accuracy": accuracies,
+        "source": {"run_dir": str(request.run_dir.resolve()), "checkpoint": Path(checkpoint).name,
+                   "dataset_sha256": dataset["sha256"]},
+        "onnx_opset": request.opset,
+        "versions": {"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "parity": parity,
+    }
+
+
+def export(request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[int, Path, dict]:
+    """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
+    # Everything the user can get wrong is checked before the slow work and before any write.
+    check_opset(request.opset)
+    check_new_version(request.repository, request.name, request.version)
+    if request.statistics not in STATISTICS:
+        raise UserError(f"--stats {request.statistics!r}: expected one of {', '.join(STATISTICS)}")
+    if not request.tolerance > 0:
+        raise UserError(f"--tolerance {request.tolerance}: expected a positive number")
+    with progress("restoring the checkpoint", log):
+        model, record, checkpoint = restore_trained_model(request.run_dir)
+        config = record["config"]
+        train, heldout = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
+    accuracies = {"ema": heldout_accuracy(model, heldout)}
+    statistics = ema_statistics(model)
+    if request.statistics == "precise":
+        with progress("re-estimating precise BN statistics", log):
+            statistics = precise_statistics(model, train, config["batch_size"])
+            use_statistics(model, statistics)
+            accuracies["precise"] = heldout_accuracy(model, heldout)
+    built = staging_dir(request.repository)
+    try:
+        module = FoldedModule(fold_network(model, statistics))
+        with progress("writing the SavedModel", log):
+            write_saved_model(module, built / SAVED_MODEL)
+        with progress(f"converting to ONNX (opset {request.opset})", log):
+            write_onnx(module, built / ONNX_MODEL, request.opset)
+        assert_no_batch_norm(built / SAVED_MODEL, built / ONNX_MODEL)
+        with progress("checking parity", log):
+            inputs = parity_inputs(heldout.images, float(train.images.min()), float(train.images.max()))
+            reference = lambda images: model(images, training=False).numpy()  # noqa: E731
+            runners = artifact_runners(built)
+            results = [measure(name, run, reference, inputs,
+                               REFERENCE_EVALUATOR_SAMPLES if name == "onnx_reference" else None)
+                       for name, run in runners.items()]
+        log(format_table(results, request.tolerance))
+        parity = certificate(results, request.tolerance)
+        if not parity["passed"]:
+            raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
+        write_json(built / MANIFEST, build_manifest(request, model, record, checkpoint, accuracies, parity,
+                                                    ema_updates=int(model.shadow_step.numpy())))
+        version, path = publish(built, request.repository, request.name, request.version)
+    except BaseException:
+        discard(built)
+        raise
+    return version, path, json.loads((path / MANIFEST).read_text())

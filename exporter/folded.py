@@ -1,0 +1,81 @@
+"""The folded network: plain convs with bias, no BN op, no training branch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from bnserve.repository import INPUT_NAME
+from exporter.fold import fold_conv_bn
+
+
+@dataclass(frozen=True)
+class FoldedConv:
+    kernel: np.ndarray
+    """HWIO float32, BN folded in."""
+    bias: np.ndarray
+    stride: int
+    source: str
+    """Which conv and BN layer this conv came from, e.g. "conv0+bn0"."""
+
+
+@dataclass(frozen=True)
+class FoldedNetwork:
+    """images -> images * input_scale + input_shift -> [relu(conv + bias)] x L -> mean over H, W -> dense."""
+
+    input_shape: tuple[int, int, int]
+    input_scale: np.ndarray
+    input_shift: np.ndarray
+    convs: tuple[FoldedConv, ...]
+    dense_kernel: np.ndarray
+    dense_bias: np.ndarray
+
+
+def fold_network(model, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> FoldedNetwork:
+    """Fold ``statistics`` ({BN layer name: (mean, variance)}) and the BN parameters into the convs.
+
+    The input standardisation (x - m) / s becomes the multiply-add x * (1/s) + (-m/s).
+    """
+    config = model.config
+    mean = np.asarray(model.standardize.mean.numpy(), np.float64)
+    std = np.asarray(model.standardize.std.numpy(), np.float64)
+    convs = []
+    for conv, norm, stride in zip(model.convs, model.norms, config.strides):
+        bn_mean, bn_variance = statistics[norm.name]
+        kernel, bias = fold_conv_bn(
+            conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None, bn_mean, bn_variance, norm.epsilon,
+            norm.gamma.numpy() if norm.gamma is not None else None,
+            norm.beta.numpy() if norm.beta is not None else None)
+        convs.append(FoldedConv(kernel, bias, int(stride), f"{conv.name}+{norm.name}"))
+    return FoldedNetwork(
+        input_shape=tuple(config.input_shape),
+        input_scale=(1.0 / std).astype(np.float32), input_shift=(-mean / std).astype(np.float32),
+        convs=tuple(convs),
+        dense_kernel=model.head.kernel.numpy().astype(np.float32),
+        dense_bias=model.head.bias.numpy().astype(np.float32),
+    )
+
+
+class FoldedModule(tf.Module):
+    """The exported graph. ``serve(images)`` returns {"logits": [N,K], "probabilities": softmax(logits)}."""
+
+    def __init__(self, network: FoldedNetwork):
+        super().__init__(name="bnserve_folded")
+        self.input_scale = tf.Variable(network.input_scale, trainable=False, name="input_scale")
+        self.input_shift = tf.Variable(network.input_shift, trainable=False, name="input_shift")
+        self.kernels = [tf.Variable(c.kernel, trainable=False, name=f"kernel{i}") for i, c in enumerate(network.convs)]
+        self.biases = [tf.Variable(c.bias, trainable=False, name=f"bias{i}") for i, c in enumerate(network.convs)]
+        self.strides = [c.stride for c in network.convs]
+        self.dense_kernel = tf.Variable(network.dense_kernel, trainable=False, name="dense_kernel")
+        self.dense_bias = tf.Variable(network.dense_bias, trainable=False, name="dense_bias")
+        self.serve = tf.function(
+            self._forward, input_signature=[tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)])
+
+    def _forward(self, images):
+        hidden = images * self.input_scale + self.input_shift
+        for kernel, bias, stride in zip(self.kernels, self.biases, self.strides):
+            hidden = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(hidden, kernel, stride, "SAME"), bias))
+        logits = tf.matmul(tf.reduce_mean(hidden, axis=[1, 2]), self.dense_kernel) + self.dense_bias
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
