@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 RUN_DIR ?= runs/digits
 EPOCHS ?= 15
+REPOSITORY ?= models
+MODEL ?= digits
 
 .PHONY: install run test bench clean
 
@@ -16,7 +18,8 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# Train the default digits model unless a completed run is there; an interrupted one is resumed.
+# Train the default digits model unless a completed run is there (an interrupted one is resumed),
+# then export it unless the repository already holds a version of it.
 run: $(INSTALLED)
 	@if grep -q '"status": "completed"' $(RUN_DIR)/run.json 2>/dev/null; then \
 		echo "using the completed run in $(RUN_DIR)"; \
@@ -24,6 +27,11 @@ run: $(INSTALLED)
 		$(VENV)/bin/bnserve train --out $(RUN_DIR) --resume --epochs $(EPOCHS); \
 	else \
 		$(VENV)/bin/bnserve train --out $(RUN_DIR) --epochs $(EPOCHS); \
+	fi
+	@if ls -d $(REPOSITORY)/$(MODEL)/[1-9]* >/dev/null 2>&1; then \
+		echo "$(REPOSITORY)/$(MODEL) already holds a version"; \
+	else \
+		$(VENV)/bin/bnserve export $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL); \
 	fi
 
 test: $(INSTALLED)

@@ -102,11 +102,15 @@ def add_export_parser(commands) -> None:
 
 def run_export(args) -> int:
     from bnserve.repository import check_new_version
+    from exporter.options import check_export_options
+    from trainer.rundir import check_has_checkpoint
 
+    check_export_options(args.opset, args.stats, args.tolerance)
     check_new_version(args.repository, args.name, args.version)
     if not args.run_dir.is_dir():
         raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
-    from exporter.export import ExportRequest, export
+    check_has_checkpoint(args.run_dir)
+    from exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
 
     version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
                                                    args.opset, args.tolerance, args.stats))

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+from absl import logging as absl_logging
 
 import onnx
 import tensorflow as tf
 import tf2onnx
 
-from bnserve.errors import UserError
 from bnserve.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE
 from exporter.folded import FoldedModule
 
 BATCH_DIM = "batch"
-# tf2onnx's README: "We support and test ONNX opset-14 to opset-18"; older ones are untested there.
-OLDEST_TESTED_OPSET = 14
-
-
-def supported_opsets() -> range:
-    """The ONNX opsets tf2onnx targets and tests."""
-    return range(OLDEST_TESTED_OPSET, max(tf2onnx.constants.OPSET_TO_IR_VERSION) + 1)
-
-
-def check_opset(opset: int) -> int:
-    opsets = supported_opsets()
-    if opset not in opsets:
-        raise UserError(f"--opset {opset}: tf2onnx {tf2onnx.__version__} targets opsets {opsets.start} to {opsets.stop - 1}")
-    return opset
 
 
 def write_saved_model(module: FoldedModule, path: Path) -> None:
@@ -35,6 +23,9 @@ def write_saved_model(module: FoldedModule, path: Path) -> None:
 
 def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
     """Convert ``module.serve`` with tf2onnx; the batch dimension is named "batch"; full checker pass."""
+    # tf2onnx's graph freezing logs harmless TensorFlow warnings at WARNING level on every export.
+    tf2onnx.logging.set_level(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
     model, _ = tf2onnx.convert.from_function(module.serve, input_signature=module.serve.input_signature, opset=opset)
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM

@@ -19,18 +19,17 @@ import tf2onnx
 from onnx.reference import ReferenceEvaluator
 
 import bnserve
-from bnserve.errors import BnserveError, UserError
+from bnserve.errors import BnserveError
 from bnserve.repository import (INPUT_NAME, MANIFEST, MANIFEST_FORMAT, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL,
                                 SIGNATURE, TensorSpec, check_new_version, discard, publish, staging_dir, write_json)
-from exporter.artifacts import assert_no_batch_norm, check_opset, write_onnx, write_saved_model
+from exporter.artifacts import assert_no_batch_norm, write_onnx, write_saved_model
+from exporter.options import check_export_options
 from exporter.folded import FoldedModule, fold_network
 from exporter.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
 from trainer.checkpoint import restore_trained_model
+from trainer.rundir import check_has_checkpoint
 from trainer.data import Dataset, load_dataset, split
 from trainer.train import make_predict
-
-STATISTICS = ("ema", "precise")
-
 
 class ParityError(BnserveError):
     """An artifact disagrees with the reference beyond the tolerance: nothing is published."""
@@ -142,12 +141,9 @@ def build_manifest(request: ExportRequest, model, record: dict, checkpoint: str,
 def export(request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[int, Path, dict]:
     """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
     # Everything the user can get wrong is checked before the slow work and before any write.
-    check_opset(request.opset)
+    check_export_options(request.opset, request.statistics, request.tolerance)
     check_new_version(request.repository, request.name, request.version)
-    if request.statistics not in STATISTICS:
-        raise UserError(f"--stats {request.statistics!r}: expected one of {', '.join(STATISTICS)}")
-    if not request.tolerance > 0:
-        raise UserError(f"--tolerance {request.tolerance}: expected a positive number")
+    check_has_checkpoint(request.run_dir)
     with progress("restoring the checkpoint", log):
         model, record, checkpoint = restore_trained_model(request.run_dir)
         config = record["config"]

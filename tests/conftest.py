@@ -14,3 +14,15 @@ def digits_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
     record = train(TrainConfig(), run_dir)
     return run_dir, record
+
+
+@pytest.fixture(scope="session")
+def exported(digits_run, tmp_path_factory):
+    """The default digits run exported as version 1 of model "digits": (repository, version dir, manifest)."""
+    from exporter.export import ExportRequest, export
+
+    run_dir, _ = digits_run
+    repository = tmp_path_factory.mktemp("repository")
+    version, path, manifest = export(ExportRequest(run_dir, repository, "digits"), log=lambda line: None)
+    assert version == 1
+    return repository, path, manifest

@@ -50,3 +50,10 @@ def check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"--out {str(run_dir)!r}: already exists and is not an empty directory;"
                         " pass --resume to continue that run or choose a new --out")
+
+
+def check_has_checkpoint(run_dir: Path) -> None:
+    """A run with a completed epoch has CheckpointManager's index file (checked without TensorFlow)."""
+    read_run_record(run_dir)
+    if not (run_dir / CHECKPOINTS / "checkpoint").is_file():
+        raise UserError(f"{str(run_dir)!r}: the run has no checkpoint yet (no completed epoch)")
