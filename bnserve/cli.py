@@ -119,11 +119,68 @@ def run_export(args) -> int:
     return 0
 
 
+def add_serve_parser(commands) -> None:
+    parser = commands.add_parser("serve", help="serve the repository over gRPC (KServe v2, TF Serving, health)")
+    parser.add_argument("--repository", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, default=8500, help="0 picks a free port (default 8500)")
+    parser.add_argument("--backend", choices=["onnx", "tf"], default="onnx")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="largest batch one request may carry")
+    parser.add_argument("--version-policy", default="latest:1", help="latest:N (default latest:1), all, specific:V1,V2")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per session (0: its default)")
+    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args) -> int:
+    import asyncio
+    import logging
+
+    from server.settings import ServerSettings, VersionPolicy
+
+    settings = ServerSettings(args.repository, args.host, args.grpc_port, args.backend, args.device,
+                              args.max_batch_size, VersionPolicy.parse(args.version_policy), args.intra_op_threads,
+                              args.max_message_bytes, args.grace_seconds)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.app import serve
+    from server.errors import StartupError
+
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def add_predict_parser(commands) -> None:
+    parser = commands.add_parser("predict", help="query a server and print the top classes")
+    parser.add_argument("--url", required=True, help="HOST:PORT of a bnserve (or any KServe v2) gRPC server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", default="", help="default: the newest served version")
+    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--pixel-scale", type=float, default=16 / 255,
+                        help="multiplier for PNG/JPEG pixels (default 16/255: the digits range 0..16)")
+    parser.add_argument("input", type=Path, metavar="INPUT", help=".npy, .npz, .png or .jpg")
+    parser.set_defaults(handler=run_predict)
+
+
+def run_predict(args) -> int:
+    from server.client import predict
+
+    print(predict(args.url, args.model, args.version, args.input, args.top, args.pixel_scale))
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="bnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     add_train_parser(commands)
     add_export_parser(commands)
+    add_serve_parser(commands)
+    add_predict_parser(commands)
     return parser
 
 

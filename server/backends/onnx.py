@@ -1,0 +1,36 @@
+"""ONNX Runtime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from bnserve.repository import INPUT_NAME, ONNX_MODEL
+from server.errors import StartupError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def cuda_provider_available() -> bool:
+    return CUDA in onnxruntime.get_available_providers()
+
+
+class OnnxBackend:
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's default (physical cores)
+        providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
+        self.session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), options, providers=providers)
+        # ONNX Runtime silently falls back to the CPU when CUDA cannot start: check what it picked.
+        self.device = "gpu" if self.session.get_providers()[0] == CUDA else "cpu"
+        if device == "gpu" and self.device != "gpu":
+            raise StartupError(f"--device gpu: ONNX Runtime has no usable CUDA provider (available: "
+                               f"{', '.join(onnxruntime.get_available_providers())}); install bnserve[gpu]")
+
+    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, self.session.run(outputs, {INPUT_NAME: images})))

@@ -1,0 +1,78 @@
+"""``bnserve predict``: a thin KServe v2 client that prints the top classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bnserve.errors import UserError
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
+    """float32 [N,H,W,C] from .npy, .npz (array ``x`` or the only array) or a PNG/JPEG image.
+
+    Image pixels (0..255) are resized to H x W, converted to C channels and multiplied by ``pixel_scale``.
+    """
+    height, width, channels = shape[1:]
+    if not path.is_file():
+        raise UserError(f"INPUT {str(path)!r}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                key = "x" if "x" in archive.files else (archive.files[0] if len(archive.files) == 1 else None)
+                if key is None:
+                    raise UserError(f"INPUT {str(path)!r}: expected an array 'x' or a single array, found {archive.files}")
+                array = archive[key]
+        elif suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                array = np.asarray(image, np.float32).reshape(height, width, channels) * pixel_scale
+        else:
+            raise UserError(f"INPUT {str(path)!r}: expected .npy, .npz, .png, .jpg or .jpeg")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"INPUT {str(path)!r}: unreadable ({exc})") from None
+    array = np.asarray(array, np.float32)
+    if array.shape == (height, width):
+        array = array.reshape(1, height, width, 1)
+    if array.shape == (height, width, channels):
+        array = array[None]
+    if array.ndim != 4 or list(array.shape[1:]) != [height, width, channels]:
+        raise UserError(f"INPUT {str(path)!r}: shape {list(array.shape)}, expected [N, {height}, {width}, {channels}]")
+    return np.ascontiguousarray(array)
+
+
+def predict(url: str, model: str, version: str, path: Path, top: int, pixel_scale: float, timeout: float = 30.0) -> str:
+    with grpc.insecure_channel(url) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout)
+            images = read_input(path, list(metadata.inputs[0].shape), pixel_scale)
+            request = pb.ModelInferRequest(
+                model_name=model, model_version=version,
+                inputs=[pb.ModelInferRequest.InferInputTensor(name=metadata.inputs[0].name, datatype="FP32",
+                                                               shape=images.shape)],
+                outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
+                raw_input_contents=[images.tobytes()])
+            response = stub.ModelInfer(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise UserError(f"{exc.code().name}: {exc.details()}") from None
+            raise UserError(f"--url {url}: {exc.code().name}: {exc.details()}") from None
+    output = response.outputs[0]
+    probabilities = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(output.shape)
+    lines = [f"model {response.model_name} version {response.model_version}"]
+    for index, row in enumerate(probabilities):
+        best = np.argsort(row)[::-1][:top]
+        lines.append(f"sample {index}: " + ", ".join(f"class {k} {row[k]:.4f}" for k in best))
+    return "\n".join(lines)

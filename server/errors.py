@@ -1,0 +1,41 @@
+"""Serving errors: each knows its gRPC status code and builds its own message."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, name: str, version: str | int | None = None, reason: str = ""):
+        where = f"model {name!r}" + (f" version {version}" if version not in (None, "") else "")
+        super().__init__(f"{where} not found" + (f": {reason}" if reason else ""))
+
+
+class InvalidInput(ServingError):
+    """A request field is wrong; the message names the field and what was expected."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelUnavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ModelLoadFailed(ServingError):
+    """No version of the model could be loaded (Triton answers INTERNAL here too)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (e.g. --device gpu without a usable GPU)."""

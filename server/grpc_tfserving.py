@@ -1,0 +1,130 @@
+"""tensorflow.serving.PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus).
+
+The messages are bnserve.tfserving.* (wire-compatible copies, see protos/tfserving.proto); the
+handlers are registered on TensorFlow Serving's method paths.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from google.protobuf.any_pb2 import Any
+
+from protos import tfserving_pb2 as pb
+from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
+from server.errors import InvalidInput
+from server.grpc_errors import grpc_errors
+from server.models import READY, UNAVAILABLE
+from server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
+                            array_from_values)
+
+SIGNATURE_NAME = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+TF_ERROR_UNKNOWN = 2
+
+
+def requested_version(spec: pb.ModelSpec) -> str:
+    if spec.WhichOneof("version_choice") == "version_label":
+        raise InvalidInput(f"model_spec.version_label: labels are not supported (got {spec.version_label!r}); "
+                           "use model_spec.version")
+    return str(spec.version.value) if spec.HasField("version") else ""
+
+
+def check_signature(spec: pb.ModelSpec) -> None:
+    if spec.signature_name not in ("", SIGNATURE_NAME):
+        raise InvalidInput(f"model_spec.signature_name: unknown signature {spec.signature_name!r}; "
+                           f"expected {SIGNATURE_NAME!r}")
+
+
+def to_array(tensor: pb.TensorProto, field: str) -> np.ndarray:
+    dtype = TF_TO_NUMPY.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidInput(f"{field}.dtype: unsupported tensorflow.DataType {tensor.dtype}")
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    if tensor.tensor_content:
+        return array_from_raw(tensor.tensor_content, dtype, shape, f"{field}.tensor_content")
+    return array_from_values(getattr(tensor, TF_VALUES_FIELD[tensor.dtype]), dtype, shape,
+                             f"{field}.{TF_VALUES_FIELD[tensor.dtype]}")
+
+
+def to_infer_request(request: pb.PredictRequest) -> InferenceRequest:
+    check_signature(request.model_spec)
+    inputs = []
+    for key in sorted(request.inputs):
+        data = to_array(request.inputs[key], f"inputs[{key!r}]")
+        inputs.append(InferInput(key, NUMPY_TO_V2[data.dtype], data))
+    return InferenceRequest(request.model_spec.name, requested_version(request.model_spec), "",
+                            tuple(inputs), tuple(request.output_filter))
+
+
+def to_tensor_proto(data: np.ndarray) -> pb.TensorProto:
+    return pb.TensorProto(dtype=NUMPY_TO_TF[data.dtype], tensor_content=data.tobytes(),
+                          tensor_shape=pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=d) for d in data.shape]))
+
+
+def from_infer_response(response: InferenceResponse) -> pb.PredictResponse:
+    spec = pb.ModelSpec(name=response.model_name, signature_name=SIGNATURE_NAME)
+    spec.version.value = int(response.model_version)
+    return pb.PredictResponse(model_spec=spec, outputs={o.name: to_tensor_proto(o.data) for o in response.outputs})
+
+
+def tensor_info(spec) -> pb.TensorInfo:
+    dims = [pb.TensorShapeProto.Dim(size=d) for d in spec.shape]
+    return pb.TensorInfo(name=f"{spec.name}:0", dtype=pb.DT_FLOAT, tensor_shape=pb.TensorShapeProto(dim=dims))
+
+
+class TensorFlowServingServicer:
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
+
+    @grpc_errors
+    async def Predict(self, request, context):
+        return from_infer_response(await self.dataplane.infer(to_infer_request(request)))
+
+    @grpc_errors
+    async def GetModelMetadata(self, request, context):
+        check_signature(request.model_spec)
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidInput(f"metadata_field: got {fields}, expected ['signature_def'] (the only one served)")
+        model = self.dataplane.model(request.model_spec.name, requested_version(request.model_spec))
+        signature = pb.SignatureDef(inputs={model.input.name: tensor_info(model.input)},
+                                    outputs={o.name: tensor_info(o) for o in model.outputs}, method_name=PREDICT_METHOD)
+        signatures = pb.SignatureDefMap(signature_def={SIGNATURE_NAME: signature})
+        spec = pb.ModelSpec(name=model.name, signature_name=SIGNATURE_NAME)
+        spec.version.value = model.version
+        packed = Any(type_url=SIGNATURE_DEF_MAP_URL, value=signatures.SerializeToString())
+        return pb.GetModelMetadataResponse(model_spec=spec, metadata={"signature_def": packed})
+
+    @grpc_errors
+    async def GetModelStatus(self, request, context):
+        states = self.dataplane.registry.states(request.model_spec.name)
+        version = requested_version(request.model_spec)
+        if version:
+            states = [s for s in states if str(s.version) == version]
+            if not states:
+                self.dataplane.model(request.model_spec.name, version)  # raises NOT_FOUND
+        return pb.GetModelStatusResponse(model_version_status=[
+            pb.ModelVersionStatus(
+                version=s.version,
+                state=pb.ModelVersionStatus.AVAILABLE if s.state == READY else pb.ModelVersionStatus.END,
+                status=pb.StatusProto(error_code=TF_ERROR_UNKNOWN if s.state == UNAVAILABLE else 0,
+                                      error_message=s.reason))
+            for s in states])
+
+
+def handlers(servicer: TensorFlowServingServicer) -> list[grpc.GenericRpcHandler]:
+    def unary(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=request_type.FromString,
+                                                   response_serializer=response_type.SerializeToString)
+
+    return [
+        grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+            "Predict": unary(servicer.Predict, pb.PredictRequest, pb.PredictResponse),
+            "GetModelMetadata": unary(servicer.GetModelMetadata, pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
+        }),
+        grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+            "GetModelStatus": unary(servicer.GetModelStatus, pb.GetModelStatusRequest, pb.GetModelStatusResponse),
+        }),
+    ]

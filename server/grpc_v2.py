@@ -1,0 +1,172 @@
+"""inference.GRPCInferenceService: KServe v2 / Open Inference Protocol plus Triton's extensions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc
+from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
+from server.errors import InvalidInput, ModelLoadFailed
+from server.grpc_errors import grpc_errors
+from server.models import ServedVersion
+from server.statistics import Duration, VersionStatistics
+from server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
+
+CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
+
+
+def to_infer_request(request: pb.ModelInferRequest) -> InferenceRequest:
+    """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
+                           "expected one per input")
+    inputs = []
+    for position, tensor in enumerate(request.inputs):
+        field = f"inputs[{position}]"
+        dtype = V2_TO_NUMPY.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInput(f"{field}.datatype: unknown datatype {tensor.datatype!r}; expected one of "
+                               f"{', '.join(V2_TO_NUMPY)}")
+        shape = list(tensor.shape)
+        if raw:
+            data = array_from_raw(raw[position], dtype, shape, f"raw_input_contents[{position}]")
+        else:
+            values = getattr(tensor.contents, V2_CONTENTS_FIELD.get(tensor.datatype, "bytes_contents"))
+            data = array_from_values(values, dtype, shape, f"{field}.contents")
+        inputs.append(InferInput(tensor.name, tensor.datatype, data))
+    return InferenceRequest(request.model_name, request.model_version, request.id, tuple(inputs),
+                            tuple(output.name for output in request.outputs))
+
+
+def from_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id,
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.data.shape)
+                 for o in response.outputs],
+        raw_output_contents=[o.data.tobytes() for o in response.outputs])
+
+
+def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+def to_model_config(model: ServedVersion, max_batch_size: int, policy) -> pb.ModelConfig:
+    """Triton's convention: with max_batch_size > 0, dims leave out the batch dimension."""
+    instance_kind = pb.ModelInstanceGroup.KIND_GPU if model.backend.device == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    return pb.ModelConfig(
+        name=model.name, platform=model.backend.platform,
+        backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
+        version_policy=version_policy_proto(policy), max_batch_size=max_batch_size,
+        input=[pb.ModelInput(name=model.input.name, data_type=CONFIG_TYPES[model.input.datatype],
+                             format=pb.ModelInput.FORMAT_NHWC, dims=model.input.shape[1:])],
+        output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:]) for o in model.outputs],
+        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=1,
+                                              gpus=[0] if model.backend.device == "gpu" else [])],
+    )
+
+
+def version_policy_proto(policy) -> pb.ModelVersionPolicy:
+    if policy.kind == "latest":
+        return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.count))
+    if policy.kind == "all":
+        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.versions))
+
+
+def duration(value: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=value.count, ns=value.ns)
+
+
+def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
+    stats: VersionStatistics = model.statistics
+    return pb.ModelStatistics(
+        name=model.name, version=str(model.version), last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(stats.success), fail=duration(stats.fail), queue=duration(stats.queue),
+            compute_input=duration(stats.compute_input), compute_infer=duration(stats.compute_infer),
+            compute_output=duration(stats.compute_output)),
+        batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_input=duration(d.compute_input),
+                                             compute_infer=duration(d.compute_infer),
+                                             compute_output=duration(d.compute_output))
+                     for size, d in sorted(stats.batches.items())])
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None):
+        self.dataplane = dataplane
+        self.on_models_changed = on_models_changed
+
+    @grpc_errors
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.dataplane.server_ready())
+
+    @grpc_errors
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @grpc_errors
+    async def ServerMetadata(self, request, context):
+        name, version, extensions = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    @grpc_errors
+    async def ModelMetadata(self, request, context):
+        model = self.dataplane.model(request.name, request.version)
+        versions = self.dataplane.registry.served_versions(request.name)
+        return pb.ModelMetadataResponse(
+            name=model.name, versions=[str(v) for v in versions], platform=model.backend.platform,
+            inputs=[tensor_metadata(model.input)], outputs=[tensor_metadata(o) for o in model.outputs])
+
+    @grpc_errors
+    async def ModelInfer(self, request, context):
+        return from_infer_response(await self.dataplane.infer(to_infer_request(request)))
+
+    @grpc_errors
+    async def ModelConfig(self, request, context):
+        model = self.dataplane.model(request.name, request.version)
+        settings = self.dataplane.registry.settings
+        return pb.ModelConfigResponse(config=to_model_config(model, settings.max_batch_size, settings.version_policy))
+
+    @grpc_errors
+    async def ModelStatistics(self, request, context):
+        if request.name:
+            if request.version:
+                models = [self.dataplane.model(request.name, request.version)]
+            else:
+                self.dataplane.model(request.name)  # NOT_FOUND for an unknown model
+                models = [m for m in self.dataplane.registry.served() if m.name == request.name]
+        else:
+            models = self.dataplane.registry.served()
+        return pb.ModelStatisticsResponse(model_stats=[to_model_statistics(m) for m in models])
+
+    @grpc_errors
+    async def RepositoryIndex(self, request, context):
+        states = self.dataplane.registry.index()
+        if request.ready:
+            states = [s for s in states if s.state == "READY"]
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=str(s.version), state=s.state, reason=s.reason)
+            for s in states])
+
+    @grpc_errors
+    async def RepositoryModelLoad(self, request, context):
+        registry = self.dataplane.registry
+        states = await asyncio.get_running_loop().run_in_executor(None, registry.load, request.model_name)
+        self.on_models_changed()
+        if not any(s.state == "READY" for s in states):
+            raise ModelLoadFailed(f"model {request.model_name!r}: no version could be loaded: "
+                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(self, request, context):
+        self.dataplane.registry.unload(request.model_name)
+        self.on_models_changed()
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,85 @@
+"""Server settings, declared once, validated before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnserve.errors import UserError
+from server.backends import BACKENDS, DEVICES
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of each model to serve: the latest N, all, or specific ones."""
+
+    kind: str = "latest"
+    """"latest", "all" or "specific"."""
+    count: int = 1
+    """N for "latest"."""
+    versions: tuple[int, ...] = ()
+    """The versions for "specific"."""
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        """``latest:N`` | ``latest`` | ``all`` | ``specific:V1,V2``."""
+        kind, _, argument = text.partition(":")
+        try:
+            if kind == "all" and not argument:
+                return cls("all")
+            if kind == "latest":
+                count = int(argument) if argument else 1
+                if count >= 1:
+                    return cls("latest", count)
+            if kind == "specific":
+                versions = tuple(sorted({int(v) for v in argument.split(",")}))
+                if versions and versions[0] >= 1:
+                    return cls("specific", versions=versions)
+        except ValueError:
+            pass
+        raise UserError(f"--version-policy {text!r}: expected latest:N (N >= 1), all, or specific:V1,V2 (V >= 1)")
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        return "all" if self.kind == "all" else "specific:" + ",".join(map(str, self.versions))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    repository: Path
+    """Model repository root (REPO/NAME/VERSION/...)."""
+    host: str = "127.0.0.1"
+    grpc_port: int = 8500
+    """0 picks a free port; the chosen one is logged ("listening on HOST:PORT")."""
+    backend: str = "onnx"
+    """"onnx" (ONNX Runtime) or "tf" (TensorFlow SavedModel)."""
+    device: str = "auto"
+    """"auto": GPU when usable, else CPU; "gpu": fail at start-up without a usable GPU; "cpu"."""
+    max_batch_size: int = 64
+    """Largest batch one request may carry (ModelConfig max_batch_size)."""
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    intra_op_threads: int = 0
+    """ONNX Runtime intra-op threads per session; 0 = ONNX Runtime's default."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message received or sent."""
+    grace_seconds: float = 5.0
+    """How long in-flight requests may take to finish after SIGTERM/SIGINT."""
+
+    def __post_init__(self):
+        if not self.repository.is_dir():
+            raise UserError(f"--repository {str(self.repository)!r}: no such directory")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
+        if self.max_batch_size < 1:
+            raise UserError(f"--max-batch-size {self.max_batch_size}: expected a positive integer")
+        if self.intra_op_threads < 0:
+            raise UserError(f"--intra-op-threads {self.intra_op_threads}: expected >= 0")
+        if self.max_message_bytes < 1024:
+            raise UserError(f"--max-message-bytes {self.max_message_bytes}: expected at least 1024")
+        if self.grace_seconds < 0:
+            raise UserError(f"--grace-seconds {self.grace_seconds}: expected >= 0")

@@ -1,0 +1,57 @@
+"""Per-version inference statistics, in the shape of Triton's ModelStatistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchDurations:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class VersionStatistics:
+    """Updated on the event loop thread only, so no lock is needed."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    """Samples inferred (a batch of 8 counts 8)."""
+    execution_count: int = 0
+    """Model executions (a batch counts once)."""
+    last_inference_ms: int = 0
+    batches: dict[int, BatchDurations] = field(default_factory=dict)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.execution_count += 1
+        self.inference_count += batch_size
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        durations = self.batches.setdefault(batch_size, BatchDurations())
+        for total, per_batch, ns in ((self.compute_input, durations.compute_input, input_ns),
+                                     (self.compute_infer, durations.compute_infer, infer_ns),
+                                     (self.compute_output, durations.compute_output, output_ns)):
+            total.add(ns)
+            per_batch.add(ns)
+
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0) -> None:
+        (self.success if ok else self.fail).add(total_ns)
+        if ok:
+            self.queue.add(queue_ns)

@@ -1,0 +1,58 @@
+"""Datatype tables and conversions between wire tensors and NumPy arrays (raw bytes, no Python lists)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.errors import InvalidInput
+
+# KServe v2 datatype -> NumPy dtype (little-endian, as the protocol specifies for raw contents).
+V2_TO_NUMPY = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+
+# InferTensorContents field holding each datatype in typed form.
+V2_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+
+# tensorflow.DataType numbers -> NumPy dtype, and TensorProto's typed field for each.
+TF_TO_NUMPY = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<u1"), 5: np.dtype("<i2"),
+               6: np.dtype("<i1"), 9: np.dtype("<i8"), 10: np.dtype(np.bool_), 19: np.dtype("<f2")}
+NUMPY_TO_TF = {dtype: number for number, dtype in TF_TO_NUMPY.items()}
+TF_VALUES_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+                   9: "int64_val", 10: "bool_val", 19: "half_val"}
+
+# A dimension beyond this is refused before any allocation.
+MAX_ELEMENTS = 1 << 28
+
+
+def element_count(shape, field: str) -> int:
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInput(f"{field}: dimensions must be >= 0, got {list(shape)}")
+        count *= dim
+        if count > MAX_ELEMENTS:
+            raise InvalidInput(f"{field}: {list(shape)} holds more than {MAX_ELEMENTS} elements")
+    return count
+
+
+def array_from_raw(raw: bytes, dtype: np.dtype, shape, field: str) -> np.ndarray:
+    """A read-only view of ``raw`` as ``shape``; the byte length must match exactly."""
+    expected = element_count(shape, field) * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(f"{field}: {len(raw)} bytes, expected {expected} for shape {list(shape)} of {dtype.name}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def array_from_values(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
+    expected = element_count(shape, field)
+    if len(values) != expected:
+        raise InvalidInput(f"{field}: {len(values)} values, expected {expected} for shape {list(shape)}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
