@@ -26,3 +26,30 @@ def exported(digits_run, tmp_path_factory):
     version, path, manifest = export(ExportRequest(run_dir, repository, "digits"), log=lambda line: None)
     assert version == 1
     return repository, path, manifest
+
+
+@pytest.fixture(scope="session")
+def serving_repository(exported, tmp_path_factory):
+    """digits/1 (good), digits/2 (one byte of model.onnx changed) and other/1 (good)."""
+    import shutil
+
+    _, version_dir, _ = exported
+    repository = tmp_path_factory.mktemp("serving")
+    shutil.copytree(version_dir, repository / "digits" / "1")
+    shutil.copytree(version_dir, repository / "digits" / "2")
+    shutil.copytree(version_dir, repository / "other" / "1")
+    tampered = repository / "digits" / "2" / "model.onnx"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    return repository
+
+
+@pytest.fixture(scope="session", params=["onnx", "tf"])
+def server(request, serving_repository):
+    from tests.servers import start_server
+
+    process = start_server(serving_repository, "--backend", request.param)
+    process.backend = request.param
+    yield process
+    assert process.stop() == 0, "\n".join(process.log)

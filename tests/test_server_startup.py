@@ -1,0 +1,24 @@
+"""Start-up refusals of `bnserve serve`."""
+
+import pytest
+
+from tests.servers import start_server
+from tests.test_cli_train import assert_user_error, bnserve
+
+
+def test_device_gpu_without_a_gpu_stops_at_start_up(serving_repository):
+    with pytest.raises(RuntimeError, match="--device gpu: ONNX Runtime has no usable CUDA provider"):
+        start_server(serving_repository, "--device", "gpu")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--version-policy", "newest"], ["--version-policy 'newest'", "latest:N"]),
+    (["--max-batch-size", "0"], ["--max-batch-size 0"]),
+    (["--backend", "torch"], ["--backend", "invalid choice"]),
+])
+def test_bad_serve_flags(serving_repository, flags, fragments):
+    assert_user_error(bnserve("serve", "--repository", serving_repository, *flags), *fragments)
+
+
+def test_missing_repository(tmp_path):
+    assert_user_error(bnserve("serve", "--repository", tmp_path / "absent"), "no such directory")
