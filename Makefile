@@ -7,8 +7,9 @@ RUN_DIR ?= runs/digits
 EPOCHS ?= 15
 REPOSITORY ?= models
 MODEL ?= digits
+PORT ?= 8500
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench protos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 # Train the default digits model unless a completed run is there (an interrupted one is resumed),
-# then export it unless the repository already holds a version of it.
+# export it unless the repository already holds a version of it, then serve in the foreground.
 run: $(INSTALLED)
 	@if grep -q '"status": "completed"' $(RUN_DIR)/run.json 2>/dev/null; then \
 		echo "using the completed run in $(RUN_DIR)"; \
@@ -33,12 +34,21 @@ run: $(INSTALLED)
 	else \
 		$(VENV)/bin/bnserve export $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL); \
 	fi
+	@$(PY) -c "import numpy as np; from trainer.data import load_dataset; np.save('$(RUN_DIR)/sample.npy', load_dataset('digits').images[:4])"
+	@echo "serving $(REPOSITORY) on 127.0.0.1:$(PORT); from another shell:"
+	@echo "    $(VENV)/bin/bnserve predict --url 127.0.0.1:$(PORT) --model $(MODEL) $(RUN_DIR)/sample.npy"
+	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
 bench: $(INSTALLED)
 	$(PY) bench/warmup_study.py --out docs/warmup.md
+
+# Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale).
+protos: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/inference.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/tfserving.proto
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
