@@ -126,11 +126,20 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--grpc-port", type=int, default=8500, help="0 picks a free port (default 8500)")
     parser.add_argument("--backend", choices=["onnx", "tf"], default="onnx")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="largest batch one request may carry")
+    parser.add_argument("--max-batch-size", type=int, default=64,
+                        help="largest batch one request may carry and one model call may run (default 64)")
+    parser.add_argument("--dynamic-batching", choices=["on", "off"], default="on",
+                        help="coalesce concurrent requests into one model call (default on)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=0,
+                        help="wait this long for a batch to fill (default 0: run when an instance is free)")
+    parser.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model version")
+    parser.add_argument("--instances", type=int, default=1, help="concurrent model calls per version (default 1)")
     parser.add_argument("--version-policy", default="latest:1", help="latest:N (default latest:1), all, specific:V1,V2")
     parser.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per session (0: its default)")
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (SO_REUSEPORT), each with its own sessions")
     parser.set_defaults(handler=run_serve)
 
 
@@ -140,11 +149,20 @@ def run_serve(args) -> int:
 
     from server.settings import ServerSettings, VersionPolicy
 
-    settings = ServerSettings(args.repository, args.host, args.grpc_port, args.backend, args.device,
-                              args.max_batch_size, VersionPolicy.parse(args.version_policy), args.intra_op_threads,
-                              args.max_message_bytes, args.grace_seconds)
+    settings = ServerSettings(
+        repository=args.repository, host=args.host, grpc_port=args.grpc_port, backend=args.backend,
+        device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
+        max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
+        version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
+        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected a positive integer")
+    if args.workers > 1:
+        from server.workers import run_workers
+
+        return run_workers(args.host, args.grpc_port, args.workers, args.argv)
     from server.app import serve
     from server.errors import StartupError
 
@@ -187,7 +205,9 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,8 +52,9 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     """Load the repository, bind ``settings.host:settings.grpc_port`` (0: any free port) and start."""
     registry = ModelRegistry(settings)
     registry.load_all()
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bnserve-infer")
-    dataplane = DataPlane(registry, executor)
+    # One thread per model instance that may run at once, plus one for repository loads.
+    executor = ThreadPoolExecutor(max_workers=settings.instances + 1, thread_name_prefix="bnserve-infer")
+    dataplane = DataPlane(registry, executor, settings.batching_options())
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     server = grpc.aio.server(options=options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import bnserve
+from server.batching import BatchingOptions, DynamicBatcher
 from server.errors import InvalidInput
 from server.models import READY, ModelRegistry, ServedVersion
 
@@ -33,6 +33,8 @@ class InferenceRequest:
     inputs: tuple[InferInput, ...] = ()
     outputs: tuple[str, ...] = ()
     """Requested outputs; empty means all."""
+    timeout_s: float | None = None
+    """Time left before the client's deadline; an expired request is dropped before compute."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,22 @@ def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, executor: Executor):
+    def __init__(self, registry: ModelRegistry, executor: Executor, batching: BatchingOptions):
         self.registry = registry
         self.executor = executor
-        self.max_batch_size = registry.settings.max_batch_size
+        self.batching = batching
+        self.max_batch_size = batching.max_batch_size
+        self._batchers: dict[tuple[str, int], tuple[ServedVersion, DynamicBatcher]] = {}
+
+    def batcher(self, model: ServedVersion) -> DynamicBatcher:
+        """The version's own batcher, made on first use on the event loop thread (a reloaded version gets a new one)."""
+        key = (model.name, model.version)
+        entry = self._batchers.get(key)
+        if entry is None or entry[0] is not model:
+            entry = (model, DynamicBatcher(model.backend.run, model.output_names, self.executor, self.batching,
+                                           model.statistics))
+            self._batchers[key] = entry
+        return entry[1]
 
     @staticmethod
     def server_metadata() -> tuple[str, str, tuple[str, ...]]:
@@ -106,21 +120,16 @@ class DataPlane:
         return self.registry.get(name, version)
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validate (before any batching, so a bad request never joins a batch), then run via the batcher."""
         started = time.perf_counter_ns()
         model = self.registry.get(request.model_name, request.model_version)
         try:
             images = validated_images(model, request, self.max_batch_size)
             outputs = list(request.outputs) or model.output_names
-            input_done = time.perf_counter_ns()
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, model.backend.run, images, outputs)
-            infer_done = time.perf_counter_ns()
-            response = InferenceResponse(
-                model.name, str(model.version), request.id,
-                tuple(InferOutput(name, "FP32", np.ascontiguousarray(results[name], np.float32)) for name in outputs))
-            done = time.perf_counter_ns()
-        except Exception:
+            results = await self.batcher(model).submit(images, outputs, request.timeout_s)
+        except BaseException:  # errors, and cancellation by the client (its deadline passed or it hung up)
             model.statistics.record_request(False, time.perf_counter_ns() - started)
             raise
-        model.statistics.record_execution(len(images), input_done - started, infer_done - input_done, done - infer_done)
-        model.statistics.record_request(True, done - started)
-        return response
+        model.statistics.record_request(True, time.perf_counter_ns() - started)
+        return InferenceResponse(model.name, str(model.version), request.id,
+                                 tuple(InferOutput(name, "FP32", results[name]) for name in outputs))

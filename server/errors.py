@@ -27,14 +27,22 @@ class InvalidInput(ServingError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class ModelUnavailable(ServingError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 class ModelLoadFailed(ServingError):
     """No version of the model could be loaded (Triton answers INTERNAL here too)."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class StartupError(Exception):

@@ -48,14 +48,14 @@ def to_array(tensor: pb.TensorProto, field: str) -> np.ndarray:
                              f"{field}.{TF_VALUES_FIELD[tensor.dtype]}")
 
 
-def to_infer_request(request: pb.PredictRequest) -> InferenceRequest:
+def to_infer_request(request: pb.PredictRequest, timeout_s: float | None = None) -> InferenceRequest:
     check_signature(request.model_spec)
     inputs = []
     for key in sorted(request.inputs):
         data = to_array(request.inputs[key], f"inputs[{key!r}]")
         inputs.append(InferInput(key, NUMPY_TO_V2[data.dtype], data))
     return InferenceRequest(request.model_spec.name, requested_version(request.model_spec), "",
-                            tuple(inputs), tuple(request.output_filter))
+                            tuple(inputs), tuple(request.output_filter), timeout_s)
 
 
 def to_tensor_proto(data: np.ndarray) -> pb.TensorProto:
@@ -80,7 +80,7 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def Predict(self, request, context):
-        return from_infer_response(await self.dataplane.infer(to_infer_request(request)))
+        return from_infer_response(await self.dataplane.infer(to_infer_request(request, context.time_remaining())))
 
     @grpc_errors
     async def GetModelMetadata(self, request, context):

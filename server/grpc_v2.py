@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
@@ -16,7 +17,7 @@ from server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array
 CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
 
 
-def to_infer_request(request: pb.ModelInferRequest) -> InferenceRequest:
+def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
     """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -37,7 +38,7 @@ def to_infer_request(request: pb.ModelInferRequest) -> InferenceRequest:
             data = array_from_values(values, dtype, shape, f"{field}.contents")
         inputs.append(InferInput(tensor.name, tensor.datatype, data))
     return InferenceRequest(request.model_name, request.model_version, request.id, tuple(inputs),
-                            tuple(output.name for output in request.outputs))
+                            tuple(output.name for output in request.outputs), timeout_s)
 
 
 def from_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
@@ -52,17 +53,20 @@ def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-def to_model_config(model: ServedVersion, max_batch_size: int, policy) -> pb.ModelConfig:
+def to_model_config(model: ServedVersion, settings) -> pb.ModelConfig:
     """Triton's convention: with max_batch_size > 0, dims leave out the batch dimension."""
     instance_kind = pb.ModelInstanceGroup.KIND_GPU if model.backend.device == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    batching = (pb.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us)
+                if settings.dynamic_batching else None)
     return pb.ModelConfig(
+        dynamic_batching=batching, max_batch_size=settings.max_batch_size,
+        version_policy=version_policy_proto(settings.version_policy),
         name=model.name, platform=model.backend.platform,
         backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
-        version_policy=version_policy_proto(policy), max_batch_size=max_batch_size,
         input=[pb.ModelInput(name=model.input.name, data_type=CONFIG_TYPES[model.input.datatype],
                              format=pb.ModelInput.FORMAT_NHWC, dims=model.input.shape[1:])],
         output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:]) for o in model.outputs],
-        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=1,
+        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=settings.instances,
                                               gpus=[0] if model.backend.device == "gpu" else [])],
     )
 
@@ -113,6 +117,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ServerMetadata(self, request, context):
+        # Which process answered: with --workers N the kernel spreads connections over N processes.
+        context.set_trailing_metadata((("bnserve-worker-pid", str(os.getpid())),))
         name, version, extensions = self.dataplane.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
@@ -126,13 +132,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(self, request, context):
-        return from_infer_response(await self.dataplane.infer(to_infer_request(request)))
+        return from_infer_response(await self.dataplane.infer(to_infer_request(request, context.time_remaining())))
 
     @grpc_errors
     async def ModelConfig(self, request, context):
         model = self.dataplane.model(request.name, request.version)
-        settings = self.dataplane.registry.settings
-        return pb.ModelConfigResponse(config=to_model_config(model, settings.max_batch_size, settings.version_policy))
+        return pb.ModelConfigResponse(config=to_model_config(model, self.dataplane.registry.settings))
 
     @grpc_errors
     async def ModelStatistics(self, request, context):

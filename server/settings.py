@@ -57,7 +57,15 @@ class ServerSettings:
     device: str = "auto"
     """"auto": GPU when usable, else CPU; "gpu": fail at start-up without a usable GPU; "cpu"."""
     max_batch_size: int = 64
-    """Largest batch one request may carry (ModelConfig max_batch_size)."""
+    """Largest batch one request may carry, and one model call may run (ModelConfig max_batch_size)."""
+    dynamic_batching: bool = True
+    """Coalesce concurrent requests into one model call; off: every request runs alone."""
+    max_queue_delay_us: int = 0
+    """How long a batch may wait for more requests after its oldest arrived; 0: run as soon as an instance is free."""
+    max_queue_size: int = 256
+    """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
+    instances: int = 1
+    """Model calls per version that may run at the same time."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per session; 0 = ONNX Runtime's default."""
@@ -77,9 +85,21 @@ class ServerSettings:
             raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
         if self.max_batch_size < 1:
             raise UserError(f"--max-batch-size {self.max_batch_size}: expected a positive integer")
+        if self.max_queue_delay_us < 0:
+            raise UserError(f"--max-queue-delay-us {self.max_queue_delay_us}: expected >= 0")
+        if self.max_queue_size < 1:
+            raise UserError(f"--max-queue-size {self.max_queue_size}: expected a positive integer")
+        if self.instances < 1:
+            raise UserError(f"--instances {self.instances}: expected a positive integer")
         if self.intra_op_threads < 0:
             raise UserError(f"--intra-op-threads {self.intra_op_threads}: expected >= 0")
         if self.max_message_bytes < 1024:
             raise UserError(f"--max-message-bytes {self.max_message_bytes}: expected at least 1024")
         if self.grace_seconds < 0:
             raise UserError(f"--grace-seconds {self.grace_seconds}: expected >= 0")
+
+    def batching_options(self) -> "BatchingOptions":
+        from server.batching import BatchingOptions
+
+        return BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
+                               coalesce=self.dynamic_batching)

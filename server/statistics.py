@@ -51,7 +51,5 @@ class VersionStatistics:
             total.add(ns)
             per_batch.add(ns)
 
-    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0) -> None:
+    def record_request(self, ok: bool, total_ns: int) -> None:
         (self.success if ok else self.fail).add(total_ns)
-        if ok:
-            self.queue.add(queue_ns)

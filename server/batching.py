@@ -1,0 +1,178 @@
+"""Per-model dynamic batching: coalesce concurrent requests into one model call, split results back.
+
+A request waits in a bounded queue. Whenever one of the model's ``instances`` is free, the batcher
+takes the queued requests in arrival order while their total batch fits ``max_batch_size``; with
+``max_queue_delay_us`` > 0 it waits up to that long after the first request's arrival for the batch
+to fill. So with a free instance and no delay a request runs at once (no latency added at low load),
+and under load the requests that arrived during the previous call share the next one.
+``coalesce=False`` runs every request alone (batching off), with the same queue and deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, QueueFull, Unavailable
+from server.statistics import VersionStatistics
+
+Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Pending:
+    images: np.ndarray
+    outputs: list[str]
+    deadline: float | None
+    """Event-loop time after which the request is dropped before compute."""
+    arrived: float
+    """Event-loop time of arrival; max_queue_delay_us counts from the oldest request of a batch."""
+    enqueued_ns: int
+    future: asyncio.Future
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 256
+    """Requests waiting at most; the next one gets RESOURCE_EXHAUSTED at once."""
+    instances: int = 1
+    """Model calls that may run at the same time."""
+    coalesce: bool = True
+
+
+class DynamicBatcher:
+    def __init__(self, run: Runner, output_order: list[str], executor: Executor, options: BatchingOptions,
+                 statistics: VersionStatistics | None = None):
+        self.run = run
+        self.output_order = output_order
+        self.executor = executor
+        self.options = options
+        self.statistics = statistics or VersionStatistics()
+        self._queue: deque[Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._free = asyncio.Semaphore(options.instances)
+        self._running: set[asyncio.Task] = set()
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, images: np.ndarray, outputs: list[str], timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Queue one validated request; returns its requested outputs, rows of this request only."""
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._dispatch())
+        if len(self._queue) >= self.options.max_queue_size:
+            raise QueueFull(f"queue full: {len(self._queue)} requests waiting (limit {self.options.max_queue_size});"
+                            " retry later")
+        deadline = loop.time() + timeout_s if timeout_s is not None else None
+        pending = Pending(images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future())
+        self._queue.append(pending)
+        self._arrived.set()
+        return await pending.future
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def stop(self) -> None:
+        """Finish the running calls, refuse what is still queued."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("the model version was unloaded; retry"))
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._free.acquire()
+            batch = await self._collect()
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _expired(self, pending: Pending, now: float) -> bool:
+        """Cancelled by its client, or past its deadline (then failed with DEADLINE_EXCEEDED)."""
+        if pending.future.done():
+            return True
+        if pending.deadline is not None and now >= pending.deadline:
+            pending.future.set_exception(DeadlineExceeded("deadline exceeded while queued; the request was not run"))
+            return True
+        return False
+
+    def _take_ready(self, batch: list[Pending], size: int) -> int:
+        """Move queued requests into ``batch`` while they fit; expired or cancelled ones are dropped."""
+        now = asyncio.get_running_loop().time()
+        while self._queue:
+            head = self._queue[0]
+            if self._expired(head, now):
+                self._queue.popleft()
+                continue
+            if batch and (not self.options.coalesce or size + head.size > self.options.max_batch_size):
+                break
+            batch.append(self._queue.popleft())
+            size += head.size
+        return size
+
+    async def _collect(self) -> list[Pending]:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch: list[Pending] = []
+            size = self._take_ready(batch, 0)
+            delay = self.options.max_queue_delay_us / 1e6
+            while batch and self.options.coalesce and delay > 0 and size < self.options.max_batch_size:
+                remaining = batch[0].arrived + delay - loop.time()
+                if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    pass
+                size = self._take_ready(batch, size)
+            if batch:
+                return batch
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        try:
+            now = asyncio.get_running_loop().time()  # a batch that waited for companions: check again
+            batch = [pending for pending in batch if not self._expired(pending, now)]
+            if not batch:
+                return
+            started = time.perf_counter_ns()
+            requested = {name for pending in batch for name in pending.outputs}
+            outputs = [name for name in self.output_order if name in requested]
+            images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
+            input_done = time.perf_counter_ns()
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, images, outputs)
+            infer_done = time.perf_counter_ns()
+            offset = 0
+            for pending in batch:
+                rows = slice(offset, offset + pending.size)
+                offset += pending.size
+                if not pending.future.done():
+                    pending.future.set_result({name: results[name][rows] for name in pending.outputs})
+                self.statistics.queue.add(started - pending.enqueued_ns)
+            self.statistics.record_execution(offset, input_done - started, infer_done - input_done,
+                                             time.perf_counter_ns() - infer_done)
+        except Exception as exc:  # a failed call fails only the requests in this batch
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        finally:
+            self._free.release()

@@ -1,0 +1,220 @@
+"""The dynamic batcher on its own, with a real (NumPy) model function and a real thread pool."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from server.batching import BatchingOptions, DynamicBatcher
+from server.errors import DeadlineExceeded, QueueFull
+
+
+class Model:
+    """y = 2x and the per-sample sum; records every call's batch size; can be held to fill the queue."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+        self.entered = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_when = None
+
+    def __call__(self, images, outputs):
+        self.entered += 1
+        self.gate.wait(10)
+        self.calls.append(len(images))
+        if self.fail_when is not None and np.any(images == self.fail_when):
+            raise RuntimeError("model failure")
+        results = {"double": images * 2, "total": images.reshape(len(images), -1).sum(axis=1)}
+        return {name: results[name] for name in outputs}
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def make(model, executor, **options):
+    return DynamicBatcher(model, ["double", "total"], executor, BatchingOptions(**options))
+
+
+def sample(value, batch=1):
+    return np.full((batch, 2, 2, 1), value, np.float32)
+
+
+async def wait_until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+
+
+def test_requests_are_coalesced_up_to_the_limit_in_order(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=4)
+
+    async def scenario():
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)  # the first request is running, held by the gate
+        rest = [asyncio.create_task(batcher.submit(sample(v), ["double", "total"])) for v in range(1, 11)]
+        await wait_until(lambda: batcher.queued == 10)
+        model.gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(scenario())
+    assert model.calls == [1, 4, 4, 2]
+    np.testing.assert_array_equal(first["double"], sample(0))
+    assert set(first) == {"double"}
+    for value, result in enumerate(rest, start=1):
+        np.testing.assert_array_equal(result["double"], sample(2 * value))
+        np.testing.assert_array_equal(result["total"], [4.0 * value])
+
+
+def test_requests_of_several_samples_are_never_split(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=5)
+
+    async def scenario():
+        model.gate.clear()
+        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)
+        sizes = [3, 3, 2, 5]
+        tasks = [asyncio.create_task(batcher.submit(sample(i, n), ["double"])) for i, n in enumerate(sizes)]
+        await wait_until(lambda: batcher.queued == 4)
+        model.gate.set()
+        await held
+        return sizes, await asyncio.gather(*tasks)
+
+    sizes, results = asyncio.run(scenario())
+    assert model.calls == [1, 3, 5, 5]
+    assert [len(r["double"]) for r in results] == sizes
+
+
+def test_max_queue_delay_waits_for_companions(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=200_000)
+
+    async def scenario():
+        started = time.monotonic()
+        first = asyncio.create_task(batcher.submit(sample(1), ["double"]))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.submit(sample(2), ["double"]))
+        await asyncio.gather(first, second)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    assert model.calls == [2]  # the second request arrived within the delay and shared the call
+    assert elapsed >= 0.19
+
+
+def test_without_delay_a_lone_request_runs_at_once(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=0)
+    asyncio.run(batcher.submit(sample(1), ["double"]))
+    assert model.calls == [1]
+
+
+def test_a_failed_call_fails_only_its_own_batch(executor):
+    model = Model()
+    model.fail_when = 7.0
+    batcher = make(model, executor, max_batch_size=2)
+
+    async def scenario():
+        model.gate.clear()
+        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)
+        tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in (6, 7, 8, 9)]
+        await wait_until(lambda: batcher.queued == 4)
+        model.gate.set()
+        await held
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert model.calls == [1, 2, 2]
+    assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError)
+    np.testing.assert_array_equal(results[2]["double"], sample(16))
+    np.testing.assert_array_equal(results[3]["double"], sample(18))
+
+
+def test_a_full_queue_refuses_at_once(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=1, max_queue_size=2)
+
+    async def scenario():
+        model.gate.clear()
+        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)
+        queued = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in (1, 2)]
+        await wait_until(lambda: batcher.queued == 2)
+        with pytest.raises(QueueFull, match=r"queue full: 2 requests waiting \(limit 2\)"):
+            await batcher.submit(sample(3), ["double"])
+        model.gate.set()
+        await asyncio.gather(held, *queued)
+
+    asyncio.run(scenario())
+    assert model.calls == [1, 1, 1]
+
+
+def test_an_expired_request_is_dropped_before_compute(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=4)
+
+    async def scenario():
+        model.gate.clear()
+        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)
+        expiring = asyncio.create_task(batcher.submit(sample(5), ["double"], timeout_s=0.01))
+        patient = asyncio.create_task(batcher.submit(sample(6), ["double"], timeout_s=30))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await held
+        with pytest.raises(DeadlineExceeded, match="not run"):
+            await expiring
+        return await patient
+
+    result = asyncio.run(scenario())
+    assert model.calls == [1, 1]  # the expired request never reached the model
+    np.testing.assert_array_equal(result["double"], sample(12))
+
+
+def test_batching_off_runs_every_request_alone(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=8, coalesce=False)
+
+    async def scenario():
+        model.gate.clear()
+        tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(5)]
+        await wait_until(lambda: model.entered == 1 and batcher.queued == 4)
+        model.gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(scenario())
+    assert model.calls == [1, 1, 1, 1, 1]
+    for value, result in enumerate(results):
+        np.testing.assert_array_equal(result["double"], sample(2 * value))
+
+
+def test_a_cancelled_request_does_not_disturb_the_others(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=4)
+
+    async def scenario():
+        model.gate.clear()
+        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+        await wait_until(lambda: model.entered == 1)
+        cancelled = asyncio.create_task(batcher.submit(sample(1), ["double"]))
+        kept = asyncio.create_task(batcher.submit(sample(2), ["double"]))
+        await wait_until(lambda: batcher.queued == 2)
+        cancelled.cancel()
+        model.gate.set()
+        await held
+        return await kept
+
+    result = asyncio.run(scenario())
+    np.testing.assert_array_equal(result["double"], sample(4))
+    assert model.calls == [1, 1]

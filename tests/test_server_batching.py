@@ -1,0 +1,90 @@
+"""Dynamic batching, deadlines and --workers through a real server process."""
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import onnxruntime
+import pytest
+from tritonclient.grpc import service_pb2 as v2
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
+
+from tests.servers import start_server
+
+
+def request(x, model="digits"):
+    return v2.ModelInferRequest(
+        model_name=model, inputs=[v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=x.shape)],
+        raw_input_contents=[x.tobytes()])
+
+
+def logits(response):
+    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
+
+
+@pytest.fixture(scope="module")
+def batching_server(serving_repository):
+    process = start_server(serving_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32")
+    yield process
+    assert process.stop() == 0, "\n".join(process.log)
+
+
+def test_concurrent_requests_are_batched_and_answered_exactly(batching_server, serving_repository):
+    samples = np.random.default_rng(8).uniform(0, 16, (32, 1, 8, 8, 1)).astype(np.float32)
+
+    async def send_all():
+        async with grpc.aio.insecure_channel(batching_server.url) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            return await asyncio.gather(*(stub.ModelInfer(request(x)) for x in samples))
+
+    responses = asyncio.run(send_all())
+    session = onnxruntime.InferenceSession(str(serving_repository / "digits" / "1" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    for x, response in zip(samples, responses):
+        np.testing.assert_array_equal(logits(response), session.run(["logits"], {"images": x})[0])
+    with grpc.insecure_channel(batching_server.url) as channel:
+        stats = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            v2.ModelStatisticsRequest(name="digits", version="1")).model_stats[0]
+    assert stats.inference_count == 32 and stats.execution_count < 32
+    assert max(b.batch_size for b in stats.batch_stats) > 1
+    with grpc.insecure_channel(batching_server.url) as channel:
+        config = v2_grpc.GRPCInferenceServiceStub(channel).ModelConfig(v2.ModelConfigRequest(name="digits")).config
+    assert config.dynamic_batching.max_queue_delay_microseconds == 20000 and config.max_batch_size == 32
+
+
+def test_an_expired_request_is_dropped_before_compute(serving_repository):
+    server = start_server(serving_repository, "--max-queue-delay-us", "1000000")
+    try:
+        with grpc.insecure_channel(server.url) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            x = np.zeros((1, 8, 8, 1), np.float32)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request(x, model="other"), timeout=0.2)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(1.2)  # past the queue delay: the server has decided about the request
+            stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="other", version="1")).model_stats[0]
+            assert stats.inference_count == 0 and stats.execution_count == 0
+            assert stats.inference_stats.fail.count == 1
+    finally:
+        assert server.stop() == 0
+
+
+def test_two_workers_both_answer_and_stop_on_sigterm(serving_repository):
+    server = start_server(serving_repository, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while sum("listening on" in line for line in server.log) < 2:
+            assert time.monotonic() < deadline, "\n".join(server.log)
+            time.sleep(0.1)
+        pids = set()
+        for _ in range(30):
+            # A channel of its own (no shared subchannel) is a new TCP connection, which the kernel
+            # hands to either worker.
+            with grpc.insecure_channel(server.url, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                _, call = v2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata.with_call(v2.ServerMetadataRequest())
+                pids.add(dict(call.trailing_metadata())["bnserve-worker-pid"])
+        assert len(pids) == 2
+    finally:
+        assert server.stop() == 0
+    assert any("all workers stopped (exit codes [0, 0])" in line for line in server.log)
