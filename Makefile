@@ -42,8 +42,13 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
+# Needs Debian's h2load (nghttp2-client) as the load generator; installed here when missing.
 bench: $(INSTALLED)
+	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || (apt-get update && apt-get install -y nghttp2-client)) \
+		|| sudo apt-get install -y nghttp2-client
+	$(PY) -m pip install --quiet -e '.[bench,test]'
 	$(PY) bench/warmup_study.py --out docs/warmup.md
+	$(PY) bench/run.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale).
 protos: $(INSTALLED)

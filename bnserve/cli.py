@@ -130,8 +130,9 @@ def add_serve_parser(commands) -> None:
                         help="largest batch one request may carry and one model call may run (default 64)")
     parser.add_argument("--dynamic-batching", choices=["on", "off"], default="on",
                         help="coalesce concurrent requests into one model call (default on)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=0,
-                        help="wait this long for a batch to fill (default 0: run when an instance is free)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=1000,
+                        help="longest a batch waits for companions when traffic is concurrent (default 1000; "
+                             "0: run as soon as an instance is free)")
     parser.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model version")
     parser.add_argument("--instances", type=int, default=1, help="concurrent model calls per version (default 1)")
     parser.add_argument("--version-policy", default="latest:1", help="latest:N (default latest:1), all, specific:V1,V2")

@@ -1,10 +1,12 @@
 """Per-model dynamic batching: coalesce concurrent requests into one model call, split results back.
 
 A request waits in a bounded queue. Whenever one of the model's ``instances`` is free, the batcher
-takes the queued requests in arrival order while their total batch fits ``max_batch_size``; with
-``max_queue_delay_us`` > 0 it waits up to that long after the first request's arrival for the batch
-to fill. So with a free instance and no delay a request runs at once (no latency added at low load),
-and under load the requests that arrived during the previous call share the next one.
+takes the queued requests in arrival order while their total batch fits ``max_batch_size``. It then
+waits for companions only when recent traffic says they are coming: each arriving request observes
+how many requests are already inside the batcher (queued or running), and the batch waits, at most
+``max_queue_delay_us`` after its oldest request arrived, until it holds 1 + the moving average of
+that number. A lone client (nothing else inside when it arrives) is never held back; 32 concurrent
+clients fill batches instead of paying one thread hand-off each.
 ``coalesce=False`` runs every request alone (batching off), with the same queue and deadlines.
 """
 
@@ -44,7 +46,7 @@ class Pending:
 @dataclass(frozen=True)
 class BatchingOptions:
     max_batch_size: int = 64
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int = 1000
     max_queue_size: int = 256
     """Requests waiting at most; the next one gets RESOURCE_EXHAUSTED at once."""
     instances: int = 1
@@ -65,6 +67,10 @@ class DynamicBatcher:
         self._free = asyncio.Semaphore(options.instances)
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
+        self._inside = 0
+        """Requests submitted and not yet answered."""
+        self.concurrency = 0.0
+        """Moving average (weight 1/8) of ``_inside`` seen by each arriving request."""
 
     async def submit(self, images: np.ndarray, outputs: list[str], timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Queue one validated request; returns its requested outputs, rows of this request only."""
@@ -76,13 +82,23 @@ class DynamicBatcher:
                             " retry later")
         deadline = loop.time() + timeout_s if timeout_s is not None else None
         pending = Pending(images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future())
+        self.concurrency += (self._inside - self.concurrency) / 8
+        self._inside += 1
         self._queue.append(pending)
         self._arrived.set()
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            self._inside -= 1
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def inside(self) -> int:
+        """Requests submitted and not yet answered (queued or running)."""
+        return self._inside
 
     async def stop(self) -> None:
         """Finish the running calls, refuse what is still queued."""
@@ -135,7 +151,8 @@ class DynamicBatcher:
             batch: list[Pending] = []
             size = self._take_ready(batch, 0)
             delay = self.options.max_queue_delay_us / 1e6
-            while batch and self.options.coalesce and delay > 0 and size < self.options.max_batch_size:
+            target = min(self.options.max_batch_size, 1 + round(self.concurrency))
+            while batch and self.options.coalesce and delay > 0 and size < target:
                 remaining = batch[0].arrived + delay - loop.time()
                 if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
                     break

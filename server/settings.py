@@ -60,8 +60,9 @@ class ServerSettings:
     """Largest batch one request may carry, and one model call may run (ModelConfig max_batch_size)."""
     dynamic_batching: bool = True
     """Coalesce concurrent requests into one model call; off: every request runs alone."""
-    max_queue_delay_us: int = 0
-    """How long a batch may wait for more requests after its oldest arrived; 0: run as soon as an instance is free."""
+    max_queue_delay_us: int = 1000
+    """Longest a batch waits for companions after its oldest request arrived (only while recent
+    concurrency says they are coming, see server.batching); 0: run as soon as an instance is free."""
     max_queue_size: int = 256
     """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
     instances: int = 1

@@ -1,4 +1,4 @@
-"""Starting a real `bnserve serve` process on 127.0.0.1 port 0 and stopping it with SIGTERM."""
+"""Starting a real server process on 127.0.0.1 port 0 and stopping it with SIGTERM (tests and bench/)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,13 @@ class ServerProcess:
 
 
 def start_server(repository: Path, *flags: str, timeout: float = 120) -> ServerProcess:
-    command = [sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository), "--grpc-port", "0", *flags]
+    """`bnserve serve` on 127.0.0.1, port 0."""
+    return start_listening([sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
+                            "--grpc-port", "0", *flags], timeout)
+
+
+def start_listening(command: list[str], timeout: float = 120) -> ServerProcess:
+    """Start ``command`` and wait for its "listening on 127.0.0.1:PORT" line."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     port: list[int] = []

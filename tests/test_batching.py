@@ -39,6 +39,7 @@ def executor():
 
 
 def make(model, executor, **options):
+    options.setdefault("max_queue_delay_us", 0)  # the tests that are about the delay set it
     return DynamicBatcher(model, ["double", "total"], executor, BatchingOptions(**options))
 
 
@@ -95,24 +96,73 @@ def test_requests_of_several_samples_are_never_split(executor):
     assert [len(r["double"]) for r in results] == sizes
 
 
-def test_max_queue_delay_waits_for_companions(executor):
+def test_a_lone_client_is_never_held_back(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=5_000_000)
+
+    async def scenario():
+        started = time.monotonic()
+        for value in range(5):  # one request at a time, as a single synchronous client sends them
+            await batcher.submit(sample(value), ["double"])
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 2.5  # a wait of max_queue_delay would take 5 s per request
+    assert model.calls == [1, 1, 1, 1, 1] and batcher.concurrency == 0
+
+
+def concurrent_traffic(batcher, model, clients):
+    """``clients`` requests at once while the model is held: each sees the others inside."""
+
+    async def burst():
+        model.gate.clear()
+        tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(clients)]
+        await wait_until(lambda: batcher.inside == clients)
+        model.gate.set()
+        await asyncio.gather(*tasks)
+
+    return burst()
+
+
+def test_concurrent_traffic_waits_for_companions_up_to_the_delay(executor):
     model = Model()
     batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=200_000)
 
     async def scenario():
+        for _ in range(3):
+            await concurrent_traffic(batcher, model, 8)
+        assert batcher.concurrency > 3  # recent arrivals found several requests inside
+        model.calls.clear()
         started = time.monotonic()
         first = asyncio.create_task(batcher.submit(sample(1), ["double"]))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(batcher.submit(sample(2), ["double"]))
-        await asyncio.gather(first, second)
-        return time.monotonic() - started
+        results = await asyncio.gather(first, second)
+        return time.monotonic() - started, results
 
-    elapsed = asyncio.run(scenario())
+    elapsed, results = asyncio.run(scenario())
     assert model.calls == [2]  # the second request arrived within the delay and shared the call
-    assert elapsed >= 0.19
+    assert 0.19 <= elapsed < 5  # nobody else came: the batch left when the delay ran out
+    np.testing.assert_array_equal(results[1]["double"], sample(4))
 
 
-def test_without_delay_a_lone_request_runs_at_once(executor):
+def test_a_batch_leaves_as_soon_as_it_holds_the_expected_companions(executor):
+    model = Model()
+    batcher = make(model, executor, max_batch_size=64, max_queue_delay_us=5_000_000)
+
+    async def scenario():
+        for _ in range(4):
+            await concurrent_traffic(batcher, model, 4)
+        target = 1 + round(batcher.concurrency)
+        model.calls.clear()
+        started = time.monotonic()
+        await asyncio.gather(*(batcher.submit(sample(v), ["double"]) for v in range(target)))
+        return target, time.monotonic() - started
+
+    target, elapsed = asyncio.run(scenario())
+    assert model.calls == [target] and elapsed < 2.5
+
+
+def test_without_delay_a_request_runs_at_once(executor):
     model = Model()
     batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=0)
     asyncio.run(batcher.submit(sample(1), ["double"]))

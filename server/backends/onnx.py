@@ -24,6 +24,9 @@ class OnnxBackend:
     def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's default (physical cores)
+        # Spinning intra-op threads keep every core busy between calls, starving the event loop that
+        # feeds them: on 2 cores it halved served throughput at concurrency 32 (docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
         self.session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), options, providers=providers)
         # ONNX Runtime silently falls back to the CPU when CUDA cannot start: check what it picked.

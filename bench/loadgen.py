@@ -1,0 +1,103 @@
+"""Driving a gRPC server with h2load (nghttp2's C load generator) and reading what it measured.
+
+h2load sends the same framed ModelInfer request over HTTP/2 with many streams in flight, logs every
+request's duration (microseconds) and uses little CPU itself; its CPU time and the server's are read
+from the kernel around the run so the report can show which side was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODEL_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    concurrency: int
+    requests: int
+    seconds: float
+    throughput: float
+    """Successful requests per second."""
+    p50_ms: float
+    p99_ms: float
+    client_cores: float
+    """CPU seconds h2load used per wall second."""
+    server_cores: float
+    """CPU seconds the server process(es) used per wall second."""
+
+
+def model_infer_body(model: str, images: np.ndarray) -> bytes:
+    """One gRPC message frame (flag byte, big-endian length, ModelInferRequest) with raw FP32 contents."""
+    from protos import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(
+        model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32",
+                                                                         shape=images.shape)],
+        raw_input_contents=[np.ascontiguousarray(images, np.float32).tobytes()])
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its descendants still alive."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return total
+    return total + sum(process_cpu_seconds(int(child)) for child in children)
+
+
+def h2load_command() -> str:
+    path = shutil.which("h2load")
+    if path is None:
+        raise RuntimeError("h2load not found: `make bench` installs Debian's nghttp2-client")
+    return path
+
+
+def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pid: int | None,
+             warmup_s: float = 0.5) -> LoadResult:
+    """``concurrency`` streams in flight over min(concurrency, 4) connections for ``seconds``."""
+    connections = min(concurrency, 4)
+    with tempfile.TemporaryDirectory() as work:
+        body_path, log_path = Path(work) / "body.bin", Path(work) / "requests.log"
+        body_path.write_bytes(body)
+        command = [h2load_command(), "-D", f"{round(seconds * 1000)}ms", f"--warm-up-time={round(warmup_s * 1000)}ms", "-c", str(connections),
+                   "-m", str(concurrency // connections), "-t", "1", "-H", "content-type: application/grpc",
+                   "-H", "te: trailers", "-d", str(body_path), f"--log-file={log_path}",
+                   f"http://127.0.0.1:{port}{MODEL_INFER_PATH}"]
+        before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
+        started = time.perf_counter()
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        wall = time.perf_counter() - started
+        server_used = process_cpu_seconds(server_pid) - server_before if server_pid else 0.0
+        after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        durations_us = np.array([int(line.split("\t")[2]) for line in log_path.read_text().splitlines() if line])
+    succeeded = int(re.search(r"(\d+) succeeded", output).group(1))
+    measured = float(re.search(r"finished in ([\d.]+)(m?s)", output).group(1))
+    measured /= 1000 if re.search(r"finished in [\d.]+ms", output) else 1
+    client_used = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
+    return LoadResult(concurrency, succeeded, measured, succeeded / measured,
+                      float(np.percentile(durations_us, 50)) / 1000, float(np.percentile(durations_us, 99)) / 1000,
+                      client_used / wall, server_used / wall)
+
+
+def median_result(results: list[LoadResult]) -> LoadResult:
+    """The repeat with the median throughput (its own latencies, so the row stays one real run)."""
+    return sorted(results, key=lambda r: r.throughput)[len(results) // 2]

@@ -1,0 +1,293 @@
+"""`make bench`: serving throughput and latency against the in-process and no-op-server limits.
+
+Everything is measured in this one run on this machine; every figure is also shown as a ratio to
+its baseline. Writes docs/benchmarks.md and docs/benchmarks.png.
+
+    python bench/run.py [--seconds 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from bench.loadgen import LoadResult, median_result, model_infer_body, run_load  # noqa: E402
+from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPUTE_MODEL = ["--data", "synthetic:32x32x3", "--widths", "32,32,64,64,128,128", "--strides", "1,1,2,1,2,1",
+                 "--epochs", "1"]
+CONCURRENCIES = (1, 8, 32)
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    targets: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+        print(*lines, sep="\n", flush=True)
+
+    def target(self, name: str, measured: str, met: bool) -> None:
+        self.targets.append((name, measured, met))
+
+
+def bnserve(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "bnserve.cli", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def prepare_models(work: Path) -> Path:
+    repository = work / "repository"
+    bnserve("train", "--out", str(work / "digits-run"))
+    bnserve("export", str(work / "digits-run"), "--repository", str(repository), "--name", "digits")
+    bnserve("train", "--out", str(work / "conv6-run"), *COMPUTE_MODEL)
+    bnserve("export", str(work / "conv6-run"), "--repository", str(repository), "--name", "conv6")
+    return repository
+
+
+def sample(shape: tuple[int, ...], batch: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 16, (batch, *shape)).astype(np.float32)
+
+
+def timed_rate(call, samples_per_call: int, seconds: float, repeats: int) -> float:
+    """Median over repeats of samples per second, each repeat calling for about ``seconds``."""
+    rates = []
+    for _ in range(repeats):
+        call()
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            call()
+            calls += 1
+        rates.append(calls * samples_per_call / (time.perf_counter() - started))
+    return float(np.median(rates))
+
+
+def in_process_onnx(version_dir: Path, shape, seconds, repeats) -> dict[int, float]:
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rates = {}
+    for batch in (1, 8, 32, 64):
+        images = sample(shape, batch)
+        rates[batch] = timed_rate(lambda: session.run(["logits", "probabilities"], {"images": images}), batch,
+                                  seconds, repeats)
+    return rates
+
+
+def cold_start(repository: Path, backend: str) -> tuple[float, ServerProcess]:
+    """Seconds from process start to health SERVING; the server is returned still running."""
+    started = time.perf_counter()
+    server = start_server(repository, "--backend", backend)
+    with grpc.insecure_channel(server.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while health.Check(health_pb2.HealthCheckRequest(service="")).status != health_pb2.HealthCheckResponse.SERVING:
+            time.sleep(0.005)
+    return time.perf_counter() - started, server
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def loads(server: ServerProcess, body: bytes, concurrencies, seconds, repeats) -> dict[int, LoadResult]:
+    return {c: median_result([run_load(server.port, body, c, seconds, server.process.pid) for _ in range(repeats)])
+            for c in concurrencies}
+
+
+def load_table(title: str, rows: list[tuple[str, LoadResult]], baseline: dict[int, LoadResult] | None) -> list[str]:
+    lines = [f"### {title}", "", "| configuration | concurrency | req/s | vs no-op | p50 ms | p99 ms | "
+             "load generator CPU (cores) | server CPU (cores) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        ratio = f"{r.throughput / baseline[r.concurrency].throughput:.2f}" if baseline and r.concurrency in baseline else "-"
+        lines.append(f"| {name} | {r.concurrency} | {r.throughput:,.0f} | {ratio} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+                     f"{r.client_cores:.2f} | {r.server_cores:.2f} |")
+    return lines + [""]
+
+
+def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, repeats: int) -> list[str]:
+    import tensorflow as tf
+
+    from trainer.checkpoint import restore_trained_model
+
+    model, record, _ = restore_trained_model(work / f"{name}-run")
+    unfolded = tf.function(lambda x: model(x, training=False))
+    folded = tf.saved_model.load(str(repository / name / "1" / "saved_model")).signatures["serving_default"]
+    shape = tuple(record["model"]["input_shape"])
+    lines = []
+    for batch in (1, 64):
+        images = tf.constant(sample(shape, batch))
+        unfolded_rate = timed_rate(lambda: unfolded(images), batch, seconds, repeats)
+        folded_rate = timed_rate(lambda: folded(images=images), batch, seconds, repeats)
+        lines.append(f"| {name} | {batch} | {unfolded_rate:,.0f} | {folded_rate:,.0f} | {folded_rate / unfolded_rate:.2f} |")
+    return lines
+
+
+def plot(path: Path, bars: list[tuple[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    axis.barh([name for name, _ in bars][::-1], [value for _, value in bars][::-1], color="#4c72b0")
+    axis.set_xlabel("requests (1 sample each) per second, digits model")
+    axis.set_title("bnserve on this machine: served throughput vs its limits")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of one load run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    report = Report()
+    with tempfile.TemporaryDirectory() as directory:
+        work = Path(directory)
+        repository = prepare_models(work)
+        run(report, work, repository, args.seconds, args.repeats, args.out.with_suffix(".png"))
+    header = [
+        "# Benchmarks", "",
+        f"Produced by `make bench` (`python bench/run.py --seconds {args.seconds} --repeats {args.repeats}`) in "
+        f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} cores ({platform_line()}). Load generator: "
+        "h2load (nghttp2, C) in a separate process, 1-sample ModelInfer requests with raw FP32 contents, "
+        "`concurrency` streams in flight over min(concurrency, 4) HTTP/2 connections; each figure is the "
+        f"median of {args.repeats} runs of {args.seconds:g} s after 0.5 s of warm-up. All servers run on "
+        "the same 2 cores as the load generator.", "",
+        "## Targets", "", "| target | measured | verdict |", "|---|---|---|",
+        *[f"| {name} | {measured} | {'met' if met else '**missed**'} |" for name, measured, met in report.targets], "",
+    ]
+    args.out.write_text("\n".join(header + report.lines) + "\n")
+
+
+def platform_line() -> str:
+    import platform
+
+    import onnxruntime as ort
+
+    return f"Python {platform.python_version()}, grpcio {grpc.__version__}, onnxruntime {ort.__version__}"
+
+
+def run(report: Report, work: Path, repository: Path, seconds: float, repeats: int, plot_path: Path) -> None:
+    digits_shape, conv6_shape = (8, 8, 1), (32, 32, 3)
+    digits_body = model_infer_body("digits", sample(digits_shape, 1))
+    conv6_body = model_infer_body("conv6", sample(conv6_shape, 1))
+
+    # 1. The two limits.
+    digits_rates = in_process_onnx(repository / "digits" / "1", digits_shape, seconds, repeats)
+    conv6_rates = in_process_onnx(repository / "conv6" / "1", conv6_shape, seconds, repeats)
+    report.add("## 1. Limits", "", "In-process ONNX Runtime (samples/s, no gRPC):", "",
+               "| model | batch 1 | batch 8 | batch 32 | batch 64 | best |", "|---|---|---|---|---|---|",
+               *[f"| {name} | " + " | ".join(f"{rates[b]:,.0f}" for b in (1, 8, 32, 64)) + f" | {max(rates.values()):,.0f} |"
+                 for name, rates in (("digits", digits_rates), ("conv6", conv6_rates))], "")
+    noop = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"])
+    try:
+        noop_results = loads(noop, digits_body, CONCURRENCIES, seconds, repeats)
+    finally:
+        noop.stop()
+    report.add(*load_table("No-op gRPC server (grpc.aio, constant ModelInfer response)",
+                           [("no-op", noop_results[c]) for c in CONCURRENCIES], noop_results))
+
+    # 2-3. The served models, batching on and off; 6. cold start and memory of the ONNX Runtime backend.
+    served = {}
+    for batching in ("on", "off"):
+        server = start_server(repository, "--dynamic-batching", batching)
+        try:
+            served[batching] = loads(server, digits_body, CONCURRENCIES, seconds, repeats)
+            served[f"conv6-{batching}"] = loads(server, conv6_body, (8,), seconds, repeats)
+        finally:
+            server.stop()
+    report.add("## 2. Served digits model (overhead-bound)", "",
+               *load_table("bnserve, ONNX Runtime backend", [(f"batching {b}", served[b][c]) for b in ("on", "off")
+                                                            for c in CONCURRENCIES], noop_results))
+    conv6_best = max(conv6_rates.values())
+    report.add("## 3. Compute-bound model (synthetic 32x32x3, six conv-BN blocks 32-32-64-64-128-128)", "",
+               "| configuration | concurrency | req/s | vs in-process best | p50 ms | p99 ms | server CPU |",
+               "|---|---|---|---|---|---|---|",
+               *[f"| batching {b} | 8 | {served[f'conv6-{b}'][8].throughput:,.0f} | "
+                 f"{served[f'conv6-{b}'][8].throughput / conv6_best:.2f} | {served[f'conv6-{b}'][8].p50_ms:.2f} | "
+                 f"{served[f'conv6-{b}'][8].p99_ms:.2f} | {served[f'conv6-{b}'][8].server_cores:.2f} |" for b in ("on", "off")],
+               "")
+
+    # 4. Backends side by side; 6. cold start and peak RSS; workers.
+    backend_rows, start_rows = [], []
+    for backend in ("onnx", "tf"):
+        times = []
+        for repeat in range(repeats):
+            seconds_to_serving, server = cold_start(repository, backend)
+            times.append(seconds_to_serving)
+            if repeat < repeats - 1:
+                server.stop()
+        try:
+            result = loads(server, digits_body, (8, 32), seconds, repeats)
+            rss = peak_rss_mb(server.process.pid)
+        finally:
+            server.stop()
+        backend_rows += [(backend, result[8]), (backend, result[32])]
+        start_rows.append((backend, float(np.median(times)), rss))
+    report.add("## 4. ONNX Runtime vs TensorFlow backend (same digits version, batching on)", "",
+               *load_table("backends", backend_rows, noop_results))
+    report.add("## 6. Cold start (process start to health SERVING) and peak RSS after the load above", "",
+               "| backend | cold start s | peak RSS MB |", "|---|---|---|",
+               *[f"| {b} | {t:.2f} | {rss:.0f} |" for b, t, rss in start_rows], "")
+    workers = start_server(repository, "--workers", "2")
+    try:
+        time.sleep(2)  # both workers listening
+        two_workers = loads(workers, digits_body, (32,), seconds, repeats)
+    finally:
+        workers.stop()
+    report.add(*load_table("--workers 1 vs 2 (digits, batching on)",
+                           [("1 worker", served["on"][32]), ("2 workers", two_workers[32])], noop_results))
+
+    # 5. Folded vs unfolded.
+    report.add("## 5. Folded SavedModel vs unfolded Keras model in inference mode (TensorFlow, in-process, samples/s)", "",
+               "| model | batch | unfolded | folded | folded / unfolded |", "|---|---|---|---|---|",
+               *folded_vs_unfolded(work, repository, "digits", seconds, repeats),
+               *folded_vs_unfolded(work, repository, "conv6", seconds, repeats), "")
+
+    on32, off32, noop32 = served["on"][32], served["off"][32], noop_results[32]
+    report.target("digits, batching on, c=32: >= 0.8 x no-op throughput",
+                  f"{on32.throughput:,.0f} / {noop32.throughput:,.0f} = {on32.throughput / noop32.throughput:.2f}",
+                  on32.throughput >= 0.8 * noop32.throughput)
+    report.target("digits, c=32: batching on >= 1.5 x batching off",
+                  f"{on32.throughput:,.0f} / {off32.throughput:,.0f} = {on32.throughput / off32.throughput:.2f}",
+                  on32.throughput >= 1.5 * off32.throughput)
+    on1, noop1 = served["on"][1], noop_results[1]
+    report.target("digits, c=1: p50 within 0.15 ms of no-op", f"{on1.p50_ms:.3f} - {noop1.p50_ms:.3f} = "
+                  f"{on1.p50_ms - noop1.p50_ms:.3f} ms", on1.p50_ms - noop1.p50_ms <= 0.15)
+    report.target("digits, c=1: p99 <= 1.5 ms", f"{on1.p99_ms:.3f} ms", on1.p99_ms <= 1.5)
+    conv6_on = served["conv6-on"][8]
+    report.target("compute-bound, c=8: >= 0.85 x in-process best", f"{conv6_on.throughput:,.0f} / {conv6_best:,.0f} = "
+                  f"{conv6_on.throughput / conv6_best:.2f}", conv6_on.throughput >= 0.85 * conv6_best)
+    onnx_start, onnx_rss = start_rows[0][1], start_rows[0][2]
+    report.target("ONNX Runtime backend: cold start <= 2 s", f"{onnx_start:.2f} s", onnx_start <= 2)
+    report.target("ONNX Runtime backend: peak RSS <= 300 MB", f"{onnx_rss:.0f} MB", onnx_rss <= 300)
+    plot(plot_path, [("in-process ONNX Runtime, batch 1", digits_rates[1]),
+                     ("in-process ONNX Runtime, best batch", max(digits_rates.values())),
+                     *[(f"no-op server, c={c}", noop_results[c].throughput) for c in CONCURRENCIES],
+                     *[(f"bnserve batching {b}, c={c}", served[b][c].throughput) for b in ("on", "off") for c in CONCURRENCIES],
+                     ("bnserve 2 workers, c=32", two_workers[32].throughput)])
+    report.add("![throughput](benchmarks.png)", "")
+
+
+if __name__ == "__main__":
+    main()
