@@ -139,6 +139,14 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per session (0: its default)")
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
+    parser.add_argument("--poll-seconds", type=float, default=2.0,
+                        help="repository scan interval for new/removed versions (default 2; 0: off)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on HOST:PORT/metrics (0: any port)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS only)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates it signed")
+    parser.add_argument("--auth-token-file", type=Path, help="every RPC must carry 'authorization: Bearer <token>'")
+    parser.add_argument("--health-without-auth", action="store_true", help="leave the health service open for probes")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), each with its own sessions")
     parser.set_defaults(handler=run_serve)
@@ -148,6 +156,7 @@ def run_serve(args) -> int:
     import asyncio
     import logging
 
+    from server.auth import read_token
     from server.settings import ServerSettings, VersionPolicy
 
     settings = ServerSettings(
@@ -155,7 +164,10 @@ def run_serve(args) -> int:
         device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
         max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
         version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
-        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds)
+        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,
+        metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
+        health_without_auth=args.health_without_auth)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.workers < 1:
@@ -163,7 +175,7 @@ def run_serve(args) -> int:
     if args.workers > 1:
         from server.workers import run_workers
 
-        return run_workers(args.host, args.grpc_port, args.workers, args.argv)
+        return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port)
     from server.app import serve
     from server.errors import StartupError
 

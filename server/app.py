@@ -1,22 +1,27 @@
-"""Assembling the gRPC server: every service on one port, start-up, signals, shutdown."""
+"""Assembling the gRPC server: every service on one port, polling, start-up, signals, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from bnserve.repository import version_dirs
 from protos import inference_pb2, inference_pb2_grpc
 from server import grpc_tfserving
+from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.grpc_v2 import InferenceServicer
+from server.metrics import serve_metrics
 from server.models import READY, ModelRegistry
 from server.settings import ServerSettings
 
@@ -26,45 +31,103 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def repository_signatures(repository: Path) -> dict[str, tuple]:
+    """{model: (version, (relative path, size, mtime_ns) ...) ...}: changes when a version appears,
+    disappears or is still being written (a half-copied directory is retried once it changed)."""
+    signatures = {}
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = []
+        for version, directory in sorted(version_dirs(model_dir).items()):
+            files = tuple(sorted((str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns)
+                                 for p in directory.rglob("*") if p.is_file()))
+            versions.append((version, files))
+        if versions:
+            signatures[model_dir.name] = tuple(versions)
+    return signatures
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
     port: int
+    settings: ServerSettings
     registry: ModelRegistry
+    dataplane: DataPlane
     health: health_aio.HealthServicer
     executor: ThreadPoolExecutor
+    loader: ThreadPoolExecutor
+    metrics_port: int | None = None
+    poller: asyncio.Task | None = None
+    signatures: dict[str, tuple] = field(default_factory=dict)
 
     async def update_health(self) -> None:
         """Overall SERVING; per model SERVING while it has a ready version."""
         await self.health.set("", SERVING)
-        names = {state.name for state in self.registry.index()}
-        for name in names:
+        for name in {state.name for state in self.registry.index()}:
             ready = any(s.state == READY for s in self.registry.states(name))
             await self.health.set(name, SERVING if ready else NOT_SERVING)
 
-    async def stop(self, grace_seconds: float) -> None:
+    async def models_changed(self) -> None:
+        await self.update_health()
+        await self.dataplane.release_unserved(self.settings.grace_seconds)
+
+    async def poll_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        current = await loop.run_in_executor(self.loader, repository_signatures, self.settings.repository)
+        changed = [name for name, signature in current.items() if self.signatures.get(name) != signature]
+        removed = [name for name in self.signatures if name not in current]
+        self.signatures = current
+        for name in changed:
+            await loop.run_in_executor(self.loader, self.registry.load, name)
+        for name in removed:
+            self.registry.unload(name, reason="removed from the repository")
+        if changed or removed:
+            await self.models_changed()
+
+    async def poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self.poll_once()
+            except Exception:  # a scan that fails (e.g. a directory vanishing mid-scan) is retried next time
+                log.exception("repository poll failed; retrying in %.1f s", self.settings.poll_seconds)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, refuse new requests (UNAVAILABLE), let in-flight ones finish, stop."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_seconds)
+        if self.poller is not None:
+            self.poller.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace_seconds
+        await self.dataplane.drain(self.settings.grace_seconds)
+        await self.server.stop(max(0.0, deadline - loop.time()))
         self.executor.shutdown(wait=True)
+        self.loader.shutdown(wait=True)
 
 
 async def create_server(settings: ServerSettings) -> RunningServer:
     """Load the repository, bind ``settings.host:settings.grpc_port`` (0: any free port) and start."""
     registry = ModelRegistry(settings)
+    signatures = repository_signatures(settings.repository)
     registry.load_all()
-    # One thread per model instance that may run at once, plus one for repository loads.
-    executor = ThreadPoolExecutor(max_workers=settings.instances + 1, thread_name_prefix="bnserve-infer")
+    # One thread per model instance that may run at once; repository loads get their own thread so
+    # a slow load never holds up inference.
+    executor = ThreadPoolExecutor(max_workers=settings.instances, thread_name_prefix="bnserve-infer")
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-load")
     dataplane = DataPlane(registry, executor, settings.batching_options())
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
-    server = grpc.aio.server(options=options)
+    interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
+                    if settings.auth_token else [])
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     health = health_aio.HealthServicer()
-    running = RunningServer(server, 0, registry, health, executor)
+    running = RunningServer(server, 0, settings, registry, dataplane, health, executor, loader, signatures=signatures)
 
     def models_changed():
-        asyncio.get_running_loop().create_task(running.update_health())
+        asyncio.get_running_loop().create_task(running.models_changed())
 
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, models_changed), server)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, models_changed, loader), server)
     server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([
@@ -72,22 +135,33 @@ async def create_server(settings: ServerSettings) -> RunningServer:
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ], server)
-    running.port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    credentials = settings.server_credentials()
+    running.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if settings.metrics_port is not None:
+        running.metrics_port = serve_metrics(settings.host, settings.metrics_port)
     await server.start()
     await running.update_health()
+    if settings.poll_seconds > 0:
+        running.poller = asyncio.get_running_loop().create_task(running.poll_forever())
     return running
 
 
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop accepting and let in-flight requests finish."""
     running = await create_server(settings)
-    log.info("listening on %s:%d (backend %s, %d model versions ready)", settings.host, running.port,
-             settings.backend, len(running.registry.served()))
+    scheme = "TLS" if settings.tls_cert else "plaintext"
+    log.info("listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)", settings.host, running.port,
+             scheme, settings.backend, len(running.registry.served()),
+             f"every {settings.poll_seconds:g} s" if settings.poll_seconds else "off")
+    if running.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.host, running.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("stopping: finishing in-flight requests (grace %.1f s)", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
-    log.info("stopped")
+    log.info("stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
+             settings.grace_seconds)
+    await running.stop()
+    log.info("stopped (pid %d)", os.getpid())

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from server import metrics
 from server.errors import DeadlineExceeded, QueueFull, Unavailable
 from server.statistics import VersionStatistics
 
@@ -56,8 +57,11 @@ class BatchingOptions:
 
 class DynamicBatcher:
     def __init__(self, run: Runner, output_order: list[str], executor: Executor, options: BatchingOptions,
-                 statistics: VersionStatistics | None = None):
+                 statistics: VersionStatistics | None = None, labels: tuple[str, str] = ("", "")):
         self.run = run
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
+        self._compute_seconds = metrics.COMPUTE_SECONDS.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
         self.output_order = output_order
         self.executor = executor
         self.options = options
@@ -99,6 +103,14 @@ class DynamicBatcher:
     def inside(self) -> int:
         """Requests submitted and not yet answered (queued or running)."""
         return self._inside
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let every request inside finish (at most ``timeout_s``), then stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._inside and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await self.stop()
 
     async def stop(self) -> None:
         """Finish the running calls, refuse what is still queued."""
@@ -185,8 +197,11 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_result({name: results[name][rows] for name in pending.outputs})
                 self.statistics.queue.add(started - pending.enqueued_ns)
+                self._queue_seconds.observe((started - pending.enqueued_ns) / 1e9)
             self.statistics.record_execution(offset, input_done - started, infer_done - input_done,
                                              time.perf_counter_ns() - infer_done)
+            self._compute_seconds.observe((infer_done - input_done) / 1e9)
+            self._batch_size.observe(offset)
         except Exception as exc:  # a failed call fails only the requests in this batch
             for pending in batch:
                 if not pending.future.done():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ import numpy as np
 
 import bnserve
 from server.batching import BatchingOptions, DynamicBatcher
-from server.errors import InvalidInput
+from server import metrics
+from server.errors import InvalidInput, ServingError, Unavailable
 from server.models import READY, ModelRegistry, ServedVersion
 
 SERVER_NAME = "bnserve"
@@ -88,6 +90,9 @@ class DataPlane:
         self.batching = batching
         self.max_batch_size = batching.max_batch_size
         self._batchers: dict[tuple[str, int], tuple[ServedVersion, DynamicBatcher]] = {}
+        self.accepting = True
+        """False once shutdown began: new requests get UNAVAILABLE."""
+        self.in_flight = 0
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher, made on first use on the event loop thread (a reloaded version gets a new one)."""
@@ -95,9 +100,25 @@ class DataPlane:
         entry = self._batchers.get(key)
         if entry is None or entry[0] is not model:
             entry = (model, DynamicBatcher(model.backend.run, model.output_names, self.executor, self.batching,
-                                           model.statistics))
+                                           model.statistics, labels=(model.name, str(model.version))))
             self._batchers[key] = entry
         return entry[1]
+
+    async def release_unserved(self, grace_seconds: float) -> None:
+        """Drain and drop the batchers of versions no longer served: their in-flight requests finish."""
+        served = {(m.name, m.version): m for m in self.registry.served()}
+        stale = [key for key, (model, _) in self._batchers.items() if served.get(key) is not model]
+        for key in stale:
+            _, batcher = self._batchers.pop(key)
+            await batcher.drain(grace_seconds)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop accepting requests and wait (at most ``grace_seconds``) for the ones inside to finish."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     @staticmethod
     def server_metadata() -> tuple[str, str, tuple[str, ...]]:
@@ -119,17 +140,43 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
 
+    def record_rejection(self, model_name: str, model_version: str, error: ServingError) -> None:
+        """Count a request refused before it became an InferenceRequest (e.g. bytes that do not fit its shape)."""
+        try:
+            model = self.registry.get(model_name, model_version)
+        except ServingError:
+            metrics.REQUESTS.labels("", "", error.code.name).inc()
+            return
+        model.statistics.record_request(False, 0)
+        metrics.REQUESTS.labels(model.name, str(model.version), error.code.name).inc()
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate (before any batching, so a bad request never joins a batch), then run via the batcher."""
         started = time.perf_counter_ns()
-        model = self.registry.get(request.model_name, request.model_version)
+        if not self.accepting:
+            metrics.REQUESTS.labels("", "", "UNAVAILABLE").inc()
+            raise Unavailable("the server is shutting down; retry on another replica")
+        try:
+            model = self.registry.get(request.model_name, request.model_version)
+        except ServingError as exc:
+            metrics.REQUESTS.labels("", "", exc.code.name).inc()
+            raise
+        self.in_flight += 1
+        code = "OK"
         try:
             images = validated_images(model, request, self.max_batch_size)
             outputs = list(request.outputs) or model.output_names
             results = await self.batcher(model).submit(images, outputs, request.timeout_s)
-        except BaseException:  # errors, and cancellation by the client (its deadline passed or it hung up)
-            model.statistics.record_request(False, time.perf_counter_ns() - started)
+        except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
+            code = exc.code.name if isinstance(exc, ServingError) else (
+                "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "INTERNAL")
             raise
-        model.statistics.record_request(True, time.perf_counter_ns() - started)
+        finally:
+            self.in_flight -= 1
+            elapsed = time.perf_counter_ns() - started
+            model.statistics.record_request(code == "OK", elapsed)
+            version = str(model.version)
+            metrics.REQUESTS.labels(model.name, version, code).inc()
+            metrics.REQUEST_SECONDS.labels(model.name, version).observe(elapsed / 1e9)
         return InferenceResponse(model.name, str(model.version), request.id,
                                  tuple(InferOutput(name, "FP32", results[name]) for name in outputs))

@@ -12,7 +12,7 @@ from google.protobuf.any_pb2 import Any
 
 from protos import tfserving_pb2 as pb
 from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput
+from server.errors import InvalidInput, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import READY, UNAVAILABLE
 from server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
@@ -80,7 +80,12 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def Predict(self, request, context):
-        return from_infer_response(await self.dataplane.infer(to_infer_request(request, context.time_remaining())))
+        try:
+            domain = to_infer_request(request, context.time_remaining())
+        except ServingError as exc:
+            self.dataplane.record_rejection(request.model_spec.name, "", exc)
+            raise
+        return from_infer_response(await self.dataplane.infer(domain))
 
     @grpc_errors
     async def GetModelMetadata(self, request, context):

@@ -8,7 +8,7 @@ import os
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ModelLoadFailed
+from server.errors import InvalidInput, ModelLoadFailed, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import ServedVersion
 from server.statistics import Duration, VersionStatistics
@@ -99,9 +99,11 @@ def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None):
+    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None, loader=None):
         self.dataplane = dataplane
         self.on_models_changed = on_models_changed
+        self.loader = loader
+        """Executor for repository loads (None: the event loop's default executor)."""
 
     @grpc_errors
     async def ServerLive(self, request, context):
@@ -132,7 +134,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(self, request, context):
-        return from_infer_response(await self.dataplane.infer(to_infer_request(request, context.time_remaining())))
+        try:
+            domain = to_infer_request(request, context.time_remaining())
+        except ServingError as exc:
+            self.dataplane.record_rejection(request.model_name, request.model_version, exc)
+            raise
+        return from_infer_response(await self.dataplane.infer(domain))
 
     @grpc_errors
     async def ModelConfig(self, request, context):
@@ -163,7 +170,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):
         registry = self.dataplane.registry
-        states = await asyncio.get_running_loop().run_in_executor(None, registry.load, request.model_name)
+        states = await asyncio.get_running_loop().run_in_executor(self.loader, registry.load, request.model_name)
         self.on_models_changed()
         if not any(s.state == "READY" for s in states):
             raise ModelLoadFailed(f"model {request.model_name!r}: no version could be loaded: "

@@ -10,6 +10,9 @@ from pathlib import Path
 from bnserve.errors import UserError
 from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, read_manifest, validate_model_name,
                                 verify_files, version_dirs)
+import numpy as np
+
+from server import metrics
 from server.backends import Backend, load_backend
 from server.errors import ModelNotFound, StartupError
 from server.settings import ServerSettings, VersionPolicy
@@ -62,6 +65,9 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     if [spec.name for spec in inputs] != [INPUT_NAME] or tuple(spec.name for spec in outputs) != OUTPUT_NAMES:
         raise UserError(f"manifest declares inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}")
     backend = load_backend(settings.backend, directory, settings.device, settings.intra_op_threads)
+    # Warm-up: one inference before the version takes traffic (first-call allocations, and a model
+    # that loads but cannot run is refused here rather than on a client's request).
+    backend.run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])
     return ServedVersion(name, version, manifest, backend, inputs[0], outputs)
 
 
@@ -111,6 +117,7 @@ class ModelRegistry:
                 reason = str(exc).replace(str(available[version]), f"{name}/{version}")
                 states[version] = VersionState(name, version, UNAVAILABLE, reason)
                 log.warning("refused model %r version %d: %s", name, version, reason)
+                metrics.LOAD_FAILURES.labels(name).inc()
                 continue
             states[version] = VersionState(name, version, READY)
             backend = served[version].backend
@@ -121,17 +128,18 @@ class ModelRegistry:
         with self._lock:
             self._served[name] = served
             self._states[name] = states
+        metrics.LOADED_VERSIONS.labels(name).set(len(served))
         for version in set(previous) - set(served):
             log.info("unloaded model %r version %d", name, version)
         return sorted(states.values(), key=lambda s: s.version)
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, reason: str = "unloaded by request") -> None:
         with self._lock:
             if name not in self._states:
                 raise ModelNotFound(name)
             served = self._served.pop(name, {})
-            self._states[name] = {v: VersionState(name, v, UNLOADED, "unloaded by request")
-                                  for v in self._states[name]}
+            self._states[name] = {v: VersionState(name, v, UNLOADED, reason) for v in self._states[name]}
+        metrics.LOADED_VERSIONS.labels(name).set(0)
         for version in served:
             log.info("unloaded model %r version %d", name, version)
 

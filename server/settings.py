@@ -73,7 +73,20 @@ class ServerSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent."""
     grace_seconds: float = 5.0
-    """How long in-flight requests may take to finish after SIGTERM/SIGINT."""
+    """How long in-flight requests may take to finish after SIGTERM/SIGINT, or after their version was superseded."""
+    poll_seconds: float = 2.0
+    """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint on ``host``; None: no endpoint, 0: any free port."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; with ``tls_key`` the port speaks TLS only."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed."""
+    auth_token: str | None = None
+    """Every RPC must carry ``authorization: Bearer <token>``."""
+    health_without_auth: bool = False
+    """Leave grpc.health.v1.Health open for probes when a token is required."""
 
     def __post_init__(self):
         if not self.repository.is_dir():
@@ -98,9 +111,32 @@ class ServerSettings:
             raise UserError(f"--max-message-bytes {self.max_message_bytes}: expected at least 1024")
         if self.grace_seconds < 0:
             raise UserError(f"--grace-seconds {self.grace_seconds}: expected >= 0")
+        if self.poll_seconds < 0:
+            raise UserError(f"--poll-seconds {self.poll_seconds}: expected >= 0 (0 turns polling off)")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise UserError(f"--metrics-port {self.metrics_port}: expected 0 to 65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UserError("--tls-cert and --tls-key: expected both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise UserError("--tls-client-ca: needs --tls-cert and --tls-key")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                           ("--tls-client-ca", self.tls_client_ca)):
+            if path is not None and not path.is_file():
+                raise UserError(f"{flag} {str(path)!r}: no such file")
 
     def batching_options(self) -> "BatchingOptions":
         from server.batching import BatchingOptions
 
         return BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
                                coalesce=self.dynamic_batching)
+
+    def server_credentials(self):
+        """grpc server credentials for TLS (None: plaintext)."""
+        if self.tls_cert is None:
+            return None
+        import grpc
+
+        return grpc.ssl_server_credentials(
+            [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())],
+            root_certificates=self.tls_client_ca.read_bytes() if self.tls_client_ca else None,
+            require_client_auth=self.tls_client_ca is not None)

@@ -25,27 +25,34 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return reservation
 
 
-def worker_arguments(argv: list[str], port: int) -> list[str]:
-    """The serve arguments without --workers and with the reserved port."""
+REPLACED = ("--workers", "--grpc-port", "--metrics-port")
+
+
+def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int | None) -> list[str]:
+    """Worker ``index``'s serve arguments: the reserved gRPC port, and metrics on port + index
+    (each process has its own counters; with port 0 each picks a free one)."""
     kept, skip = [], False
     for argument in argv:
         if skip:
             skip = False
             continue
-        if argument in ("--workers", "--grpc-port"):
+        if argument in REPLACED:
             skip = True
             continue
-        if argument.startswith(("--workers=", "--grpc-port=")):
+        if argument.startswith(tuple(f"{flag}=" for flag in REPLACED)):
             continue
         kept.append(argument)
-    return kept + ["--grpc-port", str(port), "--workers", "1"]
+    kept += ["--grpc-port", str(port), "--workers", "1"]
+    if metrics_port is not None:
+        kept += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
+    return kept
 
 
-def run_workers(host: str, port: int, workers: int, argv: list[str]) -> int:
+def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_port: int | None = None) -> int:
     reservation = reserve_port(host, port)
     port = reservation.getsockname()[1]
-    command = [sys.executable, "-m", "bnserve.cli", *worker_arguments(argv, port)]
-    children = [subprocess.Popen(command) for _ in range(workers)]
+    children = [subprocess.Popen([sys.executable, "-m", "bnserve.cli", *worker_arguments(argv, port, i, metrics_port)])
+                for i in range(workers)]
     log.info("started %d workers on %s:%d (pids %s)", workers, host, port, ", ".join(str(c.pid) for c in children))
 
     def forward(signum, frame):

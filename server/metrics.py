@@ -1,0 +1,37 @@
+"""Prometheus metrics (prometheus-client), served over HTTP on --metrics-port.
+
+    bnserve_requests_total{model,version,code}        requests answered, by gRPC status code
+    bnserve_request_seconds{model,version}            histogram: time inside the server of decoded requests
+    bnserve_queue_seconds{model,version}              histogram: time a request waited for its batch
+    bnserve_compute_seconds{model,version}            histogram: model call time per batch
+    bnserve_batch_size{model,version}                 histogram: samples per model call
+    bnserve_loaded_versions{model}                    gauge: versions ready to serve
+    bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
+
+A request for a model the server does not know is counted under model="" so that clients cannot
+create unbounded label values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+REQUESTS = Counter("bnserve_requests", "Requests answered, by gRPC status code", ["model", "version", "code"])
+REQUEST_SECONDS = Histogram("bnserve_request_seconds", "Request time inside the server", ["model", "version"],
+                            buckets=LATENCY_BUCKETS)
+QUEUE_SECONDS = Histogram("bnserve_queue_seconds", "Time a request waited for its batch", ["model", "version"],
+                          buckets=LATENCY_BUCKETS)
+COMPUTE_SECONDS = Histogram("bnserve_compute_seconds", "Model call time per batch", ["model", "version"],
+                            buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS)
+LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
+LOAD_FAILURES = Counter("bnserve_load_failures", "Versions refused at load", ["model"])
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (0 picks one)."""
+    server, _ = start_http_server(port, addr=host)
+    return server.server_port
