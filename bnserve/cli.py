@@ -30,7 +30,10 @@ def int_list(text: str) -> tuple[int, ...]:
 
 # Flags of `train` that define a run; --resume keeps the stored values and refuses different ones.
 RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "heldout_fraction", "widths", "strides",
-                      "decay", "epsilon", "warmup", "strategy")
+                      "decay", "epsilon", "warmup")
+
+
+EXECUTION_FLAGS = ("strategy", "cpu_replicas", "collective_timeout_seconds")
 
 
 def add_train_parser(commands) -> None:
@@ -48,7 +51,11 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--epsilon", type=float, help="BN epsilon (default 1e-3)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                         help="plain EMA decay instead of min(decay, (1 + n) / (10 + n))")
-    parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], help="default: one device")
+    parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
+                        help="default: one device; mirrored: local GPUs or --cpu-replicas; multiworker: TF_CONFIG")
+    parser.add_argument("--cpu-replicas", type=int, help="with mirrored: split the CPU into N logical devices")
+    parser.add_argument("--collective-timeout-seconds", type=float,
+                        help="with multiworker: fail a step whose collectives wait longer (default 60)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.set_defaults(handler=run_train)
 
@@ -58,15 +65,19 @@ def train_config_from(args) -> "TrainConfig":
     from trainer.rundir import read_run_record
 
     given = {name: getattr(args, name) for name in RUN_DEFINING_FLAGS if getattr(args, name) is not None}
+    # How to run (not what is trained) may change on resume: another strategy, more replicas.
+    execution = {name: getattr(args, name) for name in EXECUTION_FLAGS if getattr(args, name) is not None}
     if not args.resume:
         defaults = TrainConfig()
-        return replace(defaults, **given, epochs=args.epochs if args.epochs is not None else defaults.epochs)
+        return replace(defaults, **given, **execution,
+                       epochs=args.epochs if args.epochs is not None else defaults.epochs)
     stored = TrainConfig.from_json(read_run_record(args.out)["config"])
     for name, value in given.items():
         if getattr(stored, name) != value:
             raise UserError(f"--{name.replace('_', '-')}: the run was trained with {getattr(stored, name)!r};"
-                            " --resume keeps the run's settings (only --epochs may change)")
-    return replace(stored, epochs=args.epochs if args.epochs is not None else stored.epochs)
+                            " --resume keeps the run's settings (only --epochs and how it runs may change)")
+    return replace(stored, **{"strategy": "default", "cpu_replicas": 0} | execution,
+                   epochs=args.epochs if args.epochs is not None else stored.epochs)
 
 
 def run_train(args) -> int:
@@ -75,7 +86,7 @@ def run_train(args) -> int:
 
     config = train_config_from(args)
     dataset = load_dataset(config.data)
-    if not args.resume:
+    if not args.resume and config.chief:
         check_new_run_dir(args.out)
     from trainer.train import train  # TensorFlow loads only once the input is known to be good
 

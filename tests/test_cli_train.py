@@ -66,7 +66,9 @@ def test_bad_data_is_a_one_line_error_without_run_json(tmp_path, make_data, frag
         (["--widths", "8,16", "--strides", "1"], ["--strides", "2 positive integers"]),
         (["--data", "synthetic:0x4x1"], ["synthetic:0x4x1", ">= 1"]),
         (["--data", "synthetic:abc"], ["synthetic:HxWxC"]),
-        (["--strategy", "mirrored"], ["--strategy", "not built yet"]),
+        (["--strategy", "multiworker"], ["TF_CONFIG is not set"]),
+        (["--cpu-replicas", "2"], ["--cpu-replicas", "only with --strategy mirrored"]),
+        (["--strategy", "mirrored", "--cpu-replicas", "-1"], ["--cpu-replicas", "got -1"]),
         (["--no-such-flag"], ["unrecognized arguments"]),
     ],
 )

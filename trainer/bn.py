@@ -55,10 +55,11 @@ class ShadowBatchNormalization(keras.layers.Layer):
         channels = int(input_shape[-1])
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma") if self.scale else None
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta") if self.center else None
-        self.batch_mean = self.add_weight(shape=(channels,), initializer="zeros", trainable=False, name="batch_mean")
-        self.batch_variance = self.add_weight(
-            shape=(channels,), initializer="ones", trainable=False, name="batch_variance"
-        )
+        # Under tf.distribute every replica assigns the same all-reduced moments: keep the first.
+        self.batch_mean = self.add_weight(shape=(channels,), initializer="zeros", trainable=False,
+                                          aggregation="only_first_replica", name="batch_mean")
+        self.batch_variance = self.add_weight(shape=(channels,), initializer="ones", trainable=False,
+                                              aggregation="only_first_replica", name="batch_variance")
         self.ema = tf.train.ExponentialMovingAverage(self.decay, num_updates=self._num_updates, name=f"{self.name}_ema")
         # The first apply creates the shadows equal to the variables' current values; the update it
         # also performs moves nothing (value == shadow). init_scope keeps them out of any tf.function.
@@ -78,11 +79,25 @@ class ShadowBatchNormalization(keras.layers.Layer):
         return self.ema.average(self.batch_variance.value)
 
     def batch_moments(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-channel mean and biased variance over every axis but the last.
+        """Per-channel mean and biased variance over every axis but the last, of the *global* batch.
 
-        The one place a cross-replica reduction would go: all-reduce sum, sum of squares and count.
+        On one device: ``tf.nn.moments``. With several replicas in sync (tf.distribute), each replica's
+        per-channel sum S_r, sum of squares Q_r and count n_r are all-reduced (SUM), and
+
+            mean = sum_r S_r / sum_r n_r        variance = sum_r Q_r / sum_r n_r - mean^2
+
+        exactly the moments of the concatenated batch; every replica gets the same values, and the
+        all-reduce passes gradients through, so training equals one device on the global batch.
         """
-        return tf.nn.moments(x, axes=list(range(len(x.shape) - 1)))
+        axes = list(range(len(x.shape) - 1))
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return tf.nn.moments(x, axes=axes)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
+        total, squares, count = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count])
+        mean = total / count
+        return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
 
     def call(self, x, training=None):
         if training:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, fields
 
 from bnserve.errors import UserError
@@ -30,6 +32,11 @@ class TrainConfig:
     warmup: bool = True
     """EMA num_updates warm-up: decay min(decay, (1 + n) / (10 + n)) at optimizer step n."""
     strategy: str = "default"
+    """"default" (one device), "mirrored" (local GPUs, or --cpu-replicas logical CPUs), "multiworker" (TF_CONFIG)."""
+    cpu_replicas: int = 0
+    """With "mirrored": split the CPU into this many logical devices (0: use the local GPUs)."""
+    collective_timeout_seconds: float = 60.0
+    """With "multiworker": a collective waiting longer (a dead worker) fails the step."""
 
     def __post_init__(self):
         checks = [
@@ -43,11 +50,29 @@ class TrainConfig:
              f"one or more positive integers, got {list(self.widths)}"),
             (len(self.strides) == len(self.widths) and all(s >= 1 for s in self.strides), "--strides",
              f"{len(self.widths)} positive integers (one per width), got {list(self.strides)}"),
-            (self.strategy == "default", "--strategy", f"'default' (distributed training is not built yet), got {self.strategy!r}"),
+            (self.strategy in ("default", "mirrored", "multiworker"), "--strategy",
+             f"one of default, mirrored, multiworker, got {self.strategy!r}"),
+            (self.cpu_replicas >= 0 and (self.cpu_replicas == 0 or self.strategy == "mirrored"), "--cpu-replicas",
+             f"a count >= 0, and only with --strategy mirrored, got {self.cpu_replicas} with {self.strategy}"),
+            (self.collective_timeout_seconds > 0, "--collective-timeout-seconds",
+             f"a positive number, got {self.collective_timeout_seconds}"),
         ]
         for ok, flag, expected in checks:
             if not ok:
                 raise UserError(f"{flag}: expected {expected}")
+        if self.strategy == "multiworker":
+            tf_config()
+
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes the run directory: always, except non-chief multi-worker tasks."""
+        if self.strategy != "multiworker":
+            return True
+        config = tf_config()
+        task = config["task"]
+        if "chief" in config["cluster"]:
+            return task["type"] == "chief"
+        return task["type"] == "worker" and int(task["index"]) == 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,3 +82,18 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         return cls(**values)
+
+
+def tf_config() -> dict:
+    """The TF_CONFIG of a multi-worker run, checked for a cluster and this task's place in it."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise UserError("--strategy multiworker: TF_CONFIG is not set (see README: one TF_CONFIG per worker)")
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        cluster[task["type"]][int(task["index"])]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UserError('TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                        f'"index": i}}}} ({type(exc).__name__}: {exc})') from None
+    return config

@@ -77,7 +77,7 @@ class ShadowBNConvNet(keras.Model):
         self.config = config
         # n in the warm-up decay: the optimizer steps whose batch moments the shadows have consumed.
         self.shadow_step = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
-                                           name="shadow_step")
+                                           aggregation="only_first_replica", name="shadow_step")
         num_updates = self.shadow_step.value if config.warmup else None
         self.standardize = InputStandardization(config.input_mean, config.input_std, name="standardize")
         self.convs = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +14,19 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from bnserve.errors import BnserveError
 from trainer.checkpoint import training_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Dataset, epoch_order, load_dataset, split
+from trainer.distribute import Cluster, make_cluster, split_batch
 from trainer.model import ModelConfig, ShadowBNConvNet, build_model
 from trainer.rundir import CHECKPOINTS, LOGS, RUN_FORMAT, check_new_run_dir, read_run_record, write_run_record
 
 INFERENCE_BATCH = 256
+
+
+class WorkerLost(BnserveError):
+    """A multi-worker run lost a peer; the chief stops with this instead of hanging."""
 
 
 def make_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer) -> Callable:
@@ -44,6 +52,38 @@ def make_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimize
     return step
 
 
+def make_distributed_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer,
+                                strategy: tf.distribute.Strategy) -> Callable:
+    """``make_train_step`` across replicas: ``step(images, labels)`` takes the global batch as NumPy.
+
+    Replica r computes loss_r = sum of its examples' losses / global batch size, so the all-reduced
+    (SUM) gradients equal the global batch's mean gradient; BN moments are all-reduced inside the layers.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def replica_step(images, labels, global_batch):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_sum(loss_fn(labels, logits)) / global_batch
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        completed_steps = optimizer.iterations.value
+        with tf.control_dependencies([completed_steps.read_value()]):
+            model.update_shadow_statistics(completed_steps.read_value())
+        return loss, logits
+
+    @tf.function
+    def distributed(images, labels, global_batch):
+        losses, logits = strategy.run(replica_step, args=(images, labels, global_batch))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None), strategy.gather(logits, axis=0)
+
+    def step(images: np.ndarray, labels: np.ndarray):
+        return distributed(split_batch(strategy, images), split_batch(strategy, labels),
+                           tf.constant(len(images), tf.float32))
+
+    return step
+
+
 def make_predict(model: ShadowBNConvNet, use_batch_statistics: bool) -> Callable:
     """``logits = predict(images)``: inference mode (shadows) or normalised with each batch's own moments."""
     signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32)]
@@ -64,6 +104,7 @@ class Session:
 
     config: TrainConfig
     run_dir: Path
+    cluster: Cluster
     train: Dataset
     heldout: Dataset
     model: ShadowBNConvNet
@@ -89,11 +130,13 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
     """Validate data and run directory, build model and optimizer, restore the checkpoint on resume."""
     dataset = dataset if dataset is not None else load_dataset(config.data)
     train, heldout = split(dataset, config.seed, config.heldout_fraction)
+    cluster = make_cluster(config)
     if resume:
         record = read_run_record(run_dir)
         model_config = ModelConfig.from_json(record["model"])
     else:
-        check_new_run_dir(run_dir)
+        if cluster.chief:
+            check_new_run_dir(run_dir)
         model_config = model_config_for(config, train)
         record = {"format": RUN_FORMAT, "epochs": []}
     record.update(
@@ -103,20 +146,25 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
                  "samples": len(dataset), "train_samples": len(train), "heldout_samples": len(heldout),
                  "sha256": dataset.fingerprint()},
     )
+    record["distribution"] = {"strategy": config.strategy, "replicas": cluster.strategy.num_replicas_in_sync,
+                              "task": cluster.task}
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_model(model_config)
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    optimizer.build(model.trainable_variables)
-    completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+    with cluster.strategy.scope():
+        model = build_model(model_config)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer.build(model.trainable_variables)
+        completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     checkpoint = training_checkpoint(model, optimizer, completed_epochs)
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / CHECKPOINTS), max_to_keep=3)
+    # Every worker saves (saving may take part in collectives); only the chief's files are kept.
+    checkpoint_dir = run_dir / CHECKPOINTS if cluster.chief else Path(tempfile.mkdtemp(prefix="bnserve-worker-"))
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=3)
     if resume:
         if manager.latest_checkpoint is None:
             raise UserError(f"--resume: {str(run_dir)!r} has no checkpoint to resume from")
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         record["epochs"] = record["epochs"][: int(completed_epochs.numpy())]
-    return Session(config, run_dir, train, heldout, model, optimizer, completed_epochs, manager, record)
+    return Session(config, run_dir, cluster, train, heldout, model, optimizer, completed_epochs, manager, record)
 
 
 def write_summaries(writer, session: Session, epoch: int, metrics: dict) -> None:
@@ -153,15 +201,30 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
     ``dataset`` is ``load_dataset(config.data)`` when the caller has already loaded it.
     """
     session = open_session(config, run_dir, resume, dataset)
-    step = make_train_step(session.model, session.optimizer)
+    strategy, chief = session.cluster.strategy, session.cluster.chief
+    if config.strategy == "default":
+        step = make_train_step(session.model, session.optimizer)
+    else:
+        step = make_distributed_train_step(session.model, session.optimizer, strategy)
     predict_inference = make_predict(session.model, use_batch_statistics=False)
     predict_batch_stats = make_predict(session.model, use_batch_statistics=True)
-    writer = tf.summary.create_file_writer(str(run_dir / LOGS))
-    write_run_record(run_dir, session.record)
+    writer = tf.summary.create_file_writer(str(run_dir / LOGS)) if chief else tf.summary.create_noop_writer()
+    if chief:
+        write_run_record(run_dir, session.record)
+    else:
+        log = lambda line: None  # noqa: E731  (the chief reports)
     first_epoch = int(session.completed_epochs.numpy()) + 1
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
-        loss, train_accuracy = run_epoch(session, step, epoch)
+        try:
+            loss, train_accuracy = run_epoch(session, step, epoch)
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
+                tf.errors.InternalError) as exc:
+            if config.strategy != "multiworker":
+                raise
+            raise WorkerLost(f"{session.cluster.task}: training stopped in epoch {epoch}: a worker stopped answering "
+                             f"(collectives time out after {config.collective_timeout_seconds:g} s): "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         metrics = {
             "epoch": epoch, "loss": loss, "train_accuracy": train_accuracy,
             "heldout_inference_accuracy": accuracy(predict_inference, session.heldout, INFERENCE_BATCH),
@@ -174,7 +237,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
         write_summaries(writer, session, epoch, metrics)
         session.record["epochs"].append(metrics)
         session.record["checkpoint"] = Path(checkpoint_path).name
-        write_run_record(run_dir, session.record)
+        if chief:
+            write_run_record(run_dir, session.record)
         log(f"epoch {epoch}/{config.epochs}: loss {loss:.4f}, train acc {train_accuracy:.4f}, held-out acc "
             f"{metrics['heldout_inference_accuracy']:.4f} (inference, shadow stats) / "
             f"{metrics['heldout_batch_stats_accuracy']:.4f} (batch stats), {metrics['seconds']:.1f} s")
@@ -185,5 +249,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
                                                  "heldout_batch_stats_accuracy", "optimizer_steps")}
         | {"training_seconds": sum(e["seconds"] for e in epochs)} if epochs else {},
     )
-    write_run_record(run_dir, session.record)
+    if chief:
+        write_run_record(run_dir, session.record)
+    else:
+        shutil.rmtree(session.manager.directory, ignore_errors=True)
     return session.record
