@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from server import metrics
 from server.errors import DeadlineExceeded, QueueFull, Unavailable
+from server.execution import ModelThreads
 from server.statistics import VersionStatistics
 
 Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
@@ -56,14 +56,14 @@ class BatchingOptions:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Runner, output_order: list[str], executor: Executor, options: BatchingOptions,
+    def __init__(self, run: Runner, output_order: list[str], threads: ModelThreads, options: BatchingOptions,
                  statistics: VersionStatistics | None = None, labels: tuple[str, str] = ("", "")):
         self.run = run
+        self.threads = threads
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
         self.output_order = output_order
-        self.executor = executor
         self.options = options
         self.statistics = statistics or VersionStatistics()
         self._queue: deque[Pending] = deque()
@@ -88,12 +88,22 @@ class DynamicBatcher:
         pending = Pending(images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future())
         self.concurrency += (self._inside - self.concurrency) / 8
         self._inside += 1
-        self._queue.append(pending)
-        self._arrived.set()
         try:
+            if not self._queue and not self._free.locked() and self._companions_expected() == 0:
+                # Nothing queued, an instance free, nobody expected: run now, without the dispatcher
+                # task's extra trips through the event loop (the latency of a lone client).
+                await self._free.acquire()
+                await self._execute([pending])
+            else:
+                self._queue.append(pending)
+                self._arrived.set()
             return await pending.future
         finally:
             self._inside -= 1
+
+    def _companions_expected(self) -> int:
+        """How many more requests a new batch should wait for: the recent concurrency, rounded."""
+        return round(self.concurrency)
 
     @property
     def queued(self) -> int:
@@ -125,8 +135,14 @@ class DynamicBatcher:
 
     async def _dispatch(self) -> None:
         while True:
+            await self._wait_for_arrival()
+            # The instance is taken only once work is queued, so an idle batcher leaves it free for
+            # the direct path in submit().
             await self._free.acquire()
             batch = await self._collect()
+            if not batch:
+                self._free.release()
+                continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -154,28 +170,29 @@ class DynamicBatcher:
             size += head.size
         return size
 
+    async def _wait_for_arrival(self) -> None:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+
     async def _collect(self) -> list[Pending]:
+        """The next batch from the queue (empty when everything queued had expired or was cancelled)."""
         loop = asyncio.get_running_loop()
-        while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            batch: list[Pending] = []
-            size = self._take_ready(batch, 0)
-            delay = self.options.max_queue_delay_us / 1e6
-            target = min(self.options.max_batch_size, 1 + round(self.concurrency))
-            while batch and self.options.coalesce and delay > 0 and size < target:
-                remaining = batch[0].arrived + delay - loop.time()
-                if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    pass
-                size = self._take_ready(batch, size)
-            if batch:
-                return batch
+        batch: list[Pending] = []
+        size = self._take_ready(batch, 0)
+        delay = self.options.max_queue_delay_us / 1e6
+        target = min(self.options.max_batch_size, 1 + self._companions_expected())
+        while batch and self.options.coalesce and delay > 0 and size < target:
+            remaining = batch[0].arrived + delay - loop.time()
+            if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+            size = self._take_ready(batch, size)
+        return batch
 
     async def _execute(self, batch: list[Pending]) -> None:
         try:
@@ -188,7 +205,7 @@ class DynamicBatcher:
             outputs = [name for name in self.output_order if name in requested]
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             input_done = time.perf_counter_ns()
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, images, outputs)
+            results = await self.threads.submit(self.run, images, outputs)
             infer_done = time.perf_counter_ns()
             offset = 0
             for pending in batch:

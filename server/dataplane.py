@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ import bnserve
 from server.batching import BatchingOptions, DynamicBatcher
 from server import metrics
 from server.errors import InvalidInput, ServingError, Unavailable
+from server.execution import ModelThreads
 from server.models import READY, ModelRegistry, ServedVersion
 
 SERVER_NAME = "bnserve"
@@ -84,9 +84,9 @@ def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, executor: Executor, batching: BatchingOptions):
+    def __init__(self, registry: ModelRegistry, threads: ModelThreads, batching: BatchingOptions):
         self.registry = registry
-        self.executor = executor
+        self.threads = threads
         self.batching = batching
         self.max_batch_size = batching.max_batch_size
         self._batchers: dict[tuple[str, int], tuple[ServedVersion, DynamicBatcher]] = {}
@@ -99,7 +99,7 @@ class DataPlane:
         key = (model.name, model.version)
         entry = self._batchers.get(key)
         if entry is None or entry[0] is not model:
-            entry = (model, DynamicBatcher(model.backend.run, model.output_names, self.executor, self.batching,
+            entry = (model, DynamicBatcher(model.backend.run, model.output_names, self.threads, self.batching,
                                            model.statistics, labels=(model.name, str(model.version))))
             self._batchers[key] = entry
         return entry[1]

@@ -3,13 +3,13 @@
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from server.batching import BatchingOptions, DynamicBatcher
 from server.errors import DeadlineExceeded, QueueFull
+from server.execution import ModelThreads
 
 
 class Model:
@@ -34,8 +34,9 @@ class Model:
 
 @pytest.fixture
 def executor():
-    with ThreadPoolExecutor(4) as pool:
-        yield pool
+    threads = ModelThreads(1)
+    yield threads
+    threads.shutdown()
 
 
 def make(model, executor, **options):
