@@ -8,7 +8,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from bnserve.errors import BnserveError, UserError
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -82,11 +87,13 @@ def train_config_from(args) -> "TrainConfig":
 
 def run_train(args) -> int:
     from trainer.data import load_dataset
-    from trainer.rundir import check_new_run_dir
+    from trainer.rundir import check_has_checkpoint, check_new_run_dir
 
     config = train_config_from(args)
     dataset = load_dataset(config.data)
-    if not args.resume and config.chief:
+    if args.resume:
+        check_has_checkpoint(args.out)
+    elif config.chief:
         check_new_run_dir(args.out)
     from trainer.train import train  # TensorFlow loads only once the input is known to be good
 

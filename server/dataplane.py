@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import bnserve
-from server.batching import BatchingOptions, DynamicBatcher
 from server import metrics
+from server.batching import BatchingOptions, DynamicBatcher
 from server.errors import InvalidInput, ServingError, Unavailable
 from server.execution import ModelThreads
 from server.models import READY, ModelRegistry, ServedVersion

@@ -7,11 +7,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bnserve.errors import UserError
 from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, read_manifest, validate_model_name,
                                 verify_files, version_dirs)
-import numpy as np
-
 from server import metrics
 from server.backends import Backend, load_backend
 from server.errors import ModelNotFound, StartupError

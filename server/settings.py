@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bnserve.errors import UserError
 from server.backends import BACKENDS, DEVICES
+
+if TYPE_CHECKING:
+    from server.batching import BatchingOptions
 
 
 @dataclass(frozen=True)

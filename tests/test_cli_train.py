@@ -92,6 +92,16 @@ def test_resume_without_a_run_is_an_error(tmp_path):
     assert_user_error(bnserve("train", "--out", tmp_path / "nothing", "--resume"), "not a training run")
 
 
+def test_resume_of_a_run_that_never_finished_an_epoch_is_an_error(tmp_path, digits_run):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = json.loads((digits_run[0] / "run.json").read_text())  # as written when training starts
+    record.update(status="running", epochs=[])
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert_user_error(bnserve("train", "--out", run_dir, "--resume"), "no checkpoint")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+
 def test_train_then_resume_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
     first = bnserve("train", "--out", run_dir, "--epochs", "1", "--widths", "8", "--strides", "1")

@@ -1,7 +1,6 @@
 """Exported artifacts: no BN op, numbers equal to the reference, manifest, versions, precise BN."""
 
 import hashlib
-from dataclasses import replace
 
 import keras
 import numpy as np

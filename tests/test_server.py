@@ -11,7 +11,6 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.servers import start_server
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from bnserve.errors import BnserveError
+from bnserve.errors import BnserveError, UserError
 from trainer.checkpoint import training_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Dataset, epoch_order, load_dataset, split
@@ -27,6 +27,16 @@ INFERENCE_BATCH = 256
 
 class WorkerLost(BnserveError):
     """A multi-worker run lost a peer; the chief stops with this instead of hanging."""
+
+
+def optimize_then_update_shadows(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer, gradients) -> None:
+    """The optimizer step, then, under a control dependency on it, the EMA shadow update that consumes
+    this step's recorded batch moments with n = the optimizer steps now completed (the seed's
+    ``with tf.control_dependencies([train_op]): ema.apply(...)``)."""
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    completed_steps = optimizer.iterations.value
+    with tf.control_dependencies([completed_steps.read_value()]):
+        model.update_shadow_statistics(completed_steps.read_value())
 
 
 def make_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer) -> Callable:
@@ -42,11 +52,7 @@ def make_train_step(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimize
         with tf.GradientTape() as tape:
             logits = model(images, training=True)  # records this batch's moments in every BN layer
             loss = loss_fn(labels, logits)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        completed_steps = optimizer.iterations.value
-        with tf.control_dependencies([completed_steps.read_value()]):
-            model.update_shadow_statistics(completed_steps.read_value())
+        optimize_then_update_shadows(model, optimizer, tape.gradient(loss, model.trainable_variables))
         return loss, logits
 
     return step
@@ -65,11 +71,7 @@ def make_distributed_train_step(model: ShadowBNConvNet, optimizer: keras.optimiz
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss = tf.reduce_sum(loss_fn(labels, logits)) / global_batch
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        completed_steps = optimizer.iterations.value
-        with tf.control_dependencies([completed_steps.read_value()]):
-            model.update_shadow_statistics(completed_steps.read_value())
+        optimize_then_update_shadows(model, optimizer, tape.gradient(loss, model.trainable_variables))
         return loss, logits
 
     @tf.function
