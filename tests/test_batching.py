@@ -48,6 +48,14 @@ def sample(value, batch=1):
     return np.full((batch, 2, 2, 1), value, np.float32)
 
 
+async def occupy(batcher, model):
+    """Submit one request (value 0) and hold it inside the model, so that the next requests queue."""
+    model.gate.clear()
+    held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
+    await wait_until(lambda: model.entered == 1)
+    return held
+
+
 async def wait_until(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -60,9 +68,7 @@ def test_requests_are_coalesced_up_to_the_limit_in_order(executor):
     batcher = make(model, executor, max_batch_size=4)
 
     async def scenario():
-        model.gate.clear()
-        first = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)  # the first request is running, held by the gate
+        first = await occupy(batcher, model)
         rest = [asyncio.create_task(batcher.submit(sample(v), ["double", "total"])) for v in range(1, 11)]
         await wait_until(lambda: batcher.queued == 10)
         model.gate.set()
@@ -82,9 +88,7 @@ def test_requests_of_several_samples_are_never_split(executor):
     batcher = make(model, executor, max_batch_size=5)
 
     async def scenario():
-        model.gate.clear()
-        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)
+        held = await occupy(batcher, model)
         sizes = [3, 3, 2, 5]
         tasks = [asyncio.create_task(batcher.submit(sample(i, n), ["double"])) for i, n in enumerate(sizes)]
         await wait_until(lambda: batcher.queued == 4)
@@ -176,9 +180,7 @@ def test_a_failed_call_fails_only_its_own_batch(executor):
     batcher = make(model, executor, max_batch_size=2)
 
     async def scenario():
-        model.gate.clear()
-        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)
+        held = await occupy(batcher, model)
         tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in (6, 7, 8, 9)]
         await wait_until(lambda: batcher.queued == 4)
         model.gate.set()
@@ -197,9 +199,7 @@ def test_a_full_queue_refuses_at_once(executor):
     batcher = make(model, executor, max_batch_size=1, max_queue_size=2)
 
     async def scenario():
-        model.gate.clear()
-        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)
+        held = await occupy(batcher, model)
         queued = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in (1, 2)]
         await wait_until(lambda: batcher.queued == 2)
         with pytest.raises(QueueFull, match=r"queue full: 2 requests waiting \(limit 2\)"):
@@ -216,9 +216,7 @@ def test_an_expired_request_is_dropped_before_compute(executor):
     batcher = make(model, executor, max_batch_size=4)
 
     async def scenario():
-        model.gate.clear()
-        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)
+        held = await occupy(batcher, model)
         expiring = asyncio.create_task(batcher.submit(sample(5), ["double"], timeout_s=0.01))
         patient = asyncio.create_task(batcher.submit(sample(6), ["double"], timeout_s=30))
         await asyncio.sleep(0.05)
@@ -255,9 +253,7 @@ def test_a_cancelled_request_does_not_disturb_the_others(executor):
     batcher = make(model, executor, max_batch_size=4)
 
     async def scenario():
-        model.gate.clear()
-        held = asyncio.create_task(batcher.submit(sample(0), ["double"]))
-        await wait_until(lambda: model.entered == 1)
+        held = await occupy(batcher, model)
         cancelled = asyncio.create_task(batcher.submit(sample(1), ["double"]))
         kept = asyncio.create_task(batcher.submit(sample(2), ["double"]))
         await wait_until(lambda: batcher.queued == 2)
