@@ -153,6 +153,9 @@ def add_serve_parser(commands) -> None:
                              "0: run as soon as an instance is free)")
     parser.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model version")
     parser.add_argument("--instances", type=int, default=1, help="concurrent model calls per version (default 1)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="per-model batching: max_batch_size, max_queue_delay_us, max_queue_size, instances, "
+                             "dynamic_batching=on|off (repeatable)")
     parser.add_argument("--version-policy", default="latest:1", help="latest:N (default latest:1), all, specific:V1,V2")
     parser.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per session (0: its default)")
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
@@ -175,12 +178,13 @@ def run_serve(args) -> int:
     import logging
 
     from server.auth import read_token
-    from server.settings import ServerSettings, VersionPolicy
+    from server.settings import ServerSettings, VersionPolicy, parse_model_option
 
     settings = ServerSettings(
         repository=args.repository, host=args.host, grpc_port=args.grpc_port, backend=args.backend,
         device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
         max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
+        model_options=dict(parse_model_option(text) for text in args.model_option),
         version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
         max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,
         metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

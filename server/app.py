@@ -20,7 +20,6 @@ from protos import inference_pb2, inference_pb2_grpc
 from server import grpc_tfserving
 from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
-from server.execution import ModelThreads
 from server.grpc_v2 import InferenceServicer
 from server.metrics import serve_metrics
 from server.models import READY, ModelRegistry
@@ -55,7 +54,6 @@ class RunningServer:
     registry: ModelRegistry
     dataplane: DataPlane
     health: health_aio.HealthServicer
-    threads: ModelThreads
     loader: ThreadPoolExecutor
     metrics_port: int | None = None
     poller: asyncio.Task | None = None
@@ -102,7 +100,7 @@ class RunningServer:
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
         await self.server.stop(max(0.0, deadline - loop.time()))
-        self.threads.shutdown()
+        await self.dataplane.stop()
         self.loader.shutdown(wait=True)
 
 
@@ -111,18 +109,17 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     registry = ModelRegistry(settings)
     signatures = repository_signatures(settings.repository)
     registry.load_all()
-    # One thread per model instance that may run at once; repository loads get their own thread so
-    # a slow load never holds up inference.
-    threads = ModelThreads(settings.instances)
+    # Repository loads get a thread of their own so that a slow load never holds up inference (each
+    # version's batcher has its own model threads).
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-load")
-    dataplane = DataPlane(registry, threads, settings.batching_options())
+    dataplane = DataPlane(registry)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
                     if settings.auth_token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors)
     health = health_aio.HealthServicer()
-    running = RunningServer(server, 0, settings, registry, dataplane, health, threads, loader, signatures=signatures)
+    running = RunningServer(server, 0, settings, registry, dataplane, health, loader, signatures=signatures)
 
     def models_changed():
         asyncio.get_running_loop().create_task(running.models_changed())

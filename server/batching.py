@@ -132,6 +132,7 @@ class DynamicBatcher:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(Unavailable("the model version was unloaded; retry"))
+        self.threads.shutdown()
 
     async def _dispatch(self) -> None:
         while True:

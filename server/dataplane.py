@@ -10,7 +10,7 @@ import numpy as np
 
 import bnserve
 from server import metrics
-from server.batching import BatchingOptions, DynamicBatcher
+from server.batching import DynamicBatcher
 from server.errors import InvalidInput, ServingError, Unavailable
 from server.execution import ModelThreads
 from server.models import READY, ModelRegistry, ServedVersion
@@ -84,25 +84,30 @@ def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, threads: ModelThreads, batching: BatchingOptions):
+    def __init__(self, registry: ModelRegistry):
         self.registry = registry
-        self.threads = threads
-        self.batching = batching
-        self.max_batch_size = batching.max_batch_size
         self._batchers: dict[tuple[str, int], tuple[ServedVersion, DynamicBatcher]] = {}
         self.accepting = True
         """False once shutdown began: new requests get UNAVAILABLE."""
         self.in_flight = 0
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
-        """The version's own batcher, made on first use on the event loop thread (a reloaded version gets a new one)."""
+        """The version's own batcher and model threads, made on first use on the event loop thread (a
+        reloaded version gets new ones), with the model's batching options."""
         key = (model.name, model.version)
         entry = self._batchers.get(key)
         if entry is None or entry[0] is not model:
-            entry = (model, DynamicBatcher(model.backend.run, model.output_names, self.threads, self.batching,
-                                           model.statistics, labels=(model.name, str(model.version))))
+            options = self.registry.settings.batching_options(model.name)
+            entry = (model, DynamicBatcher(model.backend.run, model.output_names, ModelThreads(options.instances),
+                                           options, model.statistics, labels=(model.name, str(model.version))))
             self._batchers[key] = entry
         return entry[1]
+
+    async def stop(self) -> None:
+        """Stop every batcher and its threads (after drain)."""
+        for _, batcher in self._batchers.values():
+            await batcher.stop()
+        self._batchers.clear()
 
     async def release_unserved(self, grace_seconds: float) -> None:
         """Drain and drop the batchers of versions no longer served: their in-flight requests finish."""
@@ -164,9 +169,10 @@ class DataPlane:
         self.in_flight += 1
         code = "OK"
         try:
-            images = validated_images(model, request, self.max_batch_size)
+            batcher = self.batcher(model)
+            images = validated_images(model, request, batcher.options.max_batch_size)
             outputs = list(request.outputs) or model.output_names
-            results = await self.batcher(model).submit(images, outputs, request.timeout_s)
+            results = await batcher.submit(images, outputs, request.timeout_s)
         except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
             code = exc.code.name if isinstance(exc, ServingError) else (
                 "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "INTERNAL")

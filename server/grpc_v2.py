@@ -56,17 +56,18 @@ def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
 def to_model_config(model: ServedVersion, settings) -> pb.ModelConfig:
     """Triton's convention: with max_batch_size > 0, dims leave out the batch dimension."""
     instance_kind = pb.ModelInstanceGroup.KIND_GPU if model.backend.device == "gpu" else pb.ModelInstanceGroup.KIND_CPU
-    batching = (pb.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us)
-                if settings.dynamic_batching else None)
+    options = settings.batching_options(model.name)
+    batching = (pb.ModelDynamicBatching(max_queue_delay_microseconds=options.max_queue_delay_us)
+                if options.coalesce else None)
     return pb.ModelConfig(
-        dynamic_batching=batching, max_batch_size=settings.max_batch_size,
+        dynamic_batching=batching, max_batch_size=options.max_batch_size,
         version_policy=version_policy_proto(settings.version_policy),
         name=model.name, platform=model.backend.platform,
         backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
         input=[pb.ModelInput(name=model.input.name, data_type=CONFIG_TYPES[model.input.datatype],
                              format=pb.ModelInput.FORMAT_NHWC, dims=model.input.shape[1:])],
         output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:]) for o in model.outputs],
-        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=settings.instances,
+        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=options.instances,
                                               gpus=[0] if model.backend.device == "gpu" else [])],
     )
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bnserve.errors import UserError
 from server.backends import BACKENDS, DEVICES
-
-if TYPE_CHECKING:
-    from server.batching import BatchingOptions
+from server.batching import BatchingOptions
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,43 @@ class VersionPolicy:
         return "all" if self.kind == "all" else "specific:" + ",".join(map(str, self.versions))
 
 
+MODEL_OPTION_KEYS = {"max_batch_size": "max_batch_size", "max_queue_delay_us": "max_queue_delay_us",
+                     "max_queue_size": "max_queue_size", "instances": "instances", "dynamic_batching": "coalesce"}
+
+
+def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, max_queue_size: int,
+                   instances: int) -> None:
+    """Range checks shared by the server-wide flags (prefix "--") and --model-option overrides."""
+    for key, value, low in (("max-batch-size", max_batch_size, 1), ("max-queue-delay-us", max_queue_delay_us, 0),
+                            ("max-queue-size", max_queue_size, 1), ("instances", instances, 1)):
+        if value < low:
+            name = key if prefix == "--" else key.replace("-", "_")
+            raise UserError(f"{prefix}{name} {value}: expected an integer >= {low}")
+
+
+def parse_model_option(text: str) -> tuple[str, dict]:
+    """``NAME:key=value[,key=value]`` with keys max_batch_size, max_queue_delay_us, max_queue_size,
+    instances (integers) and dynamic_batching (on/off)."""
+    name, _, assignments = text.partition(":")
+    if not name or not assignments:
+        raise UserError(f"--model-option {text!r}: expected NAME:key=value[,key=value]")
+    overrides = {}
+    for assignment in assignments.split(","):
+        key, _, value = assignment.partition("=")
+        if key not in MODEL_OPTION_KEYS:
+            raise UserError(f"--model-option {text!r}: unknown key {key!r}; expected one of {', '.join(MODEL_OPTION_KEYS)}")
+        if key == "dynamic_batching":
+            if value not in ("on", "off"):
+                raise UserError(f"--model-option {text!r}: dynamic_batching expects on or off, got {value!r}")
+            overrides["coalesce"] = value == "on"
+            continue
+        try:
+            overrides[MODEL_OPTION_KEYS[key]] = int(value)
+        except ValueError:
+            raise UserError(f"--model-option {text!r}: {key} expects an integer, got {value!r}") from None
+    return name, overrides
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     repository: Path
@@ -71,6 +105,8 @@ class ServerSettings:
     """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
     instances: int = 1
     """Model calls per version that may run at the same time."""
+    model_options: dict[str, dict] = field(default_factory=dict)
+    """Per-model overrides of the batching settings above: {model: {"max_batch_size": 8, ...}}."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per session; 0 = ONNX Runtime's default."""
@@ -101,14 +137,9 @@ class ServerSettings:
             raise UserError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if not 0 <= self.grpc_port <= 65535:
             raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
-        if self.max_batch_size < 1:
-            raise UserError(f"--max-batch-size {self.max_batch_size}: expected a positive integer")
-        if self.max_queue_delay_us < 0:
-            raise UserError(f"--max-queue-delay-us {self.max_queue_delay_us}: expected >= 0")
-        if self.max_queue_size < 1:
-            raise UserError(f"--max-queue-size {self.max_queue_size}: expected a positive integer")
-        if self.instances < 1:
-            raise UserError(f"--instances {self.instances}: expected a positive integer")
+        check_batching("--", self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances)
+        for name in self.model_options:
+            self.batching_options(name)
         if self.intra_op_threads < 0:
             raise UserError(f"--intra-op-threads {self.intra_op_threads}: expected >= 0")
         if self.max_message_bytes < 1024:
@@ -128,11 +159,16 @@ class ServerSettings:
             if path is not None and not path.is_file():
                 raise UserError(f"{flag} {str(path)!r}: no such file")
 
-    def batching_options(self) -> "BatchingOptions":
-        from server.batching import BatchingOptions
-
-        return BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
-                               coalesce=self.dynamic_batching)
+    def batching_options(self, model: str = "") -> BatchingOptions:
+        """The server-wide batching settings with ``model``'s --model-option overrides applied."""
+        options = BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
+                                  coalesce=self.dynamic_batching)
+        overrides = self.model_options.get(model, {})
+        if overrides:
+            options = replace(options, **overrides)
+            check_batching(f"--model-option {model}:", options.max_batch_size, options.max_queue_delay_us,
+                           options.max_queue_size, options.instances)
+        return options
 
     def server_credentials(self):
         """grpc server credentials for TLS (None: plaintext)."""

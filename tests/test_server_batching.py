@@ -98,3 +98,25 @@ def test_two_workers_both_answer_and_stop_on_sigterm(serving_repository):
     finally:
         assert server.stop() == 0
     assert any("all workers stopped (exit codes [0, 0])" in line for line in server.log)
+
+
+def test_batching_options_per_model(serving_repository):
+    server = start_server(serving_repository, "--model-option", "other:max_batch_size=4,dynamic_batching=off,instances=2",
+                          "--poll-seconds", "0")
+    try:
+        with grpc.insecure_channel(server.url) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            other = stub.ModelConfig(v2.ModelConfigRequest(name="other")).config
+            digits = stub.ModelConfig(v2.ModelConfigRequest(name="digits")).config
+            assert other.max_batch_size == 4 and not other.HasField("dynamic_batching")
+            assert other.instance_group[0].count == 2
+            assert digits.max_batch_size == 64 and digits.HasField("dynamic_batching")
+            x = np.zeros((5, 8, 8, 1), np.float32)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request(x, model="other"))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "batch size 5, expected 1 to max_batch_size 4" in caught.value.details()
+            assert logits(stub.ModelInfer(request(x, model="digits"))).shape == (5, 10)
+            assert logits(stub.ModelInfer(request(x[:4], model="other"))).shape == (4, 10)
+    finally:
+        assert server.stop() == 0
