@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,11 +129,20 @@ def check_new_version(repository: Path, name: str, version: int | None) -> None:
                         " versions are never overwritten")
 
 
+STALE_STAGING_SECONDS = 3600
+
+
 def staging_dir(repository: Path) -> Path:
-    """A fresh directory on the repository's file system for building a version."""
+    """A fresh directory on the repository's file system for building a version.
+
+    Staging directories untouched for an hour are what killed exporters left behind: removed here.
+    """
     staging = repository / STAGING
     try:
         staging.mkdir(parents=True, exist_ok=True)
+        for leftover in staging.glob("version-*"):
+            if time.time() - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=staging, prefix="version-"))
     except OSError as exc:
         raise UserError(f"--repository {str(repository)!r}: cannot write ({exc.strerror})") from None

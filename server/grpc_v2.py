@@ -133,14 +133,43 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name=model.name, versions=[str(v) for v in versions], platform=model.backend.platform,
             inputs=[tensor_metadata(model.input)], outputs=[tensor_metadata(o) for o in model.outputs])
 
-    @grpc_errors
-    async def ModelInfer(self, request, context):
+    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> pb.ModelInferResponse:
         try:
-            domain = to_infer_request(request, context.time_remaining())
+            domain = to_infer_request(request, timeout_s)
         except ServingError as exc:
             self.dataplane.record_rejection(request.model_name, request.model_version, exc)
             raise
         return from_infer_response(await self.dataplane.infer(domain))
+
+    @grpc_errors
+    async def ModelInfer(self, request, context):
+        return await self._infer(request, context.time_remaining())
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests of a stream run concurrently (and batch with everything else); each answer, or the
+        reason its request failed (with the request's id), is sent as soon as it is ready."""
+        answers: asyncio.Queue = asyncio.Queue()
+
+        async def answer(request):
+            try:
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, None)))
+            except Exception as exc:  # one failed request never ends the stream
+                reason = f"{exc.code.name}: {exc.message}" if isinstance(exc, ServingError) else f"INTERNAL: {exc}"
+                answers.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=reason, infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                                               id=request.id)))
+
+        async def read_all():
+            tasks = [asyncio.ensure_future(answer(request)) async for request in request_iterator]
+            await asyncio.gather(*tasks)
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read_all())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
 
     @grpc_errors
     async def ModelConfig(self, request, context):

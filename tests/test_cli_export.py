@@ -1,6 +1,7 @@
 """`bnserve export` from the command line: published output, refusals, and a SIGKILL mid-write."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -91,7 +92,12 @@ def test_sigkill_mid_write_leaves_no_visible_version(digits_run, tmp_path):
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert not (repository / "m").exists() or not any((repository / "m").iterdir())
-    # The next export is unaffected by the abandoned staging directory.
+    # The next export is unaffected by the abandoned staging directory, and removes it once it is stale.
+    abandoned = list((repository / ".staging").glob("version-*"))
+    assert len(abandoned) == 1
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned[0], (two_hours_ago, two_hours_ago))
     result = bnserve("export", digits_run[0], "--repository", repository, "--name", "m")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (repository / "m").iterdir()) == ["1"]
+    assert not abandoned[0].exists()

@@ -98,6 +98,31 @@ def test_typed_contents_are_accepted(raw_stub, in_process):
     np.testing.assert_allclose(logits, in_process(x)["logits"], rtol=0, atol=1e-6)
 
 
+def test_streaming_inference(client, in_process):
+    """tritonclient's stream API (ModelStreamInfer): answers and per-request errors by request id."""
+    import queue
+
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for request_id in range(6):
+            x = images(1, seed=request_id)
+            model = "digits" if request_id != 3 else "absent"
+            tensor = triton.InferInput("images", [1, 8, 8, 1], "FP32")
+            tensor.set_data_from_numpy(x)
+            client.async_stream_infer(model, [tensor], request_id=str(request_id))
+        received = [answers.get(timeout=30) for _ in range(6)]
+    finally:
+        client.stop_stream()
+    results = {r.get_response().id: r for r, e in received if e is None}
+    errors = [e for _, e in received if e is not None]
+    assert sorted(results) == ["0", "1", "2", "4", "5"]
+    assert len(errors) == 1 and "NOT_FOUND: model 'absent' not found" in str(errors[0])
+    for request_id, result in results.items():
+        expected = in_process(images(1, seed=int(request_id)))["logits"]
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=0, atol=1e-6)
+
+
 def test_statistics_count_what_was_served(client):
     before = client.get_inference_statistics("digits", "1").model_stats[0]
     infer(client, images(5))
