@@ -46,6 +46,8 @@ class Pending:
 
 @dataclass(frozen=True)
 class BatchingOptions:
+    """How one model version batches (server-wide flags, overridden per model by --model-option)."""
+
     max_batch_size: int = 64
     max_queue_delay_us: int = 1000
     max_queue_size: int = 256
