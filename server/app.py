@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,12 @@ def repository_signatures(repository: Path) -> dict[str, tuple]:
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = []
         for version, directory in sorted(version_dirs(model_dir).items()):
-            files = tuple(sorted((str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns)
-                                 for p in directory.rglob("*") if p.is_file()))
-            versions.append((version, files))
+            files = []
+            for path in directory.rglob("*"):
+                status = path.stat()
+                if stat.S_ISREG(status.st_mode):
+                    files.append((str(path.relative_to(directory)), status.st_size, status.st_mtime_ns))
+            versions.append((version, tuple(sorted(files))))
         if versions:
             signatures[model_dir.name] = tuple(versions)
     return signatures
