@@ -165,11 +165,10 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         assert_no_batch_norm(built / SAVED_MODEL, built / ONNX_MODEL)
         with progress("checking parity", log):
             inputs = parity_inputs(heldout.images, float(train.images.min()), float(train.images.max()))
-            reference = lambda images: model(images, training=False).numpy()  # noqa: E731
-            runners = artifact_runners(built)
-            results = [measure(name, run, reference, inputs,
+            expected = {key: model(images, training=False).numpy() for key, images in inputs.items()}
+            results = [measure(name, run, inputs, expected,
                                REFERENCE_EVALUATOR_SAMPLES if name == "onnx_reference" else None)
-                       for name, run in runners.items()]
+                       for name, run in artifact_runners(built).items()]
         log(format_table(results, request.tolerance))
         parity = certificate(results, request.tolerance)
         if not parity["passed"]:

@@ -15,9 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-Runner = Callable[[np.ndarray], np.ndarray]
-"""images float32 [N,H,W,C] -> logits float32 [N,K]."""
-
 # The pure-Python ONNX reference evaluator is slow on convs; it checks this many held-out samples.
 REFERENCE_EVALUATOR_SAMPLES = 128
 INVARIANCE_POSITIONS = (0, 31, 63)
@@ -48,14 +45,16 @@ def parity_inputs(heldout: np.ndarray, low: float, high: float, seed: int = 0) -
     }
 
 
-def measure(name: str, run: Callable[[np.ndarray], dict[str, np.ndarray]], reference: Runner,
-            inputs: dict[str, np.ndarray], heldout_limit: int | None = None) -> ArtifactParity:
-    """Compare ``run`` (images -> {"logits", "probabilities"}) with ``reference`` on every input set."""
+def measure(name: str, run: Callable[[np.ndarray], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
+            expected_logits: dict[str, np.ndarray], heldout_limit: int | None = None) -> ArtifactParity:
+    """Compare ``run`` (images -> {"logits", "probabilities"}) with the reference logits of every input
+    set (``expected_logits[key]`` for ``inputs[key]``, computed once for all artifacts)."""
     errors, scales, agreements, row_sums, samples = [], [], [], [], 0
     for key, images in inputs.items():
+        expected = expected_logits[key]
         if key == "heldout" and heldout_limit is not None:
-            images = images[:heldout_limit]
-        outputs, expected = run(images), reference(images)
+            images, expected = images[:heldout_limit], expected[:heldout_limit]
+        outputs = run(images)
         errors.append(np.max(np.abs(outputs["logits"] - expected)))
         scales.append(np.max(np.abs(expected)))
         agreements.append(np.argmax(outputs["logits"], 1) == np.argmax(expected, 1))
