@@ -101,3 +101,23 @@ def test_a_dead_worker_makes_the_chief_fail_with_a_clear_error(tmp_path):
     assert time.monotonic() - killed < 120
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: worker 0 of 2: training stopped in epoch") and "stopped answering" in last, last
+
+
+def test_a_run_resumes_under_another_strategy(tmp_path):
+    """One epoch on one device, the second on 2 logical CPUs = two epochs on one device."""
+    from tests.test_training_run import checkpoint_values
+
+    def train(run_dir, *flags):
+        result = subprocess.run([sys.executable, "-m", "bnserve.cli", "train", "--out", str(run_dir), *flags],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    train(tmp_path / "straight", "--epochs", "2", *SMALL)
+    train(tmp_path / "switched", "--epochs", "1", *SMALL)
+    train(tmp_path / "switched", "--resume", "--epochs", "2", "--strategy", "mirrored", "--cpu-replicas", "2")
+    record = json.loads((tmp_path / "switched" / "run.json").read_text())
+    assert record["distribution"]["replicas"] == 2 and [e["epoch"] for e in record["epochs"]] == [1, 2]
+    straight, switched = checkpoint_values(tmp_path / "straight"), checkpoint_values(tmp_path / "switched")
+    assert straight.keys() == switched.keys()
+    for key, value in straight.items():
+        np.testing.assert_allclose(switched[key], value, rtol=0, atol=1e-5, err_msg=key)
