@@ -1,4 +1,4 @@
-# Every target installs what it needs: a fresh clone needs nothing but python3 (>= 3.10).
+# Every target installs what it needs: a fresh clone needs nothing but python3 (>= 3.11).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,6 +12,7 @@ PORT ?= 8500
 .PHONY: install run test bench protos clean
 
 $(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: bnserve needs Python >= 3.11, $(PYTHON) is " + sys.version.split()[0] + " (make PYTHON=python3.11 ...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

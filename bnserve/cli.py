@@ -34,7 +34,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 # Flags of `train` that define a run; --resume keeps the stored values and refuses different ones.
-RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "heldout_fraction", "widths", "strides",
+RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "optimizer", "heldout_fraction", "widths", "strides",
                       "decay", "epsilon", "warmup")
 
 
@@ -48,7 +48,9 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--epochs", type=int, help="total epochs of the run (default 15)")
     parser.add_argument("--batch-size", type=int, help="default 64")
     parser.add_argument("--seed", type=int, help="default 0")
-    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 3e-3)")
+    parser.add_argument("--learning-rate", type=float, help="learning rate (default 3e-3)")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"],
+                        help="adam (default) or plain sgd (runs on two code paths stay comparable weight by weight)")
     parser.add_argument("--heldout-fraction", type=float, help="default 0.2")
     parser.add_argument("--widths", type=int_list, help="conv widths, comma-separated (default 32,64,64)")
     parser.add_argument("--strides", type=int_list, help="conv strides, comma-separated (default 1,2,1)")

@@ -17,6 +17,7 @@ from trainer.checkpoint import restore_trained_model
 from trainer.data import load_dataset, split
 from trainer.model import ModelConfig, build_model
 from trainer.train import make_train_step
+from tests.tolerance import assert_same_function
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_artifacts_are_batch_composition_invariant(exported):
     for name, run in artifacts(version_dir).items():
         together = run(batch)["logits"]
         for i in (0, 17, 63):
-            np.testing.assert_allclose(run(batch[i:i + 1])["logits"][0], together[i], rtol=0, atol=1e-5, err_msg=name)
+            assert_same_function(run(batch[i:i + 1])["logits"][0], together[i], err_msg=name)
 
 
 def test_manifest_describes_the_model_and_hashes_every_file(exported):
@@ -144,7 +145,8 @@ def test_folding_conv_with_bias_and_bn_without_gamma(conv_bias, bn_scale):
     statistics = {n.name: (n.shadow_mean.numpy(), n.shadow_variance.numpy()) for n in model.norms}
     folded = FoldedModule(fold_network(model, statistics))
     x = rng.normal(2, 3, (9, 6, 6, 2)).astype(np.float32)
-    np.testing.assert_allclose(folded.serve(x)["logits"].numpy(), model(x, training=False).numpy(), rtol=0, atol=1e-5)
+    # Folding reorders the arithmetic (s * (W x) vs W x then BN): equal to rounding of the logits' scale.
+    assert_same_function(folded.serve(x)["logits"].numpy(), model(x, training=False).numpy(), rtol=1e-4)
 
 
 def test_a_parity_failure_publishes_nothing(exported, digits_run):

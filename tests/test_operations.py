@@ -208,7 +208,8 @@ def test_soak_publishing_and_removing_under_load(repository, source):
         channel.close()
         assert server.stop() == 0
     assert not failures, failures[:5]
-    assert len(answers) > 1000
+    # Traffic flowed through every transition: each published version answered (no throughput claim).
+    assert {version for _, _, version in answers} == set(published), sorted({v for _, _, v in answers})
     for sent, received, version in answers:
         assert published[version] <= received, (version, received)
         assert version not in removed or sent < removed[version], (version, sent)

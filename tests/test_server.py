@@ -10,6 +10,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
+from tests.tolerance import assert_same_function
 
 
 
@@ -78,7 +79,7 @@ def test_predictions_equal_the_in_process_runtime(client, in_process, batch):
     expected = in_process(x)
     for name in ("logits", "probabilities"):
         assert result.as_numpy(name).shape == (batch, 10)
-        np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=0, atol=1e-6)
+        assert_same_function(result.as_numpy(name), expected[name], err_msg=name)
 
 
 def test_requested_output_subset(client):
@@ -95,7 +96,7 @@ def test_typed_contents_are_accepted(raw_stub, in_process):
     response = raw_stub.ModelInfer(request)
     assert [o.name for o in response.outputs] == ["logits", "probabilities"]
     logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(3, 10)
-    np.testing.assert_allclose(logits, in_process(x)["logits"], rtol=0, atol=1e-6)
+    assert_same_function(logits, in_process(x)["logits"])
 
 
 def test_streaming_inference(client, in_process):
@@ -120,7 +121,7 @@ def test_streaming_inference(client, in_process):
     assert len(errors) == 1 and "NOT_FOUND: model 'absent' not found" in str(errors[0])
     for request_id, result in results.items():
         expected = in_process(images(1, seed=int(request_id)))["logits"]
-        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=0, atol=1e-6)
+        assert_same_function(result.as_numpy("logits"), expected)
 
 
 def test_statistics_count_what_was_served(client):
@@ -217,7 +218,7 @@ def test_tensorflow_serving_client(server, in_process):
         request.output_filter.append("logits")
         response = prediction.Predict(request)
         assert list(response.outputs) == ["logits"] and response.model_spec.version.value == 1
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["logits"]), in_process(x)["logits"], rtol=0, atol=1e-6)
+        assert_same_function(tf.make_ndarray(response.outputs["logits"]), in_process(x)["logits"])
 
         metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         metadata_request.model_spec.name = "digits"

@@ -11,6 +11,7 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from tests.servers import start_server
+from tests.tolerance import assert_same_function
 
 
 def request(x, model="digits"):
@@ -42,7 +43,9 @@ def test_concurrent_requests_are_batched_and_answered_exactly(batching_server, s
     session = onnxruntime.InferenceSession(str(serving_repository / "digits" / "1" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
     for x, response in zip(samples, responses):
-        np.testing.assert_array_equal(logits(response), session.run(["logits"], {"images": x})[0])
+        # The server ran x inside a batch of others, the session alone: other batch sizes may take other
+        # kernels, so the two agree to rounding (tests/README.md), not bit for bit.
+        assert_same_function(logits(response), session.run(["logits"], {"images": x})[0])
     with grpc.insecure_channel(batching_server.url) as channel:
         stats = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
             v2.ModelStatisticsRequest(name="digits", version="1")).model_stats[0]

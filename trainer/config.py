@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -21,7 +22,12 @@ class TrainConfig:
     seed: int = 0
     """Seeds the weight initialisation, the train/held-out split and every epoch's order."""
     learning_rate: float = 3e-3
-    """Adam's learning rate."""
+    """The optimizer's learning rate."""
+    optimizer: str = "adam"
+    """"adam" (the default) or "sgd" (plain gradient descent, w -= learning_rate * g): a rounding difference
+    in a gradient moves an SGD weight by learning_rate times that difference, while Adam can turn it into
+    a whole +-learning_rate step where gradients are near zero, so only SGD runs on two code paths stay
+    comparable weight by weight after many steps."""
     heldout_fraction: float = 0.2
     widths: tuple[int, ...] = (32, 64, 64)
     strides: tuple[int, ...] = (1, 2, 1)
@@ -42,10 +48,13 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "--epochs", f"a positive integer, got {self.epochs}"),
             (self.batch_size >= 1, "--batch-size", f"a positive integer, got {self.batch_size}"),
-            (self.learning_rate > 0, "--learning-rate", f"a positive number, got {self.learning_rate}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning-rate",
+             f"a finite positive number, got {self.learning_rate}"),
+            (self.optimizer in ("adam", "sgd"), "--optimizer", f"one of adam, sgd, got {self.optimizer!r}"),
             (0 < self.heldout_fraction < 1, "--heldout-fraction", f"a number in (0, 1), got {self.heldout_fraction}"),
             (0 <= self.decay <= 1, "--decay", f"a number in [0, 1], got {self.decay}"),
-            (self.epsilon > 0, "--epsilon", f"a positive number, got {self.epsilon}"),
+            (math.isfinite(self.epsilon) and self.epsilon > 0, "--epsilon",
+             f"a finite positive number, got {self.epsilon}"),
             (len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "--widths",
              f"one or more positive integers, got {list(self.widths)}"),
             (len(self.strides) == len(self.widths) and all(s >= 1 for s in self.strides), "--strides",
@@ -54,7 +63,7 @@ class TrainConfig:
              f"one of default, mirrored, multiworker, got {self.strategy!r}"),
             (self.cpu_replicas >= 0 and (self.cpu_replicas == 0 or self.strategy == "mirrored"), "--cpu-replicas",
              f"a count >= 0, and only with --strategy mirrored, got {self.cpu_replicas} with {self.strategy}"),
-            (self.collective_timeout_seconds > 0, "--collective-timeout-seconds",
+            (math.isfinite(self.collective_timeout_seconds) and self.collective_timeout_seconds > 0, "--collective-timeout-seconds",
              f"a positive number, got {self.collective_timeout_seconds}"),
         ]
         for ok, flag, expected in checks:

@@ -128,6 +128,12 @@ def model_config_for(config: TrainConfig, train: Dataset) -> ModelConfig:
     )
 
 
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate)
+    return keras.optimizers.Adam(config.learning_rate)
+
+
 def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None) -> Session:
     """Validate data and run directory, build model and optimizer, restore the checkpoint on resume."""
     dataset = dataset if dataset is not None else load_dataset(config.data)
@@ -154,7 +160,7 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
     tf.config.experimental.enable_op_determinism()
     with cluster.strategy.scope():
         model = build_model(model_config)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)
         completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     checkpoint = training_checkpoint(model, optimizer, completed_epochs)
@@ -180,8 +186,16 @@ def write_summaries(writer, session: Session, epoch: int, metrics: dict) -> None
     writer.flush()
 
 
+class TrainingDiverged(UserError):
+    """The loss turned NaN or infinite: the settings (learning rate, epsilon, data) cannot train this model."""
+
+
 def run_epoch(session: Session, step: Callable, epoch: int) -> tuple[float, float]:
-    """Train one epoch in the order fixed by (seed, epoch); returns (mean loss, accuracy)."""
+    """Train one epoch in the order fixed by (seed, epoch); returns (mean loss, accuracy).
+
+    Raises ``TrainingDiverged`` at the first step whose loss is not finite: every later step would only
+    spread NaN through the weights and shadows.
+    """
     order = epoch_order(len(session.train), session.config.seed, epoch)
     batch = session.config.batch_size
     losses, correct = [], 0
@@ -190,6 +204,9 @@ def run_epoch(session: Session, step: Callable, epoch: int) -> tuple[float, floa
             indices = order[start:start + batch]
             images, labels = session.train.images[indices], session.train.labels[indices]
             loss, logits = step(images, labels)
+            if not np.isfinite(float(loss)):
+                raise TrainingDiverged(f"training diverged: the loss is {float(loss)} at epoch {epoch}, step "
+                                       f"{start // batch + 1} (try a smaller --learning-rate or check the data)")
             losses.append(float(loss) * len(indices))
             correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels))
             bar.set_postfix(loss=f"{float(loss):.4f}", accuracy=f"{correct / min(start + batch, len(order)):.3f}")
@@ -220,6 +237,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
         started = time.perf_counter()
         try:
             loss, train_accuracy = run_epoch(session, step, epoch)
+        except TrainingDiverged:
+            session.record["status"] = "failed"
+            if chief:
+                write_run_record(run_dir, session.record)
+            raise
         except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
                 tf.errors.InternalError) as exc:
             if config.strategy != "multiworker":
