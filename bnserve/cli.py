@@ -229,6 +229,23 @@ def run_predict(args) -> int:
     return 0
 
 
+def add_verify_parser(commands) -> None:
+    parser = commands.add_parser("verify", help="check a published version's hashes and golden samples on this machine")
+    parser.add_argument("version_dir", type=Path, metavar="REPO/NAME/VERSION", help="a published version directory")
+    parser.add_argument("--runtime", choices=["onnxruntime", "tf", "onnx-reference"], default="onnxruntime",
+                        help="runtime to check: ONNX Runtime on model.onnx (default), TensorFlow on the SavedModel, "
+                             "or ONNX's reference evaluator")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.set_defaults(handler=run_verify)
+
+
+def run_verify(args) -> int:
+    from bnserve.verify import verify
+
+    verify(args.version_dir, args.runtime, args.device)
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="bnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -236,6 +253,7 @@ def build_parser() -> ArgumentParser:
     add_export_parser(commands)
     add_serve_parser(commands)
     add_predict_parser(commands)
+    add_verify_parser(commands)
     return parser
 
 

@@ -20,12 +20,13 @@ from onnx.reference import ReferenceEvaluator
 
 import bnserve
 from bnserve.errors import BnserveError
+from bnserve.golden import GOLDEN, golden_inputs, write_golden
 from bnserve.repository import (INPUT_NAME, MANIFEST, MANIFEST_FORMAT, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL,
                                 SIGNATURE, TensorSpec, check_new_version, discard, publish, staging_dir, write_json)
 from exporter.artifacts import assert_no_batch_norm, write_onnx, write_saved_model
 from exporter.options import check_export_options
 from exporter.folded import FoldedModule, fold_network
-from exporter.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
+from bnserve.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
 from trainer.checkpoint import restore_trained_model
 from trainer.rundir import check_has_checkpoint
 from trainer.data import Dataset, load_dataset, split
@@ -173,8 +174,14 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         parity = certificate(results, request.tolerance)
         if not parity["passed"]:
             raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
-        write_json(built / MANIFEST, build_manifest(request, model, record, checkpoint, accuracies, parity,
-                                                    ema_updates=int(model.shadow_step.numpy())))
+        golden_sets = golden_inputs(inputs)
+        write_golden(built / GOLDEN, golden_sets, {key: expected[key][:len(images)] for key, images in golden_sets.items()},
+                     request.tolerance)
+        manifest = build_manifest(request, model, record, checkpoint, accuracies, parity,
+                                  ema_updates=int(model.shadow_step.numpy()))
+        manifest["golden"] = {"file": GOLDEN, "tolerance": request.tolerance,
+                              "sets": {key: len(images) for key, images in golden_sets.items()}}
+        write_json(built / MANIFEST, manifest)
         version, path = publish(built, request.repository, request.name, request.version)
     except BaseException:
         discard(built)

@@ -69,7 +69,19 @@ def to_model_config(model: ServedVersion, settings) -> pb.ModelConfig:
         output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:]) for o in model.outputs],
         instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=options.instances,
                                               gpus=[0] if model.backend.device == "gpu" else [])],
+        parameters={key: pb.ModelParameter(string_value=value) for key, value in parity_parameters(model).items()},
     )
+
+
+def parity_parameters(model: ServedVersion) -> dict[str, str]:
+    """The load-time golden check, as ModelConfig parameters (Triton's string-valued map)."""
+    check = model.golden
+    if check is None:
+        return {"parity_status": "unverified"}
+    return {"parity_status": "verified", "parity_max_abs_error": f"{check.max_abs_error:.6g}",
+            "parity_tolerance": f"{check.tolerance:g}", "parity_samples": str(check.samples),
+            "parity_worst": f"output {check.output} set {check.input_set} row {check.row} column {check.column}",
+            "parity_backend": f"{model.backend.platform} on {model.backend.device}"}
 
 
 def version_policy_proto(policy) -> pb.ModelVersionPolicy:

@@ -7,6 +7,7 @@
     bnserve_batch_size{model,version}                 histogram: samples per model call
     bnserve_loaded_versions{model}                    gauge: versions ready to serve
     bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
+    bnserve_parity_max_abs_error{model,version}       gauge: largest |output - golden reference| measured at load
 
 A request for a model the server does not know is counted under model="" so that clients cannot
 create unbounded label values.
@@ -29,6 +30,9 @@ COMPUTE_SECONDS = Histogram("bnserve_compute_seconds", "Model call time per batc
 BATCH_SIZE = Histogram("bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS)
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
 LOAD_FAILURES = Counter("bnserve_load_failures", "Versions refused at load", ["model"])
+PARITY_MAX_ABS_ERROR = Gauge("bnserve_parity_max_abs_error",
+                             "Largest |output - golden reference output| of the load-time check on this backend",
+                             ["model", "version"])
 
 
 def serve_metrics(host: str, port: int) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bnserve.errors import UserError
+from bnserve.golden import GOLDEN, GoldenCheck, check_golden, read_golden
 from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, read_manifest, validate_model_name,
                                 verify_files, version_dirs)
 from server import metrics
@@ -31,6 +32,8 @@ class ServedVersion:
     backend: Backend
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
+    golden: GoldenCheck | None = None
+    """The load-time golden check on this backend and device; None: exported without golden samples."""
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
 
     @property
@@ -67,8 +70,39 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     backend = load_backend(settings.backend, directory, settings.device, settings.intra_op_threads)
     # Warm-up: one inference before the version takes traffic (first-call allocations, and a model
     # that loads but cannot run is refused here rather than on a client's request).
-    backend.run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])
-    return ServedVersion(name, version, manifest, backend, inputs[0], outputs)
+    warm = backend.run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])
+    for spec in outputs:
+        if warm[spec.name].shape != (1, *spec.shape[1:]):
+            raise UserError(f"output {spec.name!r}: the model answered shape {list(warm[spec.name].shape)} for one "
+                            f"input row; the manifest declares {list(spec.shape)}")
+    golden = prove_golden(name, version, directory, manifest, backend,
+                          settings.batching_options(name).max_batch_size)
+    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden)
+
+
+def prove_golden(name: str, version: int, directory: Path, manifest: dict, backend: Backend,
+                 max_batch_size: int) -> GoldenCheck | None:
+    """Run the version's golden samples on this backend and device, in batches of at most the
+    served maximum; refuse the version (UserError) when an output differs beyond the certificate's
+    tolerance. None for versions exported before golden samples existed (they load, unverified)."""
+    if GOLDEN not in manifest.get("files", {}):
+        log.warning("model %r version %d is unverified: it has no %s (exported before load-time parity checks)",
+                    name, version, GOLDEN)
+        return None
+    check = check_golden(lambda images: backend.run(images, list(OUTPUT_NAMES)), read_golden(directory / GOLDEN),
+                         max_batch_size)
+    if not check.passed:
+        raise UserError(check.describe())
+    log.info("model %r version %d: %s", name, version, check.describe())
+    metrics.PARITY_MAX_ABS_ERROR.labels(name, str(version)).set(check.max_abs_error)
+    return check
+
+
+def forget_version_metrics(name: str, version: int) -> None:
+    try:
+        metrics.PARITY_MAX_ABS_ERROR.remove(name, str(version))
+    except KeyError:  # an unverified version never had the gauge
+        pass
 
 
 class ModelRegistry:
@@ -130,6 +164,7 @@ class ModelRegistry:
             self._states[name] = states
         metrics.LOADED_VERSIONS.labels(name).set(len(served))
         for version in set(previous) - set(served):
+            forget_version_metrics(name, version)
             log.info("unloaded model %r version %d", name, version)
         return sorted(states.values(), key=lambda s: s.version)
 
@@ -141,6 +176,7 @@ class ModelRegistry:
             self._states[name] = {v: VersionState(name, v, UNLOADED, reason) for v in self._states[name]}
         metrics.LOADED_VERSIONS.labels(name).set(0)
         for version in served:
+            forget_version_metrics(name, version)
             log.info("unloaded model %r version %d", name, version)
 
     def get(self, name: str, version: str | int | None = None) -> ServedVersion:

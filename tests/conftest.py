@@ -17,6 +17,19 @@ def digits_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def reference(digits_run):
+    """The unfolded trained model in inference mode, and the held-out images."""
+    from trainer.checkpoint import restore_trained_model
+    from trainer.data import load_dataset, split
+
+    run_dir, record = digits_run
+    model, _, _ = restore_trained_model(run_dir)
+    config = record["config"]
+    _, heldout = split(load_dataset("digits"), config["seed"], config["heldout_fraction"])
+    return model, heldout
+
+
+@pytest.fixture(scope="session")
 def exported(digits_run, tmp_path_factory):
     """The default digits run exported as version 1 of model "digits": (repository, version dir, manifest)."""
     from exporter.export import ExportRequest, export

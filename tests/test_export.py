@@ -20,15 +20,6 @@ from trainer.train import make_train_step
 from tests.tolerance import assert_same_function
 
 
-@pytest.fixture(scope="module")
-def reference(digits_run):
-    """The unfolded trained model in inference mode, and the held-out images."""
-    run_dir, record = digits_run
-    model, _, _ = restore_trained_model(run_dir)
-    config = record["config"]
-    _, heldout = split(load_dataset("digits"), config["seed"], config["heldout_fraction"])
-    return model, heldout
-
 
 def artifacts(version_dir):
     signature = tf.saved_model.load(str(version_dir / "saved_model")).signatures["serving_default"]
