@@ -70,12 +70,28 @@ def test_bad_data_is_a_one_line_error_without_run_json(tmp_path, make_data, frag
         (["--cpu-replicas", "2"], ["--cpu-replicas", "only with --strategy mirrored"]),
         (["--strategy", "mirrored", "--cpu-replicas", "-1"], ["--cpu-replicas", "got -1"]),
         (["--no-such-flag"], ["unrecognized arguments"]),
+        (["--learning-rate", "inf"], ["--learning-rate", "finite positive number, got inf"]),
+        (["--learning-rate", "nan"], ["--learning-rate", "finite positive number, got nan"]),
+        (["--epsilon", "inf"], ["--epsilon", "finite positive number, got inf"]),
+        (["--decay", "nan"], ["--decay", "[0, 1], got nan"]),
+        (["--optimizer", "rmsprop"], ["--optimizer", "invalid choice: 'rmsprop'"]),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, flags, fragments):
     result = bnserve("train", "--out", tmp_path / "run", *flags)
     assert_user_error(result, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_with_an_error_and_a_failed_status(tmp_path):
+    """A finite but absurd learning rate: the loss overflows, the run stops there instead of completing on NaN."""
+    result = bnserve("train", "--out", tmp_path / "run", "--learning-rate", "1e30", "--optimizer", "sgd",
+                     "--widths", "4", "--strides", "1", "--epochs", "3")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]  # TensorFlow's own start-up lines come first
+    assert last.startswith("error: training diverged: the loss is ") and "at epoch 1" in last, last
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and record["epochs"] == []
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
