@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,11 @@ MANIFEST_FORMAT = "bnserve.model/1"
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 16 << 30
+"""Largest file a reader hashes when the manifest does not declare its size (older manifests)."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +58,119 @@ class TensorSpec:
 
 def validate_model_name(name: str) -> str:
     """Names become directory names: letters, digits, ``_ . -``, starting with a letter or digit."""
-    if not MODEL_NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name) or ".." in name:
         raise UserError(f"--name {name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -, starting with a"
                         " letter or digit, without '..'")
     return name
 
 
+def parse_version(text: str) -> int | None:
+    """The version a canonical decimal string names ("1", "12"), else None: no sign, no blanks, no leading
+    zero, ASCII digits only ("01", " 1", "+1" and other scripts' digits are not versions)."""
+    return int(text) if isinstance(text, str) and VERSION_PATTERN.fullmatch(text) else None
+
+
 def version_dirs(model_dir: Path) -> dict[int, Path]:
-    """Published versions of one model: {version: directory}, ignoring anything not a positive integer."""
-    if not model_dir.is_dir():
+    """Published versions of one model: {version: directory}, ignoring anything not a canonical positive
+    integer name (and anything that cannot be listed)."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except OSError:
         return {}
-    return {int(p.name): p for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")}
+    return {version: Path(entry.path) for entry in entries
+            if (version := parse_version(entry.name)) is not None and is_directory(entry)}
 
 
-def sha256_of(path: Path) -> str:
+def is_directory(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a link; a dangling one is not a directory
+    except OSError:
+        return False
+
+
+def open_regular(path: Path, limit: int) -> int:
+    """A descriptor for reading ``path`` that never blocks: only a regular file of at most ``limit`` bytes.
+
+    O_NONBLOCK makes opening a FIFO return at once; fstat then refuses it, a device or a socket, so
+    nothing the repository holds can hang a reader or feed it without end.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise UserError(f"{path.name!r} is not a regular file ({file_kind(status.st_mode)})")
+        if status.st_size > limit:
+            raise UserError(f"{path.name!r} has {status.st_size} bytes, more than the {limit} allowed")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    descriptor = open_regular(path, limit)
+    with os.fdopen(descriptor, "rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path.name!r} grew beyond the {limit} bytes allowed while being read")
+    return data
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def sha256_of(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    read = 0
+    with os.fdopen(open_regular(path, limit), "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
+            read += len(block)
+            if read > limit:
+                raise UserError(f"{path.name!r} grew beyond the {limit} bytes allowed while being hashed")
             digest.update(block)
     return digest.hexdigest()
+
+
+def version_files(version_dir: Path, root: Path) -> dict[str, os.stat_result]:
+    """Every file of a version: {relative POSIX path: stat}. Raises UserError (naming the entry) for a link
+    that dangles, loops or leads outside ``root`` (the repository), and for anything that is neither a
+    regular file nor a directory; reads no file."""
+    root = root.resolve()
+    try:
+        resolved = version_dir.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"the version directory cannot be resolved ({exc})") from None
+    if not resolved.is_relative_to(root):
+        raise UserError(f"the version directory leads outside the repository (to {str(resolved)!r})")
+
+    def refuse(error: OSError):
+        raise UserError(f"cannot list {error.filename!r} ({error.strerror})")
+
+    files = {}
+    for directory, subdirectories, names in os.walk(version_dir, onerror=refuse):
+        for name in [*subdirectories, *names]:
+            path = Path(directory) / name
+            relative = path.relative_to(version_dir).as_posix()
+            try:
+                target = path.resolve(strict=True)
+                status = path.stat()
+            except (OSError, RuntimeError):
+                raise UserError(f"{relative!r} is a dangling or looping symbolic link") from None
+            if not target.is_relative_to(root):
+                raise UserError(f"{relative!r} is a link leading outside the repository (to {str(target)!r})")
+            if stat.S_ISDIR(status.st_mode):
+                if path.is_symlink():
+                    raise UserError(f"{relative!r} is a link to a directory (versions hold plain directories)")
+            elif stat.S_ISREG(status.st_mode):
+                files[relative] = status
+            else:
+                raise UserError(f"{relative!r} is not a regular file ({file_kind(status.st_mode)})")
+    return files
 
 
 def file_digests(version_dir: Path) -> dict[str, str]:
@@ -84,27 +182,48 @@ def file_digests(version_dir: Path) -> dict[str, str]:
 def read_manifest(version_dir: Path) -> dict:
     path = version_dir / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise UserError(f"{str(version_dir)!r}: no {MANIFEST}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"{str(path)!r}: unreadable manifest ({exc})") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{str(path)!r}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    except UserError as exc:
+        raise UserError(f"{str(path)!r}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UserError(f"{str(path)!r}: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    files, sizes = manifest.get("files", {}), manifest.get("sizes", {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        raise UserError(f"{str(path)!r}: 'files' must map relative paths to sha256 hex digests")
+    if not (isinstance(sizes, dict) and all(isinstance(v, int) and v >= 0 for v in sizes.values())):
+        raise UserError(f"{str(path)!r}: 'sizes' must map relative paths to byte counts")
     return manifest
 
 
-def verify_files(version_dir: Path, manifest: dict) -> None:
-    """Every file listed in the manifest exists with its sha256, and no file is missing from the list."""
-    expected = manifest.get("files", {})
-    actual = file_digests(version_dir)
+def verify_files(version_dir: Path, manifest: dict, root: Path | None = None) -> None:
+    """Every file listed in the manifest exists with its size (when declared) and sha256, no file is
+    missing from the list, and nothing in the version is a special file or a link out of ``root``
+    (default: the repository, two levels up). Reads each file once, never beyond its declared size."""
+    expected, sizes = manifest.get("files", {}), manifest.get("sizes", {})
+    try:
+        actual = version_files(version_dir, root if root is not None else version_dir.parent.parent)
+    except UserError as exc:
+        raise UserError(f"{str(version_dir)!r}: {exc}") from None
     for relative, digest in expected.items():
         if relative not in actual:
             raise UserError(f"{str(version_dir)!r}: file {relative!r} listed in the manifest is missing")
-        if actual[relative] != digest:
-            raise UserError(f"{str(version_dir)!r}: file {relative!r} has sha256 {actual[relative][:12]}..., "
+        declared = sizes.get(relative)
+        if declared is not None and actual[relative].st_size != declared:
+            raise UserError(f"{str(version_dir)!r}: file {relative!r} has {actual[relative].st_size} bytes, "
+                            f"the manifest says {declared}")
+        try:
+            found = sha256_of(version_dir / relative, declared if declared is not None else MAX_FILE_BYTES)
+        except UserError as exc:
+            raise UserError(f"{str(version_dir)!r}: file {relative!r}: {exc}") from None
+        if found != digest:
+            raise UserError(f"{str(version_dir)!r}: file {relative!r} has sha256 {found[:12]}..., "
                             f"the manifest says {digest[:12]}...")
-    unlisted = sorted(set(actual) - set(expected))
+    unlisted = sorted(set(actual) - set(expected) - {MANIFEST})
     if unlisted:
         raise UserError(f"{str(version_dir)!r}: file {unlisted[0]!r} is not listed in the manifest")
 
@@ -162,7 +281,9 @@ def publish(built: Path, repository: Path, name: str, version: int | None) -> tu
         raise UserError(f"--version {target_version}: {str(target)!r} already exists; versions are never overwritten")
     manifest_path = built / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    manifest.update(name=name, version=target_version, files=file_digests(built))
+    files = file_digests(built)
+    manifest.update(name=name, version=target_version, files=files,
+                    sizes={relative: (built / relative).stat().st_size for relative in files})
     write_json(manifest_path, manifest)
     fsync_tree(built)
     try:

@@ -79,7 +79,7 @@ def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu",
         verify_files(version_dir, manifest)
     except UserError as exc:
         print(f"files: FAIL: {exc}", file=out)
-        raise VerificationFailed(f"{version_dir}: {exc}") from None
+        raise VerificationFailed(str(exc)) from None
     print(f"files: ok ({len(manifest.get('files', {}))} files match the manifest's sha256)", file=out)
     if GOLDEN not in manifest.get("files", {}):
         raise VerificationFailed(f"{version_dir}: no {GOLDEN}: this version was exported before golden samples "

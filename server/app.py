@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from bnserve.repository import version_dirs
 from protos import inference_pb2, inference_pb2_grpc
 from server import grpc_tfserving
 from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.grpc_v2 import InferenceServicer
 from server.metrics import serve_metrics
-from server.models import READY, ModelRegistry
+from server.models import READY, ModelRegistry, RepositoryScan, scan_repository
 from server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
@@ -32,22 +30,11 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def repository_signatures(repository: Path) -> dict[str, tuple]:
-    """{model: (version, (relative path, size, mtime_ns) ...) ...}: changes when a version appears,
-    disappears or is still being written (a half-copied directory is retried once it changed)."""
-    signatures = {}
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = []
-        for version, directory in sorted(version_dirs(model_dir).items()):
-            files = []
-            for path in directory.rglob("*"):
-                status = path.stat()
-                if stat.S_ISREG(status.st_mode):
-                    files.append((str(path.relative_to(directory)), status.st_size, status.st_mtime_ns))
-            versions.append((version, tuple(sorted(files))))
-        if versions:
-            signatures[model_dir.name] = tuple(versions)
-    return signatures
+def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
+    """{model: ((version, files signature, problem) ...)}: changes when a version appears, disappears, is
+    still being written (a half-copied directory is retried once it changed) or is rewritten in place."""
+    return {name: tuple((version, found.signature, found.problem) for version, found in sorted(versions.items()))
+            for name, versions in scan.models.items()}
 
 
 @dataclass
@@ -66,7 +53,7 @@ class RunningServer:
     async def update_health(self) -> None:
         """Overall SERVING; per model SERVING while it has a ready version."""
         await self.health.set("", SERVING)
-        for name in {state.name for state in self.registry.index()}:
+        for name in self.registry.model_names():
             ready = any(s.state == READY for s in self.registry.states(name))
             await self.health.set(name, SERVING if ready else NOT_SERVING)
 
@@ -76,12 +63,17 @@ class RunningServer:
 
     async def poll_once(self) -> None:
         loop = asyncio.get_running_loop()
-        current = await loop.run_in_executor(self.loader, repository_signatures, self.settings.repository)
+        scan = await loop.run_in_executor(self.loader, scan_repository, self.settings.repository)
+        self.registry.set_problems(scan.problems)
+        current = signatures_of(scan)
         changed = [name for name, signature in current.items() if self.signatures.get(name) != signature]
         removed = [name for name in self.signatures if name not in current]
         self.signatures = current
         for name in changed:
-            await loop.run_in_executor(self.loader, self.registry.load, name)
+            try:
+                await loop.run_in_executor(self.loader, self.registry.load, name, scan.models[name])
+            except Exception:  # one model's failure never keeps the others from loading
+                log.exception("loading model %r failed; retrying when its files change", name)
         for name in removed:
             self.registry.unload(name, reason="removed from the repository")
         if changed or removed:
@@ -111,8 +103,9 @@ class RunningServer:
 async def create_server(settings: ServerSettings) -> RunningServer:
     """Load the repository, bind ``settings.host:settings.grpc_port`` (0: any free port) and start."""
     registry = ModelRegistry(settings)
-    signatures = repository_signatures(settings.repository)
-    registry.load_all()
+    scan = scan_repository(settings.repository)
+    signatures = signatures_of(scan)
+    registry.load_all(scan)
     # Repository loads get a thread of their own so that a slow load never holds up inference (each
     # version's batcher has its own model threads).
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-load")

@@ -206,7 +206,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         if request.ready:
             states = [s for s in states if s.state == "READY"]
         return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=str(s.version), state=s.state, reason=s.reason)
+            pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=str(s.version) if s.version else "",
+                                                  state=s.state, reason=s.reason)
             for s in states])
 
     @grpc_errors

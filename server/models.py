@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ import numpy as np
 
 from bnserve.errors import UserError
 from bnserve.golden import GOLDEN, GoldenCheck, check_golden, read_golden
-from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, read_manifest, validate_model_name,
-                                verify_files, version_dirs)
+from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, is_directory, parse_version, read_manifest,
+                                validate_model_name, verify_files, version_dirs, version_files)
 from server import metrics
 from server.backends import Backend, load_backend
 from server.errors import ModelNotFound, StartupError
@@ -34,6 +35,8 @@ class ServedVersion:
     outputs: tuple[TensorSpec, ...]
     golden: GoldenCheck | None = None
     """The load-time golden check on this backend and device; None: exported without golden samples."""
+    signature: tuple = ()
+    """The files as they were when this version was verified (see ScannedVersion.signature)."""
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
 
     @property
@@ -59,7 +62,8 @@ def chosen_versions(available: list[int], policy: VersionPolicy) -> list[int]:
     return newest_first
 
 
-def open_version(name: str, version: int, directory: Path, settings: ServerSettings) -> ServedVersion:
+def open_version(name: str, version: int, directory: Path, settings: ServerSettings,
+                 signature: tuple = ()) -> ServedVersion:
     """Verify the manifest and every file's hash, then load the backend; raises with the reason."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
@@ -77,7 +81,7 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
                             f"input row; the manifest declares {list(spec.shape)}")
     golden = prove_golden(name, version, directory, manifest, backend,
                           settings.batching_options(name).max_batch_size)
-    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden)
+    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature)
 
 
 def prove_golden(name: str, version: int, directory: Path, manifest: dict, backend: Backend,
@@ -105,6 +109,60 @@ def forget_version_metrics(name: str, version: int) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class ScannedVersion:
+    """What a scan found of one version directory, without reading any file."""
+
+    directory: Path
+    signature: tuple = ()
+    """((relative path, size, mtime_ns), ...): changes when a file appears, vanishes or is rewritten."""
+    problem: str = ""
+    """Why the version cannot be served as it is (a special file, a link out of the repository ...)."""
+
+
+def scan_model(repository: Path, name: str) -> dict[int, ScannedVersion]:
+    """Every version directory of one model, each inspected on its own: a bad one never hides the others."""
+    scanned = {}
+    for version, directory in version_dirs(repository / name).items():
+        try:
+            files = version_files(directory, repository)
+        except UserError as exc:
+            scanned[version] = ScannedVersion(directory, problem=str(exc))
+            continue
+        scanned[version] = ScannedVersion(directory, tuple(sorted(
+            (relative, status.st_size, status.st_mtime_ns) for relative, status in files.items())))
+    return scanned
+
+
+@dataclass(frozen=True)
+class RepositoryScan:
+    models: dict[str, dict[int, ScannedVersion]]
+    problems: dict[str, str]
+    """{entry name: reason} for top-level entries that cannot be models (an invalid name, a link out)."""
+
+
+def scan_repository(repository: Path) -> RepositoryScan:
+    """Every model of the repository, per model and per version isolated; reads no file and never blocks."""
+    models, problems = {}, {}
+    root = repository.resolve()
+    for entry in sorted(os.scandir(repository), key=lambda e: e.name):
+        if entry.name.startswith(".") or not is_directory(entry):
+            continue
+        try:
+            validate_model_name(entry.name)
+        except UserError:
+            problems[entry.name] = ("not a valid model name (1-128 characters from A-Z a-z 0-9 _ . -, starting with "
+                                    "a letter or digit, without '..')")
+            continue
+        if not Path(entry.path).resolve().is_relative_to(root):
+            problems[entry.name] = "a link leading outside the repository"
+            continue
+        versions = scan_model(repository, entry.name)
+        if versions:
+            models[entry.name] = versions
+    return RepositoryScan(models, problems)
+
+
 class ModelRegistry:
     """Loads models from the repository; lookups are safe from any thread (one lock)."""
 
@@ -113,25 +171,35 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._states: dict[str, dict[int, VersionState]] = {}
+        self._problems: dict[str, str] = {}
 
-    def model_names_on_disk(self) -> list[str]:
-        return sorted(p.name for p in self.settings.repository.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
+    def load_all(self, scan: RepositoryScan) -> None:
+        self.set_problems(scan.problems)
+        for name, versions in scan.models.items():
+            self.load(name, versions)
 
-    def load_all(self) -> None:
-        for name in self.model_names_on_disk():
-            self.load(name)
+    def set_problems(self, problems: dict[str, str]) -> None:
+        """Top-level entries that are not models: each logged once when it appears, listed by index()."""
+        with self._lock:
+            new = {name: reason for name, reason in problems.items() if self._problems.get(name) != reason}
+            self._problems = dict(problems)
+        for name, reason in new.items():
+            log.warning("ignored repository entry %r: %s", name, reason)
 
-    def load(self, name: str) -> list[VersionState]:
-        """(Re)load ``name`` by the version policy; versions that fail are refused, the rest serve."""
+    def load(self, name: str, scanned: dict[int, ScannedVersion] | None = None) -> list[VersionState]:
+        """(Re)load ``name`` by the version policy; versions that fail are refused, the rest serve.
+
+        ``scanned`` is the model's part of a repository scan (scanned now when None). A version already
+        served keeps serving while its files are unchanged; when they changed, it is verified again
+        from scratch, and served no more if that fails.
+        """
         try:
             validate_model_name(name)
         except UserError:
             raise ModelNotFound(name) from None
-        directory = self.settings.repository / name
-        available = version_dirs(directory)
+        available = scanned if scanned is not None else scan_model(self.settings.repository, name)
         if not available:
-            raise ModelNotFound(name, reason=f"no version directory under {str(directory)!r}")
+            raise ModelNotFound(name, reason=f"no version directory under {str(self.settings.repository / name)!r}")
         policy = self.settings.version_policy
         served, states = {}, {}
         with self._lock:
@@ -139,16 +207,24 @@ class ModelRegistry:
         for version in chosen_versions(list(available), policy):
             if policy.kind == "latest" and len(served) == policy.count:
                 break
-            if version in previous:
+            found = available[version]
+            if version in previous and previous[version].signature == found.signature:
                 served[version] = previous[version]
                 states[version] = VersionState(name, version, READY)
                 continue
+            if version in previous:
+                log.warning("model %r version %d changed on disk after it was loaded (versions are immutable): "
+                            "verifying it again", name, version)
             try:
-                served[version] = open_version(name, version, available[version], self.settings)
+                if found.problem:
+                    raise UserError(found.problem)
+                served[version] = open_version(name, version, found.directory, self.settings, found.signature)
             except StartupError:
                 raise
             except Exception as exc:  # any reason a version cannot serve: refuse it, keep the others
-                reason = str(exc).replace(str(available[version]), f"{name}/{version}")
+                reason = str(exc).replace(str(found.directory), f"{name}/{version}")
+                if version in previous:
+                    reason = f"changed on disk after it was loaded, no longer served: {reason}"
                 states[version] = VersionState(name, version, UNAVAILABLE, reason)
                 log.warning("refused model %r version %d: %s", name, version, reason)
                 metrics.LOAD_FAILURES.labels(name).inc()
@@ -187,10 +263,10 @@ class ModelRegistry:
                 raise ModelNotFound(name, version)
             if version in (None, ""):
                 return versions[max(versions)]
-            try:
-                number = int(version)
-            except (TypeError, ValueError):
-                raise ModelNotFound(name, version, reason="versions are positive integers") from None
+            number = version if isinstance(version, int) else parse_version(version)
+            if number is None:
+                raise ModelNotFound(name, repr(version),
+                                    reason="versions are canonical positive decimal integers (1, 2, ...)")
             if number not in versions:
                 state = self._states.get(name, {}).get(number)
                 raise ModelNotFound(name, version, reason=f"{state.state.lower()}: {state.reason}" if state else "")
@@ -205,8 +281,14 @@ class ModelRegistry:
             return [v for versions in self._served.values() for _, v in sorted(versions.items())]
 
     def index(self) -> list[VersionState]:
+        """Every version's state, then the repository entries that are not models (version 0, UNAVAILABLE)."""
         with self._lock:
-            return [state for name in sorted(self._states) for _, state in sorted(self._states[name].items())]
+            return ([state for name in sorted(self._states) for _, state in sorted(self._states[name].items())]
+                    + [VersionState(name, 0, UNAVAILABLE, reason) for name, reason in sorted(self._problems.items())])
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._states)
 
     def states(self, name: str) -> list[VersionState]:
         with self._lock:
