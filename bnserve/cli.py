@@ -33,6 +33,15 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def version_number(text: str) -> int:
+    from bnserve.repository import parse_version
+
+    version = parse_version(text)
+    if version is None:
+        raise argparse.ArgumentTypeError(f"expected a canonical positive decimal integer (1, 2, ...), got {text!r}")
+    return version
+
+
 # Flags of `train` that define a run; --resume keeps the stored values and refuses different ones.
 RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "optimizer", "heldout_fraction", "widths", "strides",
                       "decay", "epsilon", "warmup")
@@ -111,7 +120,7 @@ def add_export_parser(commands) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by bnserve train")
     parser.add_argument("--repository", required=True, type=Path, help="model repository root")
     parser.add_argument("--name", required=True, help="model name (letters, digits, _ . -)")
-    parser.add_argument("--version", type=int, help="version to publish (default: highest + 1)")
+    parser.add_argument("--version", type=version_number, help="version to publish (default: highest + 1)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest absolute logit difference any artifact may show vs the reference (default 1e-4)")

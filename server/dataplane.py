@@ -11,7 +11,7 @@ import numpy as np
 import bnserve
 from server import metrics
 from server.batching import DynamicBatcher
-from server.errors import InvalidInput, ServingError, Unavailable
+from server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from server.execution import ModelThreads
 from server.models import READY, ModelRegistry, ServedVersion
 
@@ -80,7 +80,23 @@ def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_
         if name not in model.output_names:
             raise InvalidInput(f"outputs[{position}].name: unknown output {name!r}; expected one of "
                                f"{', '.join(model.output_names)}")
+        if name in request.outputs[:position]:
+            raise InvalidInput(f"outputs[{position}].name: duplicate output {name!r}; request each output once")
     return tensor.data
+
+
+RESPONSE_OVERHEAD_BYTES = 256
+"""Room for a response's names, shapes and framing beside its tensor bytes (a few hundred bytes here)."""
+
+
+def check_response_size(model: ServedVersion, rows: int, outputs: list[str], max_message_bytes: int) -> None:
+    """Refuse, before compute, a request whose answer could not be sent: sum over the requested outputs of
+    rows x prod(output dims) x 4 bytes, plus RESPONSE_OVERHEAD_BYTES."""
+    specs = {spec.name: spec for spec in model.outputs}
+    size = RESPONSE_OVERHEAD_BYTES + sum(rows * int(np.prod(specs[name].shape[1:])) * 4 for name in outputs)
+    if size > max_message_bytes:
+        raise ResponseTooLarge(f"outputs: the response would take {size} bytes, more than --max-message-bytes "
+                               f"{max_message_bytes}; request fewer rows or outputs")
 
 
 class DataPlane:
@@ -137,10 +153,9 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Ready when every model on disk serves at least one version."""
-        index = self.registry.index()
-        names = {state.name for state in index}
-        return all(any(s.name == name and s.state == READY for s in index) for name in names)
+        """Ready when every model on disk serves at least one version (entries that are not models, such as
+        a folder with an invalid name, are reported by RepositoryIndex but do not hold readiness back)."""
+        return all(any(s.state == READY for s in self.registry.states(name)) for name in self.registry.model_names())
 
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
@@ -172,6 +187,7 @@ class DataPlane:
             batcher = self.batcher(model)
             images = validated_images(model, request, batcher.options.max_batch_size)
             outputs = list(request.outputs) or model.output_names
+            check_response_size(model, len(images), outputs, self.registry.settings.max_message_bytes)
             results = await batcher.submit(images, outputs, request.timeout_s)
         except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
             code = exc.code.name if isinstance(exc, ServingError) else (

@@ -37,6 +37,12 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ResponseTooLarge(ServingError):
+    """The answer would exceed --max-message-bytes: refused before anything is computed or built."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

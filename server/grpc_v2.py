@@ -31,6 +31,9 @@ def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = No
             raise InvalidInput(f"{field}.datatype: unknown datatype {tensor.datatype!r}; expected one of "
                                f"{', '.join(V2_TO_NUMPY)}")
         shape = list(tensor.shape)
+        if raw and tensor.HasField("contents") and tensor.contents.ByteSize():
+            raise InvalidInput(f"{field}.contents: the request carries raw_input_contents too; send each input "
+                               "either raw or typed, not both")
         if raw:
             data = array_from_raw(raw[position], dtype, shape, f"raw_input_contents[{position}]")
         else:

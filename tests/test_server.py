@@ -178,6 +178,15 @@ ERRORS = {
                   "inputs[1].name: duplicate input 'images'"),
     "unknown-output": (dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="embedding")]),
                        grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name: unknown output 'embedding'"),
+    "duplicate-output": (dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="logits")] * 2),
+                         grpc.StatusCode.INVALID_ARGUMENT,
+                         "outputs[1].name: duplicate output 'logits'; request each output once"),
+    "raw-and-typed": (dict(tensor=dict(contents=v2.InferTensorContents(fp32_contents=[0.0] * 128))),
+                      grpc.StatusCode.INVALID_ARGUMENT,
+                      "inputs[0].contents: the request carries raw_input_contents too; send each input either raw or "
+                      "typed, not both"),
+    "non-canonical-version": (dict(model_version="01"), grpc.StatusCode.NOT_FOUND,
+                              "model 'digits' version '01' not found: versions are canonical positive decimal"),
     "huge-dims": (dict(tensor=dict(shape=[2, 1 << 20, 1 << 20, 1])), grpc.StatusCode.INVALID_ARGUMENT,
                   "more than 268435456 elements"),
 }
