@@ -173,7 +173,16 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
     parser.add_argument("--poll-seconds", type=float, default=2.0,
                         help="repository scan interval for new/removed versions (default 2; 0: off)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on HOST:PORT/metrics (0: any port)")
+    parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default="poll",
+                        help="poll: follow the repository every --poll-seconds (default); none: load it at start only; "
+                             "explicit: load it at start, then only RepositoryModelLoad/Unload change it (those RPCs "
+                             "are refused otherwise)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics endpoint (default 127.0.0.1, whatever --host is)")
+    parser.add_argument("--metrics-auth", action="store_true",
+                        help="the metrics endpoint requires the --auth-token-file token too")
+    parser.add_argument("--share-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its processes
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS only)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates it signed")
@@ -198,7 +207,8 @@ def run_serve(args) -> int:
         model_options=dict(parse_model_option(text) for text in args.model_option),
         version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
         max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,
-        metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        model_control=args.model_control, share_port=args.share_port, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host, metrics_auth=args.metrics_auth, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
         health_without_auth=args.health_without_auth)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

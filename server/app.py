@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from bnserve.errors import UserError
 from protos import inference_pb2, inference_pb2_grpc
 from server import grpc_tfserving
 from server.auth import TokenAuthInterceptor
@@ -111,7 +112,10 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-load")
     dataplane = DataPlane(registry)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-               ("grpc.max_send_message_length", settings.max_message_bytes)]
+               ("grpc.max_send_message_length", settings.max_message_bytes),
+               # gRPC sets SO_REUSEPORT by default: a second server on a busy port would "start" and the
+               # kernel would split connections between the two. Only --workers share a port on purpose.
+               ("grpc.so_reuseport", 1 if settings.share_port else 0)]
     interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
                     if settings.auth_token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors)
@@ -122,22 +126,36 @@ async def create_server(settings: ServerSettings) -> RunningServer:
         asyncio.get_running_loop().create_task(running.models_changed())
 
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, models_changed, loader), server)
+        InferenceServicer(dataplane, models_changed, loader, settings.model_control), server)
     server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([
         inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        # Listed so tools see every service of the port; their messages are described under the project's
+        # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
+        *grpc_tfserving.SERVICE_NAMES,
         reflection.SERVICE_NAME,
     ], server)
     address = f"{settings.host}:{settings.grpc_port}"
     credentials = settings.server_credentials()
-    running.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        running.port = (server.add_secure_port(address, credentials) if credentials
+                        else server.add_insecure_port(address))
+    except RuntimeError:
+        raise UserError(f"--grpc-port {settings.grpc_port}: port {settings.grpc_port} is in use on {settings.host} "
+                        "(or this address cannot be bound)") from None
     if settings.metrics_port is not None:
-        running.metrics_port = serve_metrics(settings.host, settings.metrics_port)
+        try:
+            running.metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port,
+                                                 settings.auth_token if settings.metrics_auth else None)
+        except OSError as exc:
+            await server.stop(0)
+            raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
+                            f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
     await server.start()
     await running.update_health()
-    if settings.poll_seconds > 0:
+    if settings.polling:
         running.poller = asyncio.get_running_loop().create_task(running.poll_forever())
     return running
 
@@ -145,16 +163,17 @@ async def create_server(settings: ServerSettings) -> RunningServer:
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop accepting and let in-flight requests finish."""
     running = await create_server(settings)
-    scheme = "TLS" if settings.tls_cert else "plaintext"
-    log.info("listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)", settings.host, running.port,
-             scheme, settings.backend, len(running.registry.served()),
-             f"every {settings.poll_seconds:g} s" if settings.poll_seconds else "off")
-    if running.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", settings.host, running.metrics_port)
+    # Handlers first: whoever saw the "listening" line may send SIGTERM at once and expect a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    scheme = "TLS" if settings.tls_cert else "plaintext"
+    if running.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics_port)
+    log.info("listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)", settings.host, running.port,
+             scheme, settings.backend, len(running.registry.served()),
+             f"every {settings.poll_seconds:g} s" if settings.polling else f"off, model control {settings.model_control}")
     await stop.wait()
     log.info("stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
              settings.grace_seconds)

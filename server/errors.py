@@ -37,6 +37,16 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ModelControlDisabled(ServingError):
+    """RepositoryModelLoad/Unload outside --model-control explicit (Triton answers UNAVAILABLE here too)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, mode: str):
+        super().__init__(f"explicit model load / unload is not allowed: the server runs with --model-control {mode} "
+                         "(start it with --model-control explicit to manage models by RPC)")
+
+
 class ResponseTooLarge(ServingError):
     """The answer would exceed --max-message-bytes: refused before anything is computed or built."""
 

@@ -18,6 +18,9 @@ from server.models import READY, UNAVAILABLE
 from server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
                             array_from_values)
 
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+SERVICE_NAMES = (PREDICTION_SERVICE, MODEL_SERVICE)
 SIGNATURE_NAME = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
@@ -125,11 +128,11 @@ def handlers(servicer: TensorFlowServingServicer) -> list[grpc.GenericRpcHandler
                                                    response_serializer=response_type.SerializeToString)
 
     return [
-        grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
             "Predict": unary(servicer.Predict, pb.PredictRequest, pb.PredictResponse),
             "GetModelMetadata": unary(servicer.GetModelMetadata, pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
         }),
-        grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+        grpc.method_handlers_generic_handler(MODEL_SERVICE, {
             "GetModelStatus": unary(servicer.GetModelStatus, pb.GetModelStatusRequest, pb.GetModelStatusResponse),
         }),
     ]

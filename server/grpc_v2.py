@@ -8,7 +8,7 @@ import os
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ModelLoadFailed, ServingError
+from server.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import ServedVersion
 from server.statistics import Duration, VersionStatistics
@@ -115,11 +115,16 @@ def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None, loader=None):
+    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None, loader=None, model_control="explicit"):
         self.dataplane = dataplane
         self.on_models_changed = on_models_changed
         self.loader = loader
         """Executor for repository loads (None: the event loop's default executor)."""
+        self.model_control = model_control
+
+    def check_model_control(self) -> None:
+        if self.model_control != "explicit":
+            raise ModelControlDisabled(self.model_control)
 
     @grpc_errors
     async def ServerLive(self, request, context):
@@ -215,6 +220,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):
+        self.check_model_control()
         registry = self.dataplane.registry
         states = await asyncio.get_running_loop().run_in_executor(self.loader, registry.load, request.model_name)
         self.on_models_changed()
@@ -225,6 +231,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryModelUnload(self, request, context):
+        self.check_model_control()
         self.dataplane.registry.unload(request.model_name)
         self.on_models_changed()
         return pb.RepositoryModelUnloadResponse()

@@ -83,6 +83,27 @@ def parse_model_option(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+MODEL_CONTROL_MODES = ("poll", "none", "explicit")
+
+
+def check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """The certificate chain and key parse as PEM and belong together, the CA bundle parses: checked with
+    the standard library before gRPC sees them, so a bad file is a one-line error, not a crash."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise UserError(f"--tls-cert {str(cert)!r} / --tls-key {str(key)!r}: not a PEM certificate chain and the "
+                        f"private key that belongs to it ({exc.reason or exc})") from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise UserError(f"--tls-client-ca {str(client_ca)!r}: not a PEM CA bundle ({exc.reason or exc})") from None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     repository: Path
@@ -116,8 +137,19 @@ class ServerSettings:
     """How long in-flight requests may take to finish after SIGTERM/SIGINT, or after their version was superseded."""
     poll_seconds: float = 2.0
     """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
+    model_control: str = "poll"
+    """Triton's model control modes. "poll": load the repository at start and follow it every ``poll_seconds``
+    (0: never); "none": load it at start, never change; "explicit": load it at start, then change only by the
+    RepositoryModelLoad/Unload RPCs. The load/unload RPCs are refused unless "explicit"."""
+    share_port: bool = False
+    """Bind the gRPC port with SO_REUSEPORT (set for the processes of --workers only); otherwise a port
+    that another process holds stops the start with an error."""
     metrics_port: int | None = None
-    """Port of the Prometheus /metrics endpoint on ``host``; None: no endpoint, 0: any free port."""
+    """Port of the Prometheus /metrics endpoint; None: no endpoint, 0: any free port."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the /metrics endpoint: loopback unless asked, whatever ``host`` is."""
+    metrics_auth: bool = False
+    """The /metrics endpoint also requires ``authorization: Bearer <token>`` (the --auth-token-file token)."""
     tls_cert: Path | None = None
     """PEM certificate chain; with ``tls_key`` the port speaks TLS only."""
     tls_key: Path | None = None
@@ -150,6 +182,10 @@ class ServerSettings:
             raise UserError(f"--poll-seconds {self.poll_seconds}: expected >= 0 (0 turns polling off)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise UserError(f"--metrics-port {self.metrics_port}: expected 0 to 65535")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise UserError(f"--model-control {self.model_control!r}: expected one of {', '.join(MODEL_CONTROL_MODES)}")
+        if self.metrics_auth and not self.auth_token:
+            raise UserError("--metrics-auth: needs --auth-token-file (the metrics endpoint checks the same token)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UserError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -158,6 +194,12 @@ class ServerSettings:
                            ("--tls-client-ca", self.tls_client_ca)):
             if path is not None and not path.is_file():
                 raise UserError(f"{flag} {str(path)!r}: no such file")
+        if self.tls_cert is not None:
+            check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    @property
+    def polling(self) -> bool:
+        return self.model_control == "poll" and self.poll_seconds > 0
 
     def batching_options(self, model: str = "") -> BatchingOptions:
         """The server-wide batching settings with ``model``'s --model-option overrides applied."""

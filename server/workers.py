@@ -13,6 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+
+from bnserve.errors import UserError
 
 log = logging.getLogger("bnserve.server")
 
@@ -42,27 +45,81 @@ def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int |
         if argument.startswith(tuple(f"{flag}=" for flag in REPLACED)):
             continue
         kept.append(argument)
-    kept += ["--grpc-port", str(port), "--workers", "1"]
+    kept += ["--grpc-port", str(port), "--workers", "1", "--share-port"]
     if metrics_port is not None:
         kept += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
     return kept
 
 
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+STABLE_AFTER_S = 60.0
+"""A worker that ran this long before dying is restarted after RESTART_DELAY_S again, not the grown delay."""
+EXIT_USER_ERROR = 2
+
+
 def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_port: int | None = None) -> int:
-    reservation = reserve_port(host, port)
+    """Start the workers, restart any that dies (delay doubling from 1 s up to 30 s), pass SIGTERM/SIGINT on.
+
+    A worker that exits with status 2 (a user error, e.g. a port it cannot bind) is not restarted: every
+    worker is stopped and the parent exits 2. On shutdown the parent exits 0 when every worker did.
+    """
+    try:
+        reservation = reserve_port(host, port)
+    except OSError as exc:
+        raise UserError(f"--grpc-port {port}: port {port} is in use on {host} ({exc.strerror})") from None
     port = reservation.getsockname()[1]
-    children = [subprocess.Popen([sys.executable, "-m", "bnserve.cli", *worker_arguments(argv, port, i, metrics_port)])
-                for i in range(workers)]
+
+    def start(index: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "bnserve.cli", *worker_arguments(argv, port, index, metrics_port)])
+
+    children = [start(i) for i in range(workers)]
+    started = [time.monotonic()] * workers
+    delays = [RESTART_DELAY_S] * workers
+    restart_at: dict[int, float] = {}
     log.info("started %d workers on %s:%d (pids %s)", workers, host, port, ", ".join(str(c.pid) for c in children))
+    stopping = []
 
     def forward(signum, frame):
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    user_error = False
+    while True:
+        now = time.monotonic()
+        for index, child in enumerate(children):
+            code = child.poll()
+            if code is None or stopping or index in restart_at:
+                continue
+            if code == EXIT_USER_ERROR:
+                log.error("worker %d (pid %d) refused to start (exit status 2): stopping every worker", index, child.pid)
+                user_error = True
+                forward(signal.SIGTERM, None)
+                break
+            if now - started[index] > STABLE_AFTER_S:
+                delays[index] = RESTART_DELAY_S
+            log.error("worker %d (pid %d) died with exit status %s; restarting it in %.0f s", index, child.pid, code,
+                      delays[index])
+            restart_at[index] = now + delays[index]
+        for index, when in list(restart_at.items()):
+            if stopping:
+                del restart_at[index]
+            elif now >= when:
+                del restart_at[index]
+                children[index] = start(index)
+                started[index] = time.monotonic()
+                delays[index] = min(2 * delays[index], MAX_RESTART_DELAY_S)
+                log.info("restarted worker %d (pid %d)", index, children[index].pid)
+        if stopping and all(child.poll() is not None for child in children):
+            break
+        time.sleep(0.1)
     codes = [child.wait() for child in children]
     reservation.close()
     log.info("all workers stopped (exit codes %s)", codes)
+    if user_error:
+        return EXIT_USER_ERROR
     return 0 if all(code == 0 for code in codes) else 1

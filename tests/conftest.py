@@ -62,7 +62,7 @@ def serving_repository(exported, tmp_path_factory):
 def server(request, serving_repository):
     from tests.servers import start_server
 
-    process = start_server(serving_repository, "--backend", request.param)
+    process = start_server(serving_repository, "--backend", request.param, "--model-control", "explicit")
     process.backend = request.param
     yield process
     assert process.stop() == 0, "\n".join(process.log)

@@ -152,7 +152,7 @@ def test_a_half_copied_directory_is_loaded_only_once_complete(repository, source
 
 
 def test_explicit_load_and_unload_with_polling_off(repository, source):
-    server = start_server(repository, "--poll-seconds", "0")
+    server = start_server(repository, "--model-control", "explicit")
     channel, stub = stub_for(server.url)
     try:
         publish_copy(source, repository, "m", 2)
@@ -337,7 +337,7 @@ def test_fuzzed_requests_get_clean_status_codes(repository):
 @pytest.mark.parametrize("name, version", [("../m", ""), ("m/../m", ""), ("..", ""), ("m", "../1"), ("m", "1/../1"),
                                            ("/etc", ""), ("m", "0x1")])
 def test_names_and_versions_cannot_reach_the_file_system(repository, name, version):
-    server = start_server(repository, "--poll-seconds", "0")
+    server = start_server(repository, "--model-control", "explicit")
     channel, stub = stub_for(server.url)
     try:
         with pytest.raises(grpc.RpcError) as caught:

@@ -270,7 +270,8 @@ def test_reflection_lists_the_services(server):
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+    assert services == {"inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                        "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"}
 
 
 def test_tensorflow_is_imported_only_by_the_tensorflow_backend(server):
