@@ -173,6 +173,12 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
     parser.add_argument("--poll-seconds", type=float, default=2.0,
                         help="repository scan interval for new/removed versions (default 2; 0: off)")
+    parser.add_argument("--max-connections", type=int, default=1000,
+                        help="connections the gRPC port holds at once; more are refused (default 1000)")
+    parser.add_argument("--connection-idle-seconds", type=float, default=300.0,
+                        help="close a connection without calls for this long (default 300)")
+    parser.add_argument("--handshake-seconds", type=float, default=10.0,
+                        help="close a connection that has not completed its HTTP/2 handshake in this time (default 10)")
     parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default="poll",
                         help="poll: follow the repository every --poll-seconds (default); none: load it at start only; "
                              "explicit: load it at start, then only RepositoryModelLoad/Unload change it (those RPCs "
@@ -207,7 +213,8 @@ def run_serve(args) -> int:
         model_options=dict(parse_model_option(text) for text in args.model_option),
         version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
         max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,
-        model_control=args.model_control, share_port=args.share_port, metrics_port=args.metrics_port,
+        max_connections=args.max_connections, connection_idle_seconds=args.connection_idle_seconds,
+        handshake_seconds=args.handshake_seconds, model_control=args.model_control, share_port=args.share_port, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, metrics_auth=args.metrics_auth, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
         health_without_auth=args.health_without_auth)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,23 @@ def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
     still being written (a half-copied directory is retried once it changed) or is rewritten in place."""
     return {name: tuple((version, found.signature, found.problem) for version, found in sorted(versions.items()))
             for name, versions in scan.models.items()}
+
+
+FILES_BESIDE_CONNECTIONS = 256
+"""Descriptors the process needs besides its connections: models, logs, the repository scan, metrics."""
+
+
+def fit_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit to hold max_connections plus FILES_BESIDE_CONNECTIONS, as far as the
+    hard limit allows (logged when it does not: then the connection cap is what protects the process)."""
+    needed = max_connections + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning("open-file limit %d (hard) is below --max-connections %d + %d: lower --max-connections",
+                        hard, max_connections, FILES_BESIDE_CONNECTIONS)
 
 
 @dataclass
@@ -115,7 +133,13 @@ async def create_server(settings: ServerSettings) -> RunningServer:
                ("grpc.max_send_message_length", settings.max_message_bytes),
                # gRPC sets SO_REUSEPORT by default: a second server on a busy port would "start" and the
                # kernel would split connections between the two. Only --workers share a port on purpose.
-               ("grpc.so_reuseport", 1 if settings.share_port else 0)]
+               ("grpc.so_reuseport", 1 if settings.share_port else 0),
+               # Connections are a resource like memory: a cap, and no socket held for free.
+               ("grpc.max_allowed_incoming_connections", settings.max_connections),
+               ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
+               ("grpc.server_handshake_timeout_ms", int(settings.handshake_seconds * 1000)),
+               ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+    fit_open_files(settings.max_connections)
     interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
                     if settings.auth_token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors)

@@ -44,12 +44,17 @@ def grpc_errors(method):
         try:
             return await method(self, request, context)
         except ServingError as exc:
-            limiter.log(method.__name__, exc.code, exc.message)
-            await context.abort(exc.code, exc.message)
+            code, message = exc.code, exc.message
+            limiter.log(method.__name__, code, message)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as exc:
             log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        # Abort outside the except clause: raised inside it, AbortError would chain the caught exception,
+        # whose traceback holds the frames that hold the request (up to --max-message-bytes each), and gRPC
+        # keeps that chain in a reference cycle that only a full garbage collection frees.
+        del request
+        await context.abort(code, message)
 
     return wrapper

@@ -11,10 +11,12 @@ from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, Inf
 from server.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import ServedVersion
+from server.settings import STREAM_WINDOW
 from server.statistics import Duration, VersionStatistics
 from server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
 
 CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
+
 
 
 def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
@@ -167,8 +169,14 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of a stream run concurrently (and batch with everything else); each answer, or the
-        reason its request failed (with the request's id), is sent as soon as it is ready."""
+        reason its request failed (with the request's id), is sent as soon as it is ready.
+
+        Flow control: at most STREAM_WINDOW requests of one stream are read and not yet answered to the
+        client; beyond that the server stops reading, so a client that writes and never reads is held back
+        by HTTP/2 flow control instead of growing the server's memory.
+        """
         answers: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def answer(request):
             try:
@@ -180,14 +188,26 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                                                                                id=request.id)))
 
         async def read_all():
-            tasks = [asyncio.ensure_future(answer(request)) async for request in request_iterator]
-            await asyncio.gather(*tasks)
+            running: set[asyncio.Future] = set()
+            requests = request_iterator.__aiter__()
+            while True:
+                await window.acquire()  # released when an answer has been handed to the client
+                try:
+                    request = await requests.__anext__()
+                except StopAsyncIteration:
+                    break
+                task = asyncio.ensure_future(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                del request, task
+            await asyncio.gather(*running)
             answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read_all())
         try:
             while (response := await answers.get()) is not None:
                 yield response
+                window.release()
         finally:
             reader.cancel()
 

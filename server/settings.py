@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,6 +86,8 @@ def parse_model_option(text: str) -> tuple[str, dict]:
 
 
 MODEL_CONTROL_MODES = ("poll", "none", "explicit")
+STREAM_WINDOW = 16
+"""Requests of one ModelStreamInfer stream read and not yet answered to the client, at most."""
 
 
 def check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
@@ -137,6 +141,14 @@ class ServerSettings:
     """How long in-flight requests may take to finish after SIGTERM/SIGINT, or after their version was superseded."""
     poll_seconds: float = 2.0
     """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
+    max_connections: int = 1000
+    """Connections the gRPC port holds at once (gRPC's max_allowed_incoming_connections); more are refused
+    at accept. The process's open-file limit is raised to fit when the hard limit allows."""
+    connection_idle_seconds: float = 300.0
+    """A connection without calls for this long is closed (GOAWAY); clients reconnect on their next call."""
+    handshake_seconds: float = 10.0
+    """A connection that has not completed the HTTP/2 handshake (a bare preface, a stalled TLS hello) in
+    this time is closed."""
     model_control: str = "poll"
     """Triton's model control modes. "poll": load the repository at start and follow it every ``poll_seconds``
     (0: never); "none": load it at start, never change; "explicit": load it at start, then change only by the
@@ -182,6 +194,12 @@ class ServerSettings:
             raise UserError(f"--poll-seconds {self.poll_seconds}: expected >= 0 (0 turns polling off)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise UserError(f"--metrics-port {self.metrics_port}: expected 0 to 65535")
+        if self.max_connections < 1:
+            raise UserError(f"--max-connections {self.max_connections}: expected a positive integer")
+        for flag, value in (("--connection-idle-seconds", self.connection_idle_seconds),
+                            ("--handshake-seconds", self.handshake_seconds)):
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} {value}: expected a positive number of seconds")
         if self.model_control not in MODEL_CONTROL_MODES:
             raise UserError(f"--model-control {self.model_control!r}: expected one of {', '.join(MODEL_CONTROL_MODES)}")
         if self.metrics_auth and not self.auth_token:

@@ -133,3 +133,31 @@ def test_bad_or_mismatched_tls_files_are_one_line_errors(repository, tmp_path):
     for flags, fragment in cases:
         result = bnserve("serve", "--repository", repository, "--grpc-port", "0", *map(str, flags))
         assert_user_error(result, fragment)
+
+
+def test_bare_connections_are_capped_and_closed_after_the_handshake_time(repository):
+    """Sockets that send only the HTTP/2 preface can neither exhaust descriptors nor stay for free."""
+    import socket
+
+    server = start_server(repository, "--model-control", "none", "--max-connections", "8", "--handshake-seconds", "1")
+
+    def descriptors():
+        return len(os.listdir(f"/proc/{server.process.pid}/fd"))
+
+    baseline = descriptors()
+    sockets = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            sockets.append(sock)
+        time.sleep(0.3)
+        assert descriptors() - baseline <= 8
+        wait_for(lambda: descriptors() <= baseline, timeout=10, what="bare connections closed")
+        channel, stub = stub_for(server.url)  # a real client is served as before
+        assert stub.ModelInfer(infer_request()).model_version == "1"
+        channel.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert server.stop() == 0

@@ -1,0 +1,67 @@
+"""Requests cannot make the server hold more than they are worth: streams are flow-controlled, rejected
+requests are freed at once."""
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as v2
+
+from server.settings import STREAM_WINDOW
+from tests.servers import start_server
+from tests.test_operations import publish_copy, rss_mb, stub_for
+
+
+@pytest.fixture
+def repository(exported, tmp_path):
+    repository = tmp_path / "repo"
+    publish_copy(exported[1], repository, "m", 1)
+    return repository
+
+
+def full_batch(request_id):
+    x = np.zeros((64, 8, 8, 1), np.float32)
+    return v2.ModelInferRequest(model_name="m", id=str(request_id), raw_input_contents=[x.tobytes()], inputs=[
+        v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=x.shape)])
+
+
+def test_a_stream_that_writes_and_does_not_read_is_held_back(repository):
+    server = start_server(repository, "--model-control", "none")
+    # A client that grants the server no more than a little receive window beyond what it reads.
+    channel, stub = stub_for(server.url, options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)])
+    try:
+        responses = stub.ModelStreamInfer(full_batch(i) for i in range(400))
+        time.sleep(2.0)  # the client writes and does not read
+        inferred = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m")).model_stats[0].inference_count // 64
+        # The server read at most its window, plus the few answers the transport buffers (each ~5 KB).
+        assert inferred <= STREAM_WINDOW + 16, inferred
+        answered = sorted(int(r.infer_response.id) for r in responses)  # the client reads: everything flows
+        assert answered == list(range(400))
+    finally:
+        channel.close()
+        assert server.stop() == 0
+
+
+def test_rejected_large_requests_are_freed_at_once(repository):
+    size = 32 << 20
+    server = start_server(repository, "--model-control", "none")
+    channel, stub = stub_for(server.url, options=[("grpc.max_send_message_length", 2 * size)])
+    try:
+        stub.ModelInfer(full_batch(0))
+        baseline = rss_mb(server.process.pid)
+        payload = bytes(size)
+        for _ in range(10):  # 32 MiB of bytes for a [1, 8, 8, 1] tensor: refused after it was received
+            request = v2.ModelInferRequest(model_name="m", raw_input_contents=[payload], inputs=[
+                v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 8, 8, 1])])
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        time.sleep(1.0)
+        grown = rss_mb(server.process.pid) - baseline
+        # Kept alive, ten requests would hold 320 MiB (and copies); freed, a couple of buffers remain.
+        assert grown < 3 * size / 2**20 + 30, grown
+        assert stub.ModelInfer(full_batch(1)).id == "1"
+    finally:
+        channel.close()
+        assert server.stop() == 0
