@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from server import metrics
-from server.errors import DeadlineExceeded, QueueFull, Unavailable
+from server.errors import DeadlineExceeded, ModelOutputMismatch, QueueFull, Unavailable
 from server.execution import ModelThreads
 from server.statistics import VersionStatistics
 
@@ -210,6 +210,10 @@ class DynamicBatcher:
             input_done = time.perf_counter_ns()
             results = await self.threads.submit(self.run, images, outputs)
             infer_done = time.perf_counter_ns()
+            for name in outputs:  # never split a result that does not have one row per input row
+                if len(results[name]) != len(images):
+                    raise ModelOutputMismatch(f"the model returned {len(results[name])} rows of output {name!r} "
+                                              f"for a batch of {len(images)} input rows; the batch failed")
             offset = 0
             for pending in batch:
                 rows = slice(offset, offset + pending.size)

@@ -37,6 +37,12 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ModelOutputMismatch(ServingError):
+    """The model answered something other than its declared outputs (INTERNAL: the server's fault, not the client's)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class ModelControlDisabled(ServingError):
     """RepositoryModelLoad/Unload outside --model-control explicit (Triton answers UNAVAILABLE here too)."""
 

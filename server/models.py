@@ -15,7 +15,7 @@ from bnserve.golden import GOLDEN, GoldenCheck, check_golden, read_golden
 from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, is_directory, parse_version, read_manifest,
                                 validate_model_name, verify_files, version_dirs, version_files)
 from server import metrics
-from server.backends import Backend, load_backend
+from server.backends import Backend, check_signature, load_backend
 from server.errors import ModelNotFound, StartupError
 from server.settings import ServerSettings, VersionPolicy
 from server.statistics import VersionStatistics
@@ -23,6 +23,7 @@ from server.statistics import VersionStatistics
 log = logging.getLogger("bnserve.server")
 
 READY, UNAVAILABLE, UNLOADED = "READY", "UNAVAILABLE", "UNLOADED"
+SERVED_DATATYPES = ("FP32",)
 
 
 @dataclass
@@ -71,7 +72,12 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     outputs = tuple(TensorSpec.from_json(spec) for spec in manifest["outputs"])
     if [spec.name for spec in inputs] != [INPUT_NAME] or tuple(spec.name for spec in outputs) != OUTPUT_NAMES:
         raise UserError(f"manifest declares inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}")
+    for spec in (*inputs, *outputs):
+        if spec.datatype not in SERVED_DATATYPES:
+            raise UserError(f"manifest: {spec.name!r} is declared {spec.datatype}; this server serves "
+                            f"{', '.join(SERVED_DATATYPES)} tensors only")
     backend = load_backend(settings.backend, directory, settings.device, settings.intra_op_threads)
+    check_signature(inputs, list(outputs), backend, "model.onnx" if settings.backend == "onnx" else "the SavedModel")
     # Warm-up: one inference before the version takes traffic (first-call allocations, and a model
     # that loads but cannot run is refused here rather than on a client's request).
     warm = backend.run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])

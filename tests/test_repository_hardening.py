@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from bnserve.repository import version_dirs
@@ -159,6 +160,86 @@ def test_a_request_for_a_non_canonical_version_is_not_found(exported, tmp_path):
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND, version
             assert caught.value.details() == (f"model 'm' version {version!r} not found: versions are canonical "
                                               "positive decimal integers (1, 2, ...)"), caught.value.details()
+    finally:
+        channel.close()
+        assert server.stop() == 0
+
+
+def onnx_model(path, input_shape, slice_rows=False):
+    """A small valid ONNX model images -> logits, probabilities: a [64 x 10] projection of the flattened image.
+    ``slice_rows``: it answers only the first row of any batch (a model that ignores the batch dimension)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    features = int(np.prod(input_shape[1:]))
+    weights = numpy_helper.from_array(np.linspace(-1, 1, features * 10, dtype=np.float32).reshape(features, 10), "w")
+    shape = numpy_helper.from_array(np.array([-1, features], np.int64), "flat")
+    nodes = [helper.make_node("Reshape", ["images", "flat"], ["rows"])]
+    initializers = [weights, shape]
+    if slice_rows:
+        initializers += [numpy_helper.from_array(np.array([0], np.int64), name) for name in ("start", "axis")]
+        initializers.append(numpy_helper.from_array(np.array([1], np.int64), "end"))
+        nodes.append(helper.make_node("Slice", ["rows", "start", "end", "axis"], ["kept"]))
+    nodes += [helper.make_node("MatMul", ["kept" if slice_rows else "rows", "w"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "substitute", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [input_shape[0] if input_shape[0] > 0 else "n", 10])
+         for name in ("logits", "probabilities")],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def substitute(input_shape, slice_rows=False):
+    """Replace model.onnx by another valid model and make the manifest's hashes match (no golden samples)."""
+    from tests.test_parity_at_load import rehash, without_golden
+
+    def mutate(directory):
+        onnx_model(directory / "model.onnx", input_shape, slice_rows)
+        without_golden(directory)
+        rehash(directory)
+
+    return mutate
+
+
+def declare_fp16(directory):
+    from tests.test_parity_at_load import rehash
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["inputs"][0]["datatype"] = "FP16"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    rehash(directory)
+
+
+def test_a_version_serves_what_it_declares_or_is_refused(exported, tmp_path):
+    import grpc
+
+    _, source, _ = exported
+    repository = tmp_path / "repo"
+    publish_copy(source, repository, "good", 1)
+    publish_copy(source, repository, "other", 1, mutate=substitute([3, 5]))
+    publish_copy(source, repository, "fp16", 1, mutate=declare_fp16)
+    publish_copy(source, repository, "rowless", 1, mutate=substitute([-1, 8, 8, 1], slice_rows=True))
+    server = start_server(repository, "--model-control", "none")
+    channel, stub = stub_for(server.url)
+    try:
+        states = index(stub)
+        assert states[("other", "1")] == ("UNAVAILABLE", "model.onnx input 'images' has shape [3, 5], the manifest "
+                                                         "declares [-1, 8, 8, 1]")
+        assert states[("fp16", "1")] == ("UNAVAILABLE", "manifest: 'images' is declared FP16; this server serves "
+                                                        "FP32 tensors only")
+        # Its declared shapes match and one row gives one row, so it loads (unverified: no golden samples);
+        # every batch of more rows fails whole instead of being split wrongly.
+        assert states[("rowless", "1")][0] == "READY" and states[("good", "1")][0] == "READY"
+        for rows in (2, 5):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(infer_request(batch=rows, model="rowless"))
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            assert caught.value.details() == (f"the model returned 1 rows of output 'logits' for a batch of {rows} "
+                                              "input rows; the batch failed")
+        assert stub.ModelInfer(infer_request(model="good", batch=3)).model_version == "1"
     finally:
         channel.close()
         assert server.stop() == 0

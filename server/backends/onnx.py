@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from bnserve.repository import INPUT_NAME, ONNX_MODEL
+from bnserve.repository import INPUT_NAME, ONNX_MODEL, TensorSpec
 from server.errors import StartupError
 
+ONNX_TO_V2 = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(int64)": "INT64",
+              "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -37,3 +39,10 @@ class OnnxBackend:
 
     def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
         return dict(zip(outputs, self.session.run(outputs, {INPUT_NAME: images})))
+
+    def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def spec(node) -> TensorSpec:
+            datatype = ONNX_TO_V2.get(node.type, node.type)
+            return TensorSpec(node.name, datatype, tuple(d if isinstance(d, int) else -1 for d in node.shape))
+
+        return [spec(n) for n in self.session.get_inputs()], [spec(n) for n in self.session.get_outputs()]
