@@ -135,3 +135,41 @@ def test_train_then_resume_from_the_command_line(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((run_dir / "run.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["status"] == "completed"
+
+
+def assert_last_line_error(result, *fragments):
+    """Exit 2 and the last stderr line an ``error:`` (TensorFlow may print its start-up lines before it)."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_unusable_checkpoints_are_one_line_errors_for_export_and_resume(tmp_path):
+    import shutil
+
+    for name, width in (("four", "4"), ("eight", "8")):
+        result = bnserve("train", "--out", tmp_path / name, "--epochs", "1", "--widths", width, "--strides", "1")
+        assert result.returncode == 0, result.stderr[-2000:]
+    foreign = tmp_path / "foreign"  # the run of width 8 with the checkpoints of width 4
+    shutil.copytree(tmp_path / "eight", foreign)
+    shutil.rmtree(foreign / "checkpoints")
+    shutil.copytree(tmp_path / "four" / "checkpoints", foreign / "checkpoints")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tmp_path / "four", truncated)
+    data = next((truncated / "checkpoints").glob("ckpt-1.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    for run, cause in ((foreign, "incompatible tensor with shape (4,)"), (truncated, "Read less bytes than requested")):
+        for command in (["export", run, "--repository", tmp_path / "repo", "--name", "x"],
+                        ["train", "--out", run, "--resume", "--epochs", "2"]):
+            assert_last_line_error(bnserve(*command), f"checkpoint '{run / 'checkpoints' / 'ckpt-1'}' cannot be "
+                                   "restored into this run's model: it is truncated or was written by another "
+                                   "architecture", cause)
+    assert not (tmp_path / "repo" / "x").exists()
+
+
+def test_a_synthetic_data_set_too_large_to_generate_is_refused(tmp_path):
+    result = bnserve("train", "--out", tmp_path / "run", "--data", "synthetic:100000x100000x3")
+    assert_user_error(result, "--data synthetic:100000x100000x3", "GiB to generate", "use smaller images")
+    assert not (tmp_path / "run").exists()

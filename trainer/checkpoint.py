@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -45,5 +46,21 @@ def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, dict, str]:
     if latest is None:
         raise UserError(f"{str(run_dir)!r}: the run has no checkpoint yet")
     epochs = tf.Variable(0, dtype=tf.int64)
-    training_checkpoint(model, None, epochs).read(latest).expect_partial().assert_existing_objects_matched()
+    with readable_checkpoint(latest):
+        training_checkpoint(model, None, epochs).read(latest).expect_partial().assert_existing_objects_matched()
     return model, record, latest
+
+
+@contextmanager
+def readable_checkpoint(path: str):
+    """A checkpoint that cannot be restored into the run's model (truncated, or written by a model of another
+    architecture) is the user's file problem: one UserError naming it, not a TensorFlow traceback."""
+    try:
+        yield
+    except (ValueError, IndexError, AssertionError, tf.errors.OpError) as exc:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        # The half-restored checkpoint object warns about every unrestored value when it is collected:
+        # noise after the one line that says what is wrong.
+        tf.get_logger().setLevel("ERROR")
+        raise UserError(f"checkpoint {path!r} cannot be restored into this run's model: it is truncated or was "
+                        f"written by another architecture ({type(exc).__name__}: {detail})") from None

@@ -17,7 +17,8 @@ import numpy as np
 
 from bnserve.errors import UserError
 
-SYNTHETIC_PATTERN = re.compile(r"^synthetic:(\d+)x(\d+)x(\d+)$")
+SYNTHETIC_PATTERN = re.compile(r"synthetic:(\d+)x(\d+)x(\d+)")
+MAX_SYNTHETIC_BYTES = 8 << 30
 SYNTHETIC_SAMPLES = 2048
 SYNTHETIC_CLASSES = 10
 # The synthetic data set is a fixed function of its shape, independent of --seed, so that
@@ -61,7 +62,7 @@ def load_dataset(spec: str) -> Dataset:
     if spec == "digits":
         with resources.as_file(resources.files("trainer") / "data" / "digits.npz") as path:
             return load_npz(path, name="digits")
-    match = SYNTHETIC_PATTERN.match(spec)
+    match = SYNTHETIC_PATTERN.fullmatch(spec)
     if match:
         return synthetic_dataset(*(int(g) for g in match.groups()))
     if spec.startswith("synthetic"):
@@ -122,6 +123,12 @@ def synthetic_dataset(height: int, width: int, channels: int) -> Dataset:
     """Deterministic class-conditional images: a fixed random template per class plus unit noise."""
     if min(height, width, channels) < 1:
         raise UserError(f"--data synthetic:{height}x{width}x{channels}: every dimension must be >= 1")
+    # Generated in float64 (noise, templates, their sum) before the float32 copy: ~3 x 8 bytes a value.
+    needed = 3 * 8 * (SYNTHETIC_SAMPLES + SYNTHETIC_CLASSES) * height * width * channels
+    if needed > MAX_SYNTHETIC_BYTES:
+        raise UserError(f"--data synthetic:{height}x{width}x{channels}: {SYNTHETIC_SAMPLES} images of that size need "
+                        f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
+                        "allowed; use smaller images")
     rng = np.random.default_rng(SYNTHETIC_DATA_SEED)
     templates = rng.normal(0.0, 1.0, size=(SYNTHETIC_CLASSES, height, width, channels))
     labels = rng.integers(0, SYNTHETIC_CLASSES, size=SYNTHETIC_SAMPLES)

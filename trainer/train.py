@@ -15,7 +15,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from bnserve.errors import BnserveError, UserError
-from trainer.checkpoint import training_checkpoint
+from trainer.checkpoint import readable_checkpoint, training_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Dataset, epoch_order, load_dataset, split
 from trainer.distribute import Cluster, make_cluster, split_batch
@@ -170,7 +170,8 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
     if resume:
         if manager.latest_checkpoint is None:
             raise UserError(f"--resume: {str(run_dir)!r} has no checkpoint to resume from")
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        with readable_checkpoint(manager.latest_checkpoint):
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         record["epochs"] = record["epochs"][: int(completed_epochs.numpy())]
     return Session(config, run_dir, cluster, train, heldout, model, optimizer, completed_epochs, manager, record)
 
