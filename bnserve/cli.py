@@ -164,6 +164,9 @@ def add_serve_parser(commands) -> None:
                              "0: run as soon as an instance is free)")
     parser.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model version")
     parser.add_argument("--instances", type=int, default=1, help="concurrent model calls per version (default 1)")
+    parser.add_argument("--inline-compute-us", type=int, default=250,
+                        help="model calls measured at most this long run on the event loop, without a thread "
+                             "hand-off (default 250; 0: always on model threads)")
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="per-model batching: max_batch_size, max_queue_delay_us, max_queue_size, instances, "
                              "dynamic_batching=on|off (repeatable)")
@@ -210,6 +213,7 @@ def run_serve(args) -> int:
         repository=args.repository, host=args.host, grpc_port=args.grpc_port, backend=args.backend,
         device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
         max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
+        inline_compute_us=args.inline_compute_us,
         model_options=dict(parse_model_option(text) for text in args.model_option),
         version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
         max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,

@@ -55,16 +55,60 @@ class BatchingOptions:
     instances: int = 1
     """Model calls that may run at the same time."""
     coalesce: bool = True
+    inline_compute_us: int = 250
+    """A batch whose measured compute time (ComputeTimes) is at most this runs on the event loop itself,
+    without the hand-off to a model thread and back; 0: always on a model thread. It bounds how long any
+    other request or health check can wait behind one model call."""
+
+
+class ComputeTimes:
+    """Measured model-call time per batch size, for the inline-or-thread choice.
+
+    Batch sizes are grouped in buckets of powers of two (1, 2, 3-4, 5-8, ...); each bucket keeps an
+    exponential moving average, weight 1/4, of the duration of every call in it, wherever it ran:
+    ``avg <- avg + (ns - avg) / 4``. A bucket without a measurement is unknown, and an unknown call goes
+    to a model thread (it is measured there).
+    """
+
+    def __init__(self, seed: dict[int, int] | None = None):
+        self._ns: dict[int, float] = {}
+        for rows, ns in (seed or {}).items():
+            self.record(rows, ns)
+
+    @staticmethod
+    def bucket(rows: int) -> int:
+        return 1 << max(rows - 1, 0).bit_length()
+
+    def record(self, rows: int, ns: int) -> None:
+        key = self.bucket(rows)
+        previous = self._ns.get(key)
+        self._ns[key] = float(ns) if previous is None else previous + (ns - previous) / 4
+
+    def expected_ns(self, rows: int) -> float | None:
+        return self._ns.get(self.bucket(rows))
+
+
+def timed(run: Runner, images: np.ndarray, outputs: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    """``run`` on a model thread, with its own duration (the hand-off is not the model's time)."""
+    started = time.perf_counter_ns()
+    results = run(images, outputs)
+    return results, time.perf_counter_ns() - started
 
 
 class DynamicBatcher:
     def __init__(self, run: Runner, output_order: list[str], threads: ModelThreads, options: BatchingOptions,
-                 statistics: VersionStatistics | None = None, labels: tuple[str, str] = ("", "")):
+                 statistics: VersionStatistics | None = None, labels: tuple[str, str] = ("", ""),
+                 compute_times: ComputeTimes | None = None):
         self.run = run
         self.threads = threads
+        self.compute_times = compute_times or ComputeTimes()
+        self.inline_calls = 0
+        """Model calls that ran on the event loop (the rest ran on model threads)."""
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._inline_calls = metrics.MODEL_CALLS.labels(*labels, "inline")
+        self._thread_calls = metrics.MODEL_CALLS.labels(*labels, "thread")
         self.output_order = output_order
         self.options = options
         self.statistics = statistics or VersionStatistics()
@@ -208,7 +252,17 @@ class DynamicBatcher:
             outputs = [name for name in self.output_order if name in requested]
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             input_done = time.perf_counter_ns()
-            results = await self.threads.submit(self.run, images, outputs)
+            expected = self.compute_times.expected_ns(len(images))
+            if expected is not None and expected <= self.options.inline_compute_us * 1000:
+                # Shorter than a thread hand-off costs on a slow machine: run it here.
+                results = self.run(images, outputs)
+                self.inline_calls += 1
+                self._inline_calls.inc()
+                self.compute_times.record(len(images), time.perf_counter_ns() - input_done)
+            else:
+                results, compute_ns = await self.threads.submit(timed, self.run, images, outputs)
+                self._thread_calls.inc()
+                self.compute_times.record(len(images), compute_ns)
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row
                 if len(results[name]) != len(images):

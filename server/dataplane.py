@@ -10,7 +10,7 @@ import numpy as np
 
 import bnserve
 from server import metrics
-from server.batching import DynamicBatcher
+from server.batching import ComputeTimes, DynamicBatcher
 from server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from server.execution import ModelThreads
 from server.models import READY, ModelRegistry, ServedVersion
@@ -115,7 +115,8 @@ class DataPlane:
         if entry is None or entry[0] is not model:
             options = self.registry.settings.batching_options(model.name)
             entry = (model, DynamicBatcher(model.backend.run, model.output_names, ModelThreads(options.instances),
-                                           options, model.statistics, labels=(model.name, str(model.version))))
+                                           options, model.statistics, labels=(model.name, str(model.version)),
+                                           compute_times=ComputeTimes(model.calibration)))
             self._batchers[key] = entry
         return entry[1]
 

@@ -5,6 +5,7 @@
     bnserve_queue_seconds{model,version}              histogram: time a request waited for its batch
     bnserve_compute_seconds{model,version}            histogram: model call time per batch
     bnserve_batch_size{model,version}                 histogram: samples per model call
+    bnserve_model_calls_total{model,version,place}    model calls by where they ran: "inline" (event loop) or "thread"
     bnserve_loaded_versions{model}                    gauge: versions ready to serve
     bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
     bnserve_parity_max_abs_error{model,version}       gauge: largest |output - golden reference| measured at load
@@ -33,6 +34,8 @@ QUEUE_SECONDS = Histogram("bnserve_queue_seconds", "Time a request waited for it
 COMPUTE_SECONDS = Histogram("bnserve_compute_seconds", "Model call time per batch", ["model", "version"],
                             buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS)
+MODEL_CALLS = Counter("bnserve_model_calls", "Model calls by where they ran (inline: on the event loop)",
+                      ["model", "version", "place"])
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
 LOAD_FAILURES = Counter("bnserve_load_failures", "Versions refused at load", ["model"])
 PARITY_MAX_ABS_ERROR = Gauge("bnserve_parity_max_abs_error",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +40,8 @@ class ServedVersion:
     """The load-time golden check on this backend and device; None: exported without golden samples."""
     signature: tuple = ()
     """The files as they were when this version was verified (see ScannedVersion.signature)."""
+    calibration: dict[int, int] = field(default_factory=dict)
+    """{batch rows: ns} of the load-time calls (warm-up, golden samples): the batcher's first compute times."""
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
 
     @property
@@ -85,13 +89,22 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
         if warm[spec.name].shape != (1, *spec.shape[1:]):
             raise UserError(f"output {spec.name!r}: the model answered shape {list(warm[spec.name].shape)} for one "
                             f"input row; the manifest declares {list(spec.shape)}")
-    golden = prove_golden(name, version, directory, manifest, backend,
+    calibration: dict[int, int] = {}
+
+    def timed_run(images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        started = time.perf_counter_ns()
+        results = backend.run(images, names)
+        calibration[len(images)] = time.perf_counter_ns() - started
+        return results
+
+    timed_run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])  # after first-call costs
+    golden = prove_golden(name, version, directory, manifest, timed_run,
                           settings.batching_options(name).max_batch_size)
-    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature)
+    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature, calibration)
 
 
-def prove_golden(name: str, version: int, directory: Path, manifest: dict, backend: Backend,
-                 max_batch_size: int) -> GoldenCheck | None:
+def prove_golden(name: str, version: int, directory: Path, manifest: dict,
+                 run: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]], max_batch_size: int) -> GoldenCheck | None:
     """Run the version's golden samples on this backend and device, in batches of at most the
     served maximum; refuse the version (UserError) when an output differs beyond the certificate's
     tolerance. None for versions exported before golden samples existed (they load, unverified)."""
@@ -99,8 +112,7 @@ def prove_golden(name: str, version: int, directory: Path, manifest: dict, backe
         log.warning("model %r version %d is unverified: it has no %s (exported before load-time parity checks)",
                     name, version, GOLDEN)
         return None
-    check = check_golden(lambda images: backend.run(images, list(OUTPUT_NAMES)), read_golden(directory / GOLDEN),
-                         max_batch_size)
+    check = check_golden(lambda images: run(images, list(OUTPUT_NAMES)), read_golden(directory / GOLDEN), max_batch_size)
     if not check.passed:
         raise UserError(check.describe())
     log.info("model %r version %d: %s", name, version, check.describe())

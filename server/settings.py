@@ -49,14 +49,16 @@ class VersionPolicy:
 
 
 MODEL_OPTION_KEYS = {"max_batch_size": "max_batch_size", "max_queue_delay_us": "max_queue_delay_us",
-                     "max_queue_size": "max_queue_size", "instances": "instances", "dynamic_batching": "coalesce"}
+                     "max_queue_size": "max_queue_size", "instances": "instances", "dynamic_batching": "coalesce",
+                     "inline_compute_us": "inline_compute_us"}
 
 
 def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, max_queue_size: int,
-                   instances: int) -> None:
+                   instances: int, inline_compute_us: int = 0) -> None:
     """Range checks shared by the server-wide flags (prefix "--") and --model-option overrides."""
     for key, value, low in (("max-batch-size", max_batch_size, 1), ("max-queue-delay-us", max_queue_delay_us, 0),
-                            ("max-queue-size", max_queue_size, 1), ("instances", instances, 1)):
+                            ("max-queue-size", max_queue_size, 1), ("instances", instances, 1),
+                            ("inline-compute-us", inline_compute_us, 0)):
         if value < low:
             name = key if prefix == "--" else key.replace("-", "_")
             raise UserError(f"{prefix}{name} {value}: expected an integer >= {low}")
@@ -64,7 +66,7 @@ def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, ma
 
 def parse_model_option(text: str) -> tuple[str, dict]:
     """``NAME:key=value[,key=value]`` with keys max_batch_size, max_queue_delay_us, max_queue_size,
-    instances (integers) and dynamic_batching (on/off)."""
+    instances, inline_compute_us (integers) and dynamic_batching (on/off)."""
     name, _, assignments = text.partition(":")
     if not name or not assignments:
         raise UserError(f"--model-option {text!r}: expected NAME:key=value[,key=value]")
@@ -130,6 +132,9 @@ class ServerSettings:
     """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
     instances: int = 1
     """Model calls per version that may run at the same time."""
+    inline_compute_us: int = 250
+    """Model calls measured to take at most this many microseconds run on the event loop, without the
+    thread hand-off (see BatchingOptions.inline_compute_us); 0: always on model threads."""
     model_options: dict[str, dict] = field(default_factory=dict)
     """Per-model overrides of the batching settings above: {model: {"max_batch_size": 8, ...}}."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
@@ -181,7 +186,8 @@ class ServerSettings:
             raise UserError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if not 0 <= self.grpc_port <= 65535:
             raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
-        check_batching("--", self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances)
+        check_batching("--", self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
+                       self.inline_compute_us)
         for name in self.model_options:
             self.batching_options(name)
         if self.intra_op_threads < 0:
@@ -222,12 +228,12 @@ class ServerSettings:
     def batching_options(self, model: str = "") -> BatchingOptions:
         """The server-wide batching settings with ``model``'s --model-option overrides applied."""
         options = BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
-                                  coalesce=self.dynamic_batching)
+                                  coalesce=self.dynamic_batching, inline_compute_us=self.inline_compute_us)
         overrides = self.model_options.get(model, {})
         if overrides:
             options = replace(options, **overrides)
             check_batching(f"--model-option {model}:", options.max_batch_size, options.max_queue_delay_us,
-                           options.max_queue_size, options.instances)
+                           options.max_queue_size, options.instances, options.inline_compute_us)
         return options
 
     def server_credentials(self):

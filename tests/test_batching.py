@@ -44,6 +44,9 @@ def executor():
 
 def make(model, executor, **options):
     options.setdefault("max_queue_delay_us", 0)  # the tests that are about the delay set it
+    # These tests hold the model inside a call to fill the queue: that call must be on a model thread
+    # (held inline, it would hold the event loop). The tests about inline execution set it.
+    options.setdefault("inline_compute_us", 0)
     return DynamicBatcher(model, ["double", "total"], executor, BatchingOptions(**options))
 
 
@@ -276,3 +279,59 @@ def test_a_cancelled_request_does_not_disturb_the_others(executor):
     result = asyncio.run(scenario())
     np.testing.assert_array_equal(result["double"], sample(4))
     assert model.calls == [1, 1]
+
+
+class Sleeper(Model):
+    """The same model, taking ``seconds`` per call (a compute-bound model, as far as the batcher can tell)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.threads: list[str] = []
+
+    def __call__(self, images, outputs):
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        return super().__call__(images, outputs)
+
+
+def test_a_call_measured_below_the_budget_runs_on_the_event_loop(executor):
+    model = Sleeper(0.0)
+    batcher = make(model, executor, max_batch_size=8, inline_compute_us=50_000)
+
+    async def scenario():
+        for value in range(4):
+            await batcher.submit(sample(value), ["double"])
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(scenario())
+    # The first call of a batch size is unmeasured: on a model thread. Then it is known to be short.
+    assert model.threads[0].startswith("bnserve-model") and model.threads[1:] == [loop_thread] * 3
+    assert batcher.inline_calls == 3
+
+
+def test_a_call_measured_above_the_budget_stays_on_the_model_threads(executor):
+    model = Sleeper(0.02)
+    batcher = make(model, executor, max_batch_size=8, inline_compute_us=5_000)
+
+    async def scenario():
+        for value in range(3):
+            await batcher.submit(sample(value), ["double"])
+
+    asyncio.run(scenario())
+    assert all(name.startswith("bnserve-model") for name in model.threads) and batcher.inline_calls == 0
+    assert batcher.compute_times.expected_ns(1) >= 0.02e9
+
+
+def test_inline_execution_can_be_turned_off_and_is_seeded_per_batch_size(executor):
+    from server.batching import ComputeTimes
+
+    model = Sleeper(0.0)
+    batcher = make(model, executor, max_batch_size=8, inline_compute_us=0)
+    asyncio.run(batcher.submit(sample(1), ["double"]))
+    asyncio.run(batcher.submit(sample(1), ["double"]))
+    assert batcher.inline_calls == 0
+    times = ComputeTimes({1: 1_000, 64: 9_000_000})
+    assert times.expected_ns(1) == 1_000 and times.expected_ns(40) == 9_000_000 and times.expected_ns(8) is None
+    times.record(1, 5_000)
+    assert times.expected_ns(1) == 2_000  # 1000 + (5000 - 1000) / 4

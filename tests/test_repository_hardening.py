@@ -6,10 +6,10 @@ import os
 import shutil
 import time
 
-import numpy as np
 import pytest
 
 from bnserve.repository import version_dirs
+from tests.onnx_models import projection_model
 from tests.servers import start_server
 from tests.test_operations import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
 
@@ -165,39 +165,12 @@ def test_a_request_for_a_non_canonical_version_is_not_found(exported, tmp_path):
         assert server.stop() == 0
 
 
-def onnx_model(path, input_shape, slice_rows=False):
-    """A small valid ONNX model images -> logits, probabilities: a [64 x 10] projection of the flattened image.
-    ``slice_rows``: it answers only the first row of any batch (a model that ignores the batch dimension)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    features = int(np.prod(input_shape[1:]))
-    weights = numpy_helper.from_array(np.linspace(-1, 1, features * 10, dtype=np.float32).reshape(features, 10), "w")
-    shape = numpy_helper.from_array(np.array([-1, features], np.int64), "flat")
-    nodes = [helper.make_node("Reshape", ["images", "flat"], ["rows"])]
-    initializers = [weights, shape]
-    if slice_rows:
-        initializers += [numpy_helper.from_array(np.array([0], np.int64), name) for name in ("start", "axis")]
-        initializers.append(numpy_helper.from_array(np.array([1], np.int64), "end"))
-        nodes.append(helper.make_node("Slice", ["rows", "start", "end", "axis"], ["kept"]))
-    nodes += [helper.make_node("MatMul", ["kept" if slice_rows else "rows", "w"], ["logits"]),
-              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
-    graph = helper.make_graph(
-        nodes, "substitute", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(input_shape))],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [input_shape[0] if input_shape[0] > 0 else "n", 10])
-         for name in ("logits", "probabilities")],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
 def substitute(input_shape, slice_rows=False):
     """Replace model.onnx by another valid model and make the manifest's hashes match (no golden samples)."""
     from tests.test_parity_at_load import rehash, without_golden
 
     def mutate(directory):
-        onnx_model(directory / "model.onnx", input_shape, slice_rows)
+        projection_model(directory / "model.onnx", input_shape, slice_rows)
         without_golden(directory)
         rehash(directory)
 

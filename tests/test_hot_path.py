@@ -1,0 +1,89 @@
+"""The request path: short model calls run on the event loop, and a slow model still never stalls health
+checks or other models."""
+
+import re
+import threading
+import time
+import urllib.request
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as v2
+
+from tests.onnx_models import slow_model
+from tests.servers import start_server
+from tests.test_operations import infer_request, metric, publish_copy, stub_for
+from tests.test_parity_at_load import rehash, without_golden
+
+
+def with_slow_model(directory):
+    slow_model(directory / "model.onnx", copies=512)
+    without_golden(directory)
+    rehash(directory)
+
+
+def test_a_slow_model_never_stalls_health_checks_or_other_models(exported, tmp_path):
+    _, source, _ = exported
+    repository = tmp_path / "repo"
+    publish_copy(source, repository, "fast", 1)
+    publish_copy(source, repository, "slow", 1, mutate=with_slow_model)
+    server = start_server(repository, "--model-control", "none", "--metrics-port", "0")
+    channel, stub = stub_for(server.url)
+    health = health_pb2_grpc.HealthStub(channel)
+    stop = threading.Event()
+    load = []
+    try:
+        started = time.monotonic()
+        stub.ModelInfer(infer_request(model="slow"))
+        slow_s = time.monotonic() - started  # one slow call on this machine: the baseline
+
+        def keep_the_slow_model_busy():
+            own_channel, own_stub = stub_for(server.url)
+            with own_channel:
+                while not stop.is_set():
+                    own_stub.ModelInfer(infer_request(model="slow"))
+
+        load += [threading.Thread(target=keep_the_slow_model_busy) for _ in range(2)]
+        for thread in load:
+            thread.start()
+        time.sleep(slow_s)
+        waits = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+            assert stub.ModelInfer(infer_request(model="fast")).model_version == "1"
+            waits.append(time.monotonic() - started)
+        # Had the slow model run on the event loop, a check would wait for the call in progress: up to a
+        # whole slow call, half of one on average.
+        assert max(waits) < slow_s / 2, (max(waits), slow_s)
+    finally:
+        stop.set()
+        for thread in load:
+            thread.join(timeout=60)
+        channel.close()
+        assert server.stop() == 0
+    assert slow_s > 0.02  # the model is slow here too, so the bound above means something
+
+
+def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
+    """After the load-time calibration, a lone client's calls run on the event loop; statistics and metrics
+    see them as usual."""
+    _, source, _ = exported
+    repository = tmp_path / "repo"
+    publish_copy(source, repository, "m", 1)
+    server = start_server(repository, "--model-control", "none", "--metrics-port", "0")
+    channel, stub = stub_for(server.url)
+    try:
+        for batch in (1, 1, 2, 3):
+            assert stub.ModelInfer(infer_request(batch=batch)).model_version == "1"
+        stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m", version="1")).model_stats[0]
+        assert stats.inference_count == 7 and stats.execution_count == 4
+        port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        inline = metric(text, "bnserve_model_calls_total", model="m", version="1", place="inline")
+        thread = metric(text, "bnserve_model_calls_total", model="m", version="1", place="thread")
+        # Batch size 1 was measured at load (warm-up, golden samples): inline. Sizes 2 and 3 fall in buckets
+        # nobody measured yet: their first calls go to a thread.
+        assert inline + thread == 4 and inline >= 2 and thread >= 1, (inline, thread)
+    finally:
+        channel.close()
+        assert server.stop() == 0
