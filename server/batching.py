@@ -88,6 +88,12 @@ class ComputeTimes:
         return self._ns.get(self.bucket(rows))
 
 
+INLINE_PROBE_EVERY = 16
+"""After this many inline calls in a row, one goes to a model thread to look for hidden concurrency."""
+INLINE_BACKOFF_S = 1.0
+"""How long inline calls stop after a probe found other requests arriving."""
+
+
 def timed(run: Runner, images: np.ndarray, outputs: list[str]) -> tuple[dict[str, np.ndarray], int]:
     """``run`` on a model thread, with its own duration (the hand-off is not the model's time)."""
     started = time.perf_counter_ns()
@@ -104,6 +110,8 @@ class DynamicBatcher:
         self.compute_times = compute_times or ComputeTimes()
         self.inline_calls = 0
         """Model calls that ran on the event loop (the rest ran on model threads)."""
+        self._inline_streak = 0
+        self._contended_until = 0.0
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
@@ -241,6 +249,25 @@ class DynamicBatcher:
             size = self._take_ready(batch, size)
         return batch
 
+    def _runs_inline(self, requests: int, rows: int) -> bool:
+        """Whether this batch runs on the event loop: its measured compute time is within
+        ``inline_compute_us``, nobody else is inside the batcher nor was recently, and no probe found a
+        hidden backlog in the last INLINE_BACKOFF_S.
+
+        An inline call hides concurrency: while it holds the loop, other requests wait in gRPC, unseen,
+        and come in one by one afterwards, so the batcher would keep running lone requests serially
+        instead of batching them. Hence every INLINE_PROBE_EVERY-th eligible call goes to a model thread,
+        leaving the loop free; if requests arrive meanwhile, inline calls stop for INLINE_BACKOFF_S.
+        """
+        expected = self.compute_times.expected_ns(rows)
+        if expected is None or expected > self.options.inline_compute_us * 1000:
+            return False
+        if self._inside > requests or self.concurrency >= 0.5:
+            return False
+        if asyncio.get_running_loop().time() < self._contended_until:
+            return False
+        return self._inline_streak < INLINE_PROBE_EVERY
+
     async def _execute(self, batch: list[Pending]) -> None:
         try:
             now = asyncio.get_running_loop().time()  # a batch that waited for companions: check again
@@ -252,17 +279,21 @@ class DynamicBatcher:
             outputs = [name for name in self.output_order if name in requested]
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             input_done = time.perf_counter_ns()
-            expected = self.compute_times.expected_ns(len(images))
-            if expected is not None and expected <= self.options.inline_compute_us * 1000:
-                # Shorter than a thread hand-off costs on a slow machine: run it here.
+            if self._runs_inline(len(batch), len(images)):
                 results = self.run(images, outputs)
                 self.inline_calls += 1
+                self._inline_streak += 1
                 self._inline_calls.inc()
                 self.compute_times.record(len(images), time.perf_counter_ns() - input_done)
             else:
+                probing = self._inline_streak >= INLINE_PROBE_EVERY
                 results, compute_ns = await self.threads.submit(timed, self.run, images, outputs)
                 self._thread_calls.inc()
                 self.compute_times.record(len(images), compute_ns)
+                if probing:
+                    self._inline_streak = 0
+                    if self._inside > len(batch):  # others arrived while the loop was free: there is a backlog
+                        self._contended_until = asyncio.get_running_loop().time() + INLINE_BACKOFF_S
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row
                 if len(results[name]) != len(images):

@@ -92,8 +92,8 @@ RESPONSE_OVERHEAD_BYTES = 256
 def check_response_size(model: ServedVersion, rows: int, outputs: list[str], max_message_bytes: int) -> None:
     """Refuse, before compute, a request whose answer could not be sent: sum over the requested outputs of
     rows x prod(output dims) x 4 bytes, plus RESPONSE_OVERHEAD_BYTES."""
-    specs = {spec.name: spec for spec in model.outputs}
-    size = RESPONSE_OVERHEAD_BYTES + sum(rows * int(np.prod(specs[name].shape[1:])) * 4 for name in outputs)
+    row_bytes = model.output_row_bytes
+    size = RESPONSE_OVERHEAD_BYTES + rows * sum(row_bytes[name] for name in outputs)
     if size > max_message_bytes:
         raise ResponseTooLarge(f"outputs: the response would take {size} bytes, more than --max-message-bytes "
                                f"{max_message_bytes}; request fewer rows or outputs")
@@ -106,6 +106,7 @@ class DataPlane:
         self.accepting = True
         """False once shutdown began: new requests get UNAVAILABLE."""
         self.in_flight = 0
+        self._metric_children: dict[tuple[str, int, str], tuple] = {}
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher and model threads, made on first use on the event loop thread (a
@@ -171,6 +172,18 @@ class DataPlane:
         model.statistics.record_request(False, 0)
         metrics.REQUESTS.labels(model.name, str(model.version), error.code.name).inc()
 
+    def _request_metrics(self, model: ServedVersion, code: str):
+        """The labelled metric children of (version, status code), looked up once: labels() costs more
+        than the increment itself on the request path."""
+        key = (model.name, model.version, code)
+        children = self._metric_children.get(key)
+        if children is None:
+            version = str(model.version)
+            children = (metrics.REQUESTS.labels(model.name, version, code),
+                        metrics.REQUEST_SECONDS.labels(model.name, version))
+            self._metric_children[key] = children
+        return children
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate (before any batching, so a bad request never joins a batch), then run via the batcher."""
         started = time.perf_counter_ns()
@@ -198,8 +211,8 @@ class DataPlane:
             self.in_flight -= 1
             elapsed = time.perf_counter_ns() - started
             model.statistics.record_request(code == "OK", elapsed)
-            version = str(model.version)
-            metrics.REQUESTS.labels(model.name, version, code).inc()
-            metrics.REQUEST_SECONDS.labels(model.name, version).observe(elapsed / 1e9)
+            requests, seconds = self._request_metrics(model, code)
+            requests.inc()
+            seconds.observe(elapsed / 1e9)
         return InferenceResponse(model.name, str(model.version), request.id,
                                  tuple(InferOutput(name, "FP32", results[name]) for name in outputs))

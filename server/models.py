@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -47,6 +49,11 @@ class ServedVersion:
     @property
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.outputs]
+
+    @functools.cached_property
+    def output_row_bytes(self) -> dict[str, int]:
+        """Bytes one row of each output takes (FP32): prod(shape[1:]) x 4."""
+        return {spec.name: math.prod(spec.shape[1:]) * 4 for spec in self.outputs}
 
 
 @dataclass(frozen=True)
