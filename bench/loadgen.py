@@ -71,8 +71,9 @@ def h2load_command() -> str:
 
 
 def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pid: int | None,
-             warmup_s: float = 0.5) -> LoadResult:
-    """``concurrency`` streams in flight over min(concurrency, 4) connections for ``seconds``."""
+             warmup_s: float = 0.5, cpu: str | None = None) -> LoadResult:
+    """``concurrency`` streams in flight over min(concurrency, 4) connections for ``seconds``; ``cpu``
+    pins h2load to those cores (``taskset -c``)."""
     connections = min(concurrency, 4)
     with tempfile.TemporaryDirectory() as work:
         body_path, log_path = Path(work) / "body.bin", Path(work) / "requests.log"
@@ -81,6 +82,8 @@ def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pi
                    "-m", str(concurrency // connections), "-t", "1", "-H", "content-type: application/grpc",
                    "-H", "te: trailers", "-d", str(body_path), f"--log-file={log_path}",
                    f"http://127.0.0.1:{port}{MODEL_INFER_PATH}"]
+        if cpu is not None:
+            command = ["taskset", "-c", cpu, *command]
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
         started = time.perf_counter()

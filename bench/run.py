@@ -102,10 +102,12 @@ def timed_rate(call, samples_per_call: int, seconds: float, repeats: int) -> flo
     return float(np.median(rates))
 
 
-def in_process_onnx(version_dir: Path, shape, seconds, repeats) -> dict[int, float]:
-    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+def in_process_onnx(version_dir: Path, shape, seconds, repeats, batches=(1, 8, 32, 64)) -> dict[int, float]:
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server runs it
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
     rates = {}
-    for batch in (1, 8, 32, 64):
+    for batch in batches:
         images = sample(shape, batch)
         rates[batch] = timed_rate(lambda: session.run(["logits", "probabilities"], {"images": images}), batch,
                                   seconds, repeats)
@@ -161,6 +163,118 @@ def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, 
         folded_rate = timed_rate(lambda: folded(images=images), batch, seconds, repeats)
         lines.append(f"| {name} | {batch} | {unfolded_rate:,.0f} | {folded_rate:,.0f} | {folded_rate / unfolded_rate:.2f} |")
     return lines
+
+
+MACHINE_CLASSES = (("2 cores shared by server and load generator", None, None),
+                   ("server pinned to core 0, load generator on core 1", "0", "1"))
+SERVERS = ("no-op", "bnserve", "kserve", "mlserver")
+
+
+def start_named(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
+    prefix = ["taskset", "-c", pin] if pin else []
+    if name == "no-op":
+        return start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"])
+    if name == "bnserve":
+        return start_listening([*prefix, sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
+                                "--grpc-port", "0", "--model-control", "none"])
+    from bench.peers import start_peer
+
+    return start_peer(name, repository / "digits" / "1", "digits", work, pin)
+
+
+def served_count(port: int) -> int:
+    """bnserve's own count of answered samples (ModelStatistics): h2load counts HTTP 200 even for gRPC errors."""
+    from protos import inference_pb2 as pb
+    from protos import inference_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stats = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name="digits", version="1")).model_stats[0]
+    return int(stats.inference_stats.success.count)
+
+
+def in_process_pinned(version_dir: Path, shape, batch: int, pin: str | None, seconds: float, repeats: int) -> float:
+    """In-process ONNX Runtime samples/s at ``batch`` on the cores the server had (a subprocess under taskset)."""
+    code = ("import sys, json; sys.path.insert(0, %r); from pathlib import Path; from bench.run import in_process_onnx; "
+            "print(json.dumps(in_process_onnx(Path(%r), %r, %r, %r, batches=(%d,))))"
+            % (str(ROOT), str(version_dir), tuple(shape), seconds, repeats, batch))
+    command = (["taskset", "-c", pin] if pin else []) + [sys.executable, "-c", code]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    import json
+
+    return float(json.loads(output.strip().splitlines()[-1])[str(batch)])
+
+
+def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes, conv6_body: bytes, seconds: float,
+                repeats: int) -> None:
+    """Every server driven by the same h2load load; each row also as a ratio to the no-op server and to the best
+    peer (KServe or MLServer) at the same concurrency, for both machine classes."""
+    from bench.peers import check_answer
+
+    images = sample((8, 8, 1), 1)
+    expected = onnxruntime.InferenceSession(str(repository / "digits" / "1" / "model.onnx"),
+                                            providers=["CPUExecutionProvider"]).run(["logits"], {"images": images})[0]
+    report.add("## 7. bnserve vs its peers (same run, same client, same model.onnx)", "",
+               "KServe 0.21 `ModelServer` with a sync ONNX Runtime `predict` (bench/peers/kserve_onnx.py) and Seldon "
+               "MLServer 1.7.1 with an ONNX Runtime runtime and adaptive batching on (max_batch_size 64, "
+               "max_batch_time 1 ms; bench/peers/mlserver_onnx.py), each in its own venv. Every server answered one "
+               "real request with the right logits before its load; bnserve's own success count is checked against "
+               "h2load's.", "")
+    for title, server_pin, client_pin in MACHINE_CLASSES:
+        results: dict[str, dict[int, LoadResult]] = {}
+        for name in SERVERS:
+            server = start_named(name, repository, work, server_pin)
+            try:
+                if name != "no-op":
+                    check_answer(server.port, "digits", images, expected)
+                before = served_count(server.port) if name == "bnserve" else 0
+                results[name] = {}
+                for c in CONCURRENCIES:
+                    runs = [run_load(server.port, digits_body, c, seconds, server.process.pid, cpu=client_pin)
+                            for _ in range(repeats)]
+                    results[name][c] = median_result(runs)
+                    if name == "bnserve":
+                        counted = served_count(server.port) - before
+                        sent = sum(r.requests for r in runs)
+                        # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
+                        assert counted >= sent, f"bnserve answered {counted} samples, h2load reports {sent} successes"
+                        before = served_count(server.port)
+            finally:
+                server.stop()
+        lines = [f"### {title}", "", "| server | concurrency | req/s | vs no-op | vs best peer | p50 ms | p99 ms | "
+                 "server CPU |", "|---|---|---|---|---|---|---|---|"]
+        for name in SERVERS:
+            for c in CONCURRENCIES:
+                r = results[name][c]
+                best_peer = max(results["kserve"][c].throughput, results["mlserver"][c].throughput)
+                lines.append(f"| {name} | {c} | {r.throughput:,.0f} | {r.throughput / results['no-op'][c].throughput:.2f} | "
+                             f"{r.throughput / best_peer:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |")
+        report.add(*lines, "")
+        ours, noop = results["bnserve"], results["no-op"]
+        best = {c: max(results["kserve"][c].throughput, results["mlserver"][c].throughput) for c in CONCURRENCIES}
+        report.target(f"[{title}] c=1: p50 <= no-op p50 + 0.15 ms",
+                      f"{ours[1].p50_ms:.3f} - {noop[1].p50_ms:.3f} = {ours[1].p50_ms - noop[1].p50_ms:+.3f} ms",
+                      ours[1].p50_ms - noop[1].p50_ms <= 0.15)
+        report.target(f"[{title}] c=1: >= 1.2 x best peer", f"{ours[1].throughput:,.0f} / {best[1]:,.0f} = "
+                      f"{ours[1].throughput / best[1]:.2f}", ours[1].throughput >= 1.2 * best[1])
+        for c in (8, 32):
+            report.target(f"[{title}] c={c}: >= 0.8 x no-op", f"{ours[c].throughput:,.0f} / {noop[c].throughput:,.0f} = "
+                          f"{ours[c].throughput / noop[c].throughput:.2f}", ours[c].throughput >= 0.8 * noop[c].throughput)
+            report.target(f"[{title}] c={c}: >= 1.5 x best peer", f"{ours[c].throughput:,.0f} / {best[c]:,.0f} = "
+                          f"{ours[c].throughput / best[c]:.2f}", ours[c].throughput >= 1.5 * best[c])
+        # conv6 at c=8 against in-process ONNX Runtime on the cores the server had, at the batch size it ran.
+        server = start_named("bnserve", repository, work, server_pin)
+        try:
+            conv6 = median_result([run_load(server.port, conv6_body, 8, seconds, server.process.pid, cpu=client_pin)
+                                   for _ in range(repeats)])
+        finally:
+            server.stop()
+        in_process = in_process_pinned(repository / "conv6" / "1", (32, 32, 3), 8, server_pin, seconds, repeats)
+        report.add(f"conv6 at c=8 ({title}): {conv6.throughput:,.0f} req/s served vs {in_process:,.0f} samples/s "
+                   f"in-process at batch 8 on the same cores = {conv6.throughput / in_process:.2f}", "")
+        report.target(f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores)",
+                      f"{conv6.throughput:,.0f} / {in_process:,.0f} = {conv6.throughput / in_process:.2f}",
+                      conv6.throughput >= 0.7 * in_process)
 
 
 def plot(path: Path, bars: list[tuple[str, float]]) -> None:
@@ -282,6 +396,9 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
         workers.stop()
     report.add(*load_table("--workers 1 vs 2 (digits, batching on)",
                            [("1 worker", served["on"][32]), ("2 workers", two_workers[32])], noop_results))
+
+    # 7. The peers, on two machine classes; conv6 against in-process ONNX Runtime on the same cores.
+    peer_tables(report, work, repository, digits_body, conv6_body, seconds, repeats)
 
     # 5. Folded vs unfolded.
     report.add("## 5. Folded SavedModel vs unfolded Keras model in inference mode (TensorFlow, in-process, samples/s)", "",

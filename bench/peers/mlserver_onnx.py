@@ -1,0 +1,28 @@
+"""Seldon MLServer runtime serving model.onnx with ONNX Runtime (used with adaptive batching on).
+
+MLServer loads this class from model-settings.json ("implementation": "mlserver_onnx.OnnxRuntime");
+bench/peers.py writes that file and settings.json and starts `mlserver start DIR` in its own venv.
+"""
+
+import numpy as np
+import onnxruntime
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+OUTPUTS = ["logits", "probabilities"]
+
+
+class OnnxRuntime(MLModel):
+    async def load(self) -> bool:
+        options = onnxruntime.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(self.settings.parameters.uri, options,
+                                                    providers=["CPUExecutionProvider"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        images = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
+        results = self.session.run(OUTPUTS, {"images": images})
+        return InferenceResponse(model_name=self.name, id=payload.id,
+                                 outputs=[NumpyCodec.encode_output(name, array) for name, array in zip(OUTPUTS, results)])
