@@ -10,14 +10,8 @@ from tritonclient.grpc import service_pb2 as v2
 
 from server.settings import STREAM_WINDOW
 from tests.servers import start_server
-from tests.test_operations import publish_copy, rss_mb, stub_for
-
-
-@pytest.fixture
-def repository(exported, tmp_path):
-    repository = tmp_path / "repo"
-    publish_copy(exported[1], repository, "m", 1)
-    return repository
+from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
+from tests.test_operations import rss_mb, stub_for
 
 
 def full_batch(request_id):
