@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,6 +98,44 @@ def train_config_from(args) -> "TrainConfig":
                    epochs=args.epochs if args.epochs is not None else stored.epochs)
 
 
+TENSORFLOW_MODULES = {"tensorflow", "keras", "tensorboard", "tqdm", "tf2onnx"}
+
+
+def import_tensorflow(verbose: bool = False):
+    """Import TensorFlow with its start-up noise (absl's pre-init notice, oneDNN and CPU-feature lines, CUDA
+    driver probes) sent to /dev/null unless ``verbose``: those lines are written by C++ straight to file
+    descriptor 2 while the library loads and first looks for devices, so only the descriptor can silence them."""
+    if verbose:
+        import tensorflow
+
+        return tensorflow
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow
+
+        tensorflow.get_logger().setLevel("ERROR")
+        tensorflow.config.list_physical_devices("GPU")  # the CUDA probe logs here, once
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+@contextmanager
+def needs_extra(extra: str, command: str):
+    """Import what ``command`` needs; a missing TensorFlow-side module is the user's install, not a crash."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TENSORFLOW_MODULES:
+            raise
+        raise UserError(f"{command} needs the '{extra}' extra (module {exc.name!r} is not installed): "
+                        f"pip install 'bnserve[{extra}]'") from None
+
+
 def run_train(args) -> int:
     from trainer.data import load_dataset
     from trainer.rundir import check_has_checkpoint, check_new_run_dir
@@ -106,7 +146,9 @@ def run_train(args) -> int:
         check_has_checkpoint(args.out)
     elif config.chief:
         check_new_run_dir(args.out)
-    from trainer.train import train  # TensorFlow loads only once the input is known to be good
+    with needs_extra("train", "bnserve train"):
+        import_tensorflow(args.verbose)
+        from trainer.train import train  # TensorFlow loads only once the input is known to be good
 
     record = train(config, args.out, resume=args.resume, dataset=dataset)
     final = record.get("final", {})
@@ -134,12 +176,16 @@ def run_export(args) -> int:
     from exporter.options import check_export_options
     from trainer.rundir import check_has_checkpoint
 
+    with needs_extra("train", "bnserve export"):  # first: a missing extra is the first thing to say
+        import_tensorflow(args.verbose)
+
     check_export_options(args.opset, args.stats, args.tolerance)
     check_new_version(args.repository, args.name, args.version)
     if not args.run_dir.is_dir():
         raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
     check_has_checkpoint(args.run_dir)
-    from exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
+    with needs_extra("train", "bnserve export"):
+        from exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
 
     version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
                                                    args.opset, args.tolerance, args.stats))
@@ -205,6 +251,12 @@ def add_serve_parser(commands) -> None:
 def run_serve(args) -> int:
     import asyncio
     import logging
+
+    if args.backend == "tf":
+        if importlib.util.find_spec("tensorflow") is None:
+            raise UserError("bnserve serve --backend tf needs the 'tf' extra (module 'tensorflow' is not installed): "
+                            "pip install 'bnserve[tf]'")
+        import_tensorflow(args.verbose)
 
     from server.auth import read_token
     from server.settings import ServerSettings, VersionPolicy, parse_model_option
@@ -272,6 +324,9 @@ def add_verify_parser(commands) -> None:
 def run_verify(args) -> int:
     from bnserve.verify import verify
 
+    if args.runtime == "tf" and importlib.util.find_spec("tensorflow") is not None:
+        import_tensorflow(args.verbose)
+
     verify(args.version_dir, args.runtime, args.device)
     return 0
 
@@ -284,6 +339,9 @@ def build_parser() -> ArgumentParser:
     add_serve_parser(commands)
     add_predict_parser(commands)
     add_verify_parser(commands)
+    for command in commands.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="let TensorFlow print its own start-up lines (hidden by default)")
     return parser
 
 

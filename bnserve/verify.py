@@ -41,7 +41,8 @@ def tensorflow_runner(version_dir: Path, device: str) -> Runner:
     try:
         import tensorflow as tf
     except ImportError:
-        raise UserError("--runtime tf needs TensorFlow: pip install 'bnserve[tf]'") from None
+        raise UserError("bnserve verify --runtime tf needs the 'tf' extra (module 'tensorflow' is not installed): "
+                        "pip install 'bnserve[tf]'") from None
     if device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise UserError("--device gpu: TensorFlow sees no GPU")
     name = "/GPU:0" if device == "gpu" else "/CPU:0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 from pathlib import Path
 
@@ -35,6 +37,49 @@ def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return model
+
+
+def onnx_metadata(manifest: dict) -> dict[str, str]:
+    """What an ONNX consumer who gets model.onnx alone needs, from the manifest: metadata_props entries
+    (string values; JSON where structured), readable with onnxruntime's ``get_modelmeta().custom_metadata_map``."""
+    spec = manifest["inputs"][0]
+    parity = manifest["parity"]
+    return {
+        "bnserve.class_labels": json.dumps(manifest["class_labels"]),
+        "bnserve.input": json.dumps({"name": spec["name"], "datatype": spec["datatype"], "shape": spec["shape"],
+                                     "layout": "NHWC", "range": manifest["input_range"],
+                                     "values": manifest["input_values"]}),
+        "bnserve.outputs": json.dumps({o["name"]: o["shape"] for o in manifest["outputs"]}),
+        "bnserve.batch_normalization": json.dumps(manifest["batch_normalization"]),
+        "bnserve.heldout_accuracy": json.dumps(manifest["heldout_accuracy"]),
+        "bnserve.parity": json.dumps({"tolerance": parity["tolerance"], "passed": parity["passed"],
+                                      "max_abs": {name: r["max_abs"] for name, r in parity["artifacts"].items()}}),
+        "bnserve.version": manifest["versions"]["bnserve"],
+    }
+
+
+def onnx_doc_string(manifest: dict) -> str:
+    spec, bn = manifest["inputs"][0], manifest["batch_normalization"]
+    low, high = manifest["input_range"]
+    return (f"A batch-normalised conv net exported by bnserve {manifest['versions']['bnserve']}: input {spec['name']!r} "
+            f"FP32 {spec['shape']} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest['input_values']}); outputs "
+            f"'logits' and 'probabilities' over {len(manifest['class_labels'])} classes {manifest['class_labels']}. "
+            f"Its {bn['layers']} BN layers are folded into the convolutions with the {bn['statistics']} statistics "
+            f"(EMA decay {bn['decay']}, warm-up {'on' if bn['warmup'] else 'off'}, {bn['ema_updates']} updates, "
+            f"epsilon {bn['epsilon']}), so the graph holds no BatchNormalization op. Certified against the unfolded "
+            f"model in inference mode to {manifest['parity']['tolerance']:g} (max abs logit error); metadata_props "
+            "hold the details.")
+
+
+def write_onnx_metadata(path: Path, manifest: dict) -> None:
+    """Replace model.onnx's metadata_props and doc_string with the manifest's facts (numbers unchanged)."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in onnx_metadata(manifest).items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = onnx_doc_string(manifest)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def saved_model_op_types(path: Path) -> set[str]:

@@ -23,7 +23,7 @@ from bnserve.errors import BnserveError
 from bnserve.golden import GOLDEN, golden_inputs, write_golden
 from bnserve.repository import (INPUT_NAME, MANIFEST, MANIFEST_FORMAT, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL,
                                 SIGNATURE, TensorSpec, check_new_version, discard, publish, staging_dir, write_json)
-from exporter.artifacts import assert_no_batch_norm, write_onnx, write_saved_model
+from exporter.artifacts import assert_no_batch_norm, write_onnx, write_onnx_metadata, write_saved_model
 from exporter.options import check_export_options
 from exporter.folded import FoldedModule, fold_network
 from bnserve.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
@@ -181,6 +181,8 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
                                   ema_updates=int(model.shadow_step.numpy()))
         manifest["golden"] = {"file": GOLDEN, "tolerance": request.tolerance,
                               "sets": {key: len(images) for key, images in golden_sets.items()}}
+        manifest["input_range"] = [float(train.images.min()), float(train.images.max())]
+        write_onnx_metadata(built / ONNX_MODEL, manifest)
         write_json(built / MANIFEST, manifest)
         version, path = publish(built, request.repository, request.name, request.version)
     except BaseException:

@@ -155,3 +155,26 @@ def test_supported_opsets_match_the_installed_tf2onnx():
     from exporter.options import SUPPORTED_OPSETS
 
     assert SUPPORTED_OPSETS.stop - 1 == max(tf2onnx.constants.OPSET_TO_IR_VERSION)
+
+
+def test_model_onnx_alone_tells_its_consumers_what_it_is(exported):
+    """Consumers who receive model.onnx without the manifest read the facts from the model itself."""
+    import json
+
+    import onnxruntime
+
+    _, version_dir, manifest = exported
+    meta = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    props = meta.custom_metadata_map
+    assert json.loads(props["bnserve.class_labels"]) == manifest["class_labels"] == [str(k) for k in range(10)]
+    assert json.loads(props["bnserve.input"]) == {"name": "images", "datatype": "FP32", "shape": [-1, 8, 8, 1],
+                                                  "layout": "NHWC", "range": [0.0, 16.0],
+                                                  "values": manifest["input_values"]}
+    assert json.loads(props["bnserve.batch_normalization"]) == manifest["batch_normalization"]
+    assert json.loads(props["bnserve.batch_normalization"])["statistics"] == "ema"
+    parity = json.loads(props["bnserve.parity"])
+    assert parity["passed"] and parity["tolerance"] == 1e-4
+    assert parity["max_abs"] == {name: r["max_abs"] for name, r in manifest["parity"]["artifacts"].items()}
+    assert json.loads(props["bnserve.heldout_accuracy"]) == manifest["heldout_accuracy"]
+    assert "folded into the convolutions with the ema statistics" in meta.description
+    assert "raw values in [0, 16]" in meta.description
