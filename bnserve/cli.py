@@ -283,12 +283,8 @@ def run_serve(args) -> int:
 
         return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port)
     from server.app import serve
-    from server.errors import StartupError
 
-    try:
-        asyncio.run(serve(settings))
-    except StartupError as exc:
-        raise UserError(str(exc)) from None
+    asyncio.run(serve(settings))  # a StartupError is a UserError: one line, exit status 2
     return 0
 
 

@@ -68,6 +68,15 @@ class RunningServer:
     metrics_port: int | None = None
     poller: asyncio.Task | None = None
     signatures: dict[str, tuple] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    """Background work started on behalf of RPCs (health and draining after a load/unload): kept here so
+    that nothing is collected half-way, and awaited on stop."""
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     async def update_health(self) -> None:
         """Overall SERVING; per model SERVING while it has a ready version."""
@@ -111,6 +120,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if self.poller is not None:
             self.poller.cancel()
+            await asyncio.gather(self.poller, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
@@ -147,7 +158,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     running = RunningServer(server, 0, settings, registry, dataplane, health, loader, signatures=signatures)
 
     def models_changed():
-        asyncio.get_running_loop().create_task(running.models_changed())
+        running.spawn(running.models_changed())
 
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane, models_changed, loader, settings.model_control), server)

@@ -251,8 +251,8 @@ class DynamicBatcher:
 
     def _runs_inline(self, requests: int, rows: int) -> bool:
         """Whether this batch runs on the event loop: its measured compute time is within
-        ``inline_compute_us``, nobody else is inside the batcher nor was recently, and no probe found a
-        hidden backlog in the last INLINE_BACKOFF_S.
+        ``inline_compute_us``, nobody else is inside the batcher nor was recently, no other callback waits
+        for the loop, and no probe found a hidden backlog in the last INLINE_BACKOFF_S.
 
         An inline call hides concurrency: while it holds the loop, other requests wait in gRPC, unseen,
         and come in one by one afterwards, so the batcher would keep running lone requests serially
@@ -264,7 +264,13 @@ class DynamicBatcher:
             return False
         if self._inside > requests or self.concurrency >= 0.5:
             return False
-        if asyncio.get_running_loop().time() < self._contended_until:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._contended_until:
+            return False
+        # Callbacks already waiting for the loop (a burst of requests gRPC has delivered but the batcher has
+        # not seen yet) would wait behind an inline call. asyncio's ready queue is the only place that shows
+        # them; a loop without one (uvloop) relies on the probes alone.
+        if len(getattr(loop, "_ready", ())) > 0:
             return False
         return self._inline_streak < INLINE_PROBE_EVERY
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import grpc
 
+from bnserve.errors import BnserveError, UserError
 
-class ServingError(Exception):
+
+class ServingError(BnserveError):
     code = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str):
@@ -67,5 +69,5 @@ class Unavailable(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class StartupError(Exception):
-    """The server cannot start as configured (e.g. --device gpu without a usable GPU)."""
+class StartupError(UserError):
+    """The server cannot start as configured (e.g. --device gpu without a usable GPU): exit status 2."""

@@ -73,17 +73,18 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
     server = start_server(repository, "--model-control", "none", "--metrics-port", "0")
     channel, stub = stub_for(server.url)
     try:
-        for batch in (1, 1, 2, 3):
+        batches = (1,) * 8 + (2, 3)
+        for batch in batches:
             assert stub.ModelInfer(infer_request(batch=batch)).model_version == "1"
         stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m", version="1")).model_stats[0]
-        assert stats.inference_count == 7 and stats.execution_count == 4
+        assert stats.inference_count == sum(batches) and stats.execution_count == len(batches)
         port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1))
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         inline = metric(text, "bnserve_model_calls_total", model="m", version="1", place="inline")
         thread = metric(text, "bnserve_model_calls_total", model="m", version="1", place="thread")
-        # Batch size 1 was measured at load (warm-up, golden samples): inline. Sizes 2 and 3 fall in buckets
-        # nobody measured yet: their first calls go to a thread.
-        assert inline + thread == 4 and inline >= 2 and thread >= 1, (inline, thread)
+        # Batch size 1 was measured at load (warm-up, golden samples): inline, unless gRPC still had a callback
+        # waiting for the loop at that moment. Sizes 2 and 3 fall in buckets nobody measured yet: a thread.
+        assert inline + thread == len(batches) and inline >= 4 and thread >= 2, (inline, thread)
     finally:
         channel.close()
         assert server.stop() == 0

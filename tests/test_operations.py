@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from tests.certs import make_certificates
+from tests.requests import random_images, v2_request
 from tests.servers import start_server
 
 POLL = "0.2"
@@ -53,9 +54,7 @@ def source(exported):
 
 
 def infer_request(batch=1, model="m", version=""):
-    x = np.random.default_rng(batch).uniform(0, 16, (batch, 8, 8, 1)).astype(np.float32)
-    return v2.ModelInferRequest(model_name=model, model_version=version, raw_input_contents=[x.tobytes()], inputs=[
-        v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=x.shape)])
+    return v2_request(random_images(batch), model, version)
 
 
 def stub_for(url, credentials=None, options=()):

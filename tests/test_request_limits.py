@@ -9,15 +9,14 @@ import pytest
 from tritonclient.grpc import service_pb2 as v2
 
 from server.settings import STREAM_WINDOW
+from tests.requests import v2_request
 from tests.servers import start_server
 from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
 from tests.test_operations import rss_mb, stub_for
 
 
 def full_batch(request_id):
-    x = np.zeros((64, 8, 8, 1), np.float32)
-    return v2.ModelInferRequest(model_name="m", id=str(request_id), raw_input_contents=[x.tobytes()], inputs=[
-        v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=x.shape)])
+    return v2_request(np.zeros((64, 8, 8, 1), np.float32), request_id=str(request_id))
 
 
 def test_a_stream_that_writes_and_does_not_read_is_held_back(repository):

@@ -10,23 +10,25 @@ import pytest
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from tests.requests import v2_logits, v2_request
 from tests.servers import start_server
 from tests.tolerance import assert_same_function
 
 
 def request(x, model="digits"):
-    return v2.ModelInferRequest(
-        model_name=model, inputs=[v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=x.shape)],
-        raw_input_contents=[x.tobytes()])
+    return v2_request(x, model)
 
 
-def logits(response):
-    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
+logits = v2_logits
 
 
 @pytest.fixture(scope="module")
 def batching_server(serving_repository):
-    process = start_server(serving_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32")
+    # Model calls on threads only: an inline call (microseconds on the loop) can finish each request before
+    # the next of the client's burst has arrived, and then there is nothing to coalesce. This module is
+    # about coalescing; tests/test_hot_path.py is about inline calls.
+    process = start_server(serving_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32",
+                           "--inline-compute-us", "0")
     yield process
     assert process.stop() == 0, "\n".join(process.log)
 
