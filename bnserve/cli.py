@@ -189,8 +189,7 @@ def run_export(args) -> int:
 
     version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
                                                    args.opset, args.tolerance, args.stats))
-    accuracy = manifest["heldout_accuracy"][manifest["batch_normalization"]["statistics"]]
-    print(f"published {args.name} version {version} at {path} (held-out accuracy {accuracy:.4f})")
+    print(f"published {args.name} version {version} at {path} (held-out accuracy {manifest.accuracy:.4f})")
     return 0
 
 

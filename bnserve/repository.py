@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bnserve.errors import UserError
@@ -54,6 +54,144 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: dict) -> "TensorSpec":
         return cls(data["name"], data["datatype"], tuple(int(d) for d in data["shape"]))
+
+
+@dataclass(frozen=True)
+class BatchNormProvenance:
+    """Where the folded statistics came from."""
+
+    statistics: str
+    """"ema" (the EMA shadows) or "precise" (re-estimated over the training data with frozen weights)."""
+    decay: float
+    warmup: bool
+    ema_updates: int
+    """Optimizer steps whose batch moments the shadows consumed."""
+    epsilon: float
+    layers: int
+    folded: tuple[str, ...]
+    """"conv+bn" pairs, in order."""
+    input_standardization: str
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"folded": list(self.folded)}
+
+
+# Manifest fields: name -> (JSON types accepted, required). Readers get a Manifest, never this dict.
+MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "format": ((str,), True), "inputs": ((list,), True), "outputs": ((list,), True),
+    "class_labels": ((list,), True), "input_values": ((str,), True), "batch_normalization": ((dict,), True),
+    "heldout_accuracy": ((dict,), True), "parity": ((dict,), True), "signature": ((str,), False),
+    "input_range": ((list,), False), "golden": ((dict,), False), "source": ((dict,), False),
+    "onnx_opset": ((int,), False), "versions": ((dict,), False), "created": ((str,), False),
+    "name": ((str,), False), "version": ((int,), False), "files": ((dict,), False), "sizes": ((dict,), False),
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """REPO/NAME/VERSION/manifest.json, format MANIFEST_FORMAT: the one definition every reader and writer uses.
+
+    inputs / outputs         tensor names, KServe datatypes and shapes (-1: the batch dimension)
+    class_labels             one label per logit
+    input_values             what the input holds (raw values; normalisation is in the graph)
+    input_range              [min, max] of the training inputs (absent before golden samples existed)
+    batch_normalization      BN provenance (BatchNormProvenance)
+    heldout_accuracy         {"ema": a[, "precise": b]}: held-out accuracy in inference mode per statistics
+    parity                   the export certificate: tolerance, passed, per artifact max_abs/max_rel/...
+    golden                   {"file": "golden.npz", "tolerance": t, "sets": {set: rows}} (absent on old versions)
+    source, versions, onnx_opset, created, signature: provenance
+    name, version, files, sizes: set when the version is published (sha256 and byte size of every file)
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    class_labels: tuple[str, ...]
+    input_values: str
+    batch_normalization: BatchNormProvenance
+    heldout_accuracy: dict[str, float]
+    parity: dict
+    signature: str = SIGNATURE
+    input_range: tuple[float, float] | None = None
+    golden: dict | None = None
+    source: dict = field(default_factory=dict)
+    onnx_opset: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    name: str = ""
+    version: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    format: str = MANIFEST_FORMAT
+
+    @property
+    def accuracy(self) -> float:
+        """Held-out accuracy with the statistics that were folded."""
+        return self.heldout_accuracy[self.batch_normalization.statistics]
+
+    def to_json(self) -> dict:
+        data = {
+            "format": self.format, "signature": self.signature,
+            "inputs": [spec.to_json() for spec in self.inputs], "outputs": [spec.to_json() for spec in self.outputs],
+            "class_labels": list(self.class_labels), "input_values": self.input_values,
+            "batch_normalization": self.batch_normalization.to_json(), "heldout_accuracy": dict(self.heldout_accuracy),
+            "parity": self.parity, "source": self.source, "versions": self.versions, "created": self.created,
+            "files": self.files, "sizes": self.sizes,
+        }
+        optional = {"input_range": list(self.input_range) if self.input_range else None, "golden": self.golden,
+                    "onnx_opset": self.onnx_opset, "name": self.name or None, "version": self.version or None}
+        return data | {key: value for key, value in optional.items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data, where: str = MANIFEST) -> "Manifest":
+        """Parse and check a manifest; an old or foreign one gets a UserError naming the field."""
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != MANIFEST_FORMAT:
+            raise UserError(f"{where}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        for key, (types, required) in MANIFEST_FIELDS.items():
+            if key not in data:
+                if required:
+                    raise UserError(f"{where}: field {key!r} is missing")
+                continue
+            if not isinstance(data[key], types) or (int in types and isinstance(data[key], bool)):
+                raise UserError(f"{where}: field {key!r} must be a JSON {types[0].__name__}, got "
+                                f"{type(data[key]).__name__}")
+        files, sizes = data.get("files", {}), data.get("sizes", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise UserError(f"{where}: field 'files' must map relative paths to sha256 hex digests")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
+            raise UserError(f"{where}: field 'sizes' must map relative paths to byte counts")
+        inputs = tensor_specs(data["inputs"], f"{where}: field 'inputs'")
+        outputs = tensor_specs(data["outputs"], f"{where}: field 'outputs'")
+        bn = data["batch_normalization"]
+        try:
+            provenance = BatchNormProvenance(**{**bn, "folded": tuple(bn["folded"])})
+        except (TypeError, KeyError) as exc:
+            raise UserError(f"{where}: field 'batch_normalization': {exc}") from None
+        statistics = provenance.statistics
+        if statistics not in data["heldout_accuracy"]:
+            raise UserError(f"{where}: field 'heldout_accuracy' has no entry for the folded statistics {statistics!r}")
+        input_range = data.get("input_range")
+        if input_range is not None and (len(input_range) != 2 or not all(isinstance(v, (int, float)) for v in input_range)):
+            raise UserError(f"{where}: field 'input_range' must be [min, max]")
+        return cls(inputs, outputs, tuple(str(label) for label in data["class_labels"]), data["input_values"],
+                   provenance, data["heldout_accuracy"], data["parity"], data.get("signature", SIGNATURE),
+                   tuple(input_range) if input_range is not None else None, data.get("golden"), data.get("source", {}),
+                   data.get("onnx_opset"), data.get("versions", {}), data.get("created", ""), data.get("name", ""),
+                   data.get("version", 0), files, sizes)
+
+
+def tensor_specs(items: list, where: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for position, item in enumerate(items):
+        try:
+            spec = TensorSpec.from_json(item)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise UserError(f"{where}[{position}]: expected {{name, datatype, shape}} ({type(exc).__name__}: {exc})") from None
+        if not isinstance(spec.name, str) or not isinstance(spec.datatype, str):
+            raise UserError(f"{where}[{position}]: name and datatype must be strings")
+        specs.append(spec)
+    return tuple(specs)
 
 
 def validate_model_name(name: str) -> str:
@@ -179,32 +317,24 @@ def file_digests(version_dir: Path) -> dict[str, str]:
             for p in sorted(version_dir.rglob("*")) if p.is_file() and p != version_dir / MANIFEST}
 
 
-def read_manifest(version_dir: Path) -> dict:
+def read_manifest(version_dir: Path) -> Manifest:
     path = version_dir / MANIFEST
     try:
-        manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES))
+        data = json.loads(read_regular(path, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise UserError(f"{str(version_dir)!r}: no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{str(path)!r}: unreadable manifest ({exc})") from None
     except UserError as exc:
         raise UserError(f"{str(path)!r}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise UserError(f"{str(path)!r}: format {found!r}, expected {MANIFEST_FORMAT!r}")
-    files, sizes = manifest.get("files", {}), manifest.get("sizes", {})
-    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
-        raise UserError(f"{str(path)!r}: 'files' must map relative paths to sha256 hex digests")
-    if not (isinstance(sizes, dict) and all(isinstance(v, int) and v >= 0 for v in sizes.values())):
-        raise UserError(f"{str(path)!r}: 'sizes' must map relative paths to byte counts")
-    return manifest
+    return Manifest.from_json(data, repr(str(path)))
 
 
-def verify_files(version_dir: Path, manifest: dict, root: Path | None = None) -> None:
+def verify_files(version_dir: Path, manifest: Manifest, root: Path | None = None) -> None:
     """Every file listed in the manifest exists with its size (when declared) and sha256, no file is
     missing from the list, and nothing in the version is a special file or a link out of ``root``
     (default: the repository, two levels up). Reads each file once, never beyond its declared size."""
-    expected, sizes = manifest.get("files", {}), manifest.get("sizes", {})
+    expected, sizes = manifest.files, manifest.sizes
     try:
         actual = version_files(version_dir, root if root is not None else version_dir.parent.parent)
     except UserError as exc:
@@ -280,11 +410,10 @@ def publish(built: Path, repository: Path, name: str, version: int | None) -> tu
     if target.exists():
         raise UserError(f"--version {target_version}: {str(target)!r} already exists; versions are never overwritten")
     manifest_path = built / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
     files = file_digests(built)
-    manifest.update(name=name, version=target_version, files=files,
-                    sizes={relative: (built / relative).stat().st_size for relative in files})
-    write_json(manifest_path, manifest)
+    manifest = replace(Manifest.from_json(json.loads(manifest_path.read_text())), name=name, version=target_version,
+                       files=files, sizes={relative: (built / relative).stat().st_size for relative in files})
+    write_json(manifest_path, manifest.to_json())
     fsync_tree(built)
     try:
         os.rename(built, target)

@@ -81,8 +81,8 @@ def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu",
     except UserError as exc:
         print(f"files: FAIL: {exc}", file=out)
         raise VerificationFailed(str(exc)) from None
-    print(f"files: ok ({len(manifest.get('files', {}))} files match the manifest's sha256)", file=out)
-    if GOLDEN not in manifest.get("files", {}):
+    print(f"files: ok ({len(manifest.files)} files match the manifest's sha256)", file=out)
+    if GOLDEN not in manifest.files:
         raise VerificationFailed(f"{version_dir}: no {GOLDEN}: this version was exported before golden samples "
                                  "existed, so its numbers cannot be checked here (export it again)")
     golden = read_golden(version_dir / GOLDEN)
@@ -94,6 +94,6 @@ def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu",
     if not (check.passed and parity.passes(golden.tolerance)):
         raise VerificationFailed(f"{version_dir}: {runtime} on {device} does not reproduce the certified numbers: "
                                  f"{check.describe()}")
-    print(f"verified: {runtime} on {device} reproduces {manifest.get('name', '?')} version "
-          f"{manifest.get('version', '?')} within {golden.tolerance:g}", file=out)
+    print(f"verified: {runtime} on {device} reproduces {manifest.name or '?'} version "
+          f"{manifest.version or '?'} within {golden.tolerance:g}", file=out)
 

@@ -13,7 +13,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from bnserve.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE
+from bnserve.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE, Manifest
 from exporter.folded import FoldedModule
 
 BATCH_DIM = "batch"
@@ -39,39 +39,38 @@ def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
     return model
 
 
-def onnx_metadata(manifest: dict) -> dict[str, str]:
+def onnx_metadata(manifest: Manifest) -> dict[str, str]:
     """What an ONNX consumer who gets model.onnx alone needs, from the manifest: metadata_props entries
     (string values; JSON where structured), readable with onnxruntime's ``get_modelmeta().custom_metadata_map``."""
-    spec = manifest["inputs"][0]
-    parity = manifest["parity"]
+    spec = manifest.inputs[0]
     return {
-        "bnserve.class_labels": json.dumps(manifest["class_labels"]),
-        "bnserve.input": json.dumps({"name": spec["name"], "datatype": spec["datatype"], "shape": spec["shape"],
-                                     "layout": "NHWC", "range": manifest["input_range"],
-                                     "values": manifest["input_values"]}),
-        "bnserve.outputs": json.dumps({o["name"]: o["shape"] for o in manifest["outputs"]}),
-        "bnserve.batch_normalization": json.dumps(manifest["batch_normalization"]),
-        "bnserve.heldout_accuracy": json.dumps(manifest["heldout_accuracy"]),
-        "bnserve.parity": json.dumps({"tolerance": parity["tolerance"], "passed": parity["passed"],
-                                      "max_abs": {name: r["max_abs"] for name, r in parity["artifacts"].items()}}),
-        "bnserve.version": manifest["versions"]["bnserve"],
+        "bnserve.class_labels": json.dumps(list(manifest.class_labels)),
+        "bnserve.input": json.dumps({"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape),
+                                     "layout": "NHWC", "range": list(manifest.input_range),
+                                     "values": manifest.input_values}),
+        "bnserve.outputs": json.dumps({o.name: list(o.shape) for o in manifest.outputs}),
+        "bnserve.batch_normalization": json.dumps(manifest.batch_normalization.to_json()),
+        "bnserve.heldout_accuracy": json.dumps(manifest.heldout_accuracy),
+        "bnserve.parity": json.dumps({"tolerance": manifest.parity["tolerance"], "passed": manifest.parity["passed"],
+                                      "max_abs": {name: r["max_abs"] for name, r in manifest.parity["artifacts"].items()}}),
+        "bnserve.version": manifest.versions["bnserve"],
     }
 
 
-def onnx_doc_string(manifest: dict) -> str:
-    spec, bn = manifest["inputs"][0], manifest["batch_normalization"]
-    low, high = manifest["input_range"]
-    return (f"A batch-normalised conv net exported by bnserve {manifest['versions']['bnserve']}: input {spec['name']!r} "
-            f"FP32 {spec['shape']} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest['input_values']}); outputs "
-            f"'logits' and 'probabilities' over {len(manifest['class_labels'])} classes {manifest['class_labels']}. "
-            f"Its {bn['layers']} BN layers are folded into the convolutions with the {bn['statistics']} statistics "
-            f"(EMA decay {bn['decay']}, warm-up {'on' if bn['warmup'] else 'off'}, {bn['ema_updates']} updates, "
-            f"epsilon {bn['epsilon']}), so the graph holds no BatchNormalization op. Certified against the unfolded "
-            f"model in inference mode to {manifest['parity']['tolerance']:g} (max abs logit error); metadata_props "
-            "hold the details.")
+def onnx_doc_string(manifest: Manifest) -> str:
+    spec, bn = manifest.inputs[0], manifest.batch_normalization
+    low, high = manifest.input_range
+    labels = list(manifest.class_labels)
+    return (f"A batch-normalised conv net exported by bnserve {manifest.versions['bnserve']}: input {spec.name!r} "
+            f"FP32 {list(spec.shape)} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest.input_values}); outputs "
+            f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Its {bn.layers} BN layers are folded "
+            f"into the convolutions with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
+            f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {bn.epsilon}), so the graph holds no "
+            f"BatchNormalization op. Certified against the unfolded model in inference mode to "
+            f"{manifest.parity['tolerance']:g} (max abs logit error); metadata_props hold the details.")
 
 
-def write_onnx_metadata(path: Path, manifest: dict) -> None:
+def write_onnx_metadata(path: Path, manifest: Manifest) -> None:
     """Replace model.onnx's metadata_props and doc_string with the manifest's facts (numbers unchanged)."""
     model = onnx.load(str(path))
     del model.metadata_props[:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -21,8 +20,9 @@ from onnx.reference import ReferenceEvaluator
 import bnserve
 from bnserve.errors import BnserveError
 from bnserve.golden import GOLDEN, golden_inputs, write_golden
-from bnserve.repository import (INPUT_NAME, MANIFEST, MANIFEST_FORMAT, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL,
-                                SIGNATURE, TensorSpec, check_new_version, discard, publish, staging_dir, write_json)
+from bnserve.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE,
+                                BatchNormProvenance, Manifest, TensorSpec, check_new_version, discard, publish,
+                                read_manifest, staging_dir, write_json)
 from exporter.artifacts import assert_no_batch_norm, write_onnx, write_onnx_metadata, write_saved_model
 from exporter.options import check_export_options
 from exporter.folded import FoldedModule, fold_network
@@ -110,36 +110,34 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
 
 
 def build_manifest(request: ExportRequest, model, record: dict, checkpoint: str, accuracies: dict, parity: dict,
-                   ema_updates: int) -> dict:
+                   ema_updates: int, golden: dict, input_range: tuple[float, float]) -> Manifest:
     config, dataset = record["model"], record["dataset"]
     height, width, channels = config["input_shape"]
     classes = config["num_classes"]
-    return {
-        "format": MANIFEST_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "signature": SIGNATURE,
-        "inputs": [TensorSpec(INPUT_NAME, "FP32", (-1, height, width, channels)).to_json()],
-        "outputs": [TensorSpec(name, "FP32", (-1, classes)).to_json() for name in OUTPUT_NAMES],
-        "class_labels": dataset["class_names"],
-        "input_values": f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
-        "batch_normalization": {
-            "statistics": request.statistics,
-            "decay": config["decay"], "warmup": config["warmup"], "ema_updates": ema_updates,
-            "epsilon": config["epsilon"], "layers": len(model.norms),
-            "folded": [f"{conv.name}+{norm.name}" for conv, norm in zip(model.convs, model.norms)],
-            "input_standardization": "multiply-add (x * 1/std + -mean/std)",
-        },
-        "heldout_accuracy": accuracies,
-        "source": {"run_dir": str(request.run_dir.resolve()), "checkpoint": Path(checkpoint).name,
-                   "dataset_sha256": dataset["sha256"]},
-        "onnx_opset": request.opset,
-        "versions": {"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        "parity": parity,
-    }
+    return Manifest(
+        inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, height, width, channels)),),
+        outputs=tuple(TensorSpec(name, "FP32", (-1, classes)) for name in OUTPUT_NAMES),
+        class_labels=tuple(dataset["class_names"]),
+        input_values=f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
+        input_range=input_range,
+        batch_normalization=BatchNormProvenance(
+            statistics=request.statistics, decay=config["decay"], warmup=config["warmup"], ema_updates=ema_updates,
+            epsilon=config["epsilon"], layers=len(model.norms),
+            folded=tuple(f"{conv.name}+{norm.name}" for conv, norm in zip(model.convs, model.norms)),
+            input_standardization="multiply-add (x * 1/std + -mean/std)"),
+        heldout_accuracy=accuracies,
+        parity=parity,
+        golden=golden,
+        source={"run_dir": str(request.run_dir.resolve()), "checkpoint": Path(checkpoint).name,
+                "dataset_sha256": dataset["sha256"]},
+        onnx_opset=request.opset,
+        versions={"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
+                  "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
-def export(request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[int, Path, dict]:
+def export(request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[int, Path, Manifest]:
     """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
     # Everything the user can get wrong is checked before the slow work and before any write.
     check_export_options(request.opset, request.statistics, request.tolerance)
@@ -177,15 +175,15 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         golden_sets = golden_inputs(inputs)
         write_golden(built / GOLDEN, golden_sets, {key: expected[key][:len(images)] for key, images in golden_sets.items()},
                      request.tolerance)
-        manifest = build_manifest(request, model, record, checkpoint, accuracies, parity,
-                                  ema_updates=int(model.shadow_step.numpy()))
-        manifest["golden"] = {"file": GOLDEN, "tolerance": request.tolerance,
-                              "sets": {key: len(images) for key, images in golden_sets.items()}}
-        manifest["input_range"] = [float(train.images.min()), float(train.images.max())]
+        manifest = build_manifest(
+            request, model, record, checkpoint, accuracies, parity, ema_updates=int(model.shadow_step.numpy()),
+            golden={"file": GOLDEN, "tolerance": request.tolerance,
+                    "sets": {key: len(images) for key, images in golden_sets.items()}},
+            input_range=(float(train.images.min()), float(train.images.max())))
         write_onnx_metadata(built / ONNX_MODEL, manifest)
-        write_json(built / MANIFEST, manifest)
+        write_json(built / MANIFEST, manifest.to_json())
         version, path = publish(built, request.repository, request.name, request.version)
     except BaseException:
         discard(built)
         raise
-    return version, path, json.loads((path / MANIFEST).read_text())
+    return version, path, read_manifest(path)

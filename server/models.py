@@ -16,7 +16,7 @@ import numpy as np
 
 from bnserve.errors import UserError
 from bnserve.golden import GOLDEN, GoldenCheck, check_golden, read_golden
-from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, TensorSpec, is_directory, parse_version, read_manifest,
+from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, is_directory, parse_version, read_manifest,
                                 validate_model_name, verify_files, version_dirs, version_files)
 from server import metrics
 from server.backends import Backend, check_signature, load_backend
@@ -34,7 +34,7 @@ SERVED_DATATYPES = ("FP32",)
 class ServedVersion:
     name: str
     version: int
-    manifest: dict
+    manifest: Manifest
     backend: Backend
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
@@ -79,8 +79,7 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     """Verify the manifest and every file's hash, then load the backend; raises with the reason."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    inputs = [TensorSpec.from_json(spec) for spec in manifest["inputs"]]
-    outputs = tuple(TensorSpec.from_json(spec) for spec in manifest["outputs"])
+    inputs, outputs = list(manifest.inputs), manifest.outputs
     if [spec.name for spec in inputs] != [INPUT_NAME] or tuple(spec.name for spec in outputs) != OUTPUT_NAMES:
         raise UserError(f"manifest declares inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}")
     for spec in (*inputs, *outputs):
@@ -110,12 +109,12 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature, calibration)
 
 
-def prove_golden(name: str, version: int, directory: Path, manifest: dict,
+def prove_golden(name: str, version: int, directory: Path, manifest: Manifest,
                  run: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]], max_batch_size: int) -> GoldenCheck | None:
     """Run the version's golden samples on this backend and device, in batches of at most the
     served maximum; refuse the version (UserError) when an output differs beyond the certificate's
     tolerance. None for versions exported before golden samples existed (they load, unverified)."""
-    if GOLDEN not in manifest.get("files", {}):
+    if GOLDEN not in manifest.files:
         log.warning("model %r version %d is unverified: it has no %s (exported before load-time parity checks)",
                     name, version, GOLDEN)
         return None

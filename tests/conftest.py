@@ -1,3 +1,4 @@
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,8 +38,9 @@ def exported(digits_run, tmp_path_factory):
     run_dir, _ = digits_run
     repository = tmp_path_factory.mktemp("repository")
     version, path, manifest = export(ExportRequest(run_dir, repository, "digits"), log=lambda line: None)
-    assert version == 1
-    return repository, path, manifest
+    assert version == 1 and manifest.name == "digits" and manifest.version == 1
+    # The tests read the file format itself: manifest.json as JSON.
+    return repository, path, json.loads((path / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="session")

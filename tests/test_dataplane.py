@@ -1,7 +1,6 @@
 """The data plane in-process, on a real repository and ONNX Runtime: checks made before any compute."""
 
 import asyncio
-from dataclasses import replace
 
 import numpy as np
 import pytest

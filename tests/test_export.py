@@ -1,6 +1,7 @@
 """Exported artifacts: no BN op, numbers equal to the reference, manifest, versions, precise BN."""
 
 import hashlib
+import re
 
 import keras
 import numpy as np
@@ -100,10 +101,9 @@ def test_precise_statistics_publish_version_2_and_leave_version_1_untouched(expo
                                      log=lambda line: None)
     assert version == 2 and path == repository / "digits" / "2"
     assert tree_bytes(version_dir) == before
-    assert manifest["batch_normalization"]["statistics"] == "precise"
-    assert set(manifest["heldout_accuracy"]) == {"ema", "precise"}
-    assert manifest["heldout_accuracy"]["precise"] >= 0.95
-    assert manifest["parity"]["passed"]
+    assert manifest.batch_normalization.statistics == "precise"
+    assert set(manifest.heldout_accuracy) == {"ema", "precise"} and manifest.accuracy >= 0.95
+    assert manifest.parity["passed"]
     assert file_digests(path)["model.onnx"] != file_digests(version_dir)["model.onnx"]
 
 
@@ -178,3 +178,33 @@ def test_model_onnx_alone_tells_its_consumers_what_it_is(exported):
     assert json.loads(props["bnserve.heldout_accuracy"]) == manifest["heldout_accuracy"]
     assert "folded into the convolutions with the ema statistics" in meta.description
     assert "raw values in [0, 16]" in meta.description
+
+
+def test_the_manifest_round_trips_and_a_foreign_one_names_its_field(exported, tmp_path):
+    import json
+
+    from bnserve.repository import Manifest
+
+    _, version_dir, data = exported
+    manifest = read_manifest(version_dir)
+    assert manifest.to_json() == data  # every field, as written
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest.inputs[0].shape == (-1, 8, 8, 1) and manifest.batch_normalization.statistics == "ema"
+    assert manifest.golden["sets"] == {"heldout": 32, "random_batch_1": 1, "random_batch_64": 64}
+    foreign = {
+        "format": ("tfserving/1", "format 'tfserving/1', expected 'bnserve.model/1'"),
+        "inputs": ("images", "field 'inputs' must be a JSON list, got str"),
+        "batch_normalization": ({"statistics": "ema"}, "field 'batch_normalization'"),
+        "version": (True, "field 'version' must be a JSON int, got bool"),
+        "sizes": ({"model.onnx": -1}, "field 'sizes' must map relative paths to byte counts"),
+    }
+    for field_name, (value, message) in foreign.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            Manifest.from_json(data | {field_name: value})
+    missing = dict(data)
+    del missing["parity"]
+    with pytest.raises(UserError, match="field 'parity' is missing"):
+        Manifest.from_json(missing)
+    (tmp_path / "manifest.json").write_text(json.dumps(data | {"inputs": [{"name": "images"}]}))
+    with pytest.raises(UserError, match=r"field 'inputs'\[0\]: expected \{name, datatype, shape\}"):
+        read_manifest(tmp_path)
