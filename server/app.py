@@ -7,8 +7,7 @@ import logging
 import os
 import resource
 import signal
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,20 +21,12 @@ from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.grpc_v2 import InferenceServicer
 from server.metrics import serve_metrics
-from server.models import READY, ModelRegistry, RepositoryScan, scan_repository
+from server.controller import RepositoryController
+from server.models import ModelRegistry
 from server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
-    """{model: ((version, files signature, problem) ...)}: changes when a version appears, disappears, is
-    still being written (a half-copied directory is retried once it changed) or is rewritten in place."""
-    return {name: tuple((version, found.signature, found.problem) for version, found in sorted(versions.items()))
-            for name, versions in scan.models.items()}
 
 
 FILES_BESIDE_CONNECTIONS = 256
@@ -60,85 +51,32 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     settings: ServerSettings
-    registry: ModelRegistry
     dataplane: DataPlane
-    health: health_aio.HealthServicer
-    loader: ThreadPoolExecutor
+    controller: RepositoryController
     metrics_port: int | None = None
-    poller: asyncio.Task | None = None
-    signatures: dict[str, tuple] = field(default_factory=dict)
-    tasks: set[asyncio.Task] = field(default_factory=set)
-    """Background work started on behalf of RPCs (health and draining after a load/unload): kept here so
-    that nothing is collected half-way, and awaited on stop."""
 
-    def spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
-
-    async def update_health(self) -> None:
-        """Overall SERVING; per model SERVING while it has a ready version."""
-        await self.health.set("", SERVING)
-        for name in self.registry.model_names():
-            ready = any(s.state == READY for s in self.registry.states(name))
-            await self.health.set(name, SERVING if ready else NOT_SERVING)
-
-    async def models_changed(self) -> None:
-        await self.update_health()
-        await self.dataplane.release_unserved(self.settings.grace_seconds)
-
-    async def poll_once(self) -> None:
-        loop = asyncio.get_running_loop()
-        scan = await loop.run_in_executor(self.loader, scan_repository, self.settings.repository)
-        self.registry.set_problems(scan.problems)
-        current = signatures_of(scan)
-        changed = [name for name, signature in current.items() if self.signatures.get(name) != signature]
-        removed = [name for name in self.signatures if name not in current]
-        self.signatures = current
-        for name in changed:
-            try:
-                await loop.run_in_executor(self.loader, self.registry.load, name, scan.models[name])
-            except Exception:  # one model's failure never keeps the others from loading
-                log.exception("loading model %r failed; retrying when its files change", name)
-        for name in removed:
-            self.registry.unload(name, reason="removed from the repository")
-        if changed or removed:
-            await self.models_changed()
-
-    async def poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.poll_seconds)
-            try:
-                await self.poll_once()
-            except Exception:  # a scan that fails (e.g. a directory vanishing mid-scan) is retried next time
-                log.exception("repository poll failed; retrying in %.1f s", self.settings.poll_seconds)
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.controller.registry
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new requests (UNAVAILABLE), let in-flight ones finish, stop."""
-        await self.health.enter_graceful_shutdown()
-        if self.poller is not None:
-            self.poller.cancel()
-            await asyncio.gather(self.poller, return_exceptions=True)
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.controller.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
         await self.server.stop(max(0.0, deadline - loop.time()))
+        await self.controller.stop()
         await self.dataplane.stop()
-        self.loader.shutdown(wait=True)
 
 
 async def create_server(settings: ServerSettings) -> RunningServer:
     """Load the repository, bind ``settings.host:settings.grpc_port`` (0: any free port) and start."""
     registry = ModelRegistry(settings)
-    scan = scan_repository(settings.repository)
-    signatures = signatures_of(scan)
-    registry.load_all(scan)
-    # Repository loads get a thread of their own so that a slow load never holds up inference (each
-    # version's batcher has its own model threads).
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-load")
     dataplane = DataPlane(registry)
+    health = health_aio.HealthServicer()
+    controller = RepositoryController(settings, registry, dataplane, health)
+    controller.load_at_start()
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes),
                # gRPC sets SO_REUSEPORT by default: a second server on a busy port would "start" and the
@@ -153,14 +91,8 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
                     if settings.auth_token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    health = health_aio.HealthServicer()
-    running = RunningServer(server, 0, settings, registry, dataplane, health, loader, signatures=signatures)
-
-    def models_changed():
-        running.spawn(running.models_changed())
-
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, models_changed, loader, settings.model_control), server)
+    running = RunningServer(server, 0, settings, dataplane, controller)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, controller), server)
     server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([
@@ -188,9 +120,8 @@ async def create_server(settings: ServerSettings) -> RunningServer:
             raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
                             f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
     await server.start()
-    await running.update_health()
-    if settings.polling:
-        running.poller = asyncio.get_running_loop().create_task(running.poll_forever())
+    await controller.update_health()
+    controller.start()
     return running
 
 

@@ -13,7 +13,7 @@ from server import metrics
 from server.batching import ComputeTimes, DynamicBatcher
 from server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from server.execution import ModelThreads
-from server.models import READY, ModelRegistry, ServedVersion
+from server.models import READY, ModelRegistry, ServedVersion, VersionState
 
 SERVER_NAME = "bnserve"
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")
@@ -158,6 +158,23 @@ class DataPlane:
         """Ready when every model on disk serves at least one version (entries that are not models, such as
         a folder with an invalid name, are reported by RepositoryIndex but do not hold readiness back)."""
         return all(any(s.state == READY for s in self.registry.states(name)) for name in self.registry.model_names())
+
+    @property
+    def settings(self):
+        return self.registry.settings
+
+    def served(self, name: str | None = None) -> list[ServedVersion]:
+        """Every served version, or those of ``name``."""
+        return [m for m in self.registry.served() if name is None or m.name == name]
+
+    def served_versions(self, name: str) -> list[int]:
+        return self.registry.served_versions(name)
+
+    def index(self) -> list[VersionState]:
+        return self.registry.index()
+
+    def states(self, name: str) -> list[VersionState]:
+        return self.registry.states(name)
 
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)

@@ -107,7 +107,7 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def GetModelStatus(self, request, context):
-        states = self.dataplane.registry.states(request.model_spec.name)
+        states = self.dataplane.states(request.model_spec.name)
         version = requested_version(request.model_spec)
         if version:
             states = [s for s in states if str(s.version) == version]

@@ -7,8 +7,9 @@ import os
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
+from server.controller import RepositoryController
 from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ServingError
+from server.errors import InvalidInput, ModelLoadFailed, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import ServedVersion
 from server.settings import STREAM_WINDOW
@@ -117,16 +118,9 @@ def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, on_models_changed=lambda: None, loader=None, model_control="explicit"):
+    def __init__(self, dataplane: DataPlane, controller: RepositoryController):
         self.dataplane = dataplane
-        self.on_models_changed = on_models_changed
-        self.loader = loader
-        """Executor for repository loads (None: the event loop's default executor)."""
-        self.model_control = model_control
-
-    def check_model_control(self) -> None:
-        if self.model_control != "explicit":
-            raise ModelControlDisabled(self.model_control)
+        self.controller = controller
 
     @grpc_errors
     async def ServerLive(self, request, context):
@@ -150,7 +144,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelMetadata(self, request, context):
         model = self.dataplane.model(request.name, request.version)
-        versions = self.dataplane.registry.served_versions(request.name)
+        versions = self.dataplane.served_versions(request.name)
         return pb.ModelMetadataResponse(
             name=model.name, versions=[str(v) for v in versions], platform=model.backend.platform,
             inputs=[tensor_metadata(model.input)], outputs=[tensor_metadata(o) for o in model.outputs])
@@ -214,7 +208,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelConfig(self, request, context):
         model = self.dataplane.model(request.name, request.version)
-        return pb.ModelConfigResponse(config=to_model_config(model, self.dataplane.registry.settings))
+        return pb.ModelConfigResponse(config=to_model_config(model, self.dataplane.settings))
 
     @grpc_errors
     async def ModelStatistics(self, request, context):
@@ -223,14 +217,14 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 models = [self.dataplane.model(request.name, request.version)]
             else:
                 self.dataplane.model(request.name)  # NOT_FOUND for an unknown model
-                models = [m for m in self.dataplane.registry.served() if m.name == request.name]
+                models = self.dataplane.served(request.name)
         else:
-            models = self.dataplane.registry.served()
+            models = self.dataplane.served()
         return pb.ModelStatisticsResponse(model_stats=[to_model_statistics(m) for m in models])
 
     @grpc_errors
     async def RepositoryIndex(self, request, context):
-        states = self.dataplane.registry.index()
+        states = self.dataplane.index()
         if request.ready:
             states = [s for s in states if s.state == "READY"]
         return pb.RepositoryIndexResponse(models=[
@@ -240,10 +234,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):
-        self.check_model_control()
-        registry = self.dataplane.registry
-        states = await asyncio.get_running_loop().run_in_executor(self.loader, registry.load, request.model_name)
-        self.on_models_changed()
+        states = await self.controller.load(request.model_name)
         if not any(s.state == "READY" for s in states):
             raise ModelLoadFailed(f"model {request.model_name!r}: no version could be loaded: "
                                   + "; ".join(f"version {s.version}: {s.reason}" for s in states))
@@ -251,7 +242,5 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryModelUnload(self, request, context):
-        self.check_model_control()
-        self.dataplane.registry.unload(request.model_name)
-        self.on_models_changed()
+        await self.controller.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
