@@ -53,27 +53,30 @@ EXECUTION_FLAGS = ("strategy", "cpu_replicas", "collective_timeout_seconds")
 
 
 def add_train_parser(commands) -> None:
+    from trainer.config import TrainConfig
+
+    T = TrainConfig  # the defaults shown are the config dataclass's own; unset flags keep them (or, on --resume, the run's)
     parser = commands.add_parser("train", help="train a batch-normalised conv net with EMA shadow statistics")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, run.json)")
-    parser.add_argument("--data", help="digits (default), synthetic:HxWxC or PATH.npz with x [N,H,W,C], y [N]")
-    parser.add_argument("--epochs", type=int, help="total epochs of the run (default 15)")
-    parser.add_argument("--batch-size", type=int, help="default 64")
-    parser.add_argument("--seed", type=int, help="default 0")
-    parser.add_argument("--learning-rate", type=float, help="learning rate (default 3e-3)")
+    parser.add_argument("--data", help=f"{T.data} (default), synthetic:HxWxC or PATH.npz with x [N,H,W,C], y [N]")
+    parser.add_argument("--epochs", type=int, help=f"total epochs of the run (default {T.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"default {T.batch_size}")
+    parser.add_argument("--seed", type=int, help=f"default {T.seed}")
+    parser.add_argument("--learning-rate", type=float, help=f"learning rate (default {T.learning_rate:g})")
     parser.add_argument("--optimizer", choices=["adam", "sgd"],
-                        help="adam (default) or plain sgd (runs on two code paths stay comparable weight by weight)")
-    parser.add_argument("--heldout-fraction", type=float, help="default 0.2")
-    parser.add_argument("--widths", type=int_list, help="conv widths, comma-separated (default 32,64,64)")
-    parser.add_argument("--strides", type=int_list, help="conv strides, comma-separated (default 1,2,1)")
-    parser.add_argument("--decay", type=float, help="EMA decay of the BN shadow statistics (default 0.99)")
-    parser.add_argument("--epsilon", type=float, help="BN epsilon (default 1e-3)")
+                        help=f"adam or plain sgd (runs on two code paths stay comparable weight by weight; default {T.optimizer})")
+    parser.add_argument("--heldout-fraction", type=float, help=f"default {T.heldout_fraction:g}")
+    parser.add_argument("--widths", type=int_list, help=f"conv widths, comma-separated (default {','.join(map(str, T.widths))})")
+    parser.add_argument("--strides", type=int_list, help=f"conv strides, comma-separated (default {','.join(map(str, T.strides))})")
+    parser.add_argument("--decay", type=float, help=f"EMA decay of the BN shadow statistics (default {T.decay:g})")
+    parser.add_argument("--epsilon", type=float, help=f"BN epsilon (default {T.epsilon:g})")
     parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                         help="plain EMA decay instead of min(decay, (1 + n) / (10 + n))")
     parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
                         help="default: one device; mirrored: local GPUs or --cpu-replicas; multiworker: TF_CONFIG")
     parser.add_argument("--cpu-replicas", type=int, help="with mirrored: split the CPU into N logical devices")
     parser.add_argument("--collective-timeout-seconds", type=float,
-                        help="with multiworker: fail a step whose collectives wait longer (default 60)")
+                        help=f"with multiworker: fail a step whose collectives wait longer (default {T.collective_timeout_seconds:g})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.set_defaults(handler=run_train)
 
@@ -194,46 +197,56 @@ def run_export(args) -> int:
 
 
 def add_serve_parser(commands) -> None:
+    from server.settings import ServerSettings, VersionPolicy
+
+    S = ServerSettings  # every default below is the settings dataclass's own (one definition)
     parser = commands.add_parser("serve", help="serve the repository over gRPC (KServe v2, TF Serving, health)")
     parser.add_argument("--repository", required=True, type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=8500, help="0 picks a free port (default 8500)")
-    parser.add_argument("--backend", choices=["onnx", "tf"], default="onnx")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    parser.add_argument("--max-batch-size", type=int, default=64,
-                        help="largest batch one request may carry and one model call may run (default 64)")
-    parser.add_argument("--dynamic-batching", choices=["on", "off"], default="on",
+    parser.add_argument("--host", default=S.host, help="address to listen on (default %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=S.grpc_port, help="0 picks a free port (default %(default)s)")
+    parser.add_argument("--backend", choices=["onnx", "tf"], default=S.backend, help="(default %(default)s)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default=S.device, help="(default %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=S.max_batch_size,
+                        help="largest batch one request may carry and one model call may run (default %(default)s)")
+    parser.add_argument("--dynamic-batching", choices=["on", "off"], default="on" if S.dynamic_batching else "off",
                         help="coalesce concurrent requests into one model call (default on)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=1000,
-                        help="longest a batch waits for companions when traffic is concurrent (default 1000; "
+    parser.add_argument("--max-queue-delay-us", type=int, default=S.max_queue_delay_us,
+                        help="longest a batch waits for companions when traffic is concurrent (default %(default)s; "
                              "0: run as soon as an instance is free)")
-    parser.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model version")
-    parser.add_argument("--instances", type=int, default=1, help="concurrent model calls per version (default 1)")
-    parser.add_argument("--inline-compute-us", type=int, default=250,
+    parser.add_argument("--max-queue-size", type=int, default=S.max_queue_size,
+                        help="requests waiting per model version (default %(default)s)")
+    parser.add_argument("--instances", type=int, default=S.instances,
+                        help="concurrent model calls per version (default %(default)s)")
+    parser.add_argument("--inline-compute-us", type=int, default=S.inline_compute_us,
                         help="model calls measured at most this long run on the event loop, without a thread "
-                             "hand-off (default 250; 0: always on model threads)")
+                             "hand-off (default %(default)s; 0: always on model threads)")
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="per-model batching: max_batch_size, max_queue_delay_us, max_queue_size, instances, "
                              "dynamic_batching=on|off (repeatable)")
-    parser.add_argument("--version-policy", default="latest:1", help="latest:N (default latest:1), all, specific:V1,V2")
-    parser.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per session (0: its default)")
-    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
-    parser.add_argument("--grace-seconds", type=float, default=5.0, help="time in-flight requests get on SIGTERM")
-    parser.add_argument("--poll-seconds", type=float, default=2.0,
-                        help="repository scan interval for new/removed versions (default 2; 0: off)")
-    parser.add_argument("--max-connections", type=int, default=1000,
-                        help="connections the gRPC port holds at once; more are refused (default 1000)")
-    parser.add_argument("--connection-idle-seconds", type=float, default=300.0,
-                        help="close a connection without calls for this long (default 300)")
-    parser.add_argument("--handshake-seconds", type=float, default=10.0,
-                        help="close a connection that has not completed its HTTP/2 handshake in this time (default 10)")
-    parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default="poll",
+    parser.add_argument("--version-policy", default=str(VersionPolicy()),
+                        help="latest:N (default %(default)s), all, specific:V1,V2")
+    parser.add_argument("--intra-op-threads", type=int, default=S.intra_op_threads,
+                        help="ONNX Runtime threads per session (default %(default)s: its own default)")
+    parser.add_argument("--max-message-bytes", type=int, default=S.max_message_bytes,
+                        help="largest gRPC message received or sent (default %(default)s)")
+    parser.add_argument("--grace-seconds", type=float, default=S.grace_seconds,
+                        help="time in-flight requests get on SIGTERM (default %(default)s)")
+    parser.add_argument("--poll-seconds", type=float, default=S.poll_seconds,
+                        help="repository scan interval for new/removed versions (default %(default)s; 0: off)")
+    parser.add_argument("--max-connections", type=int, default=S.max_connections,
+                        help="connections the gRPC port holds at once; more are refused (default %(default)s)")
+    parser.add_argument("--connection-idle-seconds", type=float, default=S.connection_idle_seconds,
+                        help="close a connection without calls for this long (default %(default)s)")
+    parser.add_argument("--handshake-seconds", type=float, default=S.handshake_seconds,
+                        help="close a connection that has not completed its HTTP/2 handshake in this time "
+                             "(default %(default)s)")
+    parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default=S.model_control,
                         help="poll: follow the repository every --poll-seconds (default); none: load it at start only; "
                              "explicit: load it at start, then only RepositoryModelLoad/Unload change it (those RPCs "
                              "are refused otherwise)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)")
-    parser.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address of the metrics endpoint (default 127.0.0.1, whatever --host is)")
+    parser.add_argument("--metrics-host", default=S.metrics_host,
+                        help="address of the metrics endpoint (default %(default)s, whatever --host is)")
     parser.add_argument("--metrics-auth", action="store_true",
                         help="the metrics endpoint requires the --auth-token-file token too")
     parser.add_argument("--share-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its processes

@@ -121,18 +121,18 @@ class ServerSettings:
     """"onnx" (ONNX Runtime) or "tf" (TensorFlow SavedModel)."""
     device: str = "auto"
     """"auto": GPU when usable, else CPU; "gpu": fail at start-up without a usable GPU; "cpu"."""
-    max_batch_size: int = 64
+    max_batch_size: int = BatchingOptions.max_batch_size
     """Largest batch one request may carry, and one model call may run (ModelConfig max_batch_size)."""
-    dynamic_batching: bool = True
+    dynamic_batching: bool = BatchingOptions.coalesce
     """Coalesce concurrent requests into one model call; off: every request runs alone."""
-    max_queue_delay_us: int = 1000
+    max_queue_delay_us: int = BatchingOptions.max_queue_delay_us
     """Longest a batch waits for companions after its oldest request arrived (only while recent
     concurrency says they are coming, see server.batching); 0: run as soon as an instance is free."""
-    max_queue_size: int = 256
+    max_queue_size: int = BatchingOptions.max_queue_size
     """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
-    instances: int = 1
+    instances: int = BatchingOptions.instances
     """Model calls per version that may run at the same time."""
-    inline_compute_us: int = 250
+    inline_compute_us: int = BatchingOptions.inline_compute_us
     """Model calls measured to take at most this many microseconds run on the event loop, without the
     thread hand-off (see BatchingOptions.inline_compute_us); 0: always on model threads."""
     model_options: dict[str, dict] = field(default_factory=dict)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from trainer.config import TrainConfig
+
 
 class ShadowBatchNormalization(keras.layers.Layer):
     """Per-channel batch normalisation (channels last) with EMA shadow statistics.
@@ -33,8 +35,8 @@ class ShadowBatchNormalization(keras.layers.Layer):
 
     def __init__(
         self,
-        decay: float = 0.99,
-        epsilon: float = 1e-3,
+        decay: float = TrainConfig.decay,
+        epsilon: float = TrainConfig.epsilon,
         center: bool = True,
         scale: bool = True,
         num_updates: tf.Variable | None = None,

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.bn import ShadowBatchNormalization
+from trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class ModelConfig:
     """A conv followed by BN needs no bias (beta absorbs it); kept as an option for the exporter."""
     bn_scale: bool = True
     """Whether BN layers learn gamma."""
-    decay: float = 0.99
-    epsilon: float = 1e-3
+    decay: float = TrainConfig.decay
+    epsilon: float = TrainConfig.epsilon
     warmup: bool = True
     """Use num_updates = optimizer steps, i.e. decay min(decay, (1 + n) / (10 + n))."""
 
