@@ -30,7 +30,7 @@ from bnserve.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_tabl
 from trainer.checkpoint import restore_trained_model
 from trainer.rundir import check_has_checkpoint
 from trainer.data import Dataset, load_dataset, split
-from trainer.train import make_predict
+from trainer.model import NetworkParameters, make_predict
 
 class ParityError(BnserveError):
     """An artifact disagrees with the reference beyond the tolerance: nothing is published."""
@@ -56,10 +56,6 @@ def progress(step: str, log: Callable[[str], None]):
     log(f"{step}: done in {time.perf_counter() - started:.1f} s")
 
 
-def ema_statistics(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {norm.name: (norm.shadow_mean.numpy(), norm.shadow_variance.numpy()) for norm in model.norms}
-
-
 def precise_statistics(model, train: Dataset, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Population statistics re-estimated with frozen weights ("precise BN").
 
@@ -67,23 +63,16 @@ def precise_statistics(model, train: Dataset, batch_size: int) -> dict[str, tupl
     mean = sum_b n_b m_b / N and variance = sum_b n_b v_b / N, with m_b, v_b batch b's moments.
     """
     forward = make_predict(model, use_batch_statistics=True)
-    sums = {norm.name: [0.0, 0.0] for norm in model.norms}
+    sums: dict[str, list] = {}
     for start in range(0, len(train), batch_size):
         images = train.images[start:start + batch_size]
         forward(images)
-        for norm in model.norms:
-            sums[norm.name][0] += len(images) * norm.batch_mean.numpy().astype(np.float64)
-            sums[norm.name][1] += len(images) * norm.batch_variance.numpy().astype(np.float64)
+        for name, (mean, variance) in model.batch_moments().items():
+            total = sums.setdefault(name, [0.0, 0.0])
+            total[0] += len(images) * mean.astype(np.float64)
+            total[1] += len(images) * variance.astype(np.float64)
     return {name: (total_mean / len(train), total_variance / len(train))
             for name, (total_mean, total_variance) in sums.items()}
-
-
-def use_statistics(model, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Point the in-memory model's shadows at ``statistics`` (the checkpoint on disk is not touched)."""
-    for norm in model.norms:
-        mean, variance = statistics[norm.name]
-        norm.shadow_mean.assign(mean.astype(np.float32))
-        norm.shadow_variance.assign(variance.astype(np.float32))
 
 
 def heldout_accuracy(model, heldout: Dataset) -> float:
@@ -109,8 +98,8 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
     return {"saved_model": saved_model, "onnxruntime": onnx_runtime, "onnx_reference": onnx_reference}
 
 
-def build_manifest(request: ExportRequest, model, record: dict, checkpoint: str, accuracies: dict, parity: dict,
-                   ema_updates: int, golden: dict, input_range: tuple[float, float]) -> Manifest:
+def build_manifest(request: ExportRequest, network: NetworkParameters, record: dict, checkpoint: str,
+                   accuracies: dict, parity: dict, golden: dict, input_range: tuple[float, float]) -> Manifest:
     config, dataset = record["model"], record["dataset"]
     height, width, channels = config["input_shape"]
     classes = config["num_classes"]
@@ -121,9 +110,9 @@ def build_manifest(request: ExportRequest, model, record: dict, checkpoint: str,
         input_values=f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
         input_range=input_range,
         batch_normalization=BatchNormProvenance(
-            statistics=request.statistics, decay=config["decay"], warmup=config["warmup"], ema_updates=ema_updates,
-            epsilon=config["epsilon"], layers=len(model.norms),
-            folded=tuple(f"{conv.name}+{norm.name}" for conv, norm in zip(model.convs, model.norms)),
+            statistics=request.statistics, decay=config["decay"], warmup=config["warmup"],
+            ema_updates=network.ema_updates, epsilon=config["epsilon"], layers=len(network.blocks),
+            folded=tuple(f"{block.conv}+{block.bn}" for block in network.blocks),
             input_standardization="multiply-add (x * 1/std + -mean/std)"),
         heldout_accuracy=accuracies,
         parity=parity,
@@ -148,15 +137,16 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         config = record["config"]
         train, heldout = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
     accuracies = {"ema": heldout_accuracy(model, heldout)}
-    statistics = ema_statistics(model)
+    network = model.parameters()
+    statistics = network.shadow_statistics()
     if request.statistics == "precise":
         with progress("re-estimating precise BN statistics", log):
             statistics = precise_statistics(model, train, config["batch_size"])
-            use_statistics(model, statistics)
+            model.set_statistics(statistics)
             accuracies["precise"] = heldout_accuracy(model, heldout)
     built = staging_dir(request.repository)
     try:
-        module = FoldedModule(fold_network(model, statistics))
+        module = FoldedModule(fold_network(network, statistics))
         with progress("writing the SavedModel", log):
             write_saved_model(module, built / SAVED_MODEL)
         with progress(f"converting to ONNX (opset {request.opset})", log):
@@ -176,7 +166,7 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         write_golden(built / GOLDEN, golden_sets, {key: expected[key][:len(images)] for key, images in golden_sets.items()},
                      request.tolerance)
         manifest = build_manifest(
-            request, model, record, checkpoint, accuracies, parity, ema_updates=int(model.shadow_step.numpy()),
+            request, network, record, checkpoint, accuracies, parity,
             golden={"file": GOLDEN, "tolerance": request.tolerance,
                     "sets": {key: len(images) for key, images in golden_sets.items()}},
             input_range=(float(train.images.min()), float(train.images.max())))

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from bnserve.repository import INPUT_NAME
 from exporter.fold import fold_conv_bn
+from trainer.model import NetworkParameters
 
 
 @dataclass(frozen=True)
@@ -33,28 +34,25 @@ class FoldedNetwork:
     dense_bias: np.ndarray
 
 
-def fold_network(model, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> FoldedNetwork:
-    """Fold ``statistics`` ({BN layer name: (mean, variance)}) and the BN parameters into the convs.
+def fold_network(network: NetworkParameters, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> FoldedNetwork:
+    """Fold ``statistics`` ({BN layer name: (mean, variance)}) and each block's BN parameters into its conv.
 
     The input standardisation (x - m) / s becomes the multiply-add x * (1/s) + (-m/s).
     """
-    config = model.config
-    mean = np.asarray(model.standardize.mean.numpy(), np.float64)
-    std = np.asarray(model.standardize.std.numpy(), np.float64)
+    mean = np.asarray(network.input_mean, np.float64)
+    std = np.asarray(network.input_std, np.float64)
     convs = []
-    for conv, norm, stride in zip(model.convs, model.norms, config.strides):
-        bn_mean, bn_variance = statistics[norm.name]
-        kernel, bias = fold_conv_bn(
-            conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None, bn_mean, bn_variance, norm.epsilon,
-            norm.gamma.numpy() if norm.gamma is not None else None,
-            norm.beta.numpy() if norm.beta is not None else None)
-        convs.append(FoldedConv(kernel, bias, int(stride), f"{conv.name}+{norm.name}"))
+    for block in network.blocks:
+        bn_mean, bn_variance = statistics[block.bn]
+        kernel, bias = fold_conv_bn(block.kernel, block.bias, bn_mean, bn_variance, block.epsilon, block.gamma,
+                                    block.beta)
+        convs.append(FoldedConv(kernel, bias, block.stride, f"{block.conv}+{block.bn}"))
     return FoldedNetwork(
-        input_shape=tuple(config.input_shape),
+        input_shape=tuple(network.input_shape),
         input_scale=(1.0 / std).astype(np.float32), input_shift=(-mean / std).astype(np.float32),
         convs=tuple(convs),
-        dense_kernel=model.head.kernel.numpy().astype(np.float32),
-        dense_bias=model.head.bias.numpy().astype(np.float32),
+        dense_kernel=network.dense_kernel.astype(np.float32),
+        dense_bias=network.dense_bias.astype(np.float32),
     )
 
 

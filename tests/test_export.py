@@ -134,7 +134,7 @@ def test_folding_conv_with_bias_and_bn_without_gamma(conv_bias, bn_scale):
     for _ in range(4):
         step(rng.normal(2, 3, (16, 6, 6, 2)).astype(np.float32), rng.integers(0, 4, 16).astype(np.int64))
     statistics = {n.name: (n.shadow_mean.numpy(), n.shadow_variance.numpy()) for n in model.norms}
-    folded = FoldedModule(fold_network(model, statistics))
+    folded = FoldedModule(fold_network(model.parameters(), statistics))
     x = rng.normal(2, 3, (9, 6, 6, 2)).astype(np.float32)
     # Folding reorders the arithmetic (s * (W x) vs W x then BN): equal to rounding of the logits' scale.
     assert_same_function(folded.serve(x)["logits"].numpy(), model(x, training=False).numpy(), rtol=1e-4)

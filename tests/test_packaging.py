@@ -25,8 +25,12 @@ def site_packages_mb(venv: Path) -> float:
 @pytest.mark.timeout(900)
 def test_the_core_install_serves_predicts_and_verifies_without_tensorflow(exported, tmp_path):
     _, version_dir, _ = exported
+    # Built from a copy: pip builds in the source tree, and a build/ left in the checkout could outlive the code.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", ".bench", "build", "runs", "models",
+                                                                "__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     wheel = next((tmp_path / "dist").glob("bnserve-*.whl"))
     venv = tmp_path / "core"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

@@ -121,6 +121,71 @@ class ShadowBNConvNet(keras.Model):
         """{bn layer name: {"mean": shadow, "variance": shadow}}; EMA objects are not tracked by checkpoints."""
         return {norm.name: {"mean": norm.shadow_mean, "variance": norm.shadow_variance} for norm in self.norms}
 
+    def parameters(self) -> "NetworkParameters":
+        """Everything folding needs, as NumPy arrays: the one view of the network the exporter reads."""
+        blocks = []
+        for conv, norm, stride in zip(self.convs, self.norms, self.config.strides):
+            blocks.append(BlockParameters(
+                conv=conv.name, bn=norm.name, kernel=conv.kernel.numpy(),
+                bias=conv.bias.numpy() if conv.use_bias else None, stride=int(stride),
+                gamma=norm.gamma.numpy() if norm.gamma is not None else None,
+                beta=norm.beta.numpy() if norm.beta is not None else None, epsilon=float(norm.epsilon),
+                shadow_mean=norm.shadow_mean.numpy(), shadow_variance=norm.shadow_variance.numpy()))
+        return NetworkParameters(
+            input_shape=tuple(self.config.input_shape), input_mean=self.standardize.mean.numpy(),
+            input_std=self.standardize.std.numpy(), blocks=tuple(blocks),
+            dense_kernel=self.head.kernel.numpy(), dense_bias=self.head.bias.numpy(),
+            ema_updates=int(self.shadow_step.numpy()))
+
+    def batch_moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{bn layer name: (mean, biased variance)} of the last batch seen in training mode."""
+        return {norm.name: (norm.batch_mean.numpy(), norm.batch_variance.numpy()) for norm in self.norms}
+
+    def set_statistics(self, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Point the shadows at ``statistics`` (e.g. precise BN); the checkpoint on disk is not touched."""
+        for norm in self.norms:
+            mean, variance = statistics[norm.name]
+            norm.shadow_mean.assign(np.asarray(mean, np.float32))
+            norm.shadow_variance.assign(np.asarray(variance, np.float32))
+
+
+@dataclass(frozen=True)
+class BlockParameters:
+    """One conv -> BN block: kernel in TF's HWIO layout (out-channels last), BN parameters and shadows."""
+
+    conv: str
+    bn: str
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    stride: int
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    epsilon: float
+    shadow_mean: np.ndarray
+    shadow_variance: np.ndarray
+
+
+@dataclass(frozen=True)
+class NetworkParameters:
+    """The whole network as NumPy arrays (``ShadowBNConvNet.parameters()``)."""
+
+    input_shape: tuple[int, ...]
+    input_mean: np.ndarray
+    input_std: np.ndarray
+    blocks: tuple[BlockParameters, ...]
+    dense_kernel: np.ndarray
+    dense_bias: np.ndarray
+    ema_updates: int
+
+    def shadow_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {block.bn: (block.shadow_mean, block.shadow_variance) for block in self.blocks}
+
+
+def make_predict(model: ShadowBNConvNet, use_batch_statistics: bool):
+    """``logits = predict(images)``: inference mode (shadows) or normalised with each batch's own moments."""
+    signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32)]
+    return tf.function(lambda images: model(images, training=use_batch_statistics), input_signature=signature)
+
 
 def build_model(config: ModelConfig) -> ShadowBNConvNet:
     """Create the network and its variables (shadows included) eagerly, outside any tf.function."""

@@ -19,7 +19,7 @@ from trainer.checkpoint import readable_checkpoint, training_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Dataset, epoch_order, load_dataset, split
 from trainer.distribute import Cluster, make_cluster, split_batch
-from trainer.model import ModelConfig, ShadowBNConvNet, build_model
+from trainer.model import ModelConfig, ShadowBNConvNet, build_model, make_predict
 from trainer.rundir import CHECKPOINTS, LOGS, RUN_FORMAT, check_new_run_dir, read_run_record, write_run_record
 
 INFERENCE_BATCH = 256
@@ -84,12 +84,6 @@ def make_distributed_train_step(model: ShadowBNConvNet, optimizer: keras.optimiz
                            tf.constant(len(images), tf.float32))
 
     return step
-
-
-def make_predict(model: ShadowBNConvNet, use_batch_statistics: bool) -> Callable:
-    """``logits = predict(images)``: inference mode (shadows) or normalised with each batch's own moments."""
-    signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32)]
-    return tf.function(lambda images: model(images, training=use_batch_statistics), input_signature=signature)
 
 
 def accuracy(predict: Callable, data: Dataset, batch_size: int) -> float:
