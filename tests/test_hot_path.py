@@ -73,7 +73,7 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
     server = start_server(repository, "--model-control", "none", "--metrics-port", "0")
     channel, stub = stub_for(server.url)
     try:
-        batches = (1,) * 8 + (2, 3)
+        batches = (1,) * 24 + (2, 3)
         for batch in batches:
             assert stub.ModelInfer(infer_request(batch=batch)).model_version == "1"
         stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m", version="1")).model_stats[0]
@@ -82,9 +82,10 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         inline = metric(text, "bnserve_model_calls_total", model="m", version="1", place="inline")
         thread = metric(text, "bnserve_model_calls_total", model="m", version="1", place="thread")
-        # Batch size 1 was measured at load (warm-up, golden samples): inline, unless gRPC still had a callback
-        # waiting for the loop at that moment. Sizes 2 and 3 fall in buckets nobody measured yet: a thread.
-        assert inline + thread == len(batches) and inline >= 4 and thread >= 2, (inline, thread)
+        # Batch size 1 was measured at load (warm-up, golden samples): inline, whenever no other callback was
+        # waiting for the loop at that moment (how often depends on the machine: 2 of 8 on one pinned core,
+        # most of them on two). Sizes 2 and 3 fall in buckets nobody measured yet: a thread.
+        assert inline + thread == len(batches) and inline >= 1 and thread >= 2, (inline, thread)
     finally:
         channel.close()
         assert server.stop() == 0
