@@ -23,17 +23,29 @@ logits = v2_logits
 
 
 @pytest.fixture(scope="module")
-def batching_server(serving_repository):
-    # Model calls on threads only: an inline call (microseconds on the loop) can finish each request before
-    # the next of the client's burst has arrived, and then there is nothing to coalesce. This module is
-    # about coalescing; tests/test_hot_path.py is about inline calls.
-    process = start_server(serving_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32",
-                           "--inline-compute-us", "0")
+def batching_server(exported, tmp_path_factory):
+    """A model that computes for milliseconds (tests/onnx_models.slow_model): while one call runs, the rest of a
+    client's burst arrives and queues, on any machine, so there is something to coalesce. (With the
+    digits model a call can finish before the next request of a Python client's burst has arrived.)"""
+    from tests.onnx_models import slow_model
+    from tests.test_operations import publish_copy
+    from tests.test_parity_at_load import rehash, without_golden
+
+    def slow(directory):
+        slow_model(directory / "model.onnx", copies=128)
+        without_golden(directory)
+        rehash(directory)
+
+    repository = tmp_path_factory.mktemp("batching")
+    publish_copy(exported[1], repository, "digits", 1, mutate=slow)
+    process = start_server(repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32",
+                           "--model-control", "none")
+    process.repository = repository
     yield process
     assert process.stop() == 0, "\n".join(process.log)
 
 
-def test_concurrent_requests_are_batched_and_answered_exactly(batching_server, serving_repository):
+def test_concurrent_requests_are_batched_and_answered_exactly(batching_server):
     samples = np.random.default_rng(8).uniform(0, 16, (32, 1, 8, 8, 1)).astype(np.float32)
 
     async def send_all():
@@ -42,7 +54,7 @@ def test_concurrent_requests_are_batched_and_answered_exactly(batching_server, s
             return await asyncio.gather(*(stub.ModelInfer(request(x)) for x in samples))
 
     responses = asyncio.run(send_all())
-    session = onnxruntime.InferenceSession(str(serving_repository / "digits" / "1" / "model.onnx"),
+    session = onnxruntime.InferenceSession(str(batching_server.repository / "digits" / "1" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
     for x, response in zip(samples, responses):
         # The server ran x inside a batch of others, the session alone: other batch sizes may take other
