@@ -8,6 +8,10 @@ how many requests are already inside the batcher (queued or running), and the ba
 that number. A lone client (nothing else inside when it arrives) is never held back; 32 concurrent
 clients fill batches instead of paying one thread hand-off each.
 ``coalesce=False`` runs every request alone (batching off), with the same queue and deadlines.
+
+A batch runs on a model thread, or on the event loop itself when its measured compute time is within
+``inline_compute_us`` and nothing else could use the loop meanwhile (``DynamicBatcher._runs_inline``):
+a lone client then pays no thread hand-off, and a slow model still never blocks the loop.
 """
 
 from __future__ import annotations
