@@ -187,7 +187,7 @@ class DataPlane:
             metrics.REQUESTS.labels("", "", error.code.name).inc()
             return
         model.statistics.record_request(False, 0)
-        metrics.REQUESTS.labels(model.name, str(model.version), error.code.name).inc()
+        self._request_metrics(model, error.code.name)[0].inc()
 
     def _request_metrics(self, model: ServedVersion, code: str):
         """The labelled metric children of (version, status code), looked up once: labels() costs more
@@ -218,7 +218,7 @@ class DataPlane:
             batcher = self.batcher(model)
             images = validated_images(model, request, batcher.options.max_batch_size)
             outputs = list(request.outputs) or model.output_names
-            check_response_size(model, len(images), outputs, self.registry.settings.max_message_bytes)
+            check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
             results = await batcher.submit(images, outputs, request.timeout_s)
         except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
             code = exc.code.name if isinstance(exc, ServingError) else (

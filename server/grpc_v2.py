@@ -19,7 +19,6 @@ from server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array
 CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
 
 
-
 def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
     """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
     raw = request.raw_input_contents
