@@ -200,10 +200,12 @@ def add_serve_parser(commands) -> None:
     from server.settings import ServerSettings, VersionPolicy
 
     S = ServerSettings  # every default below is the settings dataclass's own (one definition)
-    parser = commands.add_parser("serve", help="serve the repository over gRPC (KServe v2, TF Serving, health)")
+    parser = commands.add_parser("serve", help="serve the repository over gRPC and HTTP (KServe v2, TF Serving, health)")
     parser.add_argument("--repository", required=True, type=Path)
     parser.add_argument("--host", default=S.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=S.grpc_port, help="0 picks a free port (default %(default)s)")
+    parser.add_argument("--http-port", type=int, default=S.http_port,
+                        help="KServe v2 and TensorFlow Serving REST on this port (default %(default)s; 0: no HTTP)")
     parser.add_argument("--backend", choices=["onnx", "tf"], default=S.backend, help="(default %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default=S.device, help="(default %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=S.max_batch_size,
@@ -274,7 +276,8 @@ def run_serve(args) -> int:
     from server.settings import ServerSettings, VersionPolicy, parse_model_option
 
     settings = ServerSettings(
-        repository=args.repository, host=args.host, grpc_port=args.grpc_port, backend=args.backend,
+        repository=args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+        backend=args.backend,
         device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
         max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
         inline_compute_us=args.inline_compute_us,
@@ -293,7 +296,7 @@ def run_serve(args) -> int:
     if args.workers > 1:
         from server.workers import run_workers
 
-        return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port)
+        return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port, args.http_port)
     from server.app import serve
 
     asyncio.run(serve(settings))  # a StartupError is a UserError: one line, exit status 2

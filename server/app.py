@@ -54,6 +54,9 @@ class RunningServer:
     dataplane: DataPlane
     controller: RepositoryController
     metrics_port: int | None = None
+    http: object | None = None
+    """The aiohttp AppRunner of the HTTP port (None without one)."""
+    http_port: int | None = None
 
     @property
     def registry(self) -> ModelRegistry:
@@ -65,6 +68,8 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
+        if self.http is not None:  # closes the listener and idle connections; open requests have drained
+            await self.http.cleanup()
         await self.server.stop(max(0.0, deadline - loop.time()))
         await self.controller.stop()
         await self.dataplane.stop()
@@ -119,6 +124,14 @@ async def create_server(settings: ServerSettings) -> RunningServer:
             await server.stop(0)
             raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
                             f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
+    if settings.http_port:
+        from server.rest import start_http  # aiohttp is imported only by servers that speak HTTP
+
+        try:
+            running.http, running.http_port = await start_http(dataplane, controller, settings)
+        except BaseException:
+            await server.stop(0)
+            raise
     await server.start()
     await controller.update_health()
     controller.start()
@@ -136,6 +149,9 @@ async def serve(settings: ServerSettings) -> None:
     scheme = "TLS" if settings.tls_cert else "plaintext"
     if running.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics_port)
+    if running.http_port is not None:
+        log.info("HTTP on %s://%s:%d (KServe v2 REST /v2, TensorFlow Serving REST /v1)",
+                 "https" if settings.tls_cert else "http", settings.host, running.http_port)
     log.info("listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)", settings.host, running.port,
              scheme, settings.backend, len(running.registry.served()),
              f"every {settings.poll_seconds:g} s" if settings.polling else f"off, model control {settings.model_control}")

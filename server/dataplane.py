@@ -179,38 +179,40 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
 
-    def record_rejection(self, model_name: str, model_version: str, error: ServingError) -> None:
+    def record_rejection(self, model_name: str, model_version: str, error: ServingError,
+                         protocol: str = "grpc") -> None:
         """Count a request refused before it became an InferenceRequest (e.g. bytes that do not fit its shape)."""
         try:
             model = self.registry.get(model_name, model_version)
         except ServingError:
-            metrics.REQUESTS.labels("", "", error.code.name).inc()
+            metrics.REQUESTS.labels("", "", error.code.name, protocol).inc()
             return
         model.statistics.record_request(False, 0)
-        self._request_metrics(model, error.code.name)[0].inc()
+        self._request_metrics(model, error.code.name, protocol)[0].inc()
 
-    def _request_metrics(self, model: ServedVersion, code: str):
-        """The labelled metric children of (version, status code), looked up once: labels() costs more
-        than the increment itself on the request path."""
-        key = (model.name, model.version, code)
+    def _request_metrics(self, model: ServedVersion, code: str, protocol: str):
+        """The labelled metric children of (version, status code, protocol), looked up once: labels() costs
+        more than the increment itself on the request path."""
+        key = (model.name, model.version, code, protocol)
         children = self._metric_children.get(key)
         if children is None:
             version = str(model.version)
-            children = (metrics.REQUESTS.labels(model.name, version, code),
-                        metrics.REQUEST_SECONDS.labels(model.name, version))
+            children = (metrics.REQUESTS.labels(model.name, version, code, protocol),
+                        metrics.REQUEST_SECONDS.labels(model.name, version, protocol))
             self._metric_children[key] = children
         return children
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Validate (before any batching, so a bad request never joins a batch), then run via the batcher."""
+    async def infer(self, request: InferenceRequest, protocol: str = "grpc") -> InferenceResponse:
+        """Validate (before any batching, so a bad request never joins a batch), then run via the batcher.
+        ``protocol`` ("grpc" or "http") labels the request metrics only: both mean the same here."""
         started = time.perf_counter_ns()
         if not self.accepting:
-            metrics.REQUESTS.labels("", "", "UNAVAILABLE").inc()
+            metrics.REQUESTS.labels("", "", "UNAVAILABLE", protocol).inc()
             raise Unavailable("the server is shutting down; retry on another replica")
         try:
             model = self.registry.get(request.model_name, request.model_version)
         except ServingError as exc:
-            metrics.REQUESTS.labels("", "", exc.code.name).inc()
+            metrics.REQUESTS.labels("", "", exc.code.name, protocol).inc()
             raise
         self.in_flight += 1
         code = "OK"
@@ -228,7 +230,7 @@ class DataPlane:
             self.in_flight -= 1
             elapsed = time.perf_counter_ns() - started
             model.statistics.record_request(code == "OK", elapsed)
-            requests, seconds = self._request_metrics(model, code)
+            requests, seconds = self._request_metrics(model, code, protocol)
             requests.inc()
             seconds.observe(elapsed / 1e9)
         return InferenceResponse(model.name, str(model.version), request.id,

@@ -1,4 +1,8 @@
-"""Serving errors: each knows its gRPC status code and builds its own message."""
+"""Serving errors: each knows its gRPC status code, its HTTP status, and builds its own message.
+
+HTTP statuses follow what the REST protocols specify and Triton / TensorFlow Serving answer: 400 for a
+request the client must change, 404 for an unknown model or version, 503 for "retry later" (shutting
+down, queue full), 500 only for the server's own faults."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from bnserve.errors import BnserveError, UserError
 
 class ServingError(BnserveError):
     code = grpc.StatusCode.INTERNAL
+    http_status = 500
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -17,6 +22,7 @@ class ServingError(BnserveError):
 
 class ModelNotFound(ServingError):
     code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
 
     def __init__(self, name: str, version: str | int | None = None, reason: str = ""):
         where = f"model {name!r}" + (f" version {version}" if version not in (None, "") else "")
@@ -27,16 +33,19 @@ class InvalidInput(ServingError):
     """A request field is wrong; the message names the field and what was expected."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
 
 
 class ModelLoadFailed(ServingError):
     """No version of the model could be loaded (Triton answers INTERNAL here too)."""
 
     code = grpc.StatusCode.INTERNAL
+    http_status = 400
 
 
 class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 503
 
 
 class ModelOutputMismatch(ServingError):
@@ -49,6 +58,7 @@ class ModelControlDisabled(ServingError):
     """RepositoryModelLoad/Unload outside --model-control explicit (Triton answers UNAVAILABLE here too)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    http_status = 400
 
     def __init__(self, mode: str):
         super().__init__(f"explicit model load / unload is not allowed: the server runs with --model-control {mode} "
@@ -59,14 +69,17 @@ class ResponseTooLarge(ServingError):
     """The answer would exceed --max-message-bytes: refused before anything is computed or built."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 400
 
 
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
 
 
 class Unavailable(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
 
 
 class StartupError(UserError):

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus-client), served over HTTP on --metrics-port.
 
-    bnserve_requests_total{model,version,code}        requests answered, by gRPC status code
-    bnserve_request_seconds{model,version}            histogram: time inside the server of decoded requests
+    bnserve_requests_total{model,version,code,protocol}  requests answered, by gRPC status code (the HTTP
+                                                      status maps from it) and protocol (grpc or http)
+    bnserve_request_seconds{model,version,protocol}   histogram: time inside the server of decoded requests
     bnserve_queue_seconds{model,version}              histogram: time a request waited for its batch
     bnserve_compute_seconds{model,version}            histogram: model call time per batch
     bnserve_batch_size{model,version}                 histogram: samples per model call
@@ -26,8 +27,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-REQUESTS = Counter("bnserve_requests", "Requests answered, by gRPC status code", ["model", "version", "code"])
-REQUEST_SECONDS = Histogram("bnserve_request_seconds", "Request time inside the server", ["model", "version"],
+REQUESTS = Counter("bnserve_requests", "Requests answered, by gRPC status code and protocol",
+                   ["model", "version", "code", "protocol"])
+REQUEST_SECONDS = Histogram("bnserve_request_seconds", "Request time inside the server", ["model", "version", "protocol"],
                             buckets=LATENCY_BUCKETS)
 QUEUE_SECONDS = Histogram("bnserve_queue_seconds", "Time a request waited for its batch", ["model", "version"],
                           buckets=LATENCY_BUCKETS)

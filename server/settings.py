@@ -117,6 +117,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 8500
     """0 picks a free port; the chosen one is logged ("listening on HOST:PORT")."""
+    http_port: int = 8501
+    """KServe v2 REST and TensorFlow Serving REST on this port, same data plane as gRPC; 0: no HTTP."""
     backend: str = "onnx"
     """"onnx" (ONNX Runtime) or "tf" (TensorFlow SavedModel)."""
     device: str = "auto"
@@ -141,7 +143,7 @@ class ServerSettings:
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per session; 0 = ONNX Runtime's default."""
     max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message received or sent."""
+    """Largest gRPC message received or sent, and largest HTTP request body."""
     grace_seconds: float = 5.0
     """How long in-flight requests may take to finish after SIGTERM/SIGINT, or after their version was superseded."""
     poll_seconds: float = 2.0
@@ -186,6 +188,8 @@ class ServerSettings:
             raise UserError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if not 0 <= self.grpc_port <= 65535:
             raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
+        if not 0 <= self.http_port <= 65535:
+            raise UserError(f"--http-port {self.http_port}: expected 1 to 65535, or 0 for no HTTP")
         check_batching("--", self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
                        self.inline_compute_us)
         for name in self.model_options:

@@ -56,3 +56,49 @@ def array_from_values(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
     if len(values) != expected:
         raise InvalidInput(f"{field}: {len(values)} values, expected {expected} for shape {list(shape)}")
     return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+FP32_MAX = float(np.finfo(np.float32).max)
+
+
+def array_from_json(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
+    """JSON numbers (a flat list, or nested lists in row-major order) as ``dtype`` in ``shape`` (None: the
+    shape of the nesting itself, as TensorFlow Serving's REST API reads it).
+
+    Strict where NumPy would guess: booleans are not numbers (and only booleans fill BOOL), strings and
+    ragged lists are refused, floats fill integer types only when integral, and a float beyond the FP32
+    range is refused rather than turned into infinity."""
+    if not isinstance(values, list):
+        raise InvalidInput(f"{field}: expected a list of numbers, got {json_type(values)}")
+    try:
+        array = np.array(values)
+    except (ValueError, OverflowError):
+        expected = "equal-length nested lists" if shape is None else f"a flat or row-major nested list for shape {list(shape)}"
+        raise InvalidInput(f"{field}: nested lists of unequal length, or numbers out of range; expected "
+                           f"{expected} of numbers") from None
+    kind = array.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b" and array.size:
+            raise InvalidInput(f"{field}: expected true/false values for BOOL, got {json_kind(array)}")
+    elif kind not in "iuf" and array.size:
+        raise InvalidInput(f"{field}: expected numbers, got {json_kind(array)}")
+    elif dtype.kind in "iu" and kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise InvalidInput(f"{field}: expected integers for {NUMPY_TO_V2[dtype]}, got fractional numbers")
+    elif dtype == np.float32 and kind == "f" and array.size and np.abs(array).max() > FP32_MAX:
+        raise InvalidInput(f"{field}: a value is beyond the FP32 range (±{FP32_MAX:.6g})")
+    if dtype.kind in "iu" and array.size and kind in "iu":
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"{field}: a value is outside the {NUMPY_TO_V2[dtype]} range")
+    return array_from_values(array.reshape(-1), dtype, array.shape if shape is None else shape, field)
+
+
+def json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def json_kind(array: np.ndarray) -> str:
+    return {"b": "booleans", "U": "strings", "O": "mixed values (strings, objects, nulls or huge integers)"}.get(
+        array.dtype.kind, array.dtype.name)

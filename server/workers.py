@@ -28,11 +28,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return reservation
 
 
-REPLACED = ("--workers", "--grpc-port", "--metrics-port")
+REPLACED = ("--workers", "--grpc-port", "--metrics-port", "--http-port")
 
 
-def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int | None) -> list[str]:
-    """Worker ``index``'s serve arguments: the reserved gRPC port, and metrics on port + index
+def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int | None, http_port: int = 0) -> list[str]:
+    """Worker ``index``'s serve arguments: the reserved gRPC and HTTP ports, and metrics on port + index
     (each process has its own counters; with port 0 each picks a free one)."""
     kept, skip = [], False
     for argument in argv:
@@ -45,7 +45,7 @@ def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int |
         if argument.startswith(tuple(f"{flag}=" for flag in REPLACED)):
             continue
         kept.append(argument)
-    kept += ["--grpc-port", str(port), "--workers", "1", "--share-port"]
+    kept += ["--grpc-port", str(port), "--http-port", str(http_port), "--workers", "1", "--share-port"]
     if metrics_port is not None:
         kept += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
     return kept
@@ -58,7 +58,8 @@ STABLE_AFTER_S = 60.0
 EXIT_USER_ERROR = 2
 
 
-def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_port: int | None = None) -> int:
+def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_port: int | None = None,
+                http_port: int = 0) -> int:
     """Start the workers, restart any that dies (delay doubling from 1 s up to 30 s), pass SIGTERM/SIGINT on.
 
     A worker that exits with status 2 (a user error, e.g. a port it cannot bind) is not restarted: every
@@ -69,9 +70,16 @@ def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_por
     except OSError as exc:
         raise UserError(f"--grpc-port {port}: port {port} is in use on {host} ({exc.strerror})") from None
     port = reservation.getsockname()[1]
+    http_reservation = None
+    if http_port:
+        try:
+            http_reservation = reserve_port(host, http_port)
+        except OSError as exc:
+            raise UserError(f"--http-port {http_port}: port {http_port} is in use on {host} ({exc.strerror})") from None
 
     def start(index: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "bnserve.cli", *worker_arguments(argv, port, index, metrics_port)])
+        return subprocess.Popen([sys.executable, "-m", "bnserve.cli",
+                                 *worker_arguments(argv, port, index, metrics_port, http_port)])
 
     children = [start(i) for i in range(workers)]
     started = [time.monotonic()] * workers
@@ -119,6 +127,8 @@ def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_por
         time.sleep(0.1)
     codes = [child.wait() for child in children]
     reservation.close()
+    if http_reservation is not None:
+        http_reservation.close()
     log.info("all workers stopped (exit codes %s)", codes)
     if user_error:
         return EXIT_USER_ERROR

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +20,15 @@ class ServerProcess:
     process: subprocess.Popen
     port: int
     log: list[str] = field(default_factory=list)
+    http_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
@@ -33,10 +39,21 @@ class ServerProcess:
         return Path(f"/proc/{self.process.pid}/maps").read_text()
 
 
-def start_server(repository: Path, *flags: str, timeout: float = 120) -> ServerProcess:
-    """`bnserve serve` on 127.0.0.1, port 0."""
-    return start_listening([sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
-                            "--grpc-port", "0", *flags], timeout)
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick for port 0, released at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(repository: Path, *flags: str, timeout: float = 120, http: bool = False) -> ServerProcess:
+    """`bnserve serve` on 127.0.0.1, gRPC port 0; with ``http`` the HTTP port too (a free one), else no HTTP
+    (its default, 8501, would collide between servers)."""
+    http_port = free_port() if http else 0
+    server = start_listening([sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
+                              "--grpc-port", "0", "--http-port", str(http_port), *flags], timeout)
+    server.http_port = http_port or None
+    return server
 
 
 def start_listening(command: list[str], timeout: float = 120) -> ServerProcess:

@@ -1,0 +1,294 @@
+"""The HTTP front door: KServe v2 REST and TensorFlow Serving REST on aiohttp, in the gRPC server's process
+and event loop, through the same data plane (validation, batcher, statistics, metrics) and the same
+repository controller.
+
+Why aiohttp: it runs inside the event loop grpc.aio already owns (no second loop, no signal handling of
+its own) and brings what a public endpoint needs without hand-written code: a request body cap
+(``client_max_size``), Content-Encoding decoding, response compression, TLS and graceful shutdown. The
+measurement behind the choice is in bench/http_library.py and the README.
+
+Errors are JSON ``{"error": "..."}`` with the data plane's message; the status comes from the error
+(``ServingError.http_status``): 400 bad request, 404 unknown model or version, 401 without a valid token,
+413 body over --max-message-bytes, 503 shutting down or queue full, 500 only for the server's own faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import ssl
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from server import rest_tfserving, rest_v2
+from server.controller import RepositoryController
+from server.dataplane import DataPlane
+from server.errors import InvalidInput, ModelLoadFailed, ServingError, Unavailable
+from server.grpc_errors import ErrorLogLimiter
+from server.grpc_v2 import to_model_config, to_model_statistics
+from server.models import READY
+from server.rest_v2 import HEADER_LENGTH, expect, parse_json
+from server.settings import ServerSettings
+
+log = logging.getLogger("bnserve.server")
+limiter = ErrorLogLimiter()
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+ACCEPTED_BODY_TYPES = ("", JSON, BINARY, "application/x-www-form-urlencoded")
+"""Content types an infer / predict body may declare. None (as tritonclient.http sends) means JSON; so does
+curl's default for ``-d``, which TensorFlow Serving's own REST examples rely on."""
+
+
+def json_response(document, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(document, separators=(",", ":")).encode(), status=status,
+                        content_type=JSON)
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
+    response = json_response({"error": message}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class HttpFront:
+    """The routes and their handlers; one per server process."""
+
+    def __init__(self, dataplane: DataPlane, controller: RepositoryController, settings: ServerSettings):
+        self.dataplane = dataplane
+        self.controller = controller
+        self.settings = settings
+        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self._open_paths = HEALTH_PATHS if settings.health_without_auth else ()
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard], client_max_size=self.settings.max_message_bytes,
+                              handler_args={"max_field_size": 16384})
+        add = app.router.add_route
+        # The v2 routes. /v2/models/stats is listed before /v2/models/{model}: routes match in order.
+        add("GET", "/v2", self.server_metadata)
+        add("GET", "/v2/health/live", self.live)
+        add("GET", "/v2/health/ready", self.ready)
+        add("GET", "/v2/models/stats", self.model_statistics)
+        add("POST", "/v2/repository/index", self.repository_index)
+        add("POST", "/v2/repository/models/{model}/load", self.load)
+        add("POST", "/v2/repository/models/{model}/unload", self.unload)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            add("GET", prefix, self.model_metadata)
+            add("GET", prefix + "/ready", self.model_ready)
+            add("POST", prefix + "/infer", self.infer)
+            add("GET", prefix + "/config", self.model_config)
+            add("GET", prefix + "/stats", self.model_statistics)
+        # TensorFlow Serving: GET status / metadata, POST NAME[/versions/V|/labels/L]:predict.
+        for prefix in ("/v1/models/{model:[^/:]+}", "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}",
+                       "/v1/models/{model:[^/:]+}/labels/{label:[^/:]+}"):
+            add("GET", prefix, self.tf_status)
+            add("GET", prefix + "/metadata", self.tf_metadata)
+            add("POST", prefix + ":{method}", self.tf_predict)
+        return app
+
+    # -- cross-cutting: authentication, and every error as JSON with its status ------------------------------
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler):
+        if self._expected is not None and request.path not in self._open_paths:
+            supplied = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(supplied, self._expected):
+                reason = "missing 'Authorization' header" if not supplied else "invalid bearer token"
+                return error_response(401, f"{reason}; expected 'Authorization: Bearer <token>'",
+                                      {"WWW-Authenticate": "Bearer"})
+        try:
+            return await handler(request)
+        except ServingError as exc:
+            limiter.log(f"HTTP {request.method} {request.path}", exc.code, exc.message)
+            return error_response(exc.http_status, exc.message)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 404:
+                message = f"no such endpoint: {request.method} {request.path}"
+            elif exc.status == 405:
+                message = f"{request.method} is not allowed on {request.path}; expected {exc.headers.get('Allow')}"
+            else:
+                message = exc.text or exc.reason
+            return error_response(exc.status, message)
+        except (HttpProcessingError, ValueError) as exc:  # e.g. a body whose Content-Encoding does not decode
+            return error_response(400, f"body: cannot be read ({type(exc).__name__}: {exc})")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def body(self, request: web.Request) -> bytes:
+        """The request body, refused before reading when its declared size or content type is wrong."""
+        if request.content_length is not None and request.content_length > self.settings.max_message_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_message_bytes,
+                                                actual_size=request.content_length)
+        declared = request.headers.get("Content-Type", "")
+        if request.content_type not in ACCEPTED_BODY_TYPES and declared:
+            raise InvalidInput(f"Content-Type: got {declared!r}, expected {JSON} (or {BINARY} with "
+                               f"{HEADER_LENGTH})")
+        return await request.read()
+
+    # -- KServe v2 --------------------------------------------------------------------------------------
+
+    async def server_metadata(self, request):
+        name, version, extensions = self.dataplane.server_metadata()
+        return json_response({"name": name, "version": version, "extensions": list(extensions)})
+
+    async def live(self, request):
+        return json_response({"live": True})
+
+    async def ready(self, request):
+        ready = self.dataplane.accepting and self.dataplane.server_ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def model_metadata(self, request):
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        model = self.dataplane.model(name, version)
+        return json_response({
+            "name": model.name, "versions": [str(v) for v in self.dataplane.served_versions(name)],
+            "platform": model.backend.platform,
+            "inputs": [{"name": model.input.name, "datatype": model.input.datatype, "shape": model.input.shape}],
+            "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in model.outputs]})
+
+    async def model_ready(self, request):
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        ready = self.dataplane.accepting and self.dataplane.model_ready(name, version)
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+
+    async def infer(self, request: web.Request):
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        try:
+            if not self.dataplane.accepting:
+                raise Unavailable("the server is shutting down; retry on another replica")
+            body = await self.body(request)
+            domain, encoding = rest_v2.parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+        except ServingError as exc:
+            self.dataplane.record_rejection(name, version, exc, "http")
+            raise
+        answer = await self.dataplane.infer(domain, "http")
+        content, header_length = rest_v2.encode_infer(answer, encoding)
+        if header_length is None:
+            response = web.Response(body=content, content_type=JSON)
+        else:
+            response = web.Response(body=content, content_type=BINARY, headers={HEADER_LENGTH: str(header_length)})
+        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+    async def model_config(self, request):
+        model = self.dataplane.model(request.match_info["model"], request.match_info.get("version", ""))
+        return json_response(rest_v2.message_json(to_model_config(model, self.settings)))
+
+    async def model_statistics(self, request):
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        if name and version:
+            models = [self.dataplane.model(name, version)]
+        elif name:
+            self.dataplane.model(name)  # 404 for an unknown model
+            models = self.dataplane.served(name)
+        else:
+            models = self.dataplane.served()
+        return json_response({"model_stats": [rest_v2.message_json(to_model_statistics(m)) for m in models]})
+
+    async def repository_index(self, request):
+        body = await self.body(request)
+        document = parse_json(body) if body.strip() else {}
+        expect(document, dict, "body", 'a JSON object such as {"ready": true}')
+        ready_only = expect(document.get("ready", False), bool, "ready", "true or false")
+        states = [s for s in self.dataplane.index() if s.state == READY or not ready_only]
+        return json_response([{"name": s.name, **({"version": str(s.version)} if s.version else {}),
+                               "state": s.state, "reason": s.reason} for s in states])
+
+    async def load(self, request):
+        name = request.match_info["model"]
+        states = await self.controller.load(name)
+        if not any(s.state == READY for s in states):
+            raise ModelLoadFailed(f"model {name!r}: no version could be loaded: "
+                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
+        return json_response({})
+
+    async def unload(self, request):
+        await self.controller.unload(request.match_info["model"])
+        return json_response({})
+
+    # -- TensorFlow Serving -----------------------------------------------------------------------------
+
+    @staticmethod
+    def tf_version(request) -> str:
+        if "label" in request.match_info:
+            raise rest_tfserving.label_refused(request.match_info["label"])
+        return request.match_info.get("version", "")
+
+    async def tf_status(self, request):
+        name, version = request.match_info["model"], self.tf_version(request)
+        states = self.dataplane.states(name)
+        if version:
+            states = [s for s in states if str(s.version) == version]
+        if not states:
+            self.dataplane.model(name, version)  # 404, with the reason
+        return json_response(rest_tfserving.status_json(states))
+
+    async def tf_metadata(self, request):
+        model = self.dataplane.model(request.match_info["model"], self.tf_version(request))
+        return json_response(rest_tfserving.metadata_json(model))
+
+    async def tf_predict(self, request: web.Request):
+        name = request.match_info["model"]
+        method = request.match_info["method"]
+        try:
+            if method != "predict":
+                raise InvalidInput(f":{method}: not served; expected :predict (classify and regress need "
+                                   "signatures these models do not have)")
+            version = self.tf_version(request)
+            if not self.dataplane.accepting:
+                raise Unavailable("the server is shutting down; retry on another replica")
+            model = self.dataplane.model(name, version)
+            domain, row_format = rest_tfserving.parse_predict(await self.body(request), model, version)
+        except ServingError as exc:
+            self.dataplane.record_rejection(name, request.match_info.get("version", ""), exc, "http")
+            raise
+        answer = await self.dataplane.infer(domain, "http")
+        return json_response(rest_tfserving.encode_predict(answer, row_format))
+
+
+def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The same certificate, key and client CA as the gRPC port (files checked by ServerSettings)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def start_http(dataplane: DataPlane, controller: RepositoryController,
+                     settings: ServerSettings) -> tuple[web.AppRunner, int]:
+    """Serve HTTP on settings.host:settings.http_port; returns the runner (cleanup() stops it) and the port."""
+    from bnserve.errors import UserError
+
+    app = HttpFront(dataplane, controller, settings).application()
+    # access_log None: a line per request would cost more than the request; errors are logged (rate-limited).
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.connection_idle_seconds,
+                           shutdown_timeout=settings.grace_seconds, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=ssl_context(settings),
+                       reuse_port=settings.share_port or None, backlog=min(settings.max_connections, 4096))
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UserError(f"--http-port {settings.http_port}: cannot listen on {settings.host}:{settings.http_port} "
+                        f"({exc.strerror})") from None
+    return runner, runner.addresses[0][1]

@@ -1,0 +1,109 @@
+"""TensorFlow Serving's REST API: model status, metadata and ``:predict`` in the row and columnar formats.
+
+Shapes follow TensorFlow Serving's documentation (https://www.tensorflow.org/tfx/serving/api_rest):
+
+- row format, ``{"instances": [row, ...]}``: a row is the input's value for one sample, or
+  ``{"images": value}``; the answer is ``{"predictions": [...]}``, one entry per row, each an object
+  ``{output: value}`` (or the bare value when the model has a single output);
+- columnar format, ``{"inputs": value}`` or ``{"inputs": {"images": value}}`` with the batch dimension
+  inside; the answer is ``{"outputs": {output: value}}`` (or the bare value for a single output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.dataplane import InferenceRequest, InferenceResponse, InferInput
+from server.errors import InvalidInput
+from server.grpc_tfserving import PREDICT_METHOD, SIGNATURE_NAME
+from server.models import READY, UNAVAILABLE, ServedVersion, VersionState
+from server.rest_v2 import expect, parse_json
+from server.tensors import V2_TO_NUMPY, array_from_json
+
+
+def check_signature(document: dict) -> None:
+    name = expect(document.get("signature_name", SIGNATURE_NAME), str, "signature_name", "a string")
+    if name not in ("", SIGNATURE_NAME):
+        raise InvalidInput(f"signature_name: unknown signature {name!r}; expected {SIGNATURE_NAME!r}")
+
+
+def label_refused(label: str) -> InvalidInput:
+    return InvalidInput(f"labels/{label}: version labels are not supported; use /versions/N or no version")
+
+
+def parse_predict(body: bytes, model: ServedVersion, model_version: str,
+                  timeout_s: float | None = None) -> tuple[InferenceRequest, bool]:
+    """A ``:predict`` body -> the domain request, and whether it used the row format."""
+    document = expect(parse_json(body), dict, "body", 'a JSON object with "instances" or "inputs"')
+    check_signature(document)
+    if ("instances" in document) == ("inputs" in document):
+        raise InvalidInput('body: expected exactly one of "instances" (row format) or "inputs" (columnar format)')
+    input_name = model.input.name
+    dtype = V2_TO_NUMPY[model.input.datatype]
+    row_format = "instances" in document
+    if row_format:
+        instances = expect(document["instances"], list, "instances", "a list with one entry per sample")
+        if not instances:
+            raise InvalidInput("instances: empty; expected at least one instance")
+        if all(isinstance(row, dict) for row in instances):
+            for position, row in enumerate(instances):
+                if set(row) != {input_name}:
+                    raise InvalidInput(f"instances[{position}]: named inputs {sorted(row)}; expected "
+                                       f"[{input_name!r}]")
+            values = [row[input_name] for row in instances]
+        elif any(isinstance(row, dict) for row in instances):
+            raise InvalidInput("instances: mixes named (objects) and bare rows; expected one form for all")
+        else:
+            values = instances
+        data = json_array(values, dtype, "instances")
+    else:
+        inputs = document["inputs"]
+        if isinstance(inputs, dict):
+            if set(inputs) != {input_name}:
+                raise InvalidInput(f"inputs: named inputs {sorted(inputs)}; expected [{input_name!r}]")
+            inputs = inputs[input_name]
+        data = json_array(inputs, dtype, "inputs")
+    request = InferenceRequest(model.name, model_version, "", (InferInput(input_name, model.input.datatype, data),),
+                               (), timeout_s)
+    return request, row_format
+
+
+def json_array(values, dtype: np.dtype, field: str) -> np.ndarray:
+    """Nested JSON lists -> an array of their own shape (the shape is the nesting, as TF Serving reads it)."""
+    expect(values, list, field, "nested lists of numbers")
+    return array_from_json(values, dtype, None, field)
+
+
+def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
+    outputs = {o.name: o.data for o in response.outputs}
+    if row_format:
+        rows = len(next(iter(outputs.values())))
+        if len(outputs) == 1:
+            return {"predictions": next(iter(outputs.values())).tolist()}
+        columns = {name: data.tolist() for name, data in outputs.items()}
+        return {"predictions": [{name: columns[name][row] for name in outputs} for row in range(rows)]}
+    if len(outputs) == 1:
+        return {"outputs": next(iter(outputs.values())).tolist()}
+    return {"outputs": {name: data.tolist() for name, data in outputs.items()}}
+
+
+def status_json(states: list[VersionState]) -> dict:
+    return {"model_version_status": [
+        {"version": str(s.version), "state": "AVAILABLE" if s.state == READY else "END",
+         "status": {"error_code": "UNKNOWN" if s.state == UNAVAILABLE else "OK", "error_message": s.reason}}
+        for s in states]}
+
+
+def tensor_info_json(spec) -> dict:
+    return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape],
+                                                  "unknown_rank": False},
+            "name": f"{spec.name}:0"}
+
+
+def metadata_json(model: ServedVersion) -> dict:
+    """GET .../metadata, as TensorFlow Serving's REST API writes a SignatureDefMap (64-bit ints as strings)."""
+    signature = {"inputs": {model.input.name: tensor_info_json(model.input)},
+                 "outputs": {o.name: tensor_info_json(o) for o in model.outputs},
+                 "method_name": PREDICT_METHOD}
+    return {"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}}}
