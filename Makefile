@@ -8,6 +8,7 @@ EPOCHS ?= 15
 REPOSITORY ?= models
 MODEL ?= digits
 PORT ?= 8500
+HTTP_PORT ?= 8501
 
 .PHONY: install run test bench protos clean
 
@@ -36,9 +37,10 @@ run: $(INSTALLED)
 		$(VENV)/bin/bnserve export $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL); \
 	fi
 	@$(PY) -c "import numpy as np; from trainer.data import load_dataset; np.save('$(RUN_DIR)/sample.npy', load_dataset('digits').images[:4])"
-	@echo "serving $(REPOSITORY) on 127.0.0.1:$(PORT); from another shell:"
+	@echo "serving $(REPOSITORY) on 127.0.0.1:$(PORT) (gRPC) and 127.0.0.1:$(HTTP_PORT) (HTTP); from another shell:"
 	@echo "    $(VENV)/bin/bnserve predict --url 127.0.0.1:$(PORT) --model $(MODEL) $(RUN_DIR)/sample.npy"
-	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT)
+	@echo "    curl 127.0.0.1:$(HTTP_PORT)/v2/models/$(MODEL)"
+	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT) --http-port $(HTTP_PORT)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -22,6 +22,7 @@ import ssl
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from server import rest_tfserving, rest_v2
 from server.controller import RepositoryController
@@ -108,7 +109,9 @@ class HttpFront:
             limiter.log(f"HTTP {request.method} {request.path}", exc.code, exc.message)
             return error_response(exc.http_status, exc.message)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes")
+            response = error_response(413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes")
+            response.force_close()  # the rest of the body is not read: this connection cannot carry another request
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -119,8 +122,11 @@ class HttpFront:
             else:
                 message = exc.text or exc.reason
             return error_response(exc.status, message)
-        except (HttpProcessingError, ValueError) as exc:  # e.g. a body whose Content-Encoding does not decode
-            return error_response(400, f"body: cannot be read ({type(exc).__name__}: {exc})")
+        except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a Content-Encoding that does not decode
+            reason = " ".join(str(exc).replace("400, message:", "").split())
+            response = error_response(400, f"body: cannot be read ({reason})")
+            response.force_close()  # the body stream is broken: say so, rather than reset the next request
+            return response
         except asyncio.CancelledError:
             raise
         except Exception as exc:
