@@ -52,6 +52,7 @@ bench: $(INSTALLED)
 	$(PY) -m pip install --quiet -e '.[bench,test]'
 	$(PY) bench/warmup_study.py --out docs/warmup.md
 	$(PY) bench/run.py
+	$(PY) bench/http_run.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale).
 protos: $(INSTALLED)

@@ -76,15 +76,16 @@ def start_peer(peer: str, version_dir: Path, model: str, work: Path, pin: str | 
     port = free_port()
     prefix = ["taskset", "-c", pin] if pin else []
     log = open(work / f"{peer}-{port}.log", "w")
+    http_port = free_port()
     if peer == "kserve":
         command = [*prefix, str(python), str(ROOT / "bench" / "peers" / "kserve_onnx.py"), "--model-dir",
-                   str(version_dir), "--name", model, "--grpc-port", str(port), "--http-port", str(free_port())]
+                   str(version_dir), "--name", model, "--grpc-port", str(port), "--http-port", str(http_port)]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     else:
         folder = work / f"mlserver-{port}"
         folder.mkdir()
         (folder / "settings.json").write_text(json.dumps({
-            "grpc_port": port, "http_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
+            "grpc_port": port, "http_port": http_port, "metrics_port": free_port(), "parallel_workers": 0,
             "debug": False}))
         (folder / "model-settings.json").write_text(json.dumps({
             "name": model, "implementation": "mlserver_onnx.OnnxRuntime",
@@ -95,4 +96,4 @@ def start_peer(peer: str, version_dir: Path, model: str, work: Path, pin: str | 
         process = subprocess.Popen([*prefix, str(mlserver), "start", str(folder)], stdout=log, stderr=subprocess.STDOUT,
                                    cwd=ROOT / "bench" / "peers",
                                    env={"PYTHONPATH": str(ROOT / "bench" / "peers"), "PATH": "/usr/bin:/bin"})
-    return ServerProcess(process, port)
+    return ServerProcess(process, port, http_port=http_port)
