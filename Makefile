@@ -58,6 +58,7 @@ bench: $(INSTALLED)
 protos: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/inference.proto
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/tfserving.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/monitor.proto
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -169,8 +169,10 @@ def add_export_parser(commands) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest absolute logit difference any artifact may show vs the reference (default 1e-4)")
-    parser.add_argument("--stats", choices=["ema", "precise"], default="ema",
-                        help="BN statistics to fold: EMA shadows (default) or precise re-estimation over the training data")
+    parser.add_argument("--stats", default="ema", metavar="ema|precise|adapt:PATH",
+                        help="BN statistics to fold: EMA shadows (default), precise re-estimation over the training "
+                             "data, or re-estimation over unlabeled target inputs (an .npz with x, or a capture "
+                             "directory) with the weights frozen")
     parser.set_defaults(handler=run_export)
 
 
@@ -257,6 +259,16 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates it signed")
     parser.add_argument("--auth-token-file", type=Path, help="every RPC must carry 'authorization: Bearer <token>'")
     parser.add_argument("--health-without-auth", action="store_true", help="leave the health service open for probes")
+    parser.add_argument("--monitor-sample-rate", type=float, default=S.monitor_sample_rate,
+                        help="fraction of requests whose inputs feed the drift monitor (default %(default)s; 0: off)")
+    parser.add_argument("--monitor-window", type=int, default=S.monitor_window,
+                        help="samples per drift window (default %(default)s, as the thresholds were calibrated)")
+    parser.add_argument("--capture-dir", type=Path, help="append sampled request inputs to DIR/NAME/VERSION/*.npz "
+                        "(for bnserve export --stats adapt:DIR/NAME/VERSION)")
+    parser.add_argument("--capture-rate", type=float, default=S.capture_rate,
+                        help="fraction of requests captured (with --capture-dir)")
+    parser.add_argument("--capture-max-bytes", type=int, default=S.capture_max_bytes,
+                        help="keep --capture-dir under this size, oldest shards dropped first (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), each with its own sessions")
     parser.set_defaults(handler=run_serve)
@@ -288,7 +300,9 @@ def run_serve(args) -> int:
         handshake_seconds=args.handshake_seconds, model_control=args.model_control, share_port=args.share_port, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, metrics_auth=args.metrics_auth, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
-        health_without_auth=args.health_without_auth)
+        health_without_auth=args.health_without_auth, monitor_sample_rate=args.monitor_sample_rate,
+        monitor_window=args.monitor_window, capture_dir=args.capture_dir, capture_rate=args.capture_rate,
+        capture_max_bytes=args.capture_max_bytes)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.workers < 1:
@@ -322,6 +336,21 @@ def run_predict(args) -> int:
     return 0
 
 
+def add_drift_parser(commands) -> None:
+    parser = commands.add_parser("drift", help="print a served version's BN shift per layer against its alarm threshold")
+    parser.add_argument("--url", required=True, help="HOST:PORT of a bnserve gRPC server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", default="", help="default: the newest served version")
+    parser.set_defaults(handler=run_drift)
+
+
+def run_drift(args) -> int:
+    from server.client import drift
+
+    print(drift(args.url, args.model, args.version))
+    return 0
+
+
 def add_verify_parser(commands) -> None:
     parser = commands.add_parser("verify", help="check a published version's hashes and golden samples on this machine")
     parser.add_argument("version_dir", type=Path, metavar="REPO/NAME/VERSION", help="a published version directory")
@@ -349,6 +378,7 @@ def build_parser() -> ArgumentParser:
     add_export_parser(commands)
     add_serve_parser(commands)
     add_predict_parser(commands)
+    add_drift_parser(commands)
     add_verify_parser(commands)
     for command in commands.choices.values():
         command.add_argument("--verbose", action="store_true",

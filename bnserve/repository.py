@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from bnserve.drift import MonitorSpec
 from bnserve.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -61,7 +62,8 @@ class BatchNormProvenance:
     """Where the folded statistics came from."""
 
     statistics: str
-    """"ema" (the EMA shadows) or "precise" (re-estimated over the training data with frozen weights)."""
+    """"ema" (the EMA shadows), "precise" (re-estimated over the training data with frozen weights) or "adapt"
+    (re-estimated the same way over unlabeled target data, ``source``)."""
     decay: float
     warmup: bool
     ema_updates: int
@@ -71,9 +73,13 @@ class BatchNormProvenance:
     folded: tuple[str, ...]
     """"conv+bn" pairs, in order."""
     input_standardization: str
+    source: dict | None = None
+    """For "adapt": the unlabeled data the statistics were re-estimated on: {"path", "sha256", "samples"} and,
+    when it had labels, {"accuracy_before", "accuracy_after"} on it."""
 
     def to_json(self) -> dict:
-        return asdict(self) | {"folded": list(self.folded)}
+        data = asdict(self) | {"folded": list(self.folded)}
+        return data if self.source is not None else {k: v for k, v in data.items() if k != "source"}
 
 
 # Manifest fields: name -> (JSON types accepted, required). Readers get a Manifest, never this dict.
@@ -84,6 +90,7 @@ MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "input_range": ((list,), False), "golden": ((dict,), False), "source": ((dict,), False),
     "onnx_opset": ((int,), False), "versions": ((dict,), False), "created": ((str,), False),
     "name": ((str,), False), "version": ((int,), False), "files": ((dict,), False), "sizes": ((dict,), False),
+    "monitor": ((dict,), False),
 }
 
 
@@ -99,6 +106,8 @@ class Manifest:
     heldout_accuracy         {"ema": a[, "precise": b]}: held-out accuracy in inference mode per statistics
     parity                   the export certificate: tolerance, passed, per artifact max_abs/max_rel/...
     golden                   {"file": "golden.npz", "tolerance": t, "sets": {set: rows}} (absent on old versions)
+    monitor                  the drift monitor (bnserve.drift.MonitorSpec): monitor.onnx, window W, threshold
+                             calibration and every layer's scale, shift, frozen moments and threshold
     source, versions, onnx_opset, created, signature: provenance
     name, version, files, sizes: set when the version is published (sha256 and byte size of every file)
     """
@@ -122,6 +131,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
+    monitor: MonitorSpec | None = None
 
     @property
     def accuracy(self) -> float:
@@ -138,6 +148,7 @@ class Manifest:
             "files": self.files, "sizes": self.sizes,
         }
         optional = {"input_range": list(self.input_range) if self.input_range else None, "golden": self.golden,
+                    "monitor": self.monitor.to_json() if self.monitor else None,
                     "onnx_opset": self.onnx_opset, "name": self.name or None, "version": self.version or None}
         return data | {key: value for key, value in optional.items() if value is not None}
 
@@ -174,11 +185,18 @@ class Manifest:
         input_range = data.get("input_range")
         if input_range is not None and (len(input_range) != 2 or not all(isinstance(v, (int, float)) for v in input_range)):
             raise UserError(f"{where}: field 'input_range' must be [min, max]")
+        monitor = None
+        if "monitor" in data:
+            try:
+                monitor = MonitorSpec.from_json(data["monitor"])
+            except (TypeError, KeyError, ValueError) as exc:
+                raise UserError(f"{where}: field 'monitor': expected file, window, margin, quantile, clean_windows, "
+                                f"clean_samples and layers ({type(exc).__name__}: {exc})") from None
         return cls(inputs, outputs, tuple(str(label) for label in data["class_labels"]), data["input_values"],
                    provenance, data["heldout_accuracy"], data["parity"], data.get("signature", SIGNATURE),
                    tuple(input_range) if input_range is not None else None, data.get("golden"), data.get("source", {}),
                    data.get("onnx_opset"), data.get("versions", {}), data.get("created", ""), data.get("name", ""),
-                   data.get("version", 0), files, sizes)
+                   data.get("version", 0), files, sizes, monitor=monitor)
 
 
 def tensor_specs(items: list, where: str) -> tuple[TensorSpec, ...]:

@@ -39,6 +39,18 @@ def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
     return model
 
 
+def write_monitor_onnx(module, path: Path, opset: int) -> list[str]:
+    """Convert ``module.moments`` (exporter.folded.MonitorModule) with tf2onnx; returns its output names."""
+    tf2onnx.logging.set_level(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    model, _ = tf2onnx.convert.from_function(module.moments, input_signature=module.moments.input_signature, opset=opset)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return [o.name for o in model.graph.output]
+
+
 def onnx_metadata(manifest: Manifest) -> dict[str, str]:
     """What an ONNX consumer who gets model.onnx alone needs, from the manifest: metadata_props entries
     (string values; JSON where structured), readable with onnxruntime's ``get_modelmeta().custom_metadata_map``."""

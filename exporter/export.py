@@ -23,12 +23,16 @@ from bnserve.golden import GOLDEN, golden_inputs, write_golden
 from bnserve.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE,
                                 BatchNormProvenance, Manifest, TensorSpec, check_new_version, discard, publish,
                                 read_manifest, staging_dir, write_json)
-from exporter.artifacts import assert_no_batch_norm, write_onnx, write_onnx_metadata, write_saved_model
-from exporter.options import check_export_options
-from exporter.folded import FoldedModule, fold_network
+from bnserve.drift import (CLEAN_WINDOWS, DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW, MONITOR_MODEL,
+                           MonitoredLayer, MonitorSpec, calibrate_thresholds)
+from exporter.artifacts import (assert_no_batch_norm, write_monitor_onnx, write_onnx, write_onnx_metadata,
+                                write_saved_model)
+from exporter.fold import bn_scale_shift
+from exporter.options import check_export_options, load_adapt_data, statistics_kind
+from exporter.folded import FoldedModule, MonitorModule, fold_network
 from bnserve.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
 from trainer.checkpoint import restore_trained_model
-from trainer.rundir import check_has_checkpoint
+from trainer.rundir import check_has_checkpoint, read_run_record
 from trainer.data import Dataset, load_dataset, split
 from trainer.model import NetworkParameters, make_predict
 
@@ -45,7 +49,8 @@ class ExportRequest:
     opset: int = 17
     tolerance: float = 1e-4
     statistics: str = "ema"
-    """"ema": the shadow averages; "precise": the mean of batch moments over one pass of the training data."""
+    """"ema": the shadow averages; "precise": the mean of batch moments over one pass of the training data;
+    "adapt:PATH": the same over unlabeled target inputs (exporter.options.load_adapt_data)."""
 
 
 @contextmanager
@@ -56,28 +61,69 @@ def progress(step: str, log: Callable[[str], None]):
     log(f"{step}: done in {time.perf_counter() - started:.1f} s")
 
 
-def precise_statistics(model, train: Dataset, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Population statistics re-estimated with frozen weights ("precise BN").
+def precise_statistics(model, images_all: np.ndarray, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Population statistics re-estimated with frozen weights ("precise BN"; on target data, AdaBN).
 
-    One pass over the training data in batches of ``batch_size`` in training mode; per BN layer,
+    One pass over ``images_all`` in batches of ``batch_size`` in training mode; per BN layer,
     mean = sum_b n_b m_b / N and variance = sum_b n_b v_b / N, with m_b, v_b batch b's moments.
     """
     forward = make_predict(model, use_batch_statistics=True)
     sums: dict[str, list] = {}
-    for start in range(0, len(train), batch_size):
-        images = train.images[start:start + batch_size]
+    samples = len(images_all)
+    for start in range(0, samples, batch_size):
+        images = images_all[start:start + batch_size]
         forward(images)
         for name, (mean, variance) in model.batch_moments().items():
             total = sums.setdefault(name, [0.0, 0.0])
             total[0] += len(images) * mean.astype(np.float64)
             total[1] += len(images) * variance.astype(np.float64)
-    return {name: (total_mean / len(train), total_variance / len(train))
+    return {name: (total_mean / samples, total_variance / samples)
             for name, (total_mean, total_variance) in sums.items()}
 
 
 def heldout_accuracy(model, heldout: Dataset) -> float:
-    logits = model(heldout.images, training=False).numpy()
-    return float(np.mean(np.argmax(logits, 1) == heldout.labels))
+    return labelled_accuracy(model, heldout.images, heldout.labels)
+
+
+def labelled_accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
+    logits = np.concatenate([model(images[i:i + 512], training=False).numpy() for i in range(0, len(images), 512)])
+    return float(np.mean(np.argmax(logits, 1) == labels))
+
+
+def monitored_layers(network: NetworkParameters, statistics: dict) -> list[MonitoredLayer]:
+    """Layer 0 (the input standardisation: s = 1/std, t = -mean/std, frozen M = mean, V = std^2, with the first
+    BN's epsilon so that a constant input channel stays finite) and each folded block (s, t of its BN, frozen M, V
+    the folded statistics), as bnserve.drift defines them."""
+    mean, std = np.asarray(network.input_mean, np.float64), np.asarray(network.input_std, np.float64)
+    first_epsilon = network.blocks[0].epsilon if network.blocks else 1e-3
+    layers = [MonitoredLayer("input", tuple(1 / std), tuple(-mean / std), tuple(mean), tuple(std ** 2), first_epsilon)]
+    for block in network.blocks:
+        bn_mean, bn_variance = statistics[block.bn]
+        scale, shift = bn_scale_shift(bn_mean, bn_variance, block.epsilon, block.gamma, block.beta)
+        layers.append(MonitoredLayer(f"{block.conv}+{block.bn}", tuple(scale), tuple(shift),
+                                     tuple(np.asarray(bn_mean, np.float64)), tuple(np.asarray(bn_variance, np.float64)),
+                                     block.epsilon))
+    return layers
+
+
+def write_monitor(folded, network: NetworkParameters, statistics: dict, built: Path, opset: int,
+                  clean: np.ndarray, tolerance: float) -> MonitorSpec:
+    """monitor.onnx, checked against its TensorFlow function on ``clean`` (held-out) inputs, and the per-layer
+    alarm thresholds calibrated on clean windows of those inputs (bnserve.drift.calibrate_thresholds)."""
+    module = MonitorModule(folded)
+    write_monitor_onnx(module, built / MONITOR_MODEL, opset)
+    session = onnxruntime.InferenceSession(str(built / MONITOR_MODEL), providers=["CPUExecutionProvider"])
+    moments = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: clean})))
+    reference = {name: value.numpy() for name, value in module.moments(tf.constant(clean)).items()}
+    for name, expected in reference.items():
+        scale = max(1.0, float(np.max(np.abs(expected))))
+        error = float(np.max(np.abs(moments[name] - expected)))
+        if error > tolerance * scale:
+            raise ParityError(f"monitor.onnx output {name!r} differs by {error:.3g} from its TensorFlow function "
+                              f"(tolerance {tolerance:g} x {scale:.3g}): nothing published")
+    layers, _ = calibrate_thresholds(moments, monitored_layers(network, statistics))
+    return MonitorSpec(MONITOR_MODEL, DEFAULT_WINDOW, DEFAULT_MARGIN, DEFAULT_QUANTILE, CLEAN_WINDOWS, len(clean),
+                       tuple(layers))
 
 
 def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
@@ -99,7 +145,8 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
 
 
 def build_manifest(request: ExportRequest, network: NetworkParameters, record: dict, checkpoint: str,
-                   accuracies: dict, parity: dict, golden: dict, input_range: tuple[float, float]) -> Manifest:
+                   accuracies: dict, parity: dict, golden: dict, input_range: tuple[float, float],
+                   monitor: MonitorSpec, statistics_source: dict | None) -> Manifest:
     config, dataset = record["model"], record["dataset"]
     height, width, channels = config["input_shape"]
     classes = config["num_classes"]
@@ -110,10 +157,10 @@ def build_manifest(request: ExportRequest, network: NetworkParameters, record: d
         input_values=f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
         input_range=input_range,
         batch_normalization=BatchNormProvenance(
-            statistics=request.statistics, decay=config["decay"], warmup=config["warmup"],
+            statistics=statistics_kind(request.statistics), decay=config["decay"], warmup=config["warmup"],
             ema_updates=network.ema_updates, epsilon=config["epsilon"], layers=len(network.blocks),
             folded=tuple(f"{block.conv}+{block.bn}" for block in network.blocks),
-            input_standardization="multiply-add (x * 1/std + -mean/std)"),
+            input_standardization="multiply-add (x * 1/std + -mean/std)", source=statistics_source),
         heldout_accuracy=accuracies,
         parity=parity,
         golden=golden,
@@ -123,6 +170,7 @@ def build_manifest(request: ExportRequest, network: NetworkParameters, record: d
         versions={"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
                   "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        monitor=monitor,
     )
 
 
@@ -132,6 +180,12 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
     check_export_options(request.opset, request.statistics, request.tolerance)
     check_new_version(request.repository, request.name, request.version)
     check_has_checkpoint(request.run_dir)
+    kind = statistics_kind(request.statistics)
+    adapt = None
+    if kind == "adapt":  # the target data is checked before TensorFlow restores anything
+        record = read_run_record(request.run_dir)
+        adapt = load_adapt_data(request.statistics, tuple(record["model"]["input_shape"]),
+                                record["model"]["num_classes"])
     with progress("restoring the checkpoint", log):
         model, record, checkpoint = restore_trained_model(request.run_dir)
         config = record["config"]
@@ -139,14 +193,26 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
     accuracies = {"ema": heldout_accuracy(model, heldout)}
     network = model.parameters()
     statistics = network.shadow_statistics()
-    if request.statistics == "precise":
-        with progress("re-estimating precise BN statistics", log):
-            statistics = precise_statistics(model, train, config["batch_size"])
+    statistics_source = None
+    if kind in ("precise", "adapt"):
+        images = train.images if kind == "precise" else adapt.images
+        before = labelled_accuracy(model, adapt.images, adapt.labels) if adapt is not None and adapt.labels is not None else None
+        with progress(f"re-estimating BN statistics on {len(images)} {'training' if kind == 'precise' else 'target'} "
+                      "inputs", log):
+            statistics = precise_statistics(model, images, config["batch_size"])
             model.set_statistics(statistics)
-            accuracies["precise"] = heldout_accuracy(model, heldout)
+            accuracies[kind] = heldout_accuracy(model, heldout)
+        if adapt is not None:
+            statistics_source = dict(adapt.source)
+            if before is not None:
+                statistics_source |= {"accuracy_before": before,
+                                      "accuracy_after": labelled_accuracy(model, adapt.images, adapt.labels)}
+                log(f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
+                    f"{statistics_source['accuracy_after']:.4f} adapted")
     built = staging_dir(request.repository)
     try:
-        module = FoldedModule(fold_network(network, statistics))
+        folded = fold_network(network, statistics)
+        module = FoldedModule(folded)
         with progress("writing the SavedModel", log):
             write_saved_model(module, built / SAVED_MODEL)
         with progress(f"converting to ONNX (opset {request.opset})", log):
@@ -162,6 +228,9 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
         parity = certificate(results, request.tolerance)
         if not parity["passed"]:
             raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
+        with progress("writing and calibrating the drift monitor", log):
+            monitor = write_monitor(folded, network, statistics, built, request.opset, heldout.images.astype(np.float32),
+                                    request.tolerance)
         golden_sets = golden_inputs(inputs)
         write_golden(built / GOLDEN, golden_sets, {key: expected[key][:len(images)] for key, images in golden_sets.items()},
                      request.tolerance)
@@ -169,7 +238,8 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
             request, network, record, checkpoint, accuracies, parity,
             golden={"file": GOLDEN, "tolerance": request.tolerance,
                     "sets": {key: len(images) for key, images in golden_sets.items()}},
-            input_range=(float(train.images.min()), float(train.images.max())))
+            input_range=(float(train.images.min()), float(train.images.max())), monitor=monitor,
+            statistics_source=statistics_source)
         write_onnx_metadata(built / ONNX_MODEL, manifest)
         write_json(built / MANIFEST, manifest.to_json())
         version, path = publish(built, request.repository, request.name, request.version)

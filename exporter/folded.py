@@ -77,3 +77,32 @@ class FoldedModule(tf.Module):
             hidden = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(hidden, kernel, stride, "SAME"), bias))
         logits = tf.matmul(tf.reduce_mean(hidden, axis=[1, 2]), self.dense_kernel) + self.dense_bias
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+
+class MonitorModule(tf.Module):
+    """The drift monitor's graph (monitor.onnx): ``moments(images)`` returns, for the input standardisation
+    (layer 0) and each folded conv before its ReLU (layers 1..L), the per-sample, per-channel mean over H x W of
+    that layer's output y and the mean of y^2, named as bnserve.drift.output_names(layer), each [N, C]."""
+
+    def __init__(self, network: FoldedNetwork):
+        super().__init__(name="bnserve_monitor")
+        self.folded = FoldedModule(network)
+        self.moments = tf.function(
+            self._moments, input_signature=[tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)])
+
+    def _moments(self, images):
+        from bnserve.drift import output_names
+
+        folded = self.folded
+        outputs = {}
+        hidden = images * folded.input_scale + folded.input_shift
+        layers = [hidden]
+        for kernel, bias, stride in zip(folded.kernels, folded.biases, folded.strides):
+            hidden = tf.nn.bias_add(tf.nn.conv2d(hidden, kernel, stride, "SAME"), bias)
+            layers.append(hidden)
+            hidden = tf.nn.relu(hidden)
+        for index, y in enumerate(layers):
+            mean_name, square_name = output_names(index)
+            outputs[mean_name] = tf.reduce_mean(y, axis=[1, 2])
+            outputs[square_name] = tf.reduce_mean(tf.square(y), axis=[1, 2])
+        return outputs

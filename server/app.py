@@ -15,8 +15,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bnserve.errors import UserError
-from protos import inference_pb2, inference_pb2_grpc
-from server import grpc_tfserving
+from protos import inference_pb2, inference_pb2_grpc, monitor_pb2_grpc
+from server import grpc_monitor, grpc_tfserving
 from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.grpc_v2 import InferenceServicer
@@ -99,6 +99,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     running = RunningServer(server, 0, settings, dataplane, controller)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, controller), server)
     server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
+    monitor_pb2_grpc.add_MonitorServicer_to_server(grpc_monitor.MonitorServicer(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([
         inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -106,6 +107,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
         # Listed so tools see every service of the port; their messages are described under the project's
         # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
         *grpc_tfserving.SERVICE_NAMES,
+        grpc_monitor.SERVICE_NAME,
         reflection.SERVICE_NAME,
     ], server)
     address = f"{settings.host}:{settings.grpc_port}"

@@ -76,3 +76,28 @@ def predict(url: str, model: str, version: str, path: Path, top: int, pixel_scal
         best = np.argsort(row)[::-1][:top]
         lines.append(f"sample {index}: " + ", ".join(f"class {k} {row[k]:.4f}" for k in best))
     return "\n".join(lines)
+
+
+def drift(url: str, model: str, version: str, timeout: float = 30.0) -> str:
+    """``bnserve drift``: the monitor's state of a served version, one line per BN layer."""
+    from protos import monitor_pb2, monitor_pb2_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        try:
+            status = monitor_pb2_grpc.MonitorStub(channel).Drift(
+                monitor_pb2.DriftRequest(name=model, version=version), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise UserError(f"{exc.code().name}: {exc.details()}") from None
+            raise UserError(f"--url {url}: {exc.code().name}: {exc.details()}") from None
+    if not status.monitored:
+        return f"model {status.name} version {status.version}: not monitored ({status.reason})"
+    lines = [f"model {status.name} version {status.version}: {'ALARM' if status.alarm else 'ok'}; "
+             f"{status.windows} windows of {status.window} samples (thresholds calibrated for {status.calibrated_window}), "
+             f"{status.samples_in_window} in the open one, sample rate {status.sample_rate:g}, {status.dropped} dropped",
+             f"{'layer':>5}  {'name':<16} {'shift':>10} {'threshold':>10}  state"]
+    for layer in status.layers:
+        score = f"{layer.score:10.4g}" if layer.has_score else f"{'-':>10}"
+        state = "ALARM" if layer.alarm else ("ok" if layer.has_score else "no window yet")
+        lines.append(f"{layer.layer:>5}  {layer.name:<16} {score} {layer.threshold:10.4g}  {state}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from server import metrics
 from server.batching import ComputeTimes, DynamicBatcher
 from server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from server.execution import ModelThreads
+from server.monitor import Capture, TrafficSampler
 from server.models import READY, ModelRegistry, ServedVersion, VersionState
 
 SERVER_NAME = "bnserve"
@@ -107,6 +108,10 @@ class DataPlane:
         """False once shutdown began: new requests get UNAVAILABLE."""
         self.in_flight = 0
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
+        settings = registry.settings
+        capture = Capture(settings.capture_dir, settings.capture_max_bytes) if settings.capture_dir else None
+        self.sampler = TrafficSampler(settings.monitor_sample_rate, settings.monitor_window, capture,
+                                      settings.capture_rate)
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher and model threads, made on first use on the event loop thread (a
@@ -122,10 +127,11 @@ class DataPlane:
         return entry[1]
 
     async def stop(self) -> None:
-        """Stop every batcher and its threads (after drain)."""
+        """Stop every batcher and its threads (after drain), then the monitor (writing the last capture shards)."""
         for _, batcher in self._batchers.values():
             await batcher.stop()
         self._batchers.clear()
+        await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
 
     async def release_unserved(self, grace_seconds: float) -> None:
         """Drain and drop the batchers of versions no longer served: their in-flight requests finish."""
@@ -134,6 +140,7 @@ class DataPlane:
         for key in stale:
             _, batcher = self._batchers.pop(key)
             await batcher.drain(grace_seconds)
+            self.sampler.forget(*key)
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop accepting requests and wait (at most ``grace_seconds``) for the ones inside to finish."""
@@ -179,6 +186,10 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
 
+    def drift(self, name: str, version: str = "") -> dict:
+        """The drift monitor's state of a served version (NOT_FOUND for an unknown one)."""
+        return self.sampler.status(self.registry.get(name, version))
+
     def record_rejection(self, model_name: str, model_version: str, error: ServingError,
                          protocol: str = "grpc") -> None:
         """Count a request refused before it became an InferenceRequest (e.g. bytes that do not fit its shape)."""
@@ -221,6 +232,8 @@ class DataPlane:
             images = validated_images(model, request, batcher.options.max_batch_size)
             outputs = list(request.outputs) or model.output_names
             check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
+            if self.sampler.active:
+                self.sampler.offer(model, images)
             results = await batcher.submit(images, outputs, request.timeout_s)
         except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
             code = exc.code.name if isinstance(exc, ServingError) else (

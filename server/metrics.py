@@ -10,6 +10,11 @@
     bnserve_loaded_versions{model}                    gauge: versions ready to serve
     bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
     bnserve_parity_max_abs_error{model,version}       gauge: largest |output - golden reference| measured at load
+    bnserve_bn_shift{model,version,layer}             gauge: the last window's shift score per BN layer (bnserve.drift)
+    bnserve_drift_alarm{model,version}                gauge: 1 while some layer's shift is above its threshold
+    bnserve_monitor_dropped_samples_total{model,version}  sampled inputs dropped because the monitor was behind
+    bnserve_captured_samples_total{model,version}     inputs written to --capture-dir
+    bnserve_capture_failures_total{model,version}     capture shards not written (disk full, unwritable)
 
 A request for a model the server does not know is counted under model="" so that clients cannot
 create unbounded label values.
@@ -67,3 +72,12 @@ def serve_metrics(host: str, port: int, token: str | None = None) -> int:
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
     threading.Thread(target=server.serve_forever, name="bnserve-metrics", daemon=True).start()
     return server.server_port
+BN_SHIFT = Gauge("bnserve_bn_shift", "Shift score (mean KL of live vs frozen BN moments) of the last window",
+                 ["model", "version", "layer"])
+DRIFT_ALARM = Gauge("bnserve_drift_alarm", "1 while a BN layer's shift is above its calibrated threshold",
+                    ["model", "version"])
+SAMPLES_DROPPED = Counter("bnserve_monitor_dropped_samples", "Sampled inputs dropped: the monitor thread was behind",
+                          ["model", "version"])
+CAPTURED_SAMPLES = Counter("bnserve_captured_samples", "Request inputs written to --capture-dir", ["model", "version"])
+CAPTURE_FAILURES = Counter("bnserve_capture_failures", "Capture shards not written (disk full or unwritable)",
+                           ["model", "version"])

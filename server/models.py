@@ -45,6 +45,8 @@ class ServedVersion:
     calibration: dict[int, int] = field(default_factory=dict)
     """{batch rows: ns} of the load-time calls (warm-up, golden samples): the batcher's first compute times."""
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
+    directory: Path | None = None
+    """REPO/NAME/VERSION, where the monitor finds monitor.onnx."""
 
     @property
     def output_names(self) -> list[str]:
@@ -106,7 +108,8 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
     timed_run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])  # after first-call costs
     golden = prove_golden(name, version, directory, manifest, timed_run,
                           settings.batching_options(name).max_batch_size)
-    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature, calibration)
+    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature, calibration,
+                         directory=directory)
 
 
 def prove_golden(name: str, version: int, directory: Path, manifest: Manifest,

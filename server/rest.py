@@ -85,6 +85,7 @@ class HttpFront:
             add("POST", prefix + "/infer", self.infer)
             add("GET", prefix + "/config", self.model_config)
             add("GET", prefix + "/stats", self.model_statistics)
+            add("GET", prefix + "/drift", self.drift)
         # TensorFlow Serving: GET status / metadata, POST NAME[/versions/V|/labels/L]:predict.
         for prefix in ("/v1/models/{model:[^/:]+}", "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}",
                        "/v1/models/{model:[^/:]+}/labels/{label:[^/:]+}"):
@@ -205,6 +206,10 @@ class HttpFront:
         else:
             models = self.dataplane.served()
         return json_response({"model_stats": [rest_v2.message_json(to_model_statistics(m)) for m in models]})
+
+    async def drift(self, request):
+        status = self.dataplane.drift(request.match_info["model"], request.match_info.get("version", ""))
+        return json_response({key: value for key, value in status.items() if key != "history_times"})
 
     async def repository_index(self, request):
         body = await self.body(request)

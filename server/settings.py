@@ -178,6 +178,16 @@ class ServerSettings:
     """Every RPC must carry ``authorization: Bearer <token>``."""
     health_without_auth: bool = False
     """Leave grpc.health.v1.Health open for probes when a token is required."""
+    monitor_sample_rate: float = 0.25
+    """Fraction of requests whose inputs feed the drift monitor (0: off). See the README for the measured cost."""
+    monitor_window: int = 256
+    """Samples per drift window (W); the thresholds in the manifest were calibrated for the export's W."""
+    capture_dir: Path | None = None
+    """Append sampled request inputs to DIR/NAME/VERSION/*.npz (off unless set)."""
+    capture_rate: float = 0.0
+    """Fraction of requests whose inputs are captured (with --capture-dir)."""
+    capture_max_bytes: int = 1 << 30
+    """--capture-dir is kept under this many bytes; the oldest shards go first."""
 
     def __post_init__(self):
         if not self.repository.is_dir():
@@ -224,6 +234,17 @@ class ServerSettings:
                 raise UserError(f"{flag} {str(path)!r}: no such file")
         if self.tls_cert is not None:
             check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
+        for flag, value in (("--monitor-sample-rate", self.monitor_sample_rate), ("--capture-rate", self.capture_rate)):
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise UserError(f"{flag} {value}: expected a fraction from 0 to 1")
+        if self.monitor_window < 16:
+            raise UserError(f"--monitor-window {self.monitor_window}: expected at least 16 samples")
+        if (self.capture_dir is None) != (self.capture_rate == 0):
+            raise UserError("--capture-dir and --capture-rate: expected both (capture on) or neither")
+        if self.capture_max_bytes < 1 << 20:
+            raise UserError(f"--capture-max-bytes {self.capture_max_bytes}: expected at least 1048576 (1 MiB)")
+        if self.capture_dir is not None and self.capture_dir.exists() and not self.capture_dir.is_dir():
+            raise UserError(f"--capture-dir {str(self.capture_dir)!r}: exists and is not a directory")
 
     @property
     def polling(self) -> bool:

@@ -66,7 +66,7 @@ def v2_http_outputs(body: bytes, headers) -> dict[str, np.ndarray]:
     document = json.loads(body[:int(length)] if length else body)
     arrays, offset = {}, int(length or 0)
     for output in document["outputs"]:
-        size = output.get("parameters", {}).get("binary_data_size")
+        size = (output.get("parameters") or {}).get("binary_data_size")  # some servers write "parameters": null
         if size is None:
             arrays[output["name"]] = np.array(output["data"], np.float32).reshape(output["shape"])
         else:

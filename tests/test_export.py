@@ -111,7 +111,7 @@ def test_precise_statistics_average_the_batch_moments(digits_run):
     run_dir, record = digits_run
     model, _, _ = restore_trained_model(run_dir)
     train, _ = split(load_dataset("digits"), record["config"]["seed"], record["config"]["heldout_fraction"])
-    statistics = precise_statistics(model, train, batch_size=100)
+    statistics = precise_statistics(model, train.images, batch_size=100)
     # The first BN layer's input does not depend on any BN: recompute it batch by batch.
     means, variances, weights = [], [], []
     for start in range(0, len(train), 100):

@@ -30,7 +30,13 @@ class OnnxModel(Model):
         self.ready = True
         return self.ready
 
-    def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+    def predict(self, payload: InferRequest | dict, headers=None, response_headers=None) -> InferResponse | dict:
+        if isinstance(payload, dict):  # KServe's v1 protocol: TensorFlow Serving's REST :predict, row format
+            images = np.asarray([row["images"] if isinstance(row, dict) else row for row in payload["instances"]],
+                                np.float32)
+            logits, probabilities = self.session.run(OUTPUTS, {"images": images})
+            return {"predictions": [{"logits": l, "probabilities": p}
+                                    for l, p in zip(logits.tolist(), probabilities.tolist())]}
         images = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
         results = self.session.run(OUTPUTS, {"images": images})
         outputs = []
@@ -38,7 +44,8 @@ class OnnxModel(Model):
             output = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
             output.set_data_from_numpy(array, binary_data=True)
             outputs.append(output)
-        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
+        # A REST request without "id" has id None, which KServe's response model refuses.
+        return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=outputs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""bnserve.Monitor: the drift monitor's state of a served version over gRPC (the HTTP twin is GET .../drift)."""
+
+from __future__ import annotations
+
+from protos import monitor_pb2 as pb
+from protos import monitor_pb2_grpc
+from server.dataplane import DataPlane
+from server.grpc_errors import grpc_errors
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
+
+
+def drift_response(status: dict) -> pb.DriftResponse:
+    return pb.DriftResponse(
+        name=status["name"], version=status["version"], monitored=status["monitored"], reason=status["reason"],
+        window=status["window"], calibrated_window=status["calibrated_window"], sample_rate=status["sample_rate"],
+        windows=status["windows"], samples_in_window=status["samples_in_window"], dropped=status["dropped"],
+        alarm=status["alarm"],
+        layers=[pb.LayerDrift(layer=layer["layer"], name=layer["name"], threshold=layer["threshold"],
+                              has_score=layer["score"] is not None, score=layer["score"] or 0.0, alarm=layer["alarm"],
+                              history=layer["history"]) for layer in status["layers"]])
+
+
+class MonitorServicer(monitor_pb2_grpc.MonitorServicer):
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
+
+    @grpc_errors
+    async def Drift(self, request, context):
+        return drift_response(self.dataplane.drift(request.name, request.version))
