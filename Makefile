@@ -42,7 +42,11 @@ run: $(INSTALLED)
 	@echo "    curl 127.0.0.1:$(HTTP_PORT)/v2/models/$(MODEL)"
 	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT) --http-port $(HTTP_PORT)
 
+# Debian's chromium renders the status page in tests/test_status_page.py (installed here when missing).
 test: $(INSTALLED)
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || sudo apt-get install -y -qq chromium >/dev/null \
+		|| echo "warning: could not install Debian's chromium; tests/test_status_page.py will fail"
 	$(PY) -m pytest -q
 
 # Needs Debian's h2load (nghttp2-client) as the load generator; installed here when missing.

@@ -72,6 +72,7 @@ class HttpFront:
                               handler_args={"max_field_size": 16384})
         add = app.router.add_route
         # The v2 routes. /v2/models/stats is listed before /v2/models/{model}: routes match in order.
+        add("GET", "/", self.status_page)
         add("GET", "/v2", self.server_metadata)
         add("GET", "/v2/health/live", self.live)
         add("GET", "/v2/health/ready", self.ready)
@@ -144,6 +145,11 @@ class HttpFront:
             raise InvalidInput(f"Content-Type: got {declared!r}, expected {JSON} (or {BINARY} with "
                                f"{HEADER_LENGTH})")
         return await request.read()
+
+    async def status_page(self, request):
+        from server.status_page import render
+
+        return web.Response(text=render(self.dataplane), content_type="text/html")
 
     # -- KServe v2 --------------------------------------------------------------------------------------
 
