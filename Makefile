@@ -57,6 +57,7 @@ bench: $(INSTALLED)
 	$(PY) bench/warmup_study.py --out docs/warmup.md
 	$(PY) bench/run.py
 	$(PY) bench/http_run.py
+	$(PY) bench/drift_study.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale).
 protos: $(INSTALLED)

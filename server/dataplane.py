@@ -131,6 +131,7 @@ class DataPlane:
         for _, batcher in self._batchers.values():
             await batcher.stop()
         self._batchers.clear()
+        self.sampler.hand_over()
         await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
 
     async def release_unserved(self, grace_seconds: float) -> None:

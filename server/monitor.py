@@ -1,7 +1,9 @@
 """The drift monitor and the traffic capture: sampled request inputs, handled off the request path.
 
-On the request path a sampled request costs one random draw and a non-blocking queue put (dropped, and
-counted, when the queue is full); nothing there can fail or delay a request. One background thread runs
+On the request path a sampled request costs one random draw and a list append on the event loop; every
+MONITOR_BATCH samples (or HAND_OVER_S after the first) the list goes to the background thread in one
+non-blocking queue put (dropped, and counted, when the queue is full), so the thread wakes once per batch,
+not once per request. Nothing there can fail or delay a request. The background thread runs
 each version's monitor.onnx on the sampled inputs (in batches of up to MONITOR_BATCH samples), completes
 windows of W samples, scores them (bnserve.drift) and keeps the last HISTORY windows; another writes
 captured inputs as .npz shards.
@@ -9,6 +11,7 @@ captured inputs as .npz shards.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -30,8 +33,10 @@ from server import metrics
 log = logging.getLogger("bnserve.server")
 
 MONITOR_BATCH = 64
-QUEUE_SAMPLES = 4096
-"""Sampled inputs waiting for the monitor or capture thread, at most; beyond it they are dropped (counted)."""
+HAND_OVER_S = 0.2
+"""A partial batch of sampled inputs waits at most this long on the event loop before it is handed over."""
+QUEUE_BATCHES = 64
+"""Batches waiting for the monitor or capture thread, at most; beyond it they are dropped (counted)."""
 HISTORY = 120
 """Windows kept per version for the drift endpoint and the status page."""
 
@@ -231,7 +236,11 @@ class TrafficSampler:
         self.capture = capture
         self.capture_rate = capture_rate if capture is not None else 0.0
         self.monitors: dict[tuple[str, int], VersionMonitor | None] = {}
-        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SAMPLES)
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.pending: list[tuple] = []
+        """Sampled requests not yet handed to the thread (touched on the event loop only)."""
+        self.pending_samples = 0
+        self.hand_over_timer: asyncio.TimerHandle | None = None
         self.random = random.Random()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
@@ -284,12 +293,28 @@ class TrafficSampler:
         monitor = self.monitor_for(model) if monitored else None
         if monitor is None and not captured:
             return
+        self.pending.append((model.name, model.version, monitor, images, captured))
+        self.pending_samples += len(images)
+        if self.pending_samples >= MONITOR_BATCH:
+            self.hand_over()
+        elif self.hand_over_timer is None:
+            self.hand_over_timer = asyncio.get_running_loop().call_later(HAND_OVER_S, self.hand_over)
+
+    def hand_over(self) -> None:
+        """Give the pending sampled requests to the background thread in one put (event loop only)."""
+        if self.hand_over_timer is not None:
+            self.hand_over_timer.cancel()
+            self.hand_over_timer = None
+        batch, self.pending, self.pending_samples = self.pending, [], 0
+        if not batch:
+            return
         try:
-            self.queue.put_nowait((model.name, model.version, monitor, images, captured))
+            self.queue.put_nowait(batch)
         except queue.Full:
-            metrics.SAMPLES_DROPPED.labels(model.name, str(model.version)).inc(len(images))
-            if monitor is not None:
-                monitor.dropped += len(images)
+            for name, version, monitor, images, _ in batch:
+                metrics.SAMPLES_DROPPED.labels(name, str(version)).inc(len(images))
+                if monitor is not None:
+                    monitor.dropped += len(images)
             return
         if self.thread is None:
             self.thread = threading.Thread(target=self.run, name="bnserve-monitor", daemon=True)
@@ -310,19 +335,9 @@ class TrafficSampler:
 
     def run(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            batch = self.queue.get()
+            if batch is None:
                 break
-            batch = [item]
-            while sum(len(entry[3]) for entry in batch) < MONITOR_BATCH:
-                try:
-                    entry = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is None:
-                    self.queue.put(None)
-                    break
-                batch.append(entry)
             try:
                 self.process(batch)
             except Exception:  # the monitor is an observer: its failure is logged, never raised into serving
@@ -344,6 +359,7 @@ class TrafficSampler:
                 monitor.add(images, values)
 
     def stop(self) -> None:
+        """After hand_over() on the event loop: let the thread finish what it holds, write the last shards."""
         if self.thread is not None:
             self.queue.put(None)
             self.thread.join(timeout=10)

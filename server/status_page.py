@@ -24,25 +24,28 @@ def escape(value) -> str:
 
 
 def chart(history: list[float], threshold: float) -> str:
-    """The shifts of the last windows (a polyline) under a dashed threshold line, on a scale that shows both."""
-    top = max([threshold * 1.25, *history]) if math.isfinite(threshold) else max(history or [1.0])
-    top = top if top > 0 else 1.0
+    """The shifts of the last windows (a polyline) under a dashed threshold line, on a log scale from threshold/100
+    to the larger of 10 x threshold and the largest shift: clean windows sit well below the line, shifts far above."""
+    finite = math.isfinite(threshold) and threshold > 0
+    bottom = threshold / 100 if finite else max(min([v for v in history if v > 0] or [1e-6]), 1e-12)
+    top = max([threshold * 10 if finite else bottom * 1e3, *history])
+    span = math.log10(top / bottom) or 1.0
 
     def y(value: float) -> float:
-        return CHART_HEIGHT - 4 - (CHART_HEIGHT - 8) * min(value, top) / top
+        position = math.log10(max(value, bottom) / bottom) / span
+        return CHART_HEIGHT - 4 - (CHART_HEIGHT - 8) * min(position, 1.0)
 
-    threshold_y = y(threshold) if math.isfinite(threshold) else None
     parts = [f'<svg width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" '
-             f'aria-label="shift over the last {len(history)} windows against threshold {threshold:.3g}">']
-    if threshold_y is not None:
-        parts.append(f'<line class="threshold" x1="0" x2="{CHART_WIDTH}" y1="{threshold_y:.1f}" y2="{threshold_y:.1f}" '
+             f'aria-label="shift over the last {len(history)} windows against threshold {threshold:.3g} (log scale)">']
+    if finite:
+        parts.append(f'<line class="threshold" x1="0" x2="{CHART_WIDTH}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
                      'stroke="#c62828" stroke-dasharray="4 3"/>')
     if history:
         step = (CHART_WIDTH - 8) / max(len(history) - 1, 1)
         points = " ".join(f"{4 + i * step:.1f},{y(v):.1f}" for i, v in enumerate(history))
         parts.append(f'<polyline class="shift" points="{points}" fill="none" stroke="#1f5fbf" stroke-width="1.5"/>')
         for i, v in enumerate(history):
-            color = "#c62828" if math.isfinite(threshold) and v > threshold else "#1f5fbf"
+            color = "#c62828" if finite and v > threshold else "#1f5fbf"
             parts.append(f'<circle cx="{4 + i * step:.1f}" cy="{y(v):.1f}" r="2" fill="{color}"/>')
     parts.append("</svg>")
     return "".join(parts)
@@ -73,7 +76,7 @@ def version_section(dataplane: DataPlane, model) -> str:
     parts.append(f'<p>drift: {state} &middot; {drift["windows"]} windows of {drift["window"]} samples '
                  f'(sample rate {drift["sample_rate"]:g}), {drift["samples_in_window"]} samples in the open window</p>')
     parts.append("<table><tr><th>layer</th><th>name</th><th>last shift</th><th>threshold</th>"
-                 "<th>last windows</th></tr>")
+                 "<th>last windows (log scale; dashed: threshold)</th></tr>")
     for layer in drift["layers"]:
         score = "no window yet" if layer["score"] is None else f"{layer['score']:.4g}"
         css = "bad" if layer["alarm"] else ""
