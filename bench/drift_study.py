@@ -33,7 +33,7 @@ import requests  # noqa: E402
 
 from bench.loadgen import median_result, model_infer_body, run_load  # noqa: E402
 from bench.run import bnserve, platform_line  # noqa: E402
-from bnserve.repository import read_manifest  # noqa: E402
+from bnserve.core.repository import read_manifest  # noqa: E402
 from server.settings import ServerSettings  # noqa: E402
 from tests.requests import v2_json_body  # noqa: E402
 from tests.servers import start_server  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> None:
         spec = manifest.monitor
         thresholds = [layer.threshold for layer in spec.layers]
         names = [layer.name for layer in spec.layers]
-        config = read_run_record(run_dir)["config"]
+        config = read_run_record(run_dir).config
         train, heldout = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
         clean_pool = heldout.images.astype(np.float32)
 

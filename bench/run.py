@@ -168,7 +168,7 @@ def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, 
     model, record, _ = restore_trained_model(work / f"{name}-run")
     unfolded = tf.function(lambda x: model(x, training=False))
     folded = tf.saved_model.load(str(repository / name / "1" / "saved_model")).signatures["serving_default"]
-    shape = tuple(record["model"]["input_shape"])
+    shape = tuple(record.model["input_shape"])
     lines = []
     for batch in (1, 64):
         images = tf.constant(sample(shape, batch))

@@ -69,7 +69,7 @@ def keras_bn_curve(config: TrainConfig) -> list[tuple[float, float]]:
 
 def bnserve_curve(config: TrainConfig, workdir: Path, name: str) -> list[tuple[float, float]]:
     record = train(config, workdir / name, log=lambda line: None)
-    return [(e["heldout_inference_accuracy"], e["heldout_batch_stats_accuracy"]) for e in record["epochs"]]
+    return [(e.heldout_inference_accuracy, e.heldout_batch_stats_accuracy) for e in record.epochs]
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from bnserve.errors import BnserveError, UserError
+from bnserve.core.errors import BnserveError, UserError
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -36,7 +36,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def version_number(text: str) -> int:
-    from bnserve.repository import parse_version
+    from bnserve.core.repository import parse_version
 
     version = parse_version(text)
     if version is None:
@@ -92,7 +92,7 @@ def train_config_from(args) -> "TrainConfig":
         defaults = TrainConfig()
         return replace(defaults, **given, **execution,
                        epochs=args.epochs if args.epochs is not None else defaults.epochs)
-    stored = TrainConfig.from_json(read_run_record(args.out)["config"])
+    stored = TrainConfig.from_json(read_run_record(args.out).config)
     for name, value in given.items():
         if getattr(stored, name) != value:
             raise UserError(f"--{name.replace('_', '-')}: the run was trained with {getattr(stored, name)!r};"
@@ -154,7 +154,7 @@ def run_train(args) -> int:
         from trainer.train import train  # TensorFlow loads only once the input is known to be good
 
     record = train(config, args.out, resume=args.resume, dataset=dataset)
-    final = record.get("final", {})
+    final = record.final or {}
     print(f"run {args.out}: held-out accuracy {final.get('heldout_inference_accuracy', float('nan')):.4f}"
           f" (inference mode), {final.get('heldout_batch_stats_accuracy', float('nan')):.4f} (batch statistics)")
     return 0
@@ -177,7 +177,7 @@ def add_export_parser(commands) -> None:
 
 
 def run_export(args) -> int:
-    from bnserve.repository import check_new_version
+    from bnserve.core.repository import check_new_version
     from exporter.options import check_export_options
     from trainer.rundir import check_has_checkpoint
 

@@ -2,7 +2,7 @@
 computes the numbers it was certified with — for consumers of ``model.onnx`` or the SavedModel who
 never run the server.
 
-Checks the manifest's sha256 of every file, then runs the golden samples (``bnserve.golden``) through
+Checks the manifest's sha256 of every file, then runs the golden samples (``bnserve.core.golden``) through
 the chosen runtime and prints the export certificate's table for them.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bnserve.errors import BnserveError, UserError
-from bnserve.golden import GOLDEN, Runner, check_golden, read_golden
-from bnserve.parity import format_table, measure
-from bnserve.repository import INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE, read_manifest, \
+from bnserve.core.errors import BnserveError, UserError
+from bnserve.core.golden import GOLDEN, Runner, check_golden, read_golden
+from bnserve.core.parity import format_table, measure
+from bnserve.core.repository import INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE, read_manifest, \
     verify_files
 
 RUNTIMES = ("onnxruntime", "tf", "onnx-reference")

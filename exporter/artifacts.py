@@ -13,7 +13,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from bnserve.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE, Manifest
+from bnserve.core.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE, Manifest
 from exporter.folded import FoldedModule
 
 BATCH_DIM = "batch"
@@ -63,7 +63,7 @@ def onnx_metadata(manifest: Manifest) -> dict[str, str]:
         "bnserve.outputs": json.dumps({o.name: list(o.shape) for o in manifest.outputs}),
         "bnserve.batch_normalization": json.dumps(manifest.batch_normalization.to_json()),
         "bnserve.heldout_accuracy": json.dumps(manifest.heldout_accuracy),
-        "bnserve.parity": json.dumps({"tolerance": manifest.parity["tolerance"], "passed": manifest.parity["passed"],
+        "bnserve.core.parity": json.dumps({"tolerance": manifest.parity["tolerance"], "passed": manifest.parity["passed"],
                                       "max_abs": {name: r["max_abs"] for name, r in manifest.parity["artifacts"].items()}}),
         "bnserve.version": manifest.versions["bnserve"],
     }

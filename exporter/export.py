@@ -18,20 +18,21 @@ import tf2onnx
 from onnx.reference import ReferenceEvaluator
 
 import bnserve
-from bnserve.errors import BnserveError
-from bnserve.golden import GOLDEN, golden_inputs, write_golden
-from bnserve.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE,
+from bnserve.core.errors import BnserveError
+from bnserve.core.golden import GOLDEN, golden_inputs, write_golden
+from bnserve.core.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE,
                                 BatchNormProvenance, Manifest, TensorSpec, check_new_version, discard, publish,
                                 read_manifest, staging_dir, write_json)
-from bnserve.drift import (CLEAN_WINDOWS, DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW, MONITOR_MODEL,
+from bnserve.core.drift import (CLEAN_WINDOWS, DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW, MONITOR_MODEL,
                            MonitoredLayer, MonitorSpec, calibrate_thresholds)
 from exporter.artifacts import (assert_no_batch_norm, write_monitor_onnx, write_onnx, write_onnx_metadata,
                                 write_saved_model)
 from exporter.fold import bn_scale_shift
 from exporter.options import check_export_options, load_adapt_data, statistics_kind
 from exporter.folded import FoldedModule, MonitorModule, fold_network
-from bnserve.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
+from bnserve.core.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
 from trainer.checkpoint import restore_trained_model
+from bnserve.core.records import RunRecord
 from trainer.rundir import check_has_checkpoint, read_run_record
 from trainer.data import Dataset, load_dataset, split
 from trainer.model import NetworkParameters, make_predict
@@ -93,7 +94,7 @@ def labelled_accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
 def monitored_layers(network: NetworkParameters, statistics: dict) -> list[MonitoredLayer]:
     """Layer 0 (the input standardisation: s = 1/std, t = -mean/std, frozen M = mean, V = std^2, with the first
     BN's epsilon so that a constant input channel stays finite) and each folded block (s, t of its BN, frozen M, V
-    the folded statistics), as bnserve.drift defines them."""
+    the folded statistics), as bnserve.core.drift defines them."""
     mean, std = np.asarray(network.input_mean, np.float64), np.asarray(network.input_std, np.float64)
     first_epsilon = network.blocks[0].epsilon if network.blocks else 1e-3
     layers = [MonitoredLayer("input", tuple(1 / std), tuple(-mean / std), tuple(mean), tuple(std ** 2), first_epsilon)]
@@ -109,7 +110,7 @@ def monitored_layers(network: NetworkParameters, statistics: dict) -> list[Monit
 def write_monitor(folded, network: NetworkParameters, statistics: dict, built: Path, opset: int,
                   clean: np.ndarray, tolerance: float) -> MonitorSpec:
     """monitor.onnx, checked against its TensorFlow function on ``clean`` (held-out) inputs, and the per-layer
-    alarm thresholds calibrated on clean windows of those inputs (bnserve.drift.calibrate_thresholds)."""
+    alarm thresholds calibrated on clean windows of those inputs (bnserve.core.drift.calibrate_thresholds)."""
     module = MonitorModule(folded)
     write_monitor_onnx(module, built / MONITOR_MODEL, opset)
     session = onnxruntime.InferenceSession(str(built / MONITOR_MODEL), providers=["CPUExecutionProvider"])
@@ -144,17 +145,17 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
     return {"saved_model": saved_model, "onnxruntime": onnx_runtime, "onnx_reference": onnx_reference}
 
 
-def build_manifest(request: ExportRequest, network: NetworkParameters, record: dict, checkpoint: str,
+def build_manifest(request: ExportRequest, network: NetworkParameters, record: RunRecord, checkpoint: str,
                    accuracies: dict, parity: dict, golden: dict, input_range: tuple[float, float],
                    monitor: MonitorSpec, statistics_source: dict | None) -> Manifest:
-    config, dataset = record["model"], record["dataset"]
+    config, dataset = record.model, record.dataset
     height, width, channels = config["input_shape"]
     classes = config["num_classes"]
     return Manifest(
         inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, height, width, channels)),),
         outputs=tuple(TensorSpec(name, "FP32", (-1, classes)) for name in OUTPUT_NAMES),
-        class_labels=tuple(dataset["class_names"]),
-        input_values=f"raw values as stored in the data set {dataset['name']!r}; normalisation is in the graph",
+        class_labels=dataset.class_names,
+        input_values=f"raw values as stored in the data set {dataset.name!r}; normalisation is in the graph",
         input_range=input_range,
         batch_normalization=BatchNormProvenance(
             statistics=statistics_kind(request.statistics), decay=config["decay"], warmup=config["warmup"],
@@ -165,7 +166,7 @@ def build_manifest(request: ExportRequest, network: NetworkParameters, record: d
         parity=parity,
         golden=golden,
         source={"run_dir": str(request.run_dir.resolve()), "checkpoint": Path(checkpoint).name,
-                "dataset_sha256": dataset["sha256"]},
+                "dataset_sha256": dataset.sha256},
         onnx_opset=request.opset,
         versions={"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
                   "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
@@ -184,11 +185,10 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
     adapt = None
     if kind == "adapt":  # the target data is checked before TensorFlow restores anything
         record = read_run_record(request.run_dir)
-        adapt = load_adapt_data(request.statistics, tuple(record["model"]["input_shape"]),
-                                record["model"]["num_classes"])
+        adapt = load_adapt_data(request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"])
     with progress("restoring the checkpoint", log):
         model, record, checkpoint = restore_trained_model(request.run_dir)
-        config = record["config"]
+        config = record.config
         train, heldout = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
     accuracies = {"ema": heldout_accuracy(model, heldout)}
     network = model.parameters()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from bnserve.repository import INPUT_NAME
+from bnserve.core.repository import INPUT_NAME
 from exporter.fold import fold_conv_bn
 from trainer.model import NetworkParameters
 
@@ -82,7 +82,7 @@ class FoldedModule(tf.Module):
 class MonitorModule(tf.Module):
     """The drift monitor's graph (monitor.onnx): ``moments(images)`` returns, for the input standardisation
     (layer 0) and each folded conv before its ReLU (layers 1..L), the per-sample, per-channel mean over H x W of
-    that layer's output y and the mean of y^2, named as bnserve.drift.output_names(layer), each [N, C]."""
+    that layer's output y and the mean of y^2, named as bnserve.core.drift.output_names(layer), each [N, C]."""
 
     def __init__(self, network: FoldedNetwork):
         super().__init__(name="bnserve_monitor")
@@ -91,7 +91,7 @@ class MonitorModule(tf.Module):
             self._moments, input_signature=[tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)])
 
     def _moments(self, images):
-        from bnserve.drift import output_names
+        from bnserve.core.drift import output_names
 
         folded = self.folded
         outputs = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 
 # tf2onnx 1.17 (pinned in pyproject.toml) emits opsets up to 18; its README: "We support and test
 # ONNX opset-14 to opset-18". tests/test_export.py fails if the installed tf2onnx disagrees.

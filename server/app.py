@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 from protos import inference_pb2, inference_pb2_grpc, monitor_pb2_grpc
 from server import grpc_monitor, grpc_tfserving
 from server.auth import TokenAuthInterceptor

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from bnserve.errors import BnserveError, UserError
+from bnserve.core.errors import BnserveError, UserError
 
 
 class ServingError(BnserveError):

@@ -10,7 +10,7 @@
     bnserve_loaded_versions{model}                    gauge: versions ready to serve
     bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
     bnserve_parity_max_abs_error{model,version}       gauge: largest |output - golden reference| measured at load
-    bnserve_bn_shift{model,version,layer}             gauge: the last window's shift score per BN layer (bnserve.drift)
+    bnserve_bn_shift{model,version,layer}             gauge: the last window's shift score per BN layer (bnserve.core.drift)
     bnserve_drift_alarm{model,version}                gauge: 1 while some layer's shift is above its threshold
     bnserve_monitor_dropped_samples_total{model,version}  sampled inputs dropped because the monitor was behind
     bnserve_captured_samples_total{model,version}     inputs written to --capture-dir

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from bnserve.errors import UserError
-from bnserve.golden import GOLDEN, GoldenCheck, check_golden, read_golden
-from bnserve.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, is_directory, parse_version, read_manifest,
+from bnserve.core.errors import UserError
+from bnserve.core.golden import GOLDEN, GoldenCheck, check_golden, read_golden
+from bnserve.core.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, is_directory, parse_version, read_manifest,
                                 validate_model_name, verify_files, version_dirs, version_files)
 from server import metrics
 from server.backends import Backend, check_signature, load_backend

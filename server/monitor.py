@@ -5,7 +5,7 @@ MONITOR_BATCH samples (or HAND_OVER_S after the first) the list goes to the back
 non-blocking queue put (dropped, and counted, when the queue is full), so the thread wakes once per batch,
 not once per request. Nothing there can fail or delay a request. The background thread runs
 each version's monitor.onnx on the sampled inputs (in batches of up to MONITOR_BATCH samples), completes
-windows of W samples, scores them (bnserve.drift) and keeps the last HISTORY windows; another writes
+windows of W samples, scores them (bnserve.core.drift) and keeps the last HISTORY windows; another writes
 captured inputs as .npz shards.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnserve.drift import MonitorSpec, layer_shift, output_names
-from bnserve.repository import INPUT_NAME
+from bnserve.core.drift import MonitorSpec, layer_shift, output_names
+from bnserve.core.repository import INPUT_NAME
 from server import metrics
 
 log = logging.getLogger("bnserve.server")

@@ -293,7 +293,7 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 async def start_http(dataplane: DataPlane, controller: RepositoryController,
                      settings: ServerSettings) -> tuple[web.AppRunner, int]:
     """Serve HTTP on settings.host:settings.http_port; returns the runner (cleanup() stops it) and the port."""
-    from bnserve.errors import UserError
+    from bnserve.core.errors import UserError
 
     app = HttpFront(dataplane, controller, settings).application()
     # access_log None: a line per request would cost more than the request; errors are logged (rate-limited).

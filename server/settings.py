@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 from server.backends import BACKENDS, DEVICES
 from server.batching import BatchingOptions
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 
 log = logging.getLogger("bnserve.server")
 

@@ -25,7 +25,7 @@ def reference(digits_run):
 
     run_dir, record = digits_run
     model, _, _ = restore_trained_model(run_dir)
-    config = record["config"]
+    config = record.config
     _, heldout = split(load_dataset("digits"), config["seed"], config["heldout_fraction"])
     return model, heldout
 

@@ -40,7 +40,7 @@ def test_export_prints_the_parity_table_and_the_published_path(digits_run, tmp_p
         (["--name", "m", "--version", "+1"], ["--version", "'+1'"]),
         (["--name", "m", "--version", "\u0661"], ["--version", "canonical positive decimal"]),
         (["--name", "m", "--opset", "99"], ["--opset 99", "opsets 14 to 18"]),
-        (["--name", "m", "--stats", "median"], ["--stats", "invalid choice"]),
+        (["--name", "m", "--stats", "median"], ["--stats 'median'", "expected one of ema, precise, adapt:PATH"]),
     ],
 )
 def test_bad_arguments_are_refused_and_the_repository_is_unchanged(digits_run, tmp_path, extra, fragments):

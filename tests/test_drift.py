@@ -14,9 +14,9 @@ import onnxruntime
 import pytest
 import requests
 
-from bnserve.drift import (MONITOR_MODEL, MonitoredLayer, calibrate_thresholds, layer_shift, output_names,
+from bnserve.core.drift import (MONITOR_MODEL, MonitoredLayer, calibrate_thresholds, layer_shift, output_names,
                            window_shifts)
-from bnserve.repository import read_manifest
+from bnserve.core.repository import read_manifest
 from tests.requests import v2_json_body
 from tests.servers import start_server
 from tests.test_operations import metric, publish_copy, scrape, wait_for
@@ -269,7 +269,7 @@ def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_a
     assert bn.source["accuracy_after"] > bn.source["accuracy_before"]
     assert manifest.parity["passed"] and "adapt" in manifest.heldout_accuracy
     model, _, _ = restore_trained_model(run_dir)
-    model.set_statistics(precise_statistics(model, shifted, record["config"]["batch_size"]))
+    model.set_statistics(precise_statistics(model, shifted, record.config["batch_size"]))
     expected = model(shifted, training=False).numpy()
     session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     assert_same_function(session.run(["logits"], {"images": shifted})[0], expected, rtol=1e-4)

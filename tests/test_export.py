@@ -9,8 +9,8 @@ import onnxruntime
 import pytest
 import tensorflow as tf
 
-from bnserve.errors import UserError
-from bnserve.repository import file_digests, read_manifest, verify_files
+from bnserve.core.errors import UserError
+from bnserve.core.repository import file_digests, read_manifest, verify_files
 from exporter.artifacts import onnx_op_types, saved_model_op_types
 from exporter.export import ExportRequest, ParityError, export, precise_statistics
 from exporter.folded import FoldedModule, fold_network
@@ -110,7 +110,7 @@ def test_precise_statistics_publish_version_2_and_leave_version_1_untouched(expo
 def test_precise_statistics_average_the_batch_moments(digits_run):
     run_dir, record = digits_run
     model, _, _ = restore_trained_model(run_dir)
-    train, _ = split(load_dataset("digits"), record["config"]["seed"], record["config"]["heldout_fraction"])
+    train, _ = split(load_dataset("digits"), record.config["seed"], record.config["heldout_fraction"])
     statistics = precise_statistics(model, train.images, batch_size=100)
     # The first BN layer's input does not depend on any BN: recompute it batch by batch.
     means, variances, weights = [], [], []
@@ -172,7 +172,7 @@ def test_model_onnx_alone_tells_its_consumers_what_it_is(exported):
                                                   "values": manifest["input_values"]}
     assert json.loads(props["bnserve.batch_normalization"]) == manifest["batch_normalization"]
     assert json.loads(props["bnserve.batch_normalization"])["statistics"] == "ema"
-    parity = json.loads(props["bnserve.parity"])
+    parity = json.loads(props["bnserve.core.parity"])
     assert parity["passed"] and parity["tolerance"] == 1e-4
     assert parity["max_abs"] == {name: r["max_abs"] for name, r in manifest["parity"]["artifacts"].items()}
     assert json.loads(props["bnserve.heldout_accuracy"]) == manifest["heldout_accuracy"]
@@ -183,7 +183,7 @@ def test_model_onnx_alone_tells_its_consumers_what_it_is(exported):
 def test_the_manifest_round_trips_and_a_foreign_one_names_its_field(exported, tmp_path):
     import json
 
-    from bnserve.repository import Manifest
+    from bnserve.core.repository import Manifest
 
     _, version_dir, data = exported
     manifest = read_manifest(version_dir)

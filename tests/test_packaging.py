@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+import requests
 
-from tests.servers import start_listening
+from tests.requests import v2_json_body
+from tests.servers import free_port, start_listening
 from tests.test_cli_train import assert_user_error
 from tests.test_operations import infer_request, publish_copy, stub_for
 
@@ -46,8 +48,9 @@ def test_the_core_install_serves_predicts_and_verifies_without_tensorflow(export
 
     repository = tmp_path / "repo"
     publish_copy(version_dir, repository, "digits", 1)
+    http_port = free_port()
     server = start_listening([bnserve, "serve", "--repository", str(repository), "--grpc-port", "0",
-                              "--model-control", "none"])
+                              "--http-port", str(http_port), "--model-control", "none"])
     channel, stub = stub_for(server.url)
     try:
         request = infer_request(batch=3, model="digits")
@@ -60,6 +63,9 @@ def test_the_core_install_serves_predicts_and_verifies_without_tensorflow(export
         predicted = subprocess.run([bnserve, "predict", "--url", server.url, "--model", "digits",
                                     str(tmp_path / "three.npy")], capture_output=True, text=True, timeout=60)
         assert predicted.returncode == 0 and predicted.stdout.strip(), predicted.stderr
+        answer = requests.post(f"http://127.0.0.1:{http_port}/v2/models/digits/infer",
+                               json=v2_json_body(images), timeout=30)  # the HTTP port is part of the core too
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     finally:
         channel.close()
         assert server.stop() == 0

@@ -13,8 +13,8 @@ import pytest
 from onnx import numpy_helper
 from tritonclient.grpc import service_pb2 as v2
 
-from bnserve.golden import GOLDEN, read_golden
-from bnserve.repository import MANIFEST, ONNX_MODEL, file_digests
+from bnserve.core.golden import GOLDEN, read_golden
+from bnserve.core.repository import MANIFEST, ONNX_MODEL, file_digests
 from tests.servers import start_server
 from tests.test_operations import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
 from tests.tolerance import assert_same_function

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bnserve.repository import version_dirs
+from bnserve.core.repository import version_dirs
 from tests.onnx_models import projection_model
 from tests.servers import start_server
 from tests.test_operations import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for

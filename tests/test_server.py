@@ -271,7 +271,7 @@ def test_reflection_lists_the_services(server):
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = {s.name for r in responses for s in r.list_services_response.service}
     assert services == {"inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                        "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"}
+                        "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService", "bnserve.Monitor"}
 
 
 def test_tensorflow_is_imported_only_by_the_tensorflow_backend(server):

@@ -14,9 +14,9 @@ from trainer.train import train
 
 def test_default_model_reaches_95_percent_in_inference_mode(digits_run):
     _, record = digits_run
-    assert record["status"] == "completed"
-    assert record["final"]["heldout_inference_accuracy"] >= 0.95
-    assert record["final"]["heldout_batch_stats_accuracy"] >= 0.95
+    assert record.status == "completed"
+    assert record.final["heldout_inference_accuracy"] >= 0.95
+    assert record.final["heldout_batch_stats_accuracy"] >= 0.95
 
 
 def test_run_json_records_config_dataset_and_both_modes_per_epoch(digits_run):
@@ -45,11 +45,11 @@ def test_tensorboard_logs_hold_metrics_and_shadow_statistics(digits_run):
 def test_restored_model_reproduces_the_reported_accuracy(digits_run):
     run_dir, record = digits_run
     model, _, checkpoint = restore_trained_model(run_dir)
-    assert checkpoint.endswith(f"ckpt-{record['config']['epochs']}")
-    _, heldout = split(load_dataset("digits"), record["config"]["seed"], record["config"]["heldout_fraction"])
+    assert checkpoint.endswith(f"ckpt-{record.config['epochs']}")
+    _, heldout = split(load_dataset("digits"), record.config["seed"], record.config["heldout_fraction"])
     logits = model(heldout.images, training=False).numpy()
     accuracy = float(np.mean(np.argmax(logits, axis=1) == heldout.labels))
-    assert abs(accuracy - record["final"]["heldout_inference_accuracy"]) < 1e-9
+    assert abs(accuracy - record.final["heldout_inference_accuracy"]) < 1e-9
     # The shadows, not the initial 0/1, are what the restored model normalises with.
     assert np.max(np.abs(model.norms[0].shadow_variance.numpy() - 1.0)) > 1e-2
 
@@ -65,7 +65,7 @@ def test_resume_gives_the_same_weights_and_shadows_as_a_straight_run(tmp_path):
     train(config, tmp_path / "straight")
     train(replace(config, epochs=1), tmp_path / "resumed")
     record = train(config, tmp_path / "resumed", resume=True)
-    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert [e.epoch for e in record.epochs] == [1, 2]
     straight, resumed = checkpoint_values(tmp_path / "straight"), checkpoint_values(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     assert any(key.startswith("shadows/") for key in straight) and any(key.startswith("optimizer/") for key in straight)
@@ -88,6 +88,6 @@ def test_the_same_run_twice_gives_bitwise_equal_checkpoints(tmp_path):
 
 def test_with_warmup_inference_mode_tracks_batch_statistics_mode_from_epoch_2(digits_run):
     _, record = digits_run
-    for epoch in record["epochs"][1:]:
-        gap = abs(epoch["heldout_inference_accuracy"] - epoch["heldout_batch_stats_accuracy"])
+    for epoch in record.epochs[1:]:
+        gap = abs(epoch.heldout_inference_accuracy - epoch.heldout_batch_stats_accuracy)
         assert gap <= 0.02, epoch

@@ -8,7 +8,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
+from bnserve.core.records import RunRecord
 from trainer.model import ModelConfig, ShadowBNConvNet, build_model
 from trainer.rundir import CHECKPOINTS, read_run_record
 
@@ -38,10 +39,10 @@ def keyed_by_path(variables) -> dict[str, tf.Variable]:
     return keyed
 
 
-def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, dict, str]:
+def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, RunRecord, str]:
     """Rebuild the network of a run and load its latest checkpoint: (model, run record, checkpoint path)."""
     record = read_run_record(run_dir)
-    model = build_model(ModelConfig.from_json(record["model"]))
+    model = build_model(ModelConfig.from_json(record.model))
     latest = tf.train.latest_checkpoint(str(run_dir / CHECKPOINTS))
     if latest is None:
         raise UserError(f"{str(run_dir)!r}: the run has no checkpoint yet")

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 
 
 @dataclass(frozen=True)

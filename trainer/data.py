@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
 
 SYNTHETIC_PATTERN = re.compile(r"synthetic:(\d+)x(\d+)x(\d+)")
 MAX_SYNTHETIC_BYTES = 8 << 30

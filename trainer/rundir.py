@@ -12,37 +12,35 @@ import os
 import tempfile
 from pathlib import Path
 
-from bnserve.errors import UserError
+from bnserve.core.errors import UserError
+from bnserve.core.records import RUN_FORMAT, RunRecord  # noqa: F401  (RUN_FORMAT: the trainer's name for it)
 
-RUN_FORMAT = "bnserve.run/1"
 RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 
 
-def write_run_record(run_dir: Path, record: dict) -> None:
+def write_run_record(run_dir: Path, record: RunRecord) -> None:
     """Replace run.json atomically: a reader sees the old record or the new one, never half of one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=run_dir, prefix=".run.", suffix=".json")
     with os.fdopen(handle, "w") as stream:
-        json.dump(record, stream, indent=2, sort_keys=True)
+        json.dump(record.to_json(), stream, indent=2, sort_keys=True)
         stream.write("\n")
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(temporary, run_dir / RUN_RECORD)
 
 
-def read_run_record(run_dir: Path) -> dict:
+def read_run_record(run_dir: Path) -> RunRecord:
     path = run_dir / RUN_RECORD
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a training run: no {RUN_RECORD}")
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{str(path)!r}: unreadable run record ({exc})") from None
-    if record.get("format") != RUN_FORMAT:
-        raise UserError(f"{str(path)!r}: format {record.get('format')!r}, expected {RUN_FORMAT!r}")
-    return record
+    return RunRecord.from_json(data, repr(str(path)))
 
 
 def check_new_run_dir(run_dir: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,13 +14,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from bnserve.errors import BnserveError, UserError
+from bnserve.core.errors import BnserveError, UserError
 from trainer.checkpoint import readable_checkpoint, training_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Dataset, epoch_order, load_dataset, split
 from trainer.distribute import Cluster, make_cluster, split_batch
 from trainer.model import ModelConfig, ShadowBNConvNet, build_model, make_predict
-from trainer.rundir import CHECKPOINTS, LOGS, RUN_FORMAT, check_new_run_dir, read_run_record, write_run_record
+from bnserve.core.records import DatasetInfo, EpochMetrics, RunRecord
+from trainer.rundir import CHECKPOINTS, LOGS, check_new_run_dir, read_run_record, write_run_record
 
 INFERENCE_BATCH = 256
 
@@ -107,7 +108,8 @@ class Session:
     optimizer: keras.optimizers.Optimizer
     completed_epochs: tf.Variable
     manager: tf.train.CheckpointManager
-    record: dict
+    record: RunRecord
+    """Replaced (dataclasses.replace), never mutated: each write_run_record sees one consistent record."""
 
 
 def model_config_for(config: TrainConfig, train: Dataset) -> ModelConfig:
@@ -134,22 +136,20 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
     train, heldout = split(dataset, config.seed, config.heldout_fraction)
     cluster = make_cluster(config)
     if resume:
-        record = read_run_record(run_dir)
-        model_config = ModelConfig.from_json(record["model"])
+        previous = read_run_record(run_dir)
+        model_config = ModelConfig.from_json(previous.model)
     else:
         if cluster.chief:
             check_new_run_dir(run_dir)
         model_config = model_config_for(config, train)
-        record = {"format": RUN_FORMAT, "epochs": []}
-    record.update(
-        status="running", config=config.to_json(), model=model_config.to_json(),
-        dataset={"name": dataset.name, "spec": config.data, "image_shape": list(dataset.image_shape),
-                 "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-                 "samples": len(dataset), "train_samples": len(train), "heldout_samples": len(heldout),
-                 "sha256": dataset.fingerprint()},
-    )
-    record["distribution"] = {"strategy": config.strategy, "replicas": cluster.strategy.num_replicas_in_sync,
-                              "task": cluster.task}
+        previous = None
+    record = RunRecord(
+        config=config.to_json(), model=model_config.to_json(),
+        dataset=DatasetInfo(dataset.name, config.data, tuple(dataset.image_shape), dataset.num_classes,
+                            tuple(dataset.class_names), len(dataset), len(train), len(heldout), dataset.fingerprint()),
+        epochs=previous.epochs if previous else (), checkpoint=previous.checkpoint if previous else None,
+        distribution={"strategy": config.strategy, "replicas": cluster.strategy.num_replicas_in_sync,
+                      "task": cluster.task})
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     with cluster.strategy.scope():
@@ -166,14 +166,14 @@ def open_session(config: TrainConfig, run_dir: Path, resume: bool, dataset: Data
             raise UserError(f"--resume: {str(run_dir)!r} has no checkpoint to resume from")
         with readable_checkpoint(manager.latest_checkpoint):
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        record["epochs"] = record["epochs"][: int(completed_epochs.numpy())]
+        record = replace(record, epochs=record.epochs[: int(completed_epochs.numpy())])
     return Session(config, run_dir, cluster, train, heldout, model, optimizer, completed_epochs, manager, record)
 
 
-def write_summaries(writer, session: Session, epoch: int, metrics: dict) -> None:
+def write_summaries(writer, session: Session, epoch: int, metrics: EpochMetrics) -> None:
     with writer.as_default(step=epoch):
         for key in ("loss", "train_accuracy", "heldout_inference_accuracy", "heldout_batch_stats_accuracy"):
-            tf.summary.scalar(key, metrics[key])
+            tf.summary.scalar(key, getattr(metrics, key))
         for layer, shadows in session.model.shadow_variables().items():
             for statistic, variable in shadows.items():
                 tf.summary.scalar(f"{layer}/shadow_{statistic}", tf.reduce_mean(variable))
@@ -233,7 +233,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
         try:
             loss, train_accuracy = run_epoch(session, step, epoch)
         except TrainingDiverged:
-            session.record["status"] = "failed"
+            session.record = replace(session.record, status="failed")
             if chief:
                 write_run_record(run_dir, session.record)
             raise
@@ -244,30 +244,28 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, dataset: Dat
             raise WorkerLost(f"{session.cluster.task}: training stopped in epoch {epoch}: a worker stopped answering "
                              f"(collectives time out after {config.collective_timeout_seconds:g} s): "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        metrics = {
-            "epoch": epoch, "loss": loss, "train_accuracy": train_accuracy,
-            "heldout_inference_accuracy": accuracy(predict_inference, session.heldout, INFERENCE_BATCH),
-            "heldout_batch_stats_accuracy": accuracy(predict_batch_stats, session.heldout, config.batch_size),
-            "optimizer_steps": int(session.optimizer.iterations.numpy()),
-            "seconds": time.perf_counter() - started,
-        }
+        metrics = EpochMetrics(
+            epoch=epoch, loss=loss, train_accuracy=train_accuracy,
+            heldout_inference_accuracy=accuracy(predict_inference, session.heldout, INFERENCE_BATCH),
+            heldout_batch_stats_accuracy=accuracy(predict_batch_stats, session.heldout, config.batch_size),
+            optimizer_steps=int(session.optimizer.iterations.numpy()),
+            seconds=time.perf_counter() - started,
+        )
         session.completed_epochs.assign(epoch)
         checkpoint_path = session.manager.save(checkpoint_number=epoch)
         write_summaries(writer, session, epoch, metrics)
-        session.record["epochs"].append(metrics)
-        session.record["checkpoint"] = Path(checkpoint_path).name
+        session.record = replace(session.record, epochs=(*session.record.epochs, metrics),
+                                 checkpoint=Path(checkpoint_path).name)
         if chief:
             write_run_record(run_dir, session.record)
         log(f"epoch {epoch}/{config.epochs}: loss {loss:.4f}, train acc {train_accuracy:.4f}, held-out acc "
-            f"{metrics['heldout_inference_accuracy']:.4f} (inference, shadow stats) / "
-            f"{metrics['heldout_batch_stats_accuracy']:.4f} (batch stats), {metrics['seconds']:.1f} s")
-    epochs = session.record["epochs"]
-    session.record.update(
-        status="completed",
-        final={key: epochs[-1][key] for key in ("epoch", "loss", "train_accuracy", "heldout_inference_accuracy",
-                                                 "heldout_batch_stats_accuracy", "optimizer_steps")}
-        | {"training_seconds": sum(e["seconds"] for e in epochs)} if epochs else {},
-    )
+            f"{metrics.heldout_inference_accuracy:.4f} (inference, shadow stats) / "
+            f"{metrics.heldout_batch_stats_accuracy:.4f} (batch stats), {metrics.seconds:.1f} s")
+    epochs = session.record.epochs
+    final = {key: getattr(epochs[-1], key) for key in ("epoch", "loss", "train_accuracy", "heldout_inference_accuracy",
+                                                        "heldout_batch_stats_accuracy", "optimizer_steps")}
+    session.record = replace(session.record, status="completed",
+                             final=final | {"training_seconds": sum(e.seconds for e in epochs)} if epochs else {})
     if chief:
         write_run_record(run_dir, session.record)
     else:

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from bnserve.errors import UserError
-from bnserve.repository import TensorSpec
+from bnserve.core.errors import UserError
+from bnserve.core.repository import TensorSpec
 
 BACKENDS = ("onnx", "tf")
 DEVICES = ("auto", "cpu", "gpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from bnserve.repository import INPUT_NAME, ONNX_MODEL, TensorSpec
+from bnserve.core.repository import INPUT_NAME, ONNX_MODEL, TensorSpec
 from server.errors import StartupError
 
 ONNX_TO_V2 = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(int64)": "INT64",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bnserve.repository import INPUT_NAME, SAVED_MODEL, SIGNATURE, TensorSpec
+from bnserve.core.repository import INPUT_NAME, SAVED_MODEL, SIGNATURE, TensorSpec
 from server.errors import StartupError
 
 

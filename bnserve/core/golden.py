@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from bnserve.errors import UserError
-from bnserve.repository import OUTPUT_NAMES
+from bnserve.core.errors import UserError
+from bnserve.core.repository import OUTPUT_NAMES
 
 GOLDEN = "golden.npz"
 HELDOUT_SAMPLES = 32

@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bnserve.drift import MonitorSpec
-from bnserve.errors import UserError
+from bnserve.core.drift import MonitorSpec
+from bnserve.core.errors import UserError
 
 MANIFEST = "manifest.json"
 ONNX_MODEL = "model.onnx"
@@ -106,7 +106,7 @@ class Manifest:
     heldout_accuracy         {"ema": a[, "precise": b]}: held-out accuracy in inference mode per statistics
     parity                   the export certificate: tolerance, passed, per artifact max_abs/max_rel/...
     golden                   {"file": "golden.npz", "tolerance": t, "sets": {set: rows}} (absent on old versions)
-    monitor                  the drift monitor (bnserve.drift.MonitorSpec): monitor.onnx, window W, threshold
+    monitor                  the drift monitor (bnserve.core.drift.MonitorSpec): monitor.onnx, window W, threshold
                              calibration and every layer's scale, shift, frozen moments and threshold
     source, versions, onnx_opset, created, signature: provenance
     name, version, files, sizes: set when the version is published (sha256 and byte size of every file)
