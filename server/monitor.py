@@ -356,7 +356,9 @@ class TrafficSampler:
             images = np.ascontiguousarray(np.concatenate(arrays), np.float32)
             values = monitor.evaluate(images)
             with self.lock:
-                monitor.add(images, values)
+                # The version may have been unloaded meanwhile: its gauges are gone and must stay gone.
+                if self.monitors.get((monitor.name, monitor.version)) is monitor:
+                    monitor.add(images, values)
 
     def stop(self) -> None:
         """After hand_over() on the event loop: let the thread finish what it holds, write the last shards."""
