@@ -37,9 +37,9 @@ CONCURRENCIES = (1, 8, 32)
 ANALYSIS = [
     "## Where the time goes, and what would close the gaps", "",
     "- **Against the peers** bnserve is ahead at every concurrency on both machine classes (section 7): "
-    "1.13-1.15x the best peer (KServe) at c=1 and 1.27-1.30x at c=8/32 in the run above; an earlier run of "
-    "the same code on this machine gave 1.17x and 1.67-1.69x. Run-to-run spread here is 10-25%, so the "
-    "1.2x/1.5x targets sit inside the noise at c=1 and are missed by 0.2x at c=8/32 in this run.",
+    "1.13-1.20x the best peer (KServe) at c=1 and 1.21-1.46x at c=8/32 over the last two sessions' runs "
+    "(an earlier run gave 1.17x and 1.67-1.69x). Run-to-run spread here is 10-25%, so the 1.2x/1.5x "
+    "targets sit inside the noise at c=1 and are missed by up to 0.3x at c=8/32.",
     "- **c=1** (target: no-op p50 + 0.15 ms; measured +0.20 to +0.24 ms). A lone request no longer pays the "
     "thread hand-off: calls measured below `--inline-compute-us` (250 us) run on the event loop (p50 "
     "0.583 ms vs 0.812 ms with `--inline-compute-us 0` in a same-minute A/B on this machine; 0.473 vs 0.547 "
