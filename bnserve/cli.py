@@ -238,12 +238,12 @@ def add_serve_parser(commands) -> None:
     parser.add_argument("--poll-seconds", type=float, default=S.poll_seconds,
                         help="repository scan interval for new/removed versions (default %(default)s; 0: off)")
     parser.add_argument("--max-connections", type=int, default=S.max_connections,
-                        help="connections the gRPC port holds at once; more are refused (default %(default)s)")
+                        help="connections each port (gRPC, HTTP) holds at once; more are refused (default %(default)s)")
     parser.add_argument("--connection-idle-seconds", type=float, default=S.connection_idle_seconds,
                         help="close a connection without calls for this long (default %(default)s)")
     parser.add_argument("--handshake-seconds", type=float, default=S.handshake_seconds,
-                        help="close a connection that has not completed its HTTP/2 handshake in this time "
-                             "(default %(default)s)")
+                        help="close a connection that has not completed its HTTP/2 (gRPC) or TLS (HTTPS) handshake "
+                             "in this time (default %(default)s)")
     parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default=S.model_control,
                         help="poll: follow the repository every --poll-seconds (default); none: load it at start only; "
                              "explicit: load it at start, then only RepositoryModelLoad/Unload change it (those RPCs "

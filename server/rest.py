@@ -290,6 +290,50 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
+class RefusedConnection(asyncio.Protocol):
+    """What a connection beyond --max-connections gets: closed at once, before a byte is read."""
+
+    def connection_made(self, transport) -> None:
+        transport.abort()
+
+
+class CappedSite(web.BaseSite):
+    """A TCP site holding at most ``max_connections`` connections (the gRPC port's --max-connections), with
+    --handshake-seconds as the TLS handshake timeout: aiohttp's own TCPSite has neither. A TLS connection
+    counts once its handshake is done (asyncio makes the HTTP protocol's connection then); until then the
+    handshake timeout bounds how long it can stay."""
+
+    def __init__(self, runner: web.AppRunner, settings: ServerSettings, ssl_context: ssl.SSLContext | None):
+        super().__init__(runner, ssl_context=ssl_context, backlog=min(settings.max_connections, 4096))
+        self.settings = settings
+        self.refused = 0
+        self.last_refusal_log = 0.0
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self.settings.host}:{self.settings.http_port}"
+
+    def protocol(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        if len(server.connections) >= self.settings.max_connections:
+            self.refused += 1
+            loop = asyncio.get_running_loop()
+            if loop.time() - self.last_refusal_log > 10:
+                log.warning("HTTP: refusing connections beyond --max-connections %d (%d refused so far)",
+                            self.settings.max_connections, self.refused)
+                self.last_refusal_log = loop.time()
+            return RefusedConnection()
+        return server()
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self.protocol, self.settings.host, self.settings.http_port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_port=self.settings.share_port or None,
+            ssl_handshake_timeout=self.settings.handshake_seconds if self._ssl_context else None)
+
+
 async def start_http(dataplane: DataPlane, controller: RepositoryController,
                      settings: ServerSettings) -> tuple[web.AppRunner, int]:
     """Serve HTTP on settings.host:settings.http_port; returns the runner (cleanup() stops it) and the port."""
@@ -300,8 +344,7 @@ async def start_http(dataplane: DataPlane, controller: RepositoryController,
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.connection_idle_seconds,
                            shutdown_timeout=settings.grace_seconds, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=ssl_context(settings),
-                       reuse_port=settings.share_port or None, backlog=min(settings.max_connections, 4096))
+    site = CappedSite(runner, settings, ssl_context(settings))
     try:
         await site.start()
     except OSError as exc:

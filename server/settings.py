@@ -149,13 +149,13 @@ class ServerSettings:
     poll_seconds: float = 2.0
     """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
     max_connections: int = 1000
-    """Connections the gRPC port holds at once (gRPC's max_allowed_incoming_connections); more are refused
-    at accept. The process's open-file limit is raised to fit when the hard limit allows."""
+    """Connections each port holds at once (gRPC's max_allowed_incoming_connections; on the HTTP port, counted
+    by server.rest.CappedSite); more are refused at accept. The process's open-file limit is raised to fit when the hard limit allows."""
     connection_idle_seconds: float = 300.0
     """A connection without calls for this long is closed (GOAWAY); clients reconnect on their next call."""
     handshake_seconds: float = 10.0
     """A connection that has not completed the HTTP/2 handshake (a bare preface, a stalled TLS hello) in
-    this time is closed."""
+    this time is closed; on the HTTP port, the TLS handshake timeout."""
     model_control: str = "poll"
     """Triton's model control modes. "poll": load the repository at start and follow it every ``poll_seconds``
     (0: never); "none": load it at start, never change; "explicit": load it at start, then change only by the

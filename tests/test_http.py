@@ -24,7 +24,7 @@ from tests.certs import make_certificates
 from tests.test_hot_path import with_slow_model
 from tests.requests import (random_images, tf_rest_body, v2_binary_body, v2_http_outputs, v2_json_body)
 from tests.servers import start_server
-from tests.test_operations import metric, publish_copy, scrape
+from tests.test_operations import metric, publish_copy, scrape, wait_for
 from tests.tolerance import assert_same_function
 from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
 
@@ -525,3 +525,46 @@ def test_http_keeps_answering_while_grpc_is_busy(server):
     finally:
         stop.set()
         worker.join()
+
+
+def test_http_connections_are_capped(repository):
+    """The HTTP port holds at most --max-connections; more are closed at accept, and served again once others go."""
+    import socket
+
+    server = start_server(repository, "--model-control", "none", "--max-connections", "4", http=True)
+    url = f"{server.http_url}/v2/health/live"
+    sockets = []
+    try:
+        for _ in range(4):  # idle keep-alive connections, each holding a slot
+            sock = socket.create_connection(("127.0.0.1", server.http_port))
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sockets.append(sock)
+        with pytest.raises(requests.exceptions.ConnectionError):  # the port is full
+            requests.get(url, timeout=5)
+        sockets.pop().close()
+        wait_for(lambda: requests.get(url, timeout=5).json() == {"live": True}, what="a freed slot")
+        assert any("refusing connections beyond --max-connections 4" in line for line in server.log)
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert server.stop() == 0
+
+
+def test_a_stalled_tls_handshake_on_http_is_closed_after_handshake_seconds(repository, tmp_path):
+    import socket
+
+    certs = make_certificates(tmp_path)
+    server = start_server(repository, "--model-control", "none", "--handshake-seconds", "1",
+                          "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key), http=True)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.http_port))  # never sends a TLS hello
+        sock.settimeout(15)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server
+        assert 0.5 < time.monotonic() - started < 10
+        sock.close()
+        assert requests.get(f"https://localhost:{server.http_port}/v2/health/live", verify=str(certs.ca),
+                            timeout=10).json() == {"live": True}
+    finally:
+        assert server.stop() == 0
