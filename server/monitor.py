@@ -167,6 +167,9 @@ class Capture:
         self.started: dict[tuple[str, int], float] = {}
         self.sequence = 0
         self.last_failure_log = 0.0
+        self.shards: collections.deque | None = None
+        """(path, bytes) of every shard under the directory, oldest first: scanned once, then kept up to date, so
+        keeping the budget costs no directory walk per shard."""
 
     def add(self, name: str, version: int, images: np.ndarray) -> None:
         key = (name, version)
@@ -207,7 +210,7 @@ class Capture:
                 Path(temporary).unlink(missing_ok=True)
                 raise
             metrics.CAPTURED_SAMPLES.labels(key[0], str(key[1])).inc(len(images))
-            self.enforce_budget()
+            self.enforce_budget(target)
         except OSError as exc:
             metrics.CAPTURE_FAILURES.labels(key[0], str(key[1])).inc()
             now = time.monotonic()
@@ -216,15 +219,20 @@ class Capture:
                           "serving is not affected", len(images), target_dir, exc.strerror or exc)
                 self.last_failure_log = now
 
-    def enforce_budget(self) -> None:
-        shards = sorted(self.directory.glob("*/*/*.npz"), key=lambda p: p.name)
-        sizes = {shard: shard.stat().st_size for shard in shards}
-        total = sum(sizes.values())
-        for shard in shards:
-            if total <= self.max_bytes:
-                break
-            shard.unlink(missing_ok=True)
-            total -= sizes[shard]
+    def enforce_budget(self, written: Path) -> None:
+        """Remove the oldest shards (by name: time first) until the directory holds at most max_bytes."""
+        if self.shards is None:  # shards left by an earlier run count too
+            found = sorted(self.directory.glob("*/*/*.npz"), key=lambda p: p.name)
+            self.shards = collections.deque((p, p.stat().st_size) for p in found)
+            self.total = sum(size for _, size in self.shards)
+        else:
+            size = written.stat().st_size
+            self.shards.append((written, size))
+            self.total += size
+        while self.total > self.max_bytes and self.shards:
+            oldest, size = self.shards.popleft()
+            oldest.unlink(missing_ok=True)
+            self.total -= size
 
 
 class TrafficSampler:
