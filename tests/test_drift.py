@@ -248,9 +248,13 @@ def export(run_dir: Path, repository: Path, *flags: str) -> subprocess.Completed
 
 
 @pytest.mark.slow
-def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_agrees(digits_run, reference, tmp_path):
+def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_agrees(digits_run, reference, exported,
+                                                                                      tmp_path):
     """--stats adapt: the published artifacts equal the reference model with the statistics re-estimated
-    (exporter.export.precise_statistics) on the target inputs; the manifest says where they came from."""
+    (exporter.export.precise_statistics) on the target inputs; the manifest says where they came from; a polling
+    server under traffic moves to the adapted version without a failed request."""
+    import threading
+
     from exporter.export import precise_statistics
     from trainer.checkpoint import restore_trained_model
 
@@ -260,9 +264,29 @@ def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_a
     target = tmp_path / "target.npz"
     np.savez(target, x=shifted, y=heldout.labels)
     repository = tmp_path / "repo"
-    result = export(run_dir, repository, "--stats", f"adapt:{target}")
-    assert result.returncode == 0, result.stderr
-    version_dir = repository / "d" / "1"
+    publish_copy(exported[1], repository, "d", 1)  # the frozen statistics, serving the shifted traffic
+    server = start_server(repository, "--poll-seconds", "0.2", http=True)
+    answers, stop = [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            response = requests.post(f"{server.http_url}/v2/models/d/infer", json=v2_json_body(shifted[:8]),
+                                     timeout=30)
+            answers.append((response.status_code, response.json().get("model_version")))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        result = export(run_dir, repository, "--stats", f"adapt:{target}")
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: answers and answers[-1][1] == "2", what="the adapted version serving")
+    finally:
+        stop.set()
+        sender.join()
+        assert server.stop() == 0
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    assert {"1", "2"} <= {version for _, version in answers}
+    version_dir = repository / "d" / "2"
     manifest = read_manifest(version_dir)
     bn = manifest.batch_normalization
     assert bn.statistics == "adapt" and bn.source["samples"] == len(shifted) and len(bn.source["sha256"]) == 64
