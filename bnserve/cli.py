@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -287,22 +288,17 @@ def run_serve(args) -> int:
     from server.auth import read_token
     from server.settings import ServerSettings, VersionPolicy, parse_model_option
 
-    settings = ServerSettings(
-        repository=args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-        backend=args.backend,
-        device=args.device, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching == "on",
-        max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size, instances=args.instances,
-        inline_compute_us=args.inline_compute_us,
-        model_options=dict(parse_model_option(text) for text in args.model_option),
-        version_policy=VersionPolicy.parse(args.version_policy), intra_op_threads=args.intra_op_threads,
-        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace_seconds, poll_seconds=args.poll_seconds,
-        max_connections=args.max_connections, connection_idle_seconds=args.connection_idle_seconds,
-        handshake_seconds=args.handshake_seconds, model_control=args.model_control, share_port=args.share_port, metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host, metrics_auth=args.metrics_auth, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
-        health_without_auth=args.health_without_auth, monitor_sample_rate=args.monitor_sample_rate,
-        monitor_window=args.monitor_window, capture_dir=args.capture_dir, capture_rate=args.capture_rate,
-        capture_max_bytes=args.capture_max_bytes)
+    # Every flag named like a ServerSettings field passes through as is; only the flags whose text needs parsing
+    # are converted here. A new setting is a field (with its docstring) and its flag, nothing more.
+    converted = {
+        "dynamic_batching": args.dynamic_batching == "on",
+        "model_options": dict(parse_model_option(text) for text in args.model_option),
+        "version_policy": VersionPolicy.parse(args.version_policy),
+        "auth_token": read_token(args.auth_token_file) if args.auth_token_file else None,
+    }
+    settings = ServerSettings(**{field.name: converted[field.name] if field.name in converted else getattr(args, field.name)
+                                 for field in dataclasses.fields(ServerSettings)
+                                 if field.name in converted or hasattr(args, field.name)})
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.workers < 1:

@@ -66,3 +66,25 @@ def test_no_import_runs_back_up(layer):
     for path in sorted((ROOT / layer).rglob("*.py")):
         used = imported_packages(path) & PROJECT - {"bnserve"}  # `import bnserve` is the version string only
         assert used <= ALLOWED[layer], f"{path.relative_to(ROOT)} imports {sorted(used - ALLOWED[layer])}"
+
+
+def test_every_server_setting_has_a_serve_flag_with_the_settings_default(tmp_path):
+    """Settings are declared once: each ServerSettings field is a `bnserve serve` flag whose default is the field's."""
+    import dataclasses
+
+    from bnserve.cli import build_parser
+    from server.settings import ServerSettings, VersionPolicy
+
+    args = build_parser().parse_args(["serve", "--repository", str(tmp_path)])
+    # Flags whose text is parsed into the field (bnserve.cli.run_serve converts them).
+    parsed = {"dynamic_batching": "dynamic_batching", "model_options": "model_option", "version_policy": "version_policy",
+              "auth_token": "auth_token_file"}
+    for field in dataclasses.fields(ServerSettings):
+        flag = parsed.get(field.name, field.name)
+        assert hasattr(args, flag), f"ServerSettings.{field.name} has no --{flag.replace('_', '-')} flag"
+        if field.name in parsed or field.name == "repository":
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        assert getattr(args, flag) == default, (field.name, getattr(args, flag), default)
+    assert VersionPolicy.parse(args.version_policy) == ServerSettings.__dataclass_fields__["version_policy"].default_factory()
+    assert (args.dynamic_batching == "on") == ServerSettings.dynamic_batching
