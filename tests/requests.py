@@ -3,11 +3,16 @@ raw FP32 contents), and the reader of their logits."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import service_pb2 as v2
 
 
 def v2_request(images: np.ndarray, model: str = "m", version: str = "", request_id: str = "",
-               outputs=()) -> "v2.ModelInferRequest":
+               outputs=()) -> v2.ModelInferRequest:
     # Imported here: tritonclient's v2 messages clash with the project's own in one process (DESIGN.md), and
     # the HTTP builders below are used where the project's are loaded (bench/http_run.py).
     from tritonclient.grpc import service_pb2 as v2

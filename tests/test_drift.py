@@ -3,10 +3,8 @@ manifest, alarms on a real server, capture, and recalibration with --stats adapt
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bnserve.core.errors import UserError
-from bnserve.core.records import RUN_FORMAT, RunRecord  # noqa: F401  (RUN_FORMAT: the trainer's name for it)
+from bnserve.core.records import RunRecord
 
 RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"
