@@ -75,13 +75,31 @@ def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pi
     """``concurrency`` streams in flight over min(concurrency, 4) connections for ``seconds``; ``cpu``
     pins h2load to those cores (``taskset -c``)."""
     connections = min(concurrency, 4)
+    arguments = ["-c", str(connections), "-m", str(concurrency // connections), "-H", "content-type: application/grpc",
+                 "-H", "te: trailers"]
+    return drive(arguments, f"http://127.0.0.1:{port}{MODEL_INFER_PATH}", body, concurrency, seconds, server_pid,
+                 warmup_s, cpu, r"(\d+) succeeded")
+
+
+def run_http_load(port: int, path: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float,
+                  server_pid: int | None, warmup_s: float = 0.5, cpu: str | None = None) -> LoadResult:
+    """HTTP/1.1 POSTs: ``concurrency`` connections with one request in flight each (as HTTP/1.1 clients
+    work), for ``seconds``. Only 2xx answers count as successes."""
+    arguments = ["--h1", "-c", str(concurrency), "-m", "1",
+                 *[argument for key, value in headers.items() for argument in ("-H", f"{key}: {value}")]]
+    return drive(arguments, f"http://127.0.0.1:{port}{path}", body, concurrency, seconds, server_pid, warmup_s, cpu,
+                 r"(\d+) 2xx")
+
+
+def drive(arguments: list[str], url: str, body: bytes, concurrency: int, seconds: float, server_pid: int | None,
+          warmup_s: float, cpu: str | None, successes: str) -> LoadResult:
+    """One h2load run of ``seconds`` with the protocol's ``arguments``, the CPU both sides used around it, and
+    the successes its output reports (``successes``: the regex of that count)."""
     with tempfile.TemporaryDirectory() as work:
         body_path, log_path = Path(work) / "body.bin", Path(work) / "requests.log"
         body_path.write_bytes(body)
-        command = [h2load_command(), "-D", f"{round(seconds * 1000)}ms", f"--warm-up-time={round(warmup_s * 1000)}ms", "-c", str(connections),
-                   "-m", str(concurrency // connections), "-t", "1", "-H", "content-type: application/grpc",
-                   "-H", "te: trailers", "-d", str(body_path), f"--log-file={log_path}",
-                   f"http://127.0.0.1:{port}{MODEL_INFER_PATH}"]
+        command = [h2load_command(), "-D", f"{round(seconds * 1000)}ms", f"--warm-up-time={round(warmup_s * 1000)}ms",
+                   "-t", "1", *arguments, "-d", str(body_path), f"--log-file={log_path}", url]
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -92,43 +110,11 @@ def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pi
         server_used = process_cpu_seconds(server_pid) - server_before if server_pid else 0.0
         after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         durations_us = np.array([int(line.split("\t")[2]) for line in log_path.read_text().splitlines() if line])
-    succeeded = int(re.search(r"(\d+) succeeded", output).group(1))
+    succeeded = int(re.search(successes, output).group(1))
     measured = float(re.search(r"finished in ([\d.]+)(m?s)", output).group(1))
     measured /= 1000 if re.search(r"finished in [\d.]+ms", output) else 1
     client_used = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
     return LoadResult(concurrency, succeeded, measured, succeeded / measured,
-                      float(np.percentile(durations_us, 50)) / 1000, float(np.percentile(durations_us, 99)) / 1000,
-                      client_used / wall, server_used / wall)
-
-
-def run_http_load(port: int, path: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float,
-                  server_pid: int | None, warmup_s: float = 0.5, cpu: str | None = None) -> LoadResult:
-    """HTTP/1.1 POSTs: ``concurrency`` connections with one request in flight each (as HTTP/1.1 clients
-    work), for ``seconds``. Only 2xx answers count as successes."""
-    with tempfile.TemporaryDirectory() as work:
-        body_path, log_path = Path(work) / "body.bin", Path(work) / "requests.log"
-        body_path.write_bytes(body)
-        command = [h2load_command(), "--h1", "-D", f"{round(seconds * 1000)}ms",
-                   f"--warm-up-time={round(warmup_s * 1000)}ms", "-c", str(concurrency), "-m", "1", "-t", "1",
-                   "-d", str(body_path), f"--log-file={log_path}",
-                   *[argument for key, value in headers.items() for argument in ("-H", f"{key}: {value}")],
-                   f"http://127.0.0.1:{port}{path}"]
-        if cpu is not None:
-            command = ["taskset", "-c", cpu, *command]
-        before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
-        started = time.perf_counter()
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        wall = time.perf_counter() - started
-        server_used = process_cpu_seconds(server_pid) - server_before if server_pid else 0.0
-        after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        records = [line.split("\t") for line in log_path.read_text().splitlines() if line]
-        durations_us = np.array([int(fields[2]) for fields in records])
-    ok = int(re.search(r"(\d+) 2xx", output).group(1))
-    measured = float(re.search(r"finished in ([\d.]+)(m?s)", output).group(1))
-    measured /= 1000 if re.search(r"finished in [\d.]+ms", output) else 1
-    client_used = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
-    return LoadResult(concurrency, ok, measured, ok / measured,
                       float(np.percentile(durations_us, 50)) / 1000, float(np.percentile(durations_us, 99)) / 1000,
                       client_used / wall, server_used / wall)
 
