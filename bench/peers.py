@@ -8,7 +8,6 @@ waited for until a real ModelInfer request gets the right answer, and stopped wi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, free_port  # a small race with fixed-port peers: bench only
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".bench" / "venvs"
@@ -37,13 +36,6 @@ def venv_python(peer: str) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEERS[peer]], check=True)
         stamp.write_text("\n".join(PEERS[peer]))
     return python
-
-
-def free_port() -> int:
-    # The peers take fixed ports from their flags or settings: pick free ones (a small race, bench only).
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def check_answer(port: int, model: str, images: np.ndarray, expected_logits: np.ndarray, timeout_s: float = 120) -> None:

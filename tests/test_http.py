@@ -26,7 +26,7 @@ from tests.requests import (random_images, tf_rest_body, v2_binary_body, v2_http
 from tests.servers import start_server
 from tests.test_operations import metric, publish_copy, scrape, wait_for
 from tests.tolerance import assert_same_function
-from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
+from tests.test_operations import repository, source  # noqa: F401  (fixtures: m/1 as exported, its directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -394,11 +394,6 @@ def test_load_and_unload_over_http(repository, source):
         assert response.status_code == 400 and "no version could be loaded" in response.json()["error"]
     finally:
         assert server.stop() == 0
-
-
-@pytest.fixture
-def source(exported):
-    return exported[1]
 
 
 @pytest.mark.parametrize("health_open", [True, False])
