@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from server.dataplane import DataPlane
-from server.errors import ModelControlDisabled
+from server.errors import ModelControlDisabled, ModelLoadFailed
 from server.models import READY, ModelRegistry, RepositoryScan, VersionState, scan_repository
 from server.settings import ServerSettings
 
@@ -57,10 +57,14 @@ class RepositoryController:
             raise ModelControlDisabled(self.settings.model_control)
 
     async def load(self, name: str) -> list[VersionState]:
-        """RepositoryModelLoad: (re)load one model now (model control explicit only)."""
+        """RepositoryModelLoad: (re)load one model now (model control explicit only); ModelLoadFailed, with every
+        version's reason, when no version could be loaded."""
         self.check_model_control()
         states = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, name)
         self.after_change()
+        if not any(s.state == READY for s in states):
+            raise ModelLoadFailed(f"model {name!r}: no version could be loaded: "
+                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
         return states
 
     async def unload(self, name: str) -> None:

@@ -178,8 +178,24 @@ class DataPlane:
     def served_versions(self, name: str) -> list[int]:
         return self.registry.served_versions(name)
 
-    def index(self) -> list[VersionState]:
-        return self.registry.index()
+    def index(self, ready_only: bool = False) -> list[VersionState]:
+        """RepositoryIndex: every version's state, or only the READY ones."""
+        return [s for s in self.registry.index() if s.state == READY or not ready_only]
+
+    def statistics_of(self, name: str = "", version: str = "") -> list[ServedVersion]:
+        """The versions ModelStatistics reports: one version, every served version of a model (NOT_FOUND for an
+        unknown one), or every served version when no name is given."""
+        if name and version:
+            return [self.model(name, version)]
+        if name:
+            self.model(name)
+            return self.served(name)
+        return self.served()
+
+    def check_accepting(self) -> None:
+        """Unavailable once shutdown began: new requests go to another replica."""
+        if not self.accepting:
+            raise Unavailable("the server is shutting down; retry on another replica")
 
     def states(self, name: str) -> list[VersionState]:
         return self.registry.states(name)
@@ -220,7 +236,7 @@ class DataPlane:
         started = time.perf_counter_ns()
         if not self.accepting:
             metrics.REQUESTS.labels("", "", "UNAVAILABLE", protocol).inc()
-            raise Unavailable("the server is shutting down; retry on another replica")
+            self.check_accepting()
         try:
             model = self.registry.get(request.model_name, request.model_version)
         except ServingError as exc:

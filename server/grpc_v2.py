@@ -9,7 +9,7 @@ from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 from server.controller import RepositoryController
 from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ModelLoadFailed, ServingError
+from server.errors import InvalidInput, ServingError
 from server.grpc_errors import grpc_errors
 from server.models import ServedVersion
 from server.settings import STREAM_WINDOW
@@ -211,21 +211,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelStatistics(self, request, context):
-        if request.name:
-            if request.version:
-                models = [self.dataplane.model(request.name, request.version)]
-            else:
-                self.dataplane.model(request.name)  # NOT_FOUND for an unknown model
-                models = self.dataplane.served(request.name)
-        else:
-            models = self.dataplane.served()
+        models = self.dataplane.statistics_of(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[to_model_statistics(m) for m in models])
 
     @grpc_errors
     async def RepositoryIndex(self, request, context):
-        states = self.dataplane.index()
-        if request.ready:
-            states = [s for s in states if s.state == "READY"]
+        states = self.dataplane.index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[
             pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=str(s.version) if s.version else "",
                                                   state=s.state, reason=s.reason)
@@ -233,10 +224,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):
-        states = await self.controller.load(request.model_name)
-        if not any(s.state == "READY" for s in states):
-            raise ModelLoadFailed(f"model {request.model_name!r}: no version could be loaded: "
-                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
+        await self.controller.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors

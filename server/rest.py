@@ -27,10 +27,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from server import rest_tfserving, rest_v2
 from server.controller import RepositoryController
 from server.dataplane import DataPlane
-from server.errors import InvalidInput, ModelLoadFailed, ServingError, Unavailable
+from server.errors import InvalidInput, ServingError
 from server.grpc_errors import ErrorLogLimiter
 from server.grpc_v2 import to_model_config, to_model_statistics
-from server.models import READY
 from server.rest_v2 import HEADER_LENGTH, expect, parse_json
 from server.settings import ServerSettings
 
@@ -181,8 +180,7 @@ class HttpFront:
     async def infer(self, request: web.Request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
         try:
-            if not self.dataplane.accepting:
-                raise Unavailable("the server is shutting down; retry on another replica")
+            self.dataplane.check_accepting()  # before reading a body that would be refused anyway
             body = await self.body(request)
             domain, encoding = rest_v2.parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
         except ServingError as exc:
@@ -203,14 +201,7 @@ class HttpFront:
         return json_response(rest_v2.message_json(to_model_config(model, self.settings)))
 
     async def model_statistics(self, request):
-        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        if name and version:
-            models = [self.dataplane.model(name, version)]
-        elif name:
-            self.dataplane.model(name)  # 404 for an unknown model
-            models = self.dataplane.served(name)
-        else:
-            models = self.dataplane.served()
+        models = self.dataplane.statistics_of(request.match_info.get("model", ""), request.match_info.get("version", ""))
         return json_response({"model_stats": [rest_v2.message_json(to_model_statistics(m)) for m in models]})
 
     async def drift(self, request):
@@ -222,16 +213,12 @@ class HttpFront:
         document = parse_json(body) if body.strip() else {}
         expect(document, dict, "body", 'a JSON object such as {"ready": true}')
         ready_only = expect(document.get("ready", False), bool, "ready", "true or false")
-        states = [s for s in self.dataplane.index() if s.state == READY or not ready_only]
+        states = self.dataplane.index(ready_only)
         return json_response([{"name": s.name, **({"version": str(s.version)} if s.version else {}),
                                "state": s.state, "reason": s.reason} for s in states])
 
     async def load(self, request):
-        name = request.match_info["model"]
-        states = await self.controller.load(name)
-        if not any(s.state == READY for s in states):
-            raise ModelLoadFailed(f"model {name!r}: no version could be loaded: "
-                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
+        await self.controller.load(request.match_info["model"])
         return json_response({})
 
     async def unload(self, request):
@@ -267,8 +254,7 @@ class HttpFront:
                 raise InvalidInput(f":{method}: not served; expected :predict (classify and regress need "
                                    "signatures these models do not have)")
             version = self.tf_version(request)
-            if not self.dataplane.accepting:
-                raise Unavailable("the server is shutting down; retry on another replica")
+            self.dataplane.check_accepting()
             model = self.dataplane.model(name, version)
             domain, row_format = rest_tfserving.parse_predict(await self.body(request), model, version)
         except ServingError as exc:
