@@ -182,7 +182,8 @@ def main() -> None:
 
         # 1-2. One server, monitor on every request: clean windows, then each shift after a few clean ones.
         history, marks, windows_sent, kinds = [], [], [], []
-        server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", http=True)
+        server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--monitor-max-share",
+                              "0", http=True)
         try:
             clean_alarms = 0
             for _ in range(args.clean_windows):

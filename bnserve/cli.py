@@ -264,6 +264,9 @@ def add_serve_parser(commands) -> None:
                         help="fraction of requests whose inputs feed the drift monitor (default %(default)s; 0: off)")
     parser.add_argument("--monitor-window", type=int, default=S.monitor_window,
                         help="samples per drift window (default %(default)s, as the thresholds were calibrated)")
+    parser.add_argument("--monitor-max-share", type=float, default=S.monitor_max_share,
+                        help="keep the monitor's model time under this fraction of the served model's compute time "
+                        "(default %(default)s; 0: no limit); sampled requests beyond it are skipped")
     parser.add_argument("--capture-dir", type=Path, help="append sampled request inputs to DIR/NAME/VERSION/*.npz "
                         "(for bnserve export --stats adapt:DIR/NAME/VERSION)")
     parser.add_argument("--capture-rate", type=float, default=S.capture_rate,

@@ -33,7 +33,7 @@ class LayerDrift(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., name: _Optional[str] = ..., threshold: _Optional[float] = ..., has_score: _Optional[bool] = ..., score: _Optional[float] = ..., alarm: _Optional[bool] = ..., history: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DriftResponse(_message.Message):
-    __slots__ = ("name", "version", "monitored", "reason", "window", "calibrated_window", "sample_rate", "windows", "samples_in_window", "dropped", "alarm", "layers")
+    __slots__ = ("name", "version", "monitored", "reason", "window", "calibrated_window", "sample_rate", "windows", "samples_in_window", "dropped", "alarm", "layers", "skipped", "max_share")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MONITORED_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class DriftResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SHARE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     monitored: bool
@@ -58,4 +60,6 @@ class DriftResponse(_message.Message):
     dropped: int
     alarm: bool
     layers: _containers.RepeatedCompositeFieldContainer[LayerDrift]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., monitored: _Optional[bool] = ..., reason: _Optional[str] = ..., window: _Optional[int] = ..., calibrated_window: _Optional[int] = ..., sample_rate: _Optional[float] = ..., windows: _Optional[int] = ..., samples_in_window: _Optional[int] = ..., dropped: _Optional[int] = ..., alarm: _Optional[bool] = ..., layers: _Optional[_Iterable[_Union[LayerDrift, _Mapping]]] = ...) -> None: ...
+    skipped: int
+    max_share: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., monitored: _Optional[bool] = ..., reason: _Optional[str] = ..., window: _Optional[int] = ..., calibrated_window: _Optional[int] = ..., sample_rate: _Optional[float] = ..., windows: _Optional[int] = ..., samples_in_window: _Optional[int] = ..., dropped: _Optional[int] = ..., alarm: _Optional[bool] = ..., layers: _Optional[_Iterable[_Union[LayerDrift, _Mapping]]] = ..., skipped: _Optional[int] = ..., max_share: _Optional[float] = ...) -> None: ...

@@ -111,7 +111,7 @@ class DataPlane:
         settings = registry.settings
         capture = Capture(settings.capture_dir, settings.capture_max_bytes) if settings.capture_dir else None
         self.sampler = TrafficSampler(settings.monitor_sample_rate, settings.monitor_window, capture,
-                                      settings.capture_rate)
+                                      settings.capture_rate, settings.monitor_max_share)
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher and model threads, made on first use on the event loop thread (a

@@ -15,7 +15,7 @@ def drift_response(status: dict) -> pb.DriftResponse:
         name=status["name"], version=status["version"], monitored=status["monitored"], reason=status["reason"],
         window=status["window"], calibrated_window=status["calibrated_window"], sample_rate=status["sample_rate"],
         windows=status["windows"], samples_in_window=status["samples_in_window"], dropped=status["dropped"],
-        alarm=status["alarm"],
+        skipped=status["skipped"], max_share=status["max_share"], alarm=status["alarm"],
         layers=[pb.LayerDrift(layer=layer["layer"], name=layer["name"], threshold=layer["threshold"],
                               has_score=layer["score"] is not None, score=layer["score"] or 0.0, alarm=layer["alarm"],
                               history=layer["history"]) for layer in status["layers"]])

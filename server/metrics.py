@@ -13,6 +13,7 @@
     bnserve_bn_shift{model,version,layer}             gauge: the last window's shift score per BN layer (bnserve.core.drift)
     bnserve_drift_alarm{model,version}                gauge: 1 while some layer's shift is above its threshold
     bnserve_monitor_dropped_samples_total{model,version}  sampled inputs dropped because the monitor was behind
+    bnserve_monitor_skipped_samples_total{model,version}  sampled inputs skipped: the monitor was over --monitor-max-share
     bnserve_captured_samples_total{model,version}     inputs written to --capture-dir
     bnserve_capture_failures_total{model,version}     capture shards not written (disk full, unwritable)
 
@@ -77,6 +78,9 @@ BN_SHIFT = Gauge("bnserve_bn_shift", "Shift score (mean KL of live vs frozen BN 
 DRIFT_ALARM = Gauge("bnserve_drift_alarm", "1 while a BN layer's shift is above its calibrated threshold",
                     ["model", "version"])
 SAMPLES_DROPPED = Counter("bnserve_monitor_dropped_samples", "Sampled inputs dropped: the monitor thread was behind",
+                          ["model", "version"])
+SAMPLES_SKIPPED = Counter("bnserve_monitor_skipped_samples",
+                          "Sampled inputs not monitored: the monitor was over its --monitor-max-share budget",
                           ["model", "version"])
 CAPTURED_SAMPLES = Counter("bnserve_captured_samples", "Request inputs written to --capture-dir", ["model", "version"])
 CAPTURE_FAILURES = Counter("bnserve_capture_failures", "Capture shards not written (disk full or unwritable)",

@@ -59,6 +59,8 @@ class VersionMonitor:
     model_path: Path
     window: int
     sample_rate: float
+    max_share: float = 0.0
+    """The budget: spent_ns at most max_share x the served version's compute time (0: no limit)."""
     session: object = None
     sums: list[np.ndarray] = field(default_factory=list)
     """Per layer: [sum of per-sample means, sum of per-sample mean squares] over the open window, float64."""
@@ -66,6 +68,11 @@ class VersionMonitor:
     """Samples in the open window."""
     windows: int = 0
     dropped: int = 0
+    spent_ns: int = 0
+    """Time spent in monitor.onnx so far (written by the monitor thread only)."""
+    skipped: int = 0
+    """Sampled inputs not monitored because spent_ns was over the budget (--monitor-max-share)."""
+    skipped_counter: object = None
     alarm: bool = False
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY))
 
@@ -89,7 +96,10 @@ class VersionMonitor:
         """monitor.onnx's per-sample outputs for ``images`` (outside the lock: it takes a model call)."""
         if self.session is None:
             self.open_session()
-        return dict(zip(self.outputs, self.session.run(self.outputs, {INPUT_NAME: images})))
+        started = time.perf_counter_ns()
+        values = self.session.run(self.outputs, {INPUT_NAME: images})
+        self.spent_ns += time.perf_counter_ns() - started
+        return dict(zip(self.outputs, values))
 
     def add(self, images: np.ndarray, values: dict[str, np.ndarray]) -> list[WindowResult]:
         """Fold the per-sample ``values`` of ``images`` into windows; returns the windows completed."""
@@ -137,7 +147,8 @@ class VersionMonitor:
         return {
             "name": self.name, "version": str(self.version), "monitored": True, "reason": "",
             "window": self.window, "calibrated_window": self.spec.window, "sample_rate": self.sample_rate,
-            "windows": self.windows, "samples_in_window": self.count, "dropped": self.dropped, "alarm": self.alarm,
+            "windows": self.windows, "samples_in_window": self.count, "dropped": self.dropped,
+            "skipped": self.skipped, "max_share": self.max_share, "alarm": self.alarm,
             "layers": [{"layer": index, "name": layer.name, "threshold": layer.threshold,
                         "score": last.shifts[index] if last else None,
                         "alarm": bool(last and last.shifts[index] > layer.threshold),
@@ -150,6 +161,7 @@ class VersionMonitor:
 def unmonitored_status(name: str, version: int, reason: str) -> dict:
     return {"name": name, "version": str(version), "monitored": False, "reason": reason, "window": 0,
             "calibrated_window": 0, "sample_rate": 0.0, "windows": 0, "samples_in_window": 0, "dropped": 0,
+            "skipped": 0, "max_share": 0.0,
             "alarm": False, "layers": [], "history_times": []}
 
 
@@ -238,8 +250,10 @@ class Capture:
 class TrafficSampler:
     """The request-path entry (``offer``) and the background thread behind it, for monitor and capture."""
 
-    def __init__(self, sample_rate: float, window: int, capture: Capture | None = None, capture_rate: float = 0.0):
+    def __init__(self, sample_rate: float, window: int, capture: Capture | None = None, capture_rate: float = 0.0,
+                 max_share: float = 0.0):
         self.sample_rate = sample_rate
+        self.max_share = max_share
         self.window = window
         self.capture = capture
         self.capture_rate = capture_rate if capture is not None else 0.0
@@ -265,7 +279,8 @@ class TrafficSampler:
             spec = model.manifest.monitor
             if self.sample_rate > 0 and spec is not None and model.directory is not None:
                 monitor = VersionMonitor(model.name, model.version, spec, model.directory / spec.file, self.window,
-                                         self.sample_rate)
+                                         self.sample_rate, self.max_share)
+                monitor.skipped_counter = metrics.SAMPLES_SKIPPED.labels(model.name, str(model.version))
                 if self.window != spec.window:
                     log.warning("model %r version %d: drift thresholds were calibrated for windows of %d samples, "
                                 "--monitor-window is %d: alarms are less reliable", model.name, model.version,
@@ -299,6 +314,12 @@ class TrafficSampler:
         if not (monitored or captured):
             return
         monitor = self.monitor_for(model) if monitored else None
+        if monitor is not None and self.max_share and monitor.spent_ns > self.max_share * model.statistics.compute_infer.ns:
+            # Over budget: on a compute-bound model every monitored sample costs about one more sample of
+            # compute; skipping depends on time only, never on the input, so the windows stay unbiased.
+            monitor.skipped += len(images)
+            monitor.skipped_counter.inc(len(images))
+            monitor = None
         if monitor is None and not captured:
             return
         self.pending.append((model.name, model.version, monitor, images, captured))
@@ -335,7 +356,8 @@ class TrafficSampler:
         if monitor is None:
             return
         for labels, gauge in ([((name, str(version), str(i)), metrics.BN_SHIFT) for i in range(len(monitor.spec.layers))]
-                              + [((name, str(version)), metrics.DRIFT_ALARM)]):
+                              + [((name, str(version)), metrics.DRIFT_ALARM),
+                                 ((name, str(version)), metrics.SAMPLES_SKIPPED)]):
             try:
                 gauge.remove(*labels)
             except KeyError:  # no window completed: the series was never set

@@ -182,6 +182,8 @@ class ServerSettings:
     """Fraction of requests whose inputs feed the drift monitor (0: off). See the README for the measured cost."""
     monitor_window: int = 256
     """Samples per drift window (W); the thresholds in the manifest were calibrated for the export's W."""
+    monitor_max_share: float = 0.1
+    """The monitor's model time is kept at most this fraction of the served model's compute time (0: no limit)."""
     capture_dir: Path | None = None
     """Append sampled request inputs to DIR/NAME/VERSION/*.npz (off unless set)."""
     capture_rate: float = 0.0
@@ -237,6 +239,8 @@ class ServerSettings:
         for flag, value in (("--monitor-sample-rate", self.monitor_sample_rate), ("--capture-rate", self.capture_rate)):
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise UserError(f"{flag} {value}: expected a fraction from 0 to 1")
+        if not (math.isfinite(self.monitor_max_share) and self.monitor_max_share >= 0):
+            raise UserError(f"--monitor-max-share {self.monitor_max_share}: expected a fraction >= 0 (0: no limit)")
         if self.monitor_window < 16:
             raise UserError(f"--monitor-window {self.monitor_window}: expected at least 16 samples")
         if (self.capture_dir is None) != (self.capture_rate == 0):

@@ -17,6 +17,7 @@ from bnserve.core.drift import (MONITOR_MODEL, MonitoredLayer, calibrate_thresho
 from bnserve.core.repository import read_manifest
 from tests.requests import v2_json_body
 from tests.servers import start_server
+from tests.test_cli_train import assert_user_error, bnserve
 from tests.test_operations import metric, publish_copy, scrape, wait_for
 from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
 from tests.tolerance import assert_same_function
@@ -122,8 +123,8 @@ def window_after(server, windows: int) -> dict:
 def test_a_shifted_stream_raises_the_alarm_and_a_clean_one_clears_it(repository, reference):
     _, heldout = reference
     clean = heldout.images[:256].astype(np.float32)
-    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--metrics-port", "0",
-                          http=True)
+    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--monitor-max-share", "0",
+                          "--metrics-port", "0", http=True)
     try:
         before = drift_status(server)
         assert before["monitored"] and before["windows"] == 0 and before["window"] == 256
@@ -158,6 +159,32 @@ def test_a_shifted_stream_raises_the_alarm_and_a_clean_one_clears_it(repository,
     log = "\n".join(server.log)
     assert len(re.findall(r"drift alarm on model 'm' version 1: layer", log)) == 1
     assert len(re.findall(r"drift alarm cleared on model 'm' version 1", log)) == 1
+
+
+def test_the_monitor_skips_samples_beyond_its_share_of_compute_time(repository, reference):
+    _, heldout = reference
+    images = np.concatenate([heldout.images] * 2)[:64 + 512].astype(np.float32)
+    # Any monitor time is over a budget of 1e-9 of the model's compute time once the first batch has run.
+    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--monitor-max-share",
+                          "1e-9", "--metrics-port", "0", http=True)
+    try:
+        send(server, images[:64])
+        wait_for(lambda: drift_status(server)["samples_in_window"] == 64, what="the first monitored batch")
+        send(server, images[64:])
+        status = drift_status(server)
+        assert (status["samples_in_window"], status["skipped"], status["max_share"]) == (64, 512, 1e-9), status
+        assert metric(scrape(server), "bnserve_monitor_skipped_samples_total", model="m", version="1") == 512
+        result = subprocess.run([sys.executable, "-m", "bnserve.cli", "drift", "--url", server.url, "--model", "m"],
+                                capture_output=True, text=True, timeout=60)
+        assert "512 skipped (monitor over 1e-09 of the model's compute time)" in result.stdout, result.stdout
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["-0.5", "nan"])
+def test_a_negative_or_undefined_monitor_share_is_refused(repository, value):
+    assert_user_error(bnserve("serve", "--repository", repository, "--monitor-max-share", value),
+                      f"--monitor-max-share {float(value)}: expected a fraction >= 0 (0: no limit)")
 
 
 def test_a_version_without_monitor_is_reported_not_monitored(repository):

@@ -30,7 +30,7 @@ def visible_text(dom: str) -> str:
 def test_the_status_page_shows_models_versions_parity_provenance_and_drift(repository, reference, tmp_path):
     _, heldout = reference
     (repository / "broken" / "1").mkdir(parents=True)
-    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", http=True)
+    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--monitor-max-share", "0", http=True)
     try:
         clean = heldout.images[:256].astype(np.float32)
         send(server, clean)
