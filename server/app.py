@@ -15,11 +15,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bnserve.core.errors import UserError
-from protos import inference_pb2, inference_pb2_grpc, monitor_pb2_grpc
+from protos import inference_pb2, monitor_pb2_grpc
 from server import grpc_monitor, grpc_tfserving
 from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
-from server.grpc_v2 import InferenceServicer
+from server.grpc_v2 import InferenceServicer, add_inference_service
 from server.metrics import serve_metrics
 from server.controller import RepositoryController
 from server.models import ModelRegistry
@@ -97,7 +97,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
                     if settings.auth_token else [])
     server = grpc.aio.server(options=options, interceptors=interceptors)
     running = RunningServer(server, 0, settings, dataplane, controller)
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, controller), server)
+    add_inference_service(InferenceServicer(dataplane, controller), server)
     server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
     monitor_pb2_grpc.add_MonitorServicer_to_server(grpc_monitor.MonitorServicer(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

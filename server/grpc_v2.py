@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+
+import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
@@ -52,6 +55,45 @@ def from_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
         outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.data.shape)
                  for o in response.outputs],
         raw_output_contents=[o.data.tobytes() for o in response.outputs])
+
+
+HANDLER_FACTORIES = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+                     (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+@functools.lru_cache(maxsize=1024)
+def response_head(model_name: str, model_version: str, outputs: tuple[tuple[str, str, tuple[int, ...]], ...]) -> bytes:
+    """The serialized ModelInferResponse fields that repeat across requests: names and output tensors (bounded
+    set: outputs x batch sizes per version)."""
+    return pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version,
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=shape)
+                 for name, datatype, shape in outputs]).SerializeToString()
+
+
+def encode_infer_response(response: InferenceResponse) -> bytes:
+    """The serialized from_infer_response(response): the cached head, then id and raw contents. Protobuf parses
+    two concatenated messages as one (repeated fields append), so only the per-request part is encoded here."""
+    head = response_head(response.model_name, response.model_version,
+                         tuple((o.name, o.datatype, o.data.shape) for o in response.outputs))
+    return head + pb.ModelInferResponse(id=response.id,
+                                        raw_output_contents=[o.data.tobytes() for o in response.outputs]
+                                        ).SerializeToString()
+
+
+def add_inference_service(servicer: "InferenceServicer", server) -> None:
+    """inference.GRPCInferenceService on ``server``, as the generated add_..._to_server registers it except that
+    ModelInfer answers bytes already serialized (encode_infer_response)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_class, response_class = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        factory = HANDLER_FACTORIES[method.client_streaming, method.server_streaming]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name), request_deserializer=request_class.FromString,
+            response_serializer=None if method.name == "ModelInfer" else response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -148,17 +190,18 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name=model.name, versions=[str(v) for v in versions], platform=model.backend.platform,
             inputs=[tensor_metadata(model.input)], outputs=[tensor_metadata(o) for o in model.outputs])
 
-    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> InferenceResponse:
         try:
             domain = to_infer_request(request, timeout_s)
         except ServingError as exc:
             self.dataplane.record_rejection(request.model_name, request.model_version, exc)
             raise
-        return from_infer_response(await self.dataplane.infer(domain))
+        return await self.dataplane.infer(domain)
 
     @grpc_errors
     async def ModelInfer(self, request, context):
-        return await self._infer(request, context.time_remaining())
+        """Answers serialized bytes (see add_inference_service)."""
+        return encode_infer_response(await self._infer(request, context.time_remaining()))
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of a stream run concurrently (and batch with everything else); each answer, or the
@@ -173,7 +216,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request):
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, None)))
+                answers.put_nowait(pb.ModelStreamInferResponse(
+                    infer_response=from_infer_response(await self._infer(request, None))))
             except Exception as exc:  # one failed request never ends the stream
                 reason = f"{exc.code.name}: {exc.message}" if isinstance(exc, ServingError) else f"INTERNAL: {exc}"
                 answers.put_nowait(pb.ModelStreamInferResponse(
