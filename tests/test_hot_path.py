@@ -12,7 +12,7 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from tests.onnx_models import slow_model
+from tests.onnx_models import projection_model, slow_model
 from tests.servers import start_server
 from tests.test_operations import infer_request, metric, publish_copy, stub_for
 from tests.test_parity_at_load import rehash, without_golden
@@ -119,3 +119,18 @@ def test_the_preserialized_answer_parses_as_the_response_message():
     result = subprocess.run([sys.executable, "-c", ENCODING_CHECK], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and result.stdout.split() == ["9"], result.stderr
+
+
+def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_pool(tmp_path):
+    from server.backends.onnx import LIGHT_CALL_S, OnnxBackend, one_row_call_seconds
+
+    light, heavy = tmp_path / "light", tmp_path / "heavy"
+    light.mkdir()
+    heavy.mkdir()
+    projection_model(light / "model.onnx", [-1, 8, 8, 1])  # ~1,300 multiply-adds a row
+    slow_model(heavy / "model.onnx", copies=16)  # ~200 million a row
+    chosen = OnnxBackend(light, "cpu")
+    assert chosen.intra_op_threads == 1 and one_row_call_seconds(chosen.session) <= LIGHT_CALL_S
+    chosen = OnnxBackend(heavy, "cpu")
+    assert chosen.intra_op_threads == 0 and chosen.session.get_session_options().intra_op_num_threads == 0
+    assert OnnxBackend(light, "cpu", intra_op_threads=2).session.get_session_options().intra_op_num_threads == 2

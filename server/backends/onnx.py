@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,49 @@ def cuda_provider_available() -> bool:
     return CUDA in onnxruntime.get_available_providers()
 
 
+LIGHT_CALL_S = 100e-6
+"""With --intra-op-threads 0, a model whose one-row call takes at most this on one thread keeps one thread."""
+
+
+def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's default (physical cores)
+    # Spinning intra-op threads keep every core busy between calls, starving the event loop that
+    # feeds them: on 2 cores it halved served throughput at concurrency 32 (docs/benchmarks.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def one_row_call_seconds(session: onnxruntime.InferenceSession) -> float:
+    """The fastest of 5 calls on one zero row, after one warm-up call."""
+    model_input = session.get_inputs()[0]
+    images = np.zeros([1, *(d if isinstance(d, int) and d > 0 else 1 for d in model_input.shape[1:])], np.float32)
+    names = [output.name for output in session.get_outputs()]
+    session.run(names, {model_input.name: images})
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        session.run(names, {model_input.name: images})
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 class OnnxBackend:
     platform = "onnxruntime_onnx"
 
     def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's default (physical cores)
-        # Spinning intra-op threads keep every core busy between calls, starving the event loop that
-        # feeds them: on 2 cores it halved served throughput at concurrency 32 (docs/benchmarks.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        """``intra_op_threads`` 0 chooses: on the CPU, one thread when a one-row call takes at most LIGHT_CALL_S
+        on one thread, else ONNX Runtime's default. Waking a pool thread (spinning is off) costs tens of
+        microseconds and a core that the event loop and gRPC's poller want too: more than a light model's whole
+        call (README, "intra-op-threads", for the measurement)."""
         providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
-        self.session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), options, providers=providers)
+        path = str(version_dir / ONNX_MODEL)
+        on_cpu = providers == [CPU]
+        self.intra_op_threads = 1 if on_cpu and intra_op_threads == 0 else intra_op_threads
+        self.session = onnxruntime.InferenceSession(path, session_options(self.intra_op_threads), providers=providers)
+        if on_cpu and intra_op_threads == 0 and one_row_call_seconds(self.session) > LIGHT_CALL_S:
+            self.intra_op_threads = 0
+            self.session = onnxruntime.InferenceSession(path, session_options(0), providers=providers)
         # ONNX Runtime silently falls back to the CPU when CUDA cannot start: check what it picked.
         self.device = "gpu" if self.session.get_providers()[0] == CUDA else "cpu"
         if device == "gpu" and self.device != "gpu":
