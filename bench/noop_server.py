@@ -1,7 +1,9 @@
 """The serving stack's ceiling: grpc.aio answering ModelInfer with a constant response.
 
 Same gRPC stack and protobuf messages as bnserve (the request is parsed, a prepared response is
-sent), no model, no validation, no batching.
+sent), no model, no validation, no batching. With ``--onnx MODEL`` each request also runs MODEL once
+on its own input (ONNX Runtime, one thread, on the event loop): the floor of any server that calls
+the model once a request, whatever else it does.
 
     python bench/noop_server.py --port 0      # logs "listening on 127.0.0.1:PORT"
 """
@@ -19,7 +21,7 @@ import numpy as np
 from protos import inference_pb2 as pb
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, onnx: str | None = None) -> None:
     logits = np.zeros((1, 10), np.float32)
     response = pb.ModelInferResponse(
         model_name="digits", model_version="1",
@@ -27,8 +29,24 @@ async def serve(port: int) -> None:
                  for name in ("logits", "probabilities")],
         raw_output_contents=[logits.tobytes(), logits.tobytes()])
 
-    async def model_infer(request, context):
+    async def constant(request, context):
         return response
+
+    model_infer = constant
+    if onnx:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        row_shape = [int(d) for d in session.get_inputs()[0].shape[1:]]
+
+        async def with_model_call(request, context):
+            images = np.frombuffer(request.raw_input_contents[0], np.float32).reshape([-1, *row_shape])
+            session.run(["logits", "probabilities"], {"images": images})
+            return response
+
+        model_infer = with_model_call
 
     handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
@@ -49,4 +67,6 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--onnx", help="also run this model.onnx once on each request's input")
+    arguments = parser.parse_args()
+    asyncio.run(serve(arguments.port, arguments.onnx))

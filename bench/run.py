@@ -356,8 +356,19 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
         noop_results = loads(noop, digits_body, CONCURRENCIES, seconds, repeats)
     finally:
         noop.stop()
+    floor = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", "--onnx",
+                             str(repository / "digits" / "1" / "model.onnx")])
+    try:
+        floor_results = loads(floor, digits_body, CONCURRENCIES, seconds, repeats)
+    finally:
+        floor.stop()
     report.add(*load_table("No-op gRPC server (grpc.aio, constant ModelInfer response)",
-                           [("no-op", noop_results[c]) for c in CONCURRENCIES], noop_results))
+                           [("no-op", noop_results[c]) for c in CONCURRENCIES]
+                           + [("no-op + one model call a request", floor_results[c]) for c in CONCURRENCIES],
+                           noop_results),
+               "\"no-op + one model call a request\" also runs the digits model.onnx on each request's input (ONNX "
+               "Runtime, one thread, on the event loop, no batching): the floor of any server that calls the model "
+               "once a request.", "")
 
     # 2-3. The served models, batching on and off; 6. cold start and memory of the ONNX Runtime backend.
     served = {}
