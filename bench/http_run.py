@@ -45,14 +45,15 @@ def request_formats(images: np.ndarray) -> dict[str, tuple[str, bytes, dict[str,
 
 # MLServer 1.7 answers the binary extension with a 500 and has no TF Serving REST; KServe serves the latter as
 # its "v1 protocol" (bench/peers/kserve_onnx.py handles both).
-SERVED_FORMATS = {"no-op": ("v2 binary",), "bnserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
+SERVED_FORMATS = {"no-op": ("v2 binary",), "no-op + one model call a request": ("v2 binary",), "bnserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
                   "kserve": ("v2 JSON", "v2 binary", "TF Serving REST"), "mlserver": ("v2 JSON",)}
 
 
 def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
-    if name == "no-op":
-        server = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py")])
+    if name.startswith("no-op"):
+        model = ["--onnx", str(repository / "digits" / "1" / "model.onnx")] if name != "no-op" else []
+        server = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model])
         server.http_port = server.port
         return server
     if name == "bnserve":
@@ -96,7 +97,7 @@ def measure(report: Report, work: Path, repository: Path, seconds: float, repeat
             try:
                 for form in served:
                     path, body, headers = formats[form]
-                    if name != "no-op":
+                    if not name.startswith("no-op"):
                         check_http_answer(server, path, body, headers, expected)
                     before = served_count(server.port) if name == "bnserve" else 0
                     results[name, form] = {}
@@ -149,7 +150,9 @@ def main() -> None:
         f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} cores ({platform_line()}). Load generator: h2load "
         "`--h1` in a separate process, `concurrency` HTTP/1.1 connections with one 1-sample infer in flight each; "
         f"each figure is the median of {args.repeats} runs of {args.seconds:g} s after 0.5 s of warm-up. The no-op "
-        "is aiohttp answering a prepared v2 binary response (bench/noop_http_server.py); the peers serve the same "
+        "is aiohttp answering a prepared v2 binary response (bench/noop_http_server.py); \"no-op + one model call a "
+        "request\" also runs the digits model.onnx on each request's input row (ONNX Runtime, one thread, on the "
+        "event loop, no batching): the floor of any server that calls the model once a request. The peers serve the same "
         "model.onnx (bench/peers/); \"vs best peer REST\" divides by the fastest peer row at that concurrency, "
         "whatever its format.", "",
         "## Targets", "", "| target | measured | verdict |", "|---|---|---|",

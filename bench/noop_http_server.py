@@ -1,7 +1,9 @@
 """The HTTP stack's ceiling: aiohttp (bnserve's HTTP library) answering POST .../infer with a constant response.
 
 Same library, loop and settings as bnserve's HTTP port: the body is read, a prepared KServe v2 binary
-response is sent; no JSON parsing, validation, batching or model.
+response is sent; no JSON parsing, validation, batching or model. With ``--onnx MODEL`` each request
+also runs MODEL once on the one row at the end of its binary body (ONNX Runtime, one thread, on the
+event loop): the floor of any server that calls the model once a request.
 
     python bench/noop_http_server.py --port 0      # logs "listening on 127.0.0.1:PORT"
 """
@@ -18,15 +20,28 @@ import numpy as np
 from aiohttp import web
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, onnx: str | None = None) -> None:
     logits = np.zeros((1, 10), np.float32).tobytes()
     header = json.dumps({"model_name": "digits", "model_version": "1", "outputs": [
         {"name": name, "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": len(logits)}}
         for name in ("logits", "probabilities")]}, separators=(",", ":")).encode()
     body = header + logits + logits
 
+    session = None
+    if onnx:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        row_shape = [int(d) for d in session.get_inputs()[0].shape[1:]]
+        row_bytes = int(np.prod(row_shape)) * 4
+
     async def infer(request):
-        await request.read()
+        data = await request.read()
+        if session is not None:
+            session.run(["logits", "probabilities"],
+                        {"images": np.frombuffer(data[-row_bytes:], np.float32).reshape([1, *row_shape])})
         return web.Response(body=body, content_type="application/octet-stream",
                             headers={"Inference-Header-Content-Length": str(len(header))})
 
@@ -48,4 +63,6 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--onnx", help="also run this model.onnx once on each request's last input row")
+    arguments = parser.parse_args()
+    asyncio.run(serve(arguments.port, arguments.onnx))
