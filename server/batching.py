@@ -285,8 +285,11 @@ class DynamicBatcher:
             if not batch:
                 return
             started = time.perf_counter_ns()
-            requested = {name for pending in batch for name in pending.outputs}
-            outputs = [name for name in self.output_order if name in requested]
+            if len(batch) == 1:
+                outputs = batch[0].outputs
+            else:
+                requested = {name for pending in batch for name in pending.outputs}
+                outputs = [name for name in self.output_order if name in requested]
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             input_done = time.perf_counter_ns()
             if self._runs_inline(len(batch), len(images)):
@@ -309,14 +312,15 @@ class DynamicBatcher:
                 if len(results[name]) != len(images):
                     raise ModelOutputMismatch(f"the model returned {len(results[name])} rows of output {name!r} "
                                               f"for a batch of {len(images)} input rows; the batch failed")
-            offset = 0
+            offset = queued_ns = 0
             for pending in batch:
                 rows = slice(offset, offset + pending.size)
                 offset += pending.size
                 if not pending.future.done():
                     pending.future.set_result({name: results[name][rows] for name in pending.outputs})
-                self.statistics.queue.add(started - pending.enqueued_ns)
+                queued_ns += started - pending.enqueued_ns
                 self._queue_seconds.observe((started - pending.enqueued_ns) / 1e9)
+            self.statistics.queue.add(queued_ns, len(batch))
             self.statistics.record_execution(offset, input_done - started, infer_done - input_done,
                                              time.perf_counter_ns() - infer_done)
             self._compute_seconds.observe((infer_done - input_done) / 1e9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,16 +20,16 @@ SERVER_NAME = "bnserve"
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")
 
 
-@dataclass(frozen=True)
-class InferInput:
+# The request path's own types are NamedTuples: immutable like frozen dataclasses, and built in a quarter of
+# the time (0.35 vs 1.3 us for InferenceRequest), which is paid several times per request.
+class InferInput(NamedTuple):
     name: str
     datatype: str
     """KServe v2 datatype name, e.g. FP32."""
     data: np.ndarray
 
 
-@dataclass(frozen=True)
-class InferenceRequest:
+class InferenceRequest(NamedTuple):
     model_name: str
     model_version: str = ""
     id: str = ""
@@ -40,15 +40,13 @@ class InferenceRequest:
     """Time left before the client's deadline; an expired request is dropped before compute."""
 
 
-@dataclass(frozen=True)
-class InferOutput:
+class InferOutput(NamedTuple):
     name: str
     datatype: str
     data: np.ndarray
 
 
-@dataclass(frozen=True)
-class InferenceResponse:
+class InferenceResponse(NamedTuple):
     model_name: str
     model_version: str
     id: str

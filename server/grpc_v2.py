@@ -25,6 +25,14 @@ CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
 def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
     """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
     raw = request.raw_input_contents
+    if len(raw) == 1 and len(request.inputs) == 1:  # the usual request: one raw input, checked the same way
+        tensor = request.inputs[0]
+        dtype = V2_TO_NUMPY.get(tensor.datatype)
+        if dtype is not None and not tensor.HasField("contents"):
+            data = array_from_raw(raw[0], dtype, list(tensor.shape), "raw_input_contents[0]")
+            return InferenceRequest(request.model_name, request.model_version, request.id,
+                                    (InferInput(tensor.name, tensor.datatype, data),),
+                                    tuple(output.name for output in request.outputs), timeout_s)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
                            "expected one per input")

@@ -44,12 +44,15 @@ class VersionStatistics:
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
-        durations = self.batches.setdefault(batch_size, BatchDurations())
-        for total, per_batch, ns in ((self.compute_input, durations.compute_input, input_ns),
-                                     (self.compute_infer, durations.compute_infer, infer_ns),
-                                     (self.compute_output, durations.compute_output, output_ns)):
-            total.add(ns)
-            per_batch.add(ns)
+        durations = self.batches.get(batch_size)
+        if durations is None:
+            durations = self.batches[batch_size] = BatchDurations()
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        durations.compute_input.add(input_ns)
+        durations.compute_infer.add(infer_ns)
+        durations.compute_output.add(output_ns)
 
     def record_request(self, ok: bool, total_ns: int) -> None:
         (self.success if ok else self.fail).add(total_ns)
