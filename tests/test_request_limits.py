@@ -44,7 +44,7 @@ def test_rejected_large_requests_are_freed_at_once(repository):
         stub.ModelInfer(full_batch(0))
         baseline = rss_mb(server.process.pid)
         payload = bytes(size)
-        for _ in range(10):  # 32 MiB of bytes for a [1, 8, 8, 1] tensor: refused after it was received
+        for _ in range(16):  # 32 MiB of bytes for a [1, 8, 8, 1] tensor: refused after it was received
             request = v2.ModelInferRequest(model_name="m", raw_input_contents=[payload], inputs=[
                 v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 8, 8, 1])])
             with pytest.raises(grpc.RpcError) as caught:
@@ -52,8 +52,9 @@ def test_rejected_large_requests_are_freed_at_once(repository):
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         time.sleep(1.0)
         grown = rss_mb(server.process.pid) - baseline
-        # Kept alive, ten requests would hold 320 MiB (and copies); freed, a couple of buffers remain.
-        assert grown < 3 * size / 2**20 + 30, grown
+        # Kept alive, sixteen requests would hold 512 MiB (and copies); freed, a few buffers remain that the
+        # allocator has not handed back yet: up to 154 MiB was seen on one pinned core (and 48-113 MiB besides).
+        assert grown < 6 * size / 2**20 + 30, grown
         assert stub.ModelInfer(full_batch(1)).id == "1"
     finally:
         channel.close()
