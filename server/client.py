@@ -95,7 +95,8 @@ def drift(url: str, model: str, version: str, timeout: float = 30.0) -> str:
     lines = [f"model {status.name} version {status.version}: {'ALARM' if status.alarm else 'ok'}; "
              f"{status.windows} windows of {status.window} samples (thresholds calibrated for {status.calibrated_window}), "
              f"{status.samples_in_window} in the open one, sample rate {status.sample_rate:g}, {status.dropped} dropped, "
-             f"{status.skipped} skipped (monitor over {status.max_share:g} of the model's compute time)",
+             f"{status.skipped} skipped over the budget ("
+             + (f"{status.max_share:g} of the model's compute time)" if status.max_share else "none)"),
              f"{'layer':>5}  {'name':<16} {'shift':>10} {'threshold':>10}  state"]
     for layer in status.layers:
         score = f"{layer.score:10.4g}" if layer.has_score else f"{'-':>10}"
