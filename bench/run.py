@@ -38,12 +38,14 @@ ANALYSIS = [
     "## Where the time goes, and what would close the gaps", "",
     "- **The floor of any model server on this stack** (section 1, \"no-op + one model call a request\"): the no-op "
     "server that also runs the digits model once per request, inline, one ONNX Runtime thread, nothing else, "
-    "reaches 0.65-0.67 of the no-op at c=8/32 and +0.06 ms at c=1 (2026-11-29 run). That call takes 27 us hot in "
-    "a loop, but costs ~86 us of a server's throughput time (caches are cold between requests; in an aiohttp "
-    "server it cut 9,840 to 5,326 req/s). So the 0.8 target at c=8/32 is below what a server that calls the model "
+    "reaches 0.65-0.67 of the no-op at c=8/32 and +0.06 ms at c=1 (2026-11-29 run). That call takes 27 us in a "
+    "tight loop, but ~86 us of a server's throughput time (in a separate check it cut an aiohttp no-op from 9,840 "
+    "to 5,326 req/s; between requests its code and data are no longer in the caches, the likely reason). So the "
+    "0.8 target at c=8/32 is below what a server that calls the model "
     "once per request can reach here: only batching (one call for many requests) can get there, and then every "
-    "microsecond of per-request Python counts twice. A 10 us busy loop in the no-op handler cost ~24 us of "
-    "throughput time at c=32, since gRPC's poller thread waits for the GIL behind it.",
+    "microsecond of per-request Python counts about twice: in a separate check a 10 us busy loop in the no-op handler "
+    "cost ~24 us of throughput time at c=32 (gRPC's poller thread needs the GIL for every event it hands over, the "
+    "likely reason).",
     "- **Against the peers** bnserve is ahead everywhere (section 7) and meets 1.5x at c=8/32 with shared cores "
     "(1.66x, 1.55x). At c=1 it is 1.12-1.13x, against 1.2x. Pinned, it is 1.48x at c=8 and 1.33x at c=32. "
     "KServe's sync `predict` is the best peer at every row. Run-to-run spread here is 10-25%.",
