@@ -52,7 +52,7 @@ SERVED_FORMATS = {"no-op": ("v2 binary",), "no-op + one model call a request": (
 def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
     if name.startswith("no-op"):
-        model = ["--onnx", str(repository / "digits" / "1" / "model.onnx")] if name != "no-op" else []
+        model = ["--model", str(repository / "digits" / "1")] if name != "no-op" else []
         server = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model])
         server.http_port = server.port
         return server

@@ -1,9 +1,10 @@
 """The serving stack's ceiling: grpc.aio answering ModelInfer with a constant response.
 
 Same gRPC stack and protobuf messages as bnserve (the request is parsed, a prepared response is
-sent), no model, no validation, no batching. With ``--onnx MODEL`` each request also runs MODEL once
-on its own input (ONNX Runtime, one thread, on the event loop): the floor of any server that calls
-the model once a request, whatever else it does.
+sent), no model, no validation, no batching. With ``--model VERSION_DIR`` each request also runs that
+version's model.onnx once on its own input, through bnserve's ONNX Runtime backend with one thread (as
+it runs a light model) on the event loop: the floor of any server that calls the model once a request,
+whatever else it does.
 
     python bench/noop_server.py --port 0      # logs "listening on 127.0.0.1:PORT"
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from protos import inference_pb2 as pb
 
 
-async def serve(port: int, onnx: str | None = None) -> None:
+async def serve(port: int, version_dir: Path | None = None) -> None:
     logits = np.zeros((1, 10), np.float32)
     response = pb.ModelInferResponse(
         model_name="digits", model_version="1",
@@ -33,17 +35,15 @@ async def serve(port: int, onnx: str | None = None) -> None:
         return response
 
     model_infer = constant
-    if onnx:
-        import onnxruntime
+    if version_dir is not None:
+        from server.backends.onnx import OnnxBackend
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
-        row_shape = [int(d) for d in session.get_inputs()[0].shape[1:]]
+        backend = OnnxBackend(version_dir, "cpu", intra_op_threads=1)
+        row_shape = backend.signature()[0][0].shape[1:]
 
         async def with_model_call(request, context):
             images = np.frombuffer(request.raw_input_contents[0], np.float32).reshape([-1, *row_shape])
-            session.run(["logits", "probabilities"], {"images": images})
+            backend.run(images, ["logits", "probabilities"])
             return response
 
         model_infer = with_model_call
@@ -67,6 +67,7 @@ async def serve(port: int, onnx: str | None = None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--onnx", help="also run this model.onnx once on each request's input")
+    parser.add_argument("--model", type=Path, metavar="VERSION_DIR",
+                        help="also run this version's model.onnx once on each request's input")
     arguments = parser.parse_args()
-    asyncio.run(serve(arguments.port, arguments.onnx))
+    asyncio.run(serve(arguments.port, arguments.model))

@@ -368,8 +368,8 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
         noop_results = loads(noop, digits_body, CONCURRENCIES, seconds, repeats)
     finally:
         noop.stop()
-    floor = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", "--onnx",
-                             str(repository / "digits" / "1" / "model.onnx")])
+    floor = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", "--model",
+                             str(repository / "digits" / "1")])
     try:
         floor_results = loads(floor, digits_body, CONCURRENCIES, seconds, repeats)
     finally:
