@@ -286,11 +286,11 @@ class DynamicBatcher:
                 return
             started = time.perf_counter_ns()
             if len(batch) == 1:
-                outputs = batch[0].outputs
+                outputs, images = batch[0].outputs, batch[0].images
             else:
                 requested = {name for pending in batch for name in pending.outputs}
                 outputs = [name for name in self.output_order if name in requested]
-            images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
+                images = np.concatenate([p.images for p in batch])
             input_done = time.perf_counter_ns()
             if self._runs_inline(len(batch), len(images)):
                 results = self.run(images, outputs)
