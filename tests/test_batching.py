@@ -181,6 +181,78 @@ def test_a_batch_leaves_as_soon_as_it_holds_the_expected_companions(executor):
     assert model.calls == [target] and elapsed < 5.0
 
 
+def busy_history(batcher, model, clients=8, bursts=3):
+    """Bursts of ``clients`` concurrent requests: afterwards a new batch expects companions."""
+
+    async def bursts_of_traffic():
+        for _ in range(bursts):
+            await concurrent_traffic(batcher, model, clients)
+
+    return bursts_of_traffic()
+
+
+def test_the_next_batch_starts_when_the_running_one_returns_not_after_its_answers():
+    """Closed-loop clients: a request that queued while a full batch ran cannot expect the clients of that
+    batch to join it (they wait for their answers). It is handed to the model as soon as the running batch
+    returns, instead of waiting the delay for companions who are being answered."""
+    model, threads = Model(), ModelThreads(1)
+    delay_s = 5.0
+    batcher = make(model, threads, max_batch_size=8, max_queue_delay_us=int(delay_s * 1e6))
+
+    async def scenario():
+        await busy_history(batcher, model)
+        expected = 1 + round(batcher.concurrency)
+        assert expected > 2
+        model.calls.clear()
+        model.gate.clear()
+        entered = model.entered
+        running = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(expected)]
+        await wait_until(lambda: model.entered == entered + 1)  # the whole batch, in one call
+        late = asyncio.create_task(batcher.submit(sample(9), ["double"]))
+        await wait_until(lambda: batcher.queued == 1)
+        started = time.monotonic()
+        model.gate.set()
+        await asyncio.gather(*running)
+        result = await late
+        return time.monotonic() - started, result, expected
+
+    try:
+        elapsed, result, expected = asyncio.run(scenario())
+    finally:
+        threads.shutdown()
+    assert model.calls == [expected, 1] and elapsed < delay_s, (model.calls, elapsed)
+    np.testing.assert_array_equal(result["double"], sample(18))
+
+
+def test_a_free_instance_does_not_wait_for_requests_that_are_running_on_another():
+    model, threads = Model(), ModelThreads(2)
+    delay_s = 5.0
+    batcher = make(model, threads, max_batch_size=8, max_queue_delay_us=int(delay_s * 1e6), instances=2)
+
+    async def scenario():
+        await busy_history(batcher, model)
+        expected = 1 + round(batcher.concurrency)
+        model.calls.clear()
+        model.gate.clear()
+        entered = model.entered
+        running = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(expected)]
+        await wait_until(lambda: model.entered == entered + 1)
+        started = time.monotonic()
+        late = asyncio.create_task(batcher.submit(sample(9), ["double"]))
+        # The second instance takes it at once: more requests are inside than expected.
+        await wait_until(lambda: model.entered == entered + 2 or time.monotonic() - started > delay_s)
+        waited = time.monotonic() - started
+        model.gate.set()
+        await asyncio.gather(*running, late)
+        return waited, expected
+
+    try:
+        waited, expected = asyncio.run(scenario())
+    finally:
+        threads.shutdown()
+    assert waited < delay_s and sorted(model.calls) == [1, expected], (waited, model.calls)
+
+
 def test_without_delay_a_request_runs_at_once(executor):
     model = Model()
     batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=0)
