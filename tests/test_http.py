@@ -460,16 +460,18 @@ def test_a_full_queue_gets_503(exported, tmp_path):
 
 
 def test_sigterm_drains_http_requests_and_refuses_new_ones(repository):
-    server = start_server(repository, "--model-control", "none", "--max-queue-delay-us", "1000000",
+    server = start_server(repository, "--model-control", "none", "--max-queue-delay-us", "3000000",
                           "--grace-seconds", "10", http=True)
     url = f"{server.http_url}/v2/models/m/infer"
     body = v2_json_body(random_images(1))
     try:
         with ThreadPoolExecutor(16) as pool:
-            for _ in range(3):  # concurrent traffic: batches now wait up to 1 s for companions
+            for _ in range(3):  # concurrent traffic: batches now wait up to 3 s for companions
                 assert all(r.status_code == 200 for r in pool.map(lambda _: requests.post(url, json=body), range(16)))
             in_flight = [pool.submit(requests.post, url, json=body, timeout=30) for _ in range(16)]
-            time.sleep(0.3)  # the requests are inside the server, waiting for their batch
+            # All 16 must be inside the server before SIGTERM (a later one is refused, rightly), and the last
+            # of them wait for companions up to 3 s: 1 s leaves room on a slow or busy machine.
+            time.sleep(1.0)
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.1)
             try:

@@ -220,7 +220,7 @@ def test_soak_publishing_and_removing_under_load(repository, source):
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_0(repository):
-    server = start_server(repository, "--max-queue-delay-us", "1000000", "--grace-seconds", "10")
+    server = start_server(repository, "--max-queue-delay-us", "3000000", "--grace-seconds", "10")
     samples = [infer_request(batch=1) for _ in range(16)]
 
     async def burst():
@@ -228,12 +228,14 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(repository):
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             return await asyncio.gather(*(stub.ModelInfer(r) for r in samples), return_exceptions=True)
 
-    for _ in range(3):  # concurrent traffic: batches now wait up to 1 s for companions
+    for _ in range(3):  # concurrent traffic: batches now wait up to 3 s for companions
         assert all(isinstance(r, v2.ModelInferResponse) for r in asyncio.run(burst()))
     results = {}
     in_flight = threading.Thread(target=lambda: results.update(answers=asyncio.run(burst())))
     in_flight.start()
-    time.sleep(0.3)  # the requests are inside the server, waiting for their batch
+    # All 16 must be inside the server before SIGTERM (a later one is refused, rightly), and the last
+    # of them wait for companions up to 3 s: 1 s leaves room on a slow or busy machine.
+    time.sleep(1.0)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.1)
     channel, stub = stub_for(server.url)
