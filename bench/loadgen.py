@@ -13,6 +13,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,6 +62,33 @@ def process_cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         return total
     return total + sum(process_cpu_seconds(int(child)) for child in children)
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """Native thread id -> (kernel thread name, utime + stime in seconds) for every thread of ``pid``."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            threads[int(task.name)] = ((task / "comm").read_text().strip(),
+                                       (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+    return threads
+
+
+def idle_cpu_seconds() -> float:
+    """Idle + iowait seconds of the whole machine since boot, all cores together (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / CLOCK_TICKS
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, read with ``py-spy dump`` (the bench extra). Threads that
+    ONNX Runtime or gRPC core start are not Python threads and are absent."""
+    output = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                            capture_output=True, text=True, check=True).stdout
+    return {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', output, re.MULTILINE)}
 
 
 def h2load_command() -> str:

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from bench.loadgen import LoadResult, median_result, model_infer_body, run_load  # noqa: E402
+from bench.loadgen import (LoadResult, idle_cpu_seconds, median_result, model_infer_body,  # noqa: E402
+                           python_thread_names, run_load, thread_cpu_seconds)
 from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +191,42 @@ def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, 
     return lines
 
 
+CPU_ROLES = ("event loop (main thread)", "model threads", "ONNX Runtime pool and other native threads",
+             "gRPC core and its poller", "drift monitor", "other Python threads", "load generator", "idle")
+
+
+def thread_role(tid: int, pid: int, kernel_name: str, python_name: str | None) -> str:
+    """Which part of the server a thread is: Python threads by their name, gRPC core's by the kernel name."""
+    if tid == pid:
+        return CPU_ROLES[0]
+    if python_name is None:
+        return CPU_ROLES[3] if kernel_name.startswith(("event_engine", "grpc")) else CPU_ROLES[2]
+    if python_name.startswith("bnserve-model"):
+        return CPU_ROLES[1]
+    if "_poll_wrapper" in python_name:  # grpc.aio's thread that waits on gRPC core's completion queue
+        return CPU_ROLES[3]
+    return CPU_ROLES[4] if python_name.startswith("bnserve-monitor") else CPU_ROLES[5]
+
+
+def cpu_breakdown(server: ServerProcess, body: bytes, concurrency: int, seconds: float,
+                  client_pin: str | None) -> tuple[LoadResult, dict[str, float]]:
+    """One more load run (after the measured ones, so the model threads exist), with the machine's cores split
+    by who used them over its wall time: the server's threads by role, the load generator, and idle."""
+    pid = server.process.pid
+    names = python_thread_names(pid)
+    before, idle_before, started = thread_cpu_seconds(pid), idle_cpu_seconds(), time.perf_counter()
+    result = run_load(server.port, body, concurrency, seconds, pid, warmup_s=0.0, cpu=client_pin)
+    wall = time.perf_counter() - started
+    after, idle_after = thread_cpu_seconds(pid), idle_cpu_seconds()
+    cores = dict.fromkeys(CPU_ROLES, 0.0)
+    for tid, (kernel_name, used) in after.items():
+        role = thread_role(tid, pid, kernel_name, names.get(tid))
+        cores[role] += (used - before.get(tid, (kernel_name, 0.0))[1]) / wall
+    cores["load generator"] = result.client_cores
+    cores["idle"] = (idle_after - idle_before) / wall
+    return result, cores
+
+
 MACHINE_CLASSES = (("2 cores shared by server and load generator", None, None),
                    ("server pinned to core 0, load generator on core 1", "0", "1"))
 SERVERS = ("no-op", "bnserve", "kserve", "mlserver")
@@ -247,6 +284,7 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
                "h2load's.", "")
     for title, server_pin, client_pin in MACHINE_CLASSES:
         results: dict[str, dict[int, LoadResult]] = {}
+        breakdowns: list[tuple[str, LoadResult, dict[str, float]]] = []
         for name in SERVERS:
             server = start_named(name, repository, work, server_pin)
             try:
@@ -264,6 +302,9 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
                         # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
                         assert counted >= sent, f"bnserve answered {counted} samples, h2load reports {sent} successes"
                         before = served_count(server.port)
+                if name in ("no-op", "bnserve"):
+                    breakdowns.append((f"{name}, digits, c=32", *cpu_breakdown(server, digits_body, 32, seconds,
+                                                                                client_pin)))
             finally:
                 server.stop()
         lines = [f"### {title}", "", "| server | concurrency | req/s | vs no-op | vs best peer | p50 ms | p99 ms | "
@@ -292,6 +333,7 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
         try:
             conv6 = median_result([run_load(server.port, conv6_body, 8, seconds, server.process.pid, cpu=client_pin)
                                    for _ in range(repeats)])
+            breakdowns.append(("bnserve, conv6, c=8", *cpu_breakdown(server, conv6_body, 8, seconds, client_pin)))
         finally:
             server.stop()
         in_process = in_process_pinned(repository / "conv6" / "1", (32, 32, 3), 8, server_pin, seconds, repeats)
@@ -300,6 +342,11 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
         report.target(f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores)",
                       f"{conv6.throughput:,.0f} / {in_process:,.0f} = {conv6.throughput / in_process:.2f}",
                       conv6.throughput >= 0.7 * in_process)
+        report.add(f"Where the {os.cpu_count()} cores went ({title}; one more run each, CPU seconds per wall second "
+                   "from /proc, threads named with py-spy):", "",
+                   "| run | req/s | " + " | ".join(CPU_ROLES) + " |", "|---|---|" + "---|" * len(CPU_ROLES),
+                   *[f"| {label} | {r.throughput:,.0f} | " + " | ".join(f"{cores[role]:.2f}" for role in CPU_ROLES) + " |"
+                     for label, r, cores in breakdowns], "")
 
 
 def plot(path: Path, bars: list[tuple[str, float]]) -> None:
