@@ -4,15 +4,10 @@ A request waits in a bounded queue. Whenever one of the model's ``instances`` is
 takes the queued requests in arrival order while their total batch fits ``max_batch_size``. It then
 waits for companions only when recent traffic says they are coming: each arriving request observes
 how many requests are already inside the batcher (queued or running), and the batch waits, at most
-``max_queue_delay_us`` after its oldest request arrived, while fewer requests are inside than 1 + the
-moving average of that number. Requests of a running batch count as inside: their clients cannot send
-again before they are answered. A lone client (nothing else inside when it arrives) is never held back;
-32 concurrent clients fill batches instead of paying one thread hand-off each.
+``max_queue_delay_us`` after its oldest request arrived, until it holds 1 + the moving average of
+that number. A lone client (nothing else inside when it arrives) is never held back; 32 concurrent
+clients fill batches instead of paying one thread hand-off each.
 ``coalesce=False`` runs every request alone (batching off), with the same queue and deadlines.
-
-When a batch returns from its model thread, the next batch (if one is ready to go) is handed to the
-thread before the returned batch is answered (``DynamicBatcher._hand_on``): the model does not sit idle
-while the event loop resumes one handler per answered request.
 
 A batch runs on a model thread, or on the event loop itself when its measured compute time is within
 ``inline_compute_us`` and nothing else could use the loop meanwhile (``DynamicBatcher._runs_inline``):
@@ -189,8 +184,8 @@ class DynamicBatcher:
         """Finish the running calls, refuse what is still queued."""
         if self._task is not None:
             self._task.cancel()
-        while running := [task for task in self._running if not task.done()]:  # a batch may hand on the next
-            await asyncio.gather(*running, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -241,9 +236,15 @@ class DynamicBatcher:
 
     async def _collect(self) -> list[Pending]:
         """The next batch from the queue (empty when everything queued had expired or was cancelled)."""
+        loop = asyncio.get_running_loop()
         batch: list[Pending] = []
         size = self._take_ready(batch, 0)
-        while batch and (remaining := self._wait_left(batch, size)) > 0:
+        delay = self.options.max_queue_delay_us / 1e6
+        target = min(self.options.max_batch_size, 1 + self._companions_expected())
+        while batch and self.options.coalesce and delay > 0 and size < target:
+            remaining = batch[0].arrived + delay - loop.time()
+            if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
+                break
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
@@ -251,21 +252,6 @@ class DynamicBatcher:
                 pass
             size = self._take_ready(batch, size)
         return batch
-
-    def _wait_left(self, batch: list[Pending], size: int) -> float:
-        """Seconds this batch (``size`` rows, more queued behind it if any) should still wait for companions;
-        at most 0: run it now. It waits only while batching is on, it has room, and fewer requests are inside
-        the batcher, queued or running, than the recent concurrency says will be: 1 + ``concurrency``, rounded.
-        Requests of a batch that is running count as inside: their clients cannot send again before that
-        batch answers, so waiting for them would only hold the model idle (closed-loop clients)."""
-        options = self.options
-        if not options.coalesce or options.max_queue_delay_us <= 0 or size >= options.max_batch_size:
-            return 0.0
-        if self._queue and size + self._queue[0].size > options.max_batch_size:
-            return 0.0
-        if self._inside >= 1 + self._companions_expected():
-            return 0.0
-        return batch[0].arrived + options.max_queue_delay_us / 1e6 - asyncio.get_running_loop().time()
 
     def _runs_inline(self, requests: int, rows: int) -> bool:
         """Whether this batch runs on the event loop: its measured compute time is within
@@ -292,65 +278,29 @@ class DynamicBatcher:
             return False
         return self._inline_streak < INLINE_PROBE_EVERY
 
-    def _inputs(self, batch: list[Pending]) -> tuple[list[str], np.ndarray]:
-        """The outputs a batch asks for (in the model's order) and its input rows, one request's own arrays
-        when it is alone."""
-        if len(batch) == 1:
-            return batch[0].outputs, batch[0].images
-        requested = {name for pending in batch for name in pending.outputs}
-        return ([name for name in self.output_order if name in requested],
-                np.concatenate([pending.images for pending in batch]))
-
-    def _hand_on(self) -> bool:
-        """Called when a batch comes back from its model thread, before its answers go out: if the queued
-        requests already form a batch that would not wait for more, hand it to a model thread now, on the
-        instance being freed, and start a task that awaits it. Answering a batch resumes one handler per
-        request on the event loop; the dispatcher would only get its turn after all of them, leaving the model
-        idle meanwhile (on conv6 at concurrency 8, a third of the time). Returns whether it did (the next
-        batch then holds the instance)."""
-        batch: list[Pending] = []
-        size = self._take_ready(batch, 0)
-        if not batch:
-            return False
-        if self._wait_left(batch, size) > 0:
-            self._queue.extendleft(reversed(batch))
-            return False
-        started = time.perf_counter_ns()
-        outputs, images = self._inputs(batch)
-        input_done = time.perf_counter_ns()
-        call = self.threads.submit(timed, self.run, images, outputs)
-        task = asyncio.get_running_loop().create_task(
-            self._execute(batch, (started, input_done, outputs, images, call)))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return True
-
-    async def _execute(self, batch: list[Pending], handed: tuple | None = None) -> None:
-        """Run one batch and answer its requests. ``handed``: (started_ns, input_done_ns, outputs, images, call)
-        of a batch ``_hand_on`` already gave a model thread."""
-        handed_on = False
+    async def _execute(self, batch: list[Pending]) -> None:
         try:
-            if handed is None:
-                now = asyncio.get_running_loop().time()  # a batch that waited for companions: check again
-                batch = [pending for pending in batch if not self._expired(pending, now)]
-                if not batch:
-                    return
-                started = time.perf_counter_ns()
-                outputs, images = self._inputs(batch)
-                input_done = time.perf_counter_ns()
-                call = None
+            now = asyncio.get_running_loop().time()  # a batch that waited for companions: check again
+            batch = [pending for pending in batch if not self._expired(pending, now)]
+            if not batch:
+                return
+            started = time.perf_counter_ns()
+            if len(batch) == 1:
+                outputs, images = batch[0].outputs, batch[0].images
             else:
-                started, input_done, outputs, images, call = handed
-            if call is None and self._runs_inline(len(batch), len(images)):
+                requested = {name for pending in batch for name in pending.outputs}
+                outputs = [name for name in self.output_order if name in requested]
+                images = np.concatenate([p.images for p in batch])
+            input_done = time.perf_counter_ns()
+            if self._runs_inline(len(batch), len(images)):
                 results = self.run(images, outputs)
                 self.inline_calls += 1
                 self._inline_streak += 1
                 self._inline_calls.inc()
                 self.compute_times.record(len(images), time.perf_counter_ns() - input_done)
             else:
-                probing = call is None and self._inline_streak >= INLINE_PROBE_EVERY
-                results, compute_ns = await (call or self.threads.submit(timed, self.run, images, outputs))
-                handed_on = self._hand_on()
+                probing = self._inline_streak >= INLINE_PROBE_EVERY
+                results, compute_ns = await self.threads.submit(timed, self.run, images, outputs)
                 self._thread_calls.inc()
                 self.compute_times.record(len(images), compute_ns)
                 if probing:
@@ -380,5 +330,4 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
-            if not handed_on:
-                self._free.release()
+            self._free.release()
