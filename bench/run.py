@@ -281,32 +281,38 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
                "MLServer 1.7.1 with an ONNX Runtime runtime and adaptive batching on (max_batch_size 64, "
                "max_batch_time 1 ms; bench/peers/mlserver_onnx.py), each in its own venv. Every server answered one "
                "real request with the right logits before its load; bnserve's own success count is checked against "
-               "h2load's.", "")
+               "h2load's. The four servers run side by side and their runs interleave (each repeat loads every "
+               "server in turn; an idle one used under 0.01 core), so a slow spell of this shared machine weighs on "
+               "all of them alike.", "")
     for title, server_pin, client_pin in MACHINE_CLASSES:
-        results: dict[str, dict[int, LoadResult]] = {}
+        # All four servers run at once (idle while another is loaded) and the runs interleave, server by server
+        # within each repeat: a slow minute on a shared machine then weighs on every server alike, not on the
+        # one whose turn it was.
+        servers: dict[str, ServerProcess] = {}
         breakdowns: list[tuple[str, LoadResult, dict[str, float]]] = []
-        for name in SERVERS:
-            server = start_named(name, repository, work, server_pin)
-            try:
+        try:
+            for name in SERVERS:
+                servers[name] = start_named(name, repository, work, server_pin)
                 if name != "no-op":
-                    check_answer(server.port, "digits", images, expected)
-                before = served_count(server.port) if name == "bnserve" else 0
-                results[name] = {}
+                    check_answer(servers[name].port, "digits", images, expected)
+            before = served_count(servers["bnserve"].port)
+            runs: dict[tuple[str, int], list[LoadResult]] = {(name, c): [] for name in SERVERS for c in CONCURRENCIES}
+            for _ in range(repeats):
                 for c in CONCURRENCIES:
-                    runs = [run_load(server.port, digits_body, c, seconds, server.process.pid, cpu=client_pin)
-                            for _ in range(repeats)]
-                    results[name][c] = median_result(runs)
-                    if name == "bnserve":
-                        counted = served_count(server.port) - before
-                        sent = sum(r.requests for r in runs)
-                        # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
-                        assert counted >= sent, f"bnserve answered {counted} samples, h2load reports {sent} successes"
-                        before = served_count(server.port)
-                if name in ("no-op", "bnserve"):
-                    breakdowns.append((f"{name}, digits, c=32", *cpu_breakdown(server, digits_body, 32, seconds,
-                                                                                client_pin)))
-            finally:
+                    for name in SERVERS:
+                        runs[name, c].append(run_load(servers[name].port, digits_body, c, seconds,
+                                                      servers[name].process.pid, cpu=client_pin))
+            counted = served_count(servers["bnserve"].port) - before
+            sent = sum(r.requests for c in CONCURRENCIES for r in runs["bnserve", c])
+            # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
+            assert counted >= sent, f"bnserve answered {counted} samples, h2load reports {sent} successes"
+            for name in ("no-op", "bnserve"):
+                breakdowns.append((f"{name}, digits, c=32", *cpu_breakdown(servers[name], digits_body, 32, seconds,
+                                                                            client_pin)))
+        finally:
+            for server in servers.values():
                 server.stop()
+        results = {name: {c: median_result(runs[name, c]) for c in CONCURRENCIES} for name in SERVERS}
         lines = [f"### {title}", "", "| server | concurrency | req/s | vs no-op | vs best peer | p50 ms | p99 ms | "
                  "server CPU |", "|---|---|---|---|---|---|---|---|"]
         for name in SERVERS:
