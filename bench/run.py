@@ -129,9 +129,12 @@ def timed_rate(call, samples_per_call: int, seconds: float, repeats: int) -> flo
 
 
 def in_process_onnx(version_dir: Path, shape, seconds, repeats, batches=(1, 8, 32, 64)) -> dict[int, float]:
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server runs it
-    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    from server.backends.onnx import cpu_pool_threads, session_options
+
+    # The server's options for a model that gets the pool: no spinning, and threads kept on the cores this
+    # process may use (under taskset the comparison is then on the same cores).
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), session_options(cpu_pool_threads()),
+                                           providers=["CPUExecutionProvider"])
     rates = {}
     for batch in batches:
         images = sample(shape, batch)

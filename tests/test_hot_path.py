@@ -1,7 +1,9 @@
 """The request path: short model calls run on the event loop, and a slow model still never stalls health
 checks or other models."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 
@@ -122,7 +125,7 @@ def test_the_preserialized_answer_parses_as_the_response_message():
 
 
 def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_pool(tmp_path):
-    from server.backends.onnx import LIGHT_CALL_S, OnnxBackend, one_row_call_seconds
+    from server.backends.onnx import LIGHT_CALL_S, OnnxBackend, cpu_pool_threads, one_row_call_seconds
 
     light, heavy = tmp_path / "light", tmp_path / "heavy"
     light.mkdir()
@@ -132,5 +135,37 @@ def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_po
     chosen = OnnxBackend(light, "cpu")
     assert chosen.intra_op_threads == 1 and one_row_call_seconds(chosen.session) <= LIGHT_CALL_S
     chosen = OnnxBackend(heavy, "cpu")
-    assert chosen.intra_op_threads == 0 and chosen.session.get_session_options().intra_op_num_threads == 0
+    pool = cpu_pool_threads()  # 0 (ONNX Runtime's default) unless this run is held to some of the cores
+    assert chosen.intra_op_threads == pool and chosen.session.get_session_options().intra_op_num_threads == pool
     assert OnnxBackend(light, "cpu", intra_op_threads=2).session.get_session_options().intra_op_num_threads == 2
+
+
+CPU_SET_CHECK = """
+import sys
+from pathlib import Path
+import numpy as np
+from server.backends.onnx import OnnxBackend
+
+backend = OnnxBackend(Path(sys.argv[1]), "cpu")
+for _ in range(3):
+    backend.run(np.ones((4, 8, 8, 1), np.float32), ["logits"])
+allowed = set()
+for task in Path("/proc/self/task").iterdir():
+    status = (task / "status").read_text()
+    allowed.add(next(line.split(":")[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list")))
+print(backend.intra_op_threads, *sorted(allowed))
+"""
+
+
+def test_a_model_that_gets_the_pool_keeps_its_threads_on_the_cores_the_process_may_use(tmp_path):
+    """ONNX Runtime's default pool pins threads to cores of its own choosing: held to one core with taskset,
+    the server must not spill onto another."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2 or shutil.which("taskset") is None:
+        pytest.skip("needs taskset and two cores to hold the process to one of them")
+    slow_model(tmp_path / "model.onnx", copies=16)
+    core = str(allowed[0])
+    result = subprocess.run(["taskset", "-c", core, sys.executable, "-c", CPU_SET_CHECK, str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", core], result.stdout  # one thread, and every thread on that core

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +24,21 @@ def cuda_provider_available() -> bool:
 
 LIGHT_CALL_S = 100e-6
 """With --intra-op-threads 0, a model whose one-row call takes at most this on one thread keeps one thread."""
+
+
+def cpu_pool_threads() -> int:
+    """The intra-op thread count of a model that gets the pool: 0 (ONNX Runtime's default, one thread per
+    physical core) when this process may run on every core, else one per core it may run on.
+
+    ONNX Runtime's default pool pins its threads to cores of its own choosing, whatever taskset, a cpuset or a
+    container's CPU set allows the process: under ``taskset -c 0`` one of its threads ran on core 1. Asked for
+    a number of threads, it leaves their placement to the process's CPU set.
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this platform (macOS)
+        return 0
+    return 0 if allowed >= (os.cpu_count() or allowed) else allowed
 
 
 def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
@@ -54,7 +70,7 @@ class OnnxBackend:
 
     def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
         """``intra_op_threads`` 0 chooses: on the CPU, one thread when a one-row call takes at most LIGHT_CALL_S
-        on one thread, else ONNX Runtime's default. Waking a pool thread (spinning is off) costs tens of
+        on one thread, else the pool (cpu_pool_threads: ONNX Runtime's default within this process's cores). Waking a pool thread (spinning is off) costs tens of
         microseconds and a core that the event loop and gRPC's poller want too: more than a light model's whole
         call (README, "intra-op-threads", for the measurement)."""
         providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
@@ -63,8 +79,10 @@ class OnnxBackend:
         self.intra_op_threads = 1 if on_cpu and intra_op_threads == 0 else intra_op_threads
         self.session = onnxruntime.InferenceSession(path, session_options(self.intra_op_threads), providers=providers)
         if on_cpu and intra_op_threads == 0 and not self._light():
-            self.intra_op_threads = 0
-            self.session = onnxruntime.InferenceSession(path, session_options(0), providers=providers)
+            self.intra_op_threads = cpu_pool_threads()
+            if self.intra_op_threads != 1:
+                self.session = onnxruntime.InferenceSession(path, session_options(self.intra_op_threads),
+                                                            providers=providers)
         # ONNX Runtime silently falls back to the CPU when CUDA cannot start: check what it picked.
         self.device = "gpu" if self.session.get_providers()[0] == CUDA else "cpu"
         if device == "gpu" and self.device != "gpu":
