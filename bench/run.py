@@ -37,47 +37,51 @@ CONCURRENCIES = (1, 8, 32)
 
 ANALYSIS = [
     "## Where the time goes, and what would close the gaps", "",
-    "- **The floor of any model server on this stack** (section 1, \"no-op + one model call a request\"): the no-op "
-    "server that also runs the digits model once per request, inline, one ONNX Runtime thread, nothing else, "
-    "reaches 0.65-0.67 of the no-op at c=8/32 and +0.06 ms at c=1 (2026-11-29 run). That call takes 27 us in a "
-    "tight loop, but ~86 us of a server's throughput time (in a separate check it cut an aiohttp no-op from 9,840 "
-    "to 5,326 req/s; between requests its code and data are no longer in the caches, the likely reason). So the "
-    "0.8 target at c=8/32 is below what a server that calls the model "
-    "once per request can reach here: only batching (one call for many requests) can get there, and then every "
-    "microsecond of per-request Python counts about twice: in a separate check a 10 us busy loop in the no-op handler "
-    "cost ~24 us of throughput time at c=32 (gRPC's poller thread needs the GIL for every event it hands over, the "
-    "likely reason).",
-    "- **Against the peers** bnserve is ahead everywhere (section 7) and meets 1.5x at c=8/32 with shared cores "
-    "(1.66x, 1.55x). At c=1 it is 1.12-1.13x, against 1.2x. Pinned, it is 1.48x at c=8 and 1.33x at c=32. "
-    "KServe's sync `predict` is the best peer at every row. Run-to-run spread here is 10-25%.",
-    "- **c=1** (target: no-op p50 + 0.15 ms; measured +0.197 ms shared, +0.161 ms pinned, against +0.229/+0.192 "
-    "before this session). Two changes brought it closer:",
-    "    - A light model keeps one ONNX Runtime thread (`--intra-op-threads 0`: a one-row call within 100 us on "
-    "one thread, measured at load). Waking a pool thread cost more than the call. A same-minute A/B on digits "
-    "gave p50 +0.193 vs +0.242 ms over the no-op, and +12% at c=32.",
-    "    - ModelInfer answers bytes already serialized. Names and output tensors are encoded once per version, "
-    "outputs and batch size: 4.3 us to 2.1 us a response in-process.",
-    "    - What is left over the floor's +0.06 ms is bnserve's Python per request: ~70 us in-process at c=1. "
-    "That is decoding 6.5, the data plane's bookkeeping ~17, the batcher ~17 (one probe call on a model thread in "
-    "16 adds ~14 us on average, not to the p50), metrics and statistics, and encoding 2.1.",
-    "- **c=8/32 vs the no-op** (target 0.8; measured 0.60/0.52 shared, 0.75/0.70 pinned, against 0.46/0.50 and "
-    "0.63/0.63 before). Batches hold only ~5 requests at c=32: requests reach the handler ~300 us apart (gRPC "
-    "aio's own cost), so the 1 ms queue delay collects 3-5.",
-    "    - Tried and dropped: a batcher driven by loop callbacks instead of a task, running whole batches on "
-    "the loop. It gave the same throughput: inline batches hide concurrency, so its estimate collapsed to batch 1 "
-    "until it probed with timed waits, and then settled at the same ~5.5.",
-    "    - Also no change: a shorter GIL switch interval, gc.freeze() or a higher GC threshold.",
-    "    - What would close the gap: per-request Python below ~25 us (the floor's own model call is already 0.65), "
-    "or a front end that is not a Python event loop per request, e.g. the same repository behind Triton's C++ "
-    "server. `--workers 2` gives 0.66 on these 2 shared cores.",
-    "- **conv6 at c=8** (target 0.7 of in-process ORT at batch 8 on the same cores; measured 0.32-0.35).",
-    "    - The drift monitor used to run monitor.onnx, about one more forward pass, on 25% of the traffic. Its "
-    "time is now kept under `--monitor-max-share` (0.1) of the model's compute time: on conv6 at c=8, 6% of "
-    "samples are monitored instead of 24%.",
-    "    - The rest is cores. A served batch of 4 takes ~2.4 ms against ~1.6 ms in-process, because the loop, "
-    "gRPC's poller (~0.35 core at this rate) and h2load share the 2 cores with ONNX Runtime's two threads.",
-    "    - With one instance and a closed-loop client of 8, batches alternate between two groups of ~4, and "
-    "batch 4 costs ~1.1x per sample of batch 8. 0.7 would need the request path to cost no CPU.",
+    "- **One thread holds the server** (section 7, \"Where the cores went\"). At c=32 with shared cores the event "
+    "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
+    "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
+    "per-request work (0.97 core at 6,136 req/s: 158 us a request in the 2026-11-29 run); bnserve spends 241 us "
+    "a request on it (0.90 core at 3,729 req/s). 0.8 of the no-op leaves 198 us: 40 us for all that bnserve "
+    "adds on that thread (decoding, validation, batching, metrics, statistics, drift sampling, encoding, the "
+    "hand-offs to and from the model thread), which now takes ~83.",
+    "- **The floor of any model server on this stack** (section 1, \"no-op + one model call a request\"): the "
+    "no-op that also runs the digits model once per request, inline, one ONNX Runtime thread, nothing else, "
+    "reaches 0.63/0.57 of the no-op at c=8/32 and +0.14 ms over its p50 at c=1. That call takes "
+    "27 us in a tight loop but ~86 us of a server's throughput time (a separate check cut an aiohttp no-op from "
+    "9,840 to 5,326 req/s). Only batching can beat that floor, and then only with per-request Python far below "
+    "what bnserve spends.",
+    "- **Against the peers** bnserve is ahead at every row (section 7): with shared cores 1.13x at c=1, 1.60x at c=8 (met) and 1.44x at c=32; pinned 1.25x at c=1 (met), 1.30x at c=8 and 1.41x at c=32. KServe's sync `predict` is "
+    "the best peer everywhere. The four servers now run side by side and their runs interleave; even so, "
+    "run-to-run spread on this VM is 10-25% (c=1 against KServe read 1.07-1.25 across five runs on 2026-11-29).",
+    "- **c=1** (target: no-op p50 + 0.15 ms; measured +0.246 ms shared, +0.179 ms pinned, +0.153 ms in section 2). The floor is +0.06-0.14 ms; the rest is bnserve's "
+    "Python per request, ~70 us in-process (decoding 6.5, the data plane ~17, the batcher ~17, metrics and "
+    "statistics, encoding 2.1), spread over some 60 function calls with none above a few microseconds (py-spy "
+    "at c=1: bnserve's own code is 15% of the loop thread's samples against 18% for grpc.aio's, 8% for the "
+    "model call and 55% idle in epoll). The drift monitor's sampling costs ~6% at c=1 (A/B with "
+    "`--monitor-sample-rate 0`).",
+    "- **c=8/32 vs the no-op** (target 0.8; measured 0.51/0.51 shared, 0.62/0.68 pinned). Batches hold ~5 requests at c=32: requests reach the "
+    "handler ~300 us apart, so the 1 ms queue delay collects 3-5.",
+    "    - Tried and dropped, earlier: a batcher driven by loop callbacks running whole batches on the loop (same "
+    "throughput); a shorter GIL switch interval, gc.freeze(), a higher GC threshold (no change).",
+    "    - Tried and dropped, 2026-11-29 (interleaved A/B, 4-6 runs each): handing the next batch to the model "
+    "thread before answering the one that returned, and counting a running batch's requests as inside so a "
+    "batch stops waiting for them: no gain on conv6, and 5-11% less on digits with the server on one core "
+    "(smaller batches where the loop is the bottleneck).",
+    "    - What would close the gap: a front end that is not one Python thread per process, e.g. the same "
+    "repository behind Triton's C++ server, or `--workers N` (0.66 on these 2 shared cores at c=32, section 6; "
+    "each worker is a process with its own statistics and drift windows).",
+    "- **conv6 at c=8** (target 0.7 of in-process ORT at batch 8 on the same cores; measured 0.46 shared, 0.40 pinned).",
+    "    - ONNX Runtime gets about one core (model thread + its pool, section 7) while ~0.35 of the machine "
+    "is idle; in-process at batch 8 it uses ~1.85. Timestamps inside the model thread showed it idle ~0.9 ms "
+    "before each ~2.5 ms batch even with the next batch already queued: a woken thread needs the GIL, which "
+    "the busy event loop holds until it next waits for I/O. Neither a rendezvous (the loop waiting, GIL "
+    "released, until the thread has started a long call: the idle halved, throughput +8% in some A/Bs and "
+    "-6% in others) nor ONNX Runtime's `run_async` (it runs the whole model on one pool thread: 3.3 ms for "
+    "batch 4 against 1.8 ms with `run`) paid off.",
+    "    - The drift monitor's monitor.onnx is kept under `--monitor-max-share` (0.1) of the model's compute time.",
+    "    - With the server on one core, ONNX Runtime's default pool used to escape to the other core (it pins its "
+    "threads itself); it now stays on the cores the process may use, in the server and in the in-process "
+    "baseline, so both sides of the pinned conv6 ratio run on one core.",
     "- ONNX Runtime's spinning intra-op threads (its default) burned both cores between calls and halved "
     "throughput at concurrency 32; they are off in the server and in these in-process figures.",
     "",
