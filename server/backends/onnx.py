@@ -70,9 +70,10 @@ class OnnxBackend:
 
     def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
         """``intra_op_threads`` 0 chooses: on the CPU, one thread when a one-row call takes at most LIGHT_CALL_S
-        on one thread, else the pool (cpu_pool_threads: ONNX Runtime's default within this process's cores). Waking a pool thread (spinning is off) costs tens of
-        microseconds and a core that the event loop and gRPC's poller want too: more than a light model's whole
-        call (README, "intra-op-threads", for the measurement)."""
+        on one thread, else the pool (cpu_pool_threads: ONNX Runtime's default, kept within this process's
+        cores). Waking a pool thread (spinning is off) costs tens of microseconds and a core that the event loop
+        and gRPC's poller want too: more than a light model's whole call (README, "intra-op-threads", for the
+        measurement)."""
         providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
         path = str(version_dir / ONNX_MODEL)
         on_cpu = providers == [CPU]
