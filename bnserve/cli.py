@@ -232,7 +232,7 @@ def add_serve_parser(commands) -> None:
                         help="latest:N (default %(default)s), all, specific:V1,V2")
     parser.add_argument("--intra-op-threads", type=int, default=S.intra_op_threads,
                         help="ONNX Runtime threads per session (default %(default)s: 1 for a model whose one-row call "
-                        "takes at most 100 us on one thread, else ONNX Runtime's default)")
+                        "takes at most 100 us on one thread, else ONNX Runtime's default on the cores this process may use)")
     parser.add_argument("--max-message-bytes", type=int, default=S.max_message_bytes,
                         help="largest gRPC message received or sent (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=S.grace_seconds,

@@ -86,10 +86,11 @@ class VersionMonitor:
     def open_session(self) -> None:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1  # the monitor must never compete with the model threads for cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        from server.backends.onnx import session_options
+
+        # One thread: the monitor must never compete with the model threads for cores.
+        self.session = onnxruntime.InferenceSession(str(self.model_path), session_options(1),
+                                                    providers=["CPUExecutionProvider"])
         self.outputs = [name for index in range(len(self.spec.layers)) for name in output_names(index)]
 
     def evaluate(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -142,7 +142,8 @@ class ServerSettings:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per session; 0: one for a light model (a one-row call within
-    server.backends.onnx.LIGHT_CALL_S on one thread), else ONNX Runtime's default."""
+    server.backends.onnx.LIGHT_CALL_S on one thread), else ONNX Runtime's default, kept on the cores this
+    process may use (server.backends.onnx.cpu_pool_threads)."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent, and largest HTTP request body."""
     grace_seconds: float = 5.0
