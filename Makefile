@@ -36,7 +36,7 @@ run: $(INSTALLED)
 	else \
 		$(VENV)/bin/bnserve export $(RUN_DIR) --repository $(REPOSITORY) --name $(MODEL); \
 	fi
-	@$(PY) -c "import numpy as np; from trainer.data import load_dataset; np.save('$(RUN_DIR)/sample.npy', load_dataset('digits').images[:4])"
+	@$(PY) -c "import numpy as np; from bnserve.trainer.data import load_dataset; np.save('$(RUN_DIR)/sample.npy', load_dataset('digits').images[:4])"
 	@echo "serving $(REPOSITORY) on 127.0.0.1:$(PORT) (gRPC) and 127.0.0.1:$(HTTP_PORT) (HTTP); from another shell:"
 	@echo "    $(VENV)/bin/bnserve predict --url 127.0.0.1:$(PORT) --model $(MODEL) $(RUN_DIR)/sample.npy"
 	@echo "    curl 127.0.0.1:$(HTTP_PORT)/v2/models/$(MODEL)"
@@ -59,11 +59,15 @@ bench: $(INSTALLED)
 	$(PY) bench/http_run.py
 	$(PY) bench/drift_study.py
 
-# Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale).
+# Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale). protoc
+# sees protos/ as bnserve/protos/ (a link in build/), so the generated imports name the installed package.
+PROTOS := inference.proto:grpc tfserving.proto: monitor.proto:grpc
 protos: $(INSTALLED)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/inference.proto
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/tfserving.proto
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/monitor.proto
+	rm -rf build/protoc && mkdir -p build/protoc/bnserve && ln -s ../../../protos build/protoc/bnserve/protos
+	for entry in $(PROTOS); do proto=$${entry%%:*}; grpc=$${entry#*:}; \
+		$(PY) -m grpc_tools.protoc -Ibuild/protoc --python_out=build/protoc --pyi_out=build/protoc \
+			$${grpc:+--grpc_python_out=build/protoc} bnserve/protos/$$proto || exit 1; done
+	rm -rf build/protoc
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

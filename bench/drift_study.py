@@ -34,11 +34,11 @@ import requests  # noqa: E402
 from bench.loadgen import median_result, model_infer_body, run_load  # noqa: E402
 from bench.run import bnserve, platform_line  # noqa: E402
 from bnserve.core.repository import read_manifest  # noqa: E402
-from server.settings import ServerSettings  # noqa: E402
+from bnserve.server.settings import ServerSettings  # noqa: E402
 from tests.requests import v2_json_body  # noqa: E402
 from tests.servers import start_server  # noqa: E402
-from trainer.data import load_dataset, split  # noqa: E402
-from trainer.rundir import read_run_record  # noqa: E402
+from bnserve.trainer.data import load_dataset, split  # noqa: E402
+from bnserve.trainer.rundir import read_run_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 256

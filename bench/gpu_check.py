@@ -75,8 +75,8 @@ def measure(seconds: float, out: Path) -> int:
 
     from bench.loadgen import model_infer_body, run_load
     from bench.run import prepare_models
-    from protos import inference_pb2 as pb
-    from protos import inference_pb2_grpc
+    from bnserve.protos import inference_pb2 as pb
+    from bnserve.protos import inference_pb2_grpc
     from tests.servers import start_server
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():

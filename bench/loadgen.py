@@ -42,7 +42,7 @@ class LoadResult:
 
 def model_infer_body(model: str, images: np.ndarray) -> bytes:
     """One gRPC message frame (flag byte, big-endian length, ModelInferRequest) with raw FP32 contents."""
-    from protos import inference_pb2 as pb
+    from bnserve.protos import inference_pb2 as pb
 
     request = pb.ModelInferRequest(
         model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32",

@@ -31,7 +31,7 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
 
     backend = None
     if version_dir is not None:
-        from server.backends.onnx import OnnxBackend
+        from bnserve.server.backends.onnx import OnnxBackend
 
         backend = OnnxBackend(version_dir, "cpu", intra_op_threads=1)
         row_shape = backend.signature()[0][0].shape[1:]

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from protos import inference_pb2 as pb
+from bnserve.protos import inference_pb2 as pb
 
 
 async def serve(port: int, version_dir: Path | None = None) -> None:
@@ -36,7 +36,7 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
 
     model_infer = constant
     if version_dir is not None:
-        from server.backends.onnx import OnnxBackend
+        from bnserve.server.backends.onnx import OnnxBackend
 
         backend = OnnxBackend(version_dir, "cpu", intra_op_threads=1)
         row_shape = backend.signature()[0][0].shape[1:]

@@ -40,8 +40,8 @@ def venv_python(peer: str) -> Path:
 
 def check_answer(port: int, model: str, images: np.ndarray, expected_logits: np.ndarray, timeout_s: float = 120) -> None:
     """Wait until the server answers one real ModelInfer with logits equal to ``expected_logits``."""
-    from protos import inference_pb2 as pb
-    from protos import inference_pb2_grpc
+    from bnserve.protos import inference_pb2 as pb
+    from bnserve.protos import inference_pb2_grpc
 
     request = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
         name="images", datatype="FP32", shape=images.shape)], raw_input_contents=[images.tobytes()])

@@ -138,7 +138,7 @@ def timed_rate(call, samples_per_call: int, seconds: float, repeats: int) -> flo
 
 
 def in_process_onnx(version_dir: Path, shape, seconds, repeats, batches=(1, 8, 32, 64)) -> dict[int, float]:
-    from server.backends.onnx import cpu_pool_threads, session_options
+    from bnserve.server.backends.onnx import cpu_pool_threads, session_options
 
     # The server's options for a model that gets the pool: no spinning, and threads kept on the cores this
     # process may use (under taskset the comparison is then on the same cores).
@@ -188,7 +188,7 @@ def load_table(title: str, rows: list[tuple[str, LoadResult]], baseline: dict[in
 def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, repeats: int) -> list[str]:
     import tensorflow as tf
 
-    from trainer.checkpoint import restore_trained_model
+    from bnserve.trainer.checkpoint import restore_trained_model
 
     model, record, _ = restore_trained_model(work / f"{name}-run")
     unfolded = tf.function(lambda x: model(x, training=False))
@@ -258,8 +258,8 @@ def start_named(name: str, repository: Path, work: Path, pin: str | None) -> Ser
 
 def served_count(port: int) -> int:
     """bnserve's own count of answered samples (ModelStatistics): h2load counts HTTP 200 even for gRPC errors."""
-    from protos import inference_pb2 as pb
-    from protos import inference_pb2_grpc
+    from bnserve.protos import inference_pb2 as pb
+    from bnserve.protos import inference_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stats = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(

@@ -24,9 +24,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import epoch_order, load_dataset, split  # noqa: E402
-from trainer.train import train  # noqa: E402
+from bnserve.trainer.config import TrainConfig  # noqa: E402
+from bnserve.trainer.data import epoch_order, load_dataset, split  # noqa: E402
+from bnserve.trainer.train import train  # noqa: E402
 
 REPORTED_EPOCHS = (1, 2, 5, 10)
 

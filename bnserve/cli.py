@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from bnserve.core.errors import BnserveError, UserError
 
 if TYPE_CHECKING:
-    from trainer.config import TrainConfig
+    from bnserve.trainer.config import TrainConfig
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -54,7 +54,7 @@ EXECUTION_FLAGS = ("strategy", "cpu_replicas", "collective_timeout_seconds")
 
 
 def add_train_parser(commands) -> None:
-    from trainer.config import TrainConfig
+    from bnserve.trainer.config import TrainConfig
 
     T = TrainConfig  # the defaults shown are the config dataclass's own; unset flags keep them (or, on --resume, the run's)
     parser = commands.add_parser("train", help="train a batch-normalised conv net with EMA shadow statistics")
@@ -83,8 +83,8 @@ def add_train_parser(commands) -> None:
 
 
 def train_config_from(args) -> "TrainConfig":
-    from trainer.config import TrainConfig
-    from trainer.rundir import read_run_record
+    from bnserve.trainer.config import TrainConfig
+    from bnserve.trainer.rundir import read_run_record
 
     given = {name: getattr(args, name) for name in RUN_DEFINING_FLAGS if getattr(args, name) is not None}
     # How to run (not what is trained) may change on resume: another strategy, more replicas.
@@ -141,8 +141,8 @@ def needs_extra(extra: str, command: str):
 
 
 def run_train(args) -> int:
-    from trainer.data import load_dataset
-    from trainer.rundir import check_has_checkpoint, check_new_run_dir
+    from bnserve.trainer.data import load_dataset
+    from bnserve.trainer.rundir import check_has_checkpoint, check_new_run_dir
 
     config = train_config_from(args)
     dataset = load_dataset(config.data)
@@ -152,7 +152,7 @@ def run_train(args) -> int:
         check_new_run_dir(args.out)
     with needs_extra("train", "bnserve train"):
         import_tensorflow(args.verbose)
-        from trainer.train import train  # TensorFlow loads only once the input is known to be good
+        from bnserve.trainer.train import train  # TensorFlow loads only once the input is known to be good
 
     record = train(config, args.out, resume=args.resume, dataset=dataset)
     final = record.final or {}
@@ -179,8 +179,8 @@ def add_export_parser(commands) -> None:
 
 def run_export(args) -> int:
     from bnserve.core.repository import check_new_version
-    from exporter.options import check_export_options
-    from trainer.rundir import check_has_checkpoint
+    from bnserve.exporter.options import check_export_options
+    from bnserve.trainer.rundir import check_has_checkpoint
 
     with needs_extra("train", "bnserve export"):  # first: a missing extra is the first thing to say
         import_tensorflow(args.verbose)
@@ -191,7 +191,7 @@ def run_export(args) -> int:
         raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
     check_has_checkpoint(args.run_dir)
     with needs_extra("train", "bnserve export"):
-        from exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
+        from bnserve.exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
 
     version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
                                                    args.opset, args.tolerance, args.stats))
@@ -200,7 +200,7 @@ def run_export(args) -> int:
 
 
 def add_serve_parser(commands) -> None:
-    from server.settings import ServerSettings, VersionPolicy
+    from bnserve.server.settings import ServerSettings, VersionPolicy
 
     S = ServerSettings  # every default below is the settings dataclass's own (one definition)
     parser = commands.add_parser("serve", help="serve the repository over gRPC and HTTP (KServe v2, TF Serving, health)")
@@ -289,8 +289,8 @@ def run_serve(args) -> int:
                             "pip install 'bnserve[tf]'")
         import_tensorflow(args.verbose)
 
-    from server.auth import read_token
-    from server.settings import ServerSettings, VersionPolicy, parse_model_option
+    from bnserve.server.auth import read_token
+    from bnserve.server.settings import ServerSettings, VersionPolicy, parse_model_option
 
     # Every flag named like a ServerSettings field passes through as is; only the flags whose text needs parsing
     # are converted here. A new setting is a field (with its docstring) and its flag, nothing more.
@@ -308,10 +308,10 @@ def run_serve(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected a positive integer")
     if args.workers > 1:
-        from server.workers import run_workers
+        from bnserve.server.workers import run_workers
 
         return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port, args.http_port)
-    from server.app import serve
+    from bnserve.server.app import serve
 
     asyncio.run(serve(settings))  # a StartupError is a UserError: one line, exit status 2
     return 0
@@ -330,7 +330,7 @@ def add_predict_parser(commands) -> None:
 
 
 def run_predict(args) -> int:
-    from server.client import predict
+    from bnserve.server.client import predict
 
     print(predict(args.url, args.model, args.version, args.input, args.top, args.pixel_scale))
     return 0
@@ -345,7 +345,7 @@ def add_drift_parser(commands) -> None:
 
 
 def run_drift(args) -> int:
-    from server.client import drift
+    from bnserve.server.client import drift
 
     print(drift(args.url, args.model, args.version))
     return 0

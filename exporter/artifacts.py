@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf2onnx
 
 from bnserve.core.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE, Manifest
-from exporter.folded import FoldedModule
+from bnserve.exporter.folded import FoldedModule
 
 BATCH_DIM = "batch"
 
@@ -40,7 +40,7 @@ def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
 
 
 def write_monitor_onnx(module, path: Path, opset: int) -> list[str]:
-    """Convert ``module.moments`` (exporter.folded.MonitorModule) with tf2onnx; returns its output names."""
+    """Convert ``module.moments`` (bnserve.exporter.folded.MonitorModule) with tf2onnx; returns its output names."""
     tf2onnx.logging.set_level(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
     model, _ = tf2onnx.convert.from_function(module.moments, input_signature=module.moments.input_signature, opset=opset)

@@ -25,17 +25,17 @@ from bnserve.core.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NA
                                 read_manifest, staging_dir, write_json)
 from bnserve.core.drift import (CLEAN_WINDOWS, DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW, MONITOR_MODEL,
                            MonitoredLayer, MonitorSpec, calibrate_thresholds)
-from exporter.artifacts import (assert_no_batch_norm, write_monitor_onnx, write_onnx, write_onnx_metadata,
+from bnserve.exporter.artifacts import (assert_no_batch_norm, write_monitor_onnx, write_onnx, write_onnx_metadata,
                                 write_saved_model)
-from exporter.fold import bn_scale_shift
-from exporter.options import check_export_options, load_adapt_data, statistics_kind
-from exporter.folded import FoldedModule, MonitorModule, fold_network
+from bnserve.exporter.fold import bn_scale_shift
+from bnserve.exporter.options import check_export_options, load_adapt_data, statistics_kind
+from bnserve.exporter.folded import FoldedModule, MonitorModule, fold_network
 from bnserve.core.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
-from trainer.checkpoint import restore_trained_model
+from bnserve.trainer.checkpoint import restore_trained_model
 from bnserve.core.records import RunRecord
-from trainer.rundir import check_has_checkpoint, read_run_record
-from trainer.data import Dataset, load_dataset, split
-from trainer.model import NetworkParameters, make_predict
+from bnserve.trainer.rundir import check_has_checkpoint, read_run_record
+from bnserve.trainer.data import Dataset, load_dataset, split
+from bnserve.trainer.model import NetworkParameters, make_predict
 
 class ParityError(BnserveError):
     """An artifact disagrees with the reference beyond the tolerance: nothing is published."""
@@ -51,7 +51,7 @@ class ExportRequest:
     tolerance: float = 1e-4
     statistics: str = "ema"
     """"ema": the shadow averages; "precise": the mean of batch moments over one pass of the training data;
-    "adapt:PATH": the same over unlabeled target inputs (exporter.options.load_adapt_data)."""
+    "adapt:PATH": the same over unlabeled target inputs (bnserve.exporter.options.load_adapt_data)."""
 
 
 @contextmanager

@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from bnserve.core.repository import INPUT_NAME
-from exporter.fold import fold_conv_bn
-from trainer.model import NetworkParameters
+from bnserve.exporter.fold import fold_conv_bn
+from bnserve.trainer.model import NetworkParameters
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import monitor_pb2 as protos_dot_monitor__pb2
+from bnserve.protos import monitor_pb2 as bnserve_dot_protos_dot_monitor__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/monitor_pb2_grpc.py depends on'
+        + ' but the generated code in bnserve/protos/monitor_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class MonitorStub:
         """
         self.Drift = channel.unary_unary(
                 '/bnserve.Monitor/Drift',
-                request_serializer=protos_dot_monitor__pb2.DriftRequest.SerializeToString,
-                response_deserializer=protos_dot_monitor__pb2.DriftResponse.FromString,
+                request_serializer=bnserve_dot_protos_dot_monitor__pb2.DriftRequest.SerializeToString,
+                response_deserializer=bnserve_dot_protos_dot_monitor__pb2.DriftResponse.FromString,
                 _registered_method=True)
 
 
@@ -56,8 +56,8 @@ def add_MonitorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Drift': grpc.unary_unary_rpc_method_handler(
                     servicer.Drift,
-                    request_deserializer=protos_dot_monitor__pb2.DriftRequest.FromString,
-                    response_serializer=protos_dot_monitor__pb2.DriftResponse.SerializeToString,
+                    request_deserializer=bnserve_dot_protos_dot_monitor__pb2.DriftRequest.FromString,
+                    response_serializer=bnserve_dot_protos_dot_monitor__pb2.DriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -85,8 +85,8 @@ class Monitor:
             request,
             target,
             '/bnserve.Monitor/Drift',
-            protos_dot_monitor__pb2.DriftRequest.SerializeToString,
-            protos_dot_monitor__pb2.DriftResponse.FromString,
+            bnserve_dot_protos_dot_monitor__pb2.DriftRequest.SerializeToString,
+            bnserve_dot_protos_dot_monitor__pb2.DriftResponse.FromString,
             options,
             channel_credentials,
             insecure,

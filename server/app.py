@@ -15,15 +15,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bnserve.core.errors import UserError
-from protos import inference_pb2, monitor_pb2_grpc
-from server import grpc_monitor, grpc_tfserving
-from server.auth import TokenAuthInterceptor
-from server.dataplane import DataPlane
-from server.grpc_v2 import InferenceServicer, add_inference_service
-from server.metrics import serve_metrics
-from server.controller import RepositoryController
-from server.models import ModelRegistry
-from server.settings import ServerSettings
+from bnserve.protos import inference_pb2, monitor_pb2_grpc
+from bnserve.server import grpc_monitor, grpc_tfserving
+from bnserve.server.auth import TokenAuthInterceptor
+from bnserve.server.dataplane import DataPlane
+from bnserve.server.grpc_v2 import InferenceServicer, add_inference_service
+from bnserve.server.metrics import serve_metrics
+from bnserve.server.controller import RepositoryController
+from bnserve.server.models import ModelRegistry
+from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
 
@@ -127,7 +127,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
             raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
                             f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
     if settings.http_port:
-        from server.rest import start_http  # aiohttp is imported only by servers that speak HTTP
+        from bnserve.server.rest import start_http  # aiohttp is imported only by servers that speak HTTP
 
         try:
             running.http, running.http_port = await start_http(dataplane, controller, settings)

@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from server import metrics
-from server.errors import DeadlineExceeded, ModelOutputMismatch, QueueFull, Unavailable
-from server.execution import ModelThreads
-from server.statistics import VersionStatistics
+from bnserve.server import metrics
+from bnserve.server.errors import DeadlineExceeded, ModelOutputMismatch, QueueFull, Unavailable
+from bnserve.server.execution import ModelThreads
+from bnserve.server.statistics import VersionStatistics
 
 Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
 

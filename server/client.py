@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 
 from bnserve.core.errors import UserError
-from protos import inference_pb2 as pb
-from protos import inference_pb2_grpc
+from bnserve.protos import inference_pb2 as pb
+from bnserve.protos import inference_pb2_grpc
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -80,7 +80,7 @@ def predict(url: str, model: str, version: str, path: Path, top: int, pixel_scal
 
 def drift(url: str, model: str, version: str, timeout: float = 30.0) -> str:
     """``bnserve drift``: the monitor's state of a served version, one line per BN layer."""
-    from protos import monitor_pb2, monitor_pb2_grpc
+    from bnserve.protos import monitor_pb2, monitor_pb2_grpc
 
     with grpc.insecure_channel(url) as channel:
         try:

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from server.dataplane import DataPlane
-from server.errors import ModelControlDisabled, ModelLoadFailed
-from server.models import READY, ModelRegistry, RepositoryScan, VersionState, scan_repository
-from server.settings import ServerSettings
+from bnserve.server.dataplane import DataPlane
+from bnserve.server.errors import ModelControlDisabled, ModelLoadFailed
+from bnserve.server.models import READY, ModelRegistry, RepositoryScan, VersionState, scan_repository
+from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
 

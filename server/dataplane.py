@@ -9,12 +9,12 @@ from typing import NamedTuple
 import numpy as np
 
 import bnserve
-from server import metrics
-from server.batching import ComputeTimes, DynamicBatcher
-from server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
-from server.execution import ModelThreads
-from server.monitor import Capture, TrafficSampler
-from server.models import READY, ModelRegistry, ServedVersion, VersionState
+from bnserve.server import metrics
+from bnserve.server.batching import ComputeTimes, DynamicBatcher
+from bnserve.server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
+from bnserve.server.execution import ModelThreads
+from bnserve.server.monitor import Capture, TrafficSampler
+from bnserve.server.models import READY, ModelRegistry, ServedVersion, VersionState
 
 SERVER_NAME = "bnserve"
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")

@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from server.errors import ServingError
+from bnserve.server.errors import ServingError
 
 log = logging.getLogger("bnserve.server")
 

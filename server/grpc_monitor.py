@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from protos import monitor_pb2 as pb
-from protos import monitor_pb2_grpc
-from server.dataplane import DataPlane
-from server.grpc_errors import grpc_errors
+from bnserve.protos import monitor_pb2 as pb
+from bnserve.protos import monitor_pb2_grpc
+from bnserve.server.dataplane import DataPlane
+from bnserve.server.grpc_errors import grpc_errors
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
 

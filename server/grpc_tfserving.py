@@ -10,12 +10,12 @@ import grpc
 import numpy as np
 from google.protobuf.any_pb2 import Any
 
-from protos import tfserving_pb2 as pb
-from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ServingError
-from server.grpc_errors import grpc_errors
-from server.models import READY, UNAVAILABLE
-from server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
+from bnserve.protos import tfserving_pb2 as pb
+from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
+from bnserve.server.errors import InvalidInput, ServingError
+from bnserve.server.grpc_errors import grpc_errors
+from bnserve.server.models import READY, UNAVAILABLE
+from bnserve.server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
                             array_from_values)
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"

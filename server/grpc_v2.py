@@ -8,16 +8,16 @@ import os
 
 import grpc
 
-from protos import inference_pb2 as pb
-from protos import inference_pb2_grpc
-from server.controller import RepositoryController
-from server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput, ServingError
-from server.grpc_errors import grpc_errors
-from server.models import ServedVersion
-from server.settings import STREAM_WINDOW
-from server.statistics import Duration, VersionStatistics
-from server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
+from bnserve.protos import inference_pb2 as pb
+from bnserve.protos import inference_pb2_grpc
+from bnserve.server.controller import RepositoryController
+from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
+from bnserve.server.errors import InvalidInput, ServingError
+from bnserve.server.grpc_errors import grpc_errors
+from bnserve.server.models import ServedVersion
+from bnserve.server.settings import STREAM_WINDOW
+from bnserve.server.statistics import Duration, VersionStatistics
+from bnserve.server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
 
 CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
 

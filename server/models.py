@@ -18,11 +18,11 @@ from bnserve.core.errors import UserError
 from bnserve.core.golden import GOLDEN, GoldenCheck, check_golden, read_golden
 from bnserve.core.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, is_directory, parse_version, read_manifest,
                                 validate_model_name, verify_files, version_dirs, version_files)
-from server import metrics
-from server.backends import Backend, check_signature, load_backend
-from server.errors import ModelNotFound, StartupError
-from server.settings import ServerSettings, VersionPolicy
-from server.statistics import VersionStatistics
+from bnserve.server import metrics
+from bnserve.server.backends import Backend, check_signature, load_backend
+from bnserve.server.errors import ModelNotFound, StartupError
+from bnserve.server.settings import ServerSettings, VersionPolicy
+from bnserve.server.statistics import VersionStatistics
 
 log = logging.getLogger("bnserve.server")
 

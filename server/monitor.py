@@ -28,7 +28,7 @@ import numpy as np
 
 from bnserve.core.drift import MonitorSpec, layer_shift, output_names
 from bnserve.core.repository import INPUT_NAME
-from server import metrics
+from bnserve.server import metrics
 
 log = logging.getLogger("bnserve.server")
 
@@ -86,7 +86,7 @@ class VersionMonitor:
     def open_session(self) -> None:
         import onnxruntime
 
-        from server.backends.onnx import session_options
+        from bnserve.server.backends.onnx import session_options
 
         # One thread: the monitor must never compete with the model threads for cores.
         self.session = onnxruntime.InferenceSession(str(self.model_path), session_options(1),

@@ -24,14 +24,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from server import rest_tfserving, rest_v2
-from server.controller import RepositoryController
-from server.dataplane import DataPlane
-from server.errors import InvalidInput, ServingError
-from server.grpc_errors import ErrorLogLimiter
-from server.grpc_v2 import to_model_config, to_model_statistics
-from server.rest_v2 import HEADER_LENGTH, expect, parse_json
-from server.settings import ServerSettings
+from bnserve.server import rest_tfserving, rest_v2
+from bnserve.server.controller import RepositoryController
+from bnserve.server.dataplane import DataPlane
+from bnserve.server.errors import InvalidInput, ServingError
+from bnserve.server.grpc_errors import ErrorLogLimiter
+from bnserve.server.grpc_v2 import to_model_config, to_model_statistics
+from bnserve.server.rest_v2 import HEADER_LENGTH, expect, parse_json
+from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
 limiter = ErrorLogLimiter()
@@ -146,7 +146,7 @@ class HttpFront:
         return await request.read()
 
     async def status_page(self, request):
-        from server.status_page import render
+        from bnserve.server.status_page import render
 
         return web.Response(text=render(self.dataplane), content_type="text/html")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.dataplane import InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput
-from server.grpc_tfserving import PREDICT_METHOD, SIGNATURE_NAME
-from server.models import READY, UNAVAILABLE, ServedVersion, VersionState
-from server.rest_v2 import expect, parse_json
-from server.tensors import V2_TO_NUMPY, array_from_json
+from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
+from bnserve.server.errors import InvalidInput
+from bnserve.server.grpc_tfserving import PREDICT_METHOD, SIGNATURE_NAME
+from bnserve.server.models import READY, UNAVAILABLE, ServedVersion, VersionState
+from bnserve.server.rest_v2 import expect, parse_json
+from bnserve.server.tensors import V2_TO_NUMPY, array_from_json
 
 
 def check_signature(document: dict) -> None:

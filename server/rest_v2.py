@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from server.dataplane import InferenceRequest, InferenceResponse, InferInput
-from server.errors import InvalidInput
-from server.tensors import V2_TO_NUMPY, array_from_json, array_from_raw, element_count, json_type
+from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
+from bnserve.server.errors import InvalidInput
+from bnserve.server.tensors import V2_TO_NUMPY, array_from_json, array_from_raw, element_count, json_type
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

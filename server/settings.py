@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bnserve.core.errors import UserError
-from server.backends import BACKENDS, DEVICES
-from server.batching import BatchingOptions
+from bnserve.server.backends import BACKENDS, DEVICES
+from bnserve.server.batching import BatchingOptions
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ServerSettings:
     """Coalesce concurrent requests into one model call; off: every request runs alone."""
     max_queue_delay_us: int = BatchingOptions.max_queue_delay_us
     """Longest a batch waits for companions after its oldest request arrived (only while recent
-    concurrency says they are coming, see server.batching); 0: run as soon as an instance is free."""
+    concurrency says they are coming, see bnserve.server.batching); 0: run as soon as an instance is free."""
     max_queue_size: int = BatchingOptions.max_queue_size
     """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
     instances: int = BatchingOptions.instances
@@ -142,8 +142,8 @@ class ServerSettings:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per session; 0: one for a light model (a one-row call within
-    server.backends.onnx.LIGHT_CALL_S on one thread), else ONNX Runtime's default, kept on the cores this
-    process may use (server.backends.onnx.cpu_pool_threads)."""
+    bnserve.server.backends.onnx.LIGHT_CALL_S on one thread), else ONNX Runtime's default, kept on the cores this
+    process may use (bnserve.server.backends.onnx.cpu_pool_threads)."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent, and largest HTTP request body."""
     grace_seconds: float = 5.0
@@ -152,7 +152,7 @@ class ServerSettings:
     """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
     max_connections: int = 1000
     """Connections each port holds at once (gRPC's max_allowed_incoming_connections; on the HTTP port, counted
-    by server.rest.CappedSite); more are refused at accept. The process's open-file limit is raised to fit when the hard limit allows."""
+    by bnserve.server.rest.CappedSite); more are refused at accept. The process's open-file limit is raised to fit when the hard limit allows."""
     connection_idle_seconds: float = 300.0
     """A connection without calls for this long is closed (GOAWAY); clients reconnect on their next call."""
     handshake_seconds: float = 10.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import math
 
-from server.dataplane import DataPlane
+from bnserve.server.dataplane import DataPlane
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }

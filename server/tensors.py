@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.errors import InvalidInput
+from bnserve.server.errors import InvalidInput
 
 # KServe v2 datatype -> NumPy dtype (little-endian, as the protocol specifies for raw contents).
 V2_TO_NUMPY = {

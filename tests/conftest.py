@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """The default model trained on digits with the default settings (the `make run` model)."""
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from bnserve.trainer.config import TrainConfig
+    from bnserve.trainer.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
     record = train(TrainConfig(), run_dir)
@@ -20,8 +20,8 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference(digits_run):
     """The unfolded trained model in inference mode, and the held-out images."""
-    from trainer.checkpoint import restore_trained_model
-    from trainer.data import load_dataset, split
+    from bnserve.trainer.checkpoint import restore_trained_model
+    from bnserve.trainer.data import load_dataset, split
 
     run_dir, record = digits_run
     model, _, _ = restore_trained_model(run_dir)
@@ -33,7 +33,7 @@ def reference(digits_run):
 @pytest.fixture(scope="session")
 def exported(digits_run, tmp_path_factory):
     """The default digits run exported as version 1 of model "digits": (repository, version dir, manifest)."""
-    from exporter.export import ExportRequest, export
+    from bnserve.exporter.export import ExportRequest, export
 
     run_dir, _ = digits_run
     repository = tmp_path_factory.mktemp("repository")

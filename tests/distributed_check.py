@@ -17,13 +17,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.distribute import configure_cpu_replicas  # noqa: E402
+from bnserve.trainer.distribute import configure_cpu_replicas  # noqa: E402
 
 configure_cpu_replicas(2)
 
-from trainer.bn import ShadowBatchNormalization  # noqa: E402
-from trainer.model import ModelConfig, build_model  # noqa: E402
-from trainer.train import make_distributed_train_step, make_train_step  # noqa: E402
+from bnserve.trainer.bn import ShadowBatchNormalization  # noqa: E402
+from bnserve.trainer.model import ModelConfig, build_model  # noqa: E402
+from bnserve.trainer.train import make_distributed_train_step, make_train_step  # noqa: E402
 
 CONFIG = ModelConfig(input_shape=(8, 8, 1), num_classes=10, input_mean=(4.0,), input_std=(5.0,), widths=(6, 8),
                      strides=(1, 2), decay=0.9)

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import BatchingOptions, DynamicBatcher
-from server.errors import DeadlineExceeded, QueueFull
-from server.execution import ModelThreads
+from bnserve.server.batching import BatchingOptions, DynamicBatcher
+from bnserve.server.errors import DeadlineExceeded, QueueFull
+from bnserve.server.execution import ModelThreads
 
 
 class Model:
@@ -324,7 +324,7 @@ def test_a_call_measured_above_the_budget_stays_on_the_model_threads(executor):
 
 
 def test_inline_execution_can_be_turned_off_and_is_seeded_per_batch_size(executor):
-    from server.batching import ComputeTimes
+    from bnserve.server.batching import ComputeTimes
 
     model = Sleeper(0.0)
     batcher = make(model, executor, max_batch_size=8, inline_compute_us=0)

@@ -5,10 +5,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.dataplane import DataPlane, InferenceRequest, InferInput
-from server.errors import ResponseTooLarge
-from server.models import ModelRegistry, scan_repository
-from server.settings import ServerSettings
+from bnserve.server.dataplane import DataPlane, InferenceRequest, InferInput
+from bnserve.server.errors import ResponseTooLarge
+from bnserve.server.models import ModelRegistry, scan_repository
+from bnserve.server.settings import ServerSettings
 
 
 @pytest.fixture

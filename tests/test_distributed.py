@@ -30,7 +30,7 @@ SGD_RUN_RTOL = 1e-4
 
 def few_step_data(tmp_path):
     """200 digits as a PATH.npz: the same model and code paths, 3 optimizer steps an epoch."""
-    from trainer.data import load_dataset
+    from bnserve.trainer.data import load_dataset
 
     digits = load_dataset("digits")
     path = tmp_path / "digits200.npz"
@@ -94,7 +94,7 @@ def checkpoint_weights(run_dir):
 
 
 def heldout_of(run_dir):
-    from trainer.data import load_dataset, split
+    from bnserve.trainer.data import load_dataset, split
 
     config = json.loads((run_dir / "run.json").read_text())["config"]
     return split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])[1]
@@ -137,7 +137,7 @@ def test_a_two_worker_run_predicts_like_a_one_process_run(tmp_path):
     """Two Adam epochs on digits (the default optimizer): the exported models agree on held-out digits."""
     import onnxruntime
 
-    from exporter.export import ExportRequest, export
+    from bnserve.exporter.export import ExportRequest, export
 
     train_two_workers(tmp_path / "multi")
     train_single(tmp_path / "single", "--epochs", "2", *SMALL)

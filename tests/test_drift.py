@@ -276,12 +276,12 @@ def export(run_dir: Path, repository: Path, *flags: str) -> subprocess.Completed
 def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_agrees(digits_run, reference, exported,
                                                                                       tmp_path):
     """--stats adapt: the published artifacts equal the reference model with the statistics re-estimated
-    (exporter.export.precise_statistics) on the target inputs; the manifest says where they came from; a polling
+    (bnserve.exporter.export.precise_statistics) on the target inputs; the manifest says where they came from; a polling
     server under traffic moves to the adapted version without a failed request."""
     import threading
 
-    from exporter.export import precise_statistics
-    from trainer.checkpoint import restore_trained_model
+    from bnserve.exporter.export import precise_statistics
+    from bnserve.trainer.checkpoint import restore_trained_model
 
     run_dir, record = digits_run
     _, heldout = reference

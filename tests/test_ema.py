@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests.reference import ema_decay, ema_update
-from trainer.bn import ShadowBatchNormalization
+from bnserve.trainer.bn import ShadowBatchNormalization
 
 
 def batch_with_variance(variance: float) -> np.ndarray:

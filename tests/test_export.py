@@ -11,13 +11,13 @@ import tensorflow as tf
 
 from bnserve.core.errors import UserError
 from bnserve.core.repository import file_digests, read_manifest, verify_files
-from exporter.artifacts import onnx_op_types, saved_model_op_types
-from exporter.export import ExportRequest, ParityError, export, precise_statistics
-from exporter.folded import FoldedModule, fold_network
-from trainer.checkpoint import restore_trained_model
-from trainer.data import load_dataset, split
-from trainer.model import ModelConfig, build_model
-from trainer.train import make_train_step
+from bnserve.exporter.artifacts import onnx_op_types, saved_model_op_types
+from bnserve.exporter.export import ExportRequest, ParityError, export, precise_statistics
+from bnserve.exporter.folded import FoldedModule, fold_network
+from bnserve.trainer.checkpoint import restore_trained_model
+from bnserve.trainer.data import load_dataset, split
+from bnserve.trainer.model import ModelConfig, build_model
+from bnserve.trainer.train import make_train_step
 from tests.tolerance import assert_same_function
 
 
@@ -152,7 +152,7 @@ def test_a_parity_failure_publishes_nothing(exported, digits_run):
 def test_supported_opsets_match_the_installed_tf2onnx():
     import tf2onnx
 
-    from exporter.options import SUPPORTED_OPSETS
+    from bnserve.exporter.options import SUPPORTED_OPSETS
 
     assert SUPPORTED_OPSETS.stop - 1 == max(tf2onnx.constants.OPSET_TO_IR_VERSION)
 

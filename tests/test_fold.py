@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter.fold import bn_scale_shift, fold_conv_bn
+from bnserve.exporter.fold import bn_scale_shift, fold_conv_bn
 from tests.reference import batch_norm_inference
 
 

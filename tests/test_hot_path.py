@@ -100,9 +100,9 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
 
 ENCODING_CHECK = """
 import numpy as np
-from protos import inference_pb2 as pb
-from server.dataplane import InferenceResponse, InferOutput
-from server.grpc_v2 import encode_infer_response, from_infer_response
+from bnserve.protos import inference_pb2 as pb
+from bnserve.server.dataplane import InferenceResponse, InferOutput
+from bnserve.server.grpc_v2 import encode_infer_response, from_infer_response
 
 rows = np.arange(30, dtype=np.float32).reshape(3, 10)
 checked = 0
@@ -125,7 +125,7 @@ def test_the_preserialized_answer_parses_as_the_response_message():
 
 
 def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_pool(tmp_path):
-    from server.backends.onnx import LIGHT_CALL_S, OnnxBackend, cpu_pool_threads, one_row_call_seconds
+    from bnserve.server.backends.onnx import LIGHT_CALL_S, OnnxBackend, cpu_pool_threads, one_row_call_seconds
 
     light, heavy = tmp_path / "light", tmp_path / "heavy"
     light.mkdir()
@@ -144,7 +144,7 @@ CPU_SET_CHECK = """
 import sys
 from pathlib import Path
 import numpy as np
-from server.backends.onnx import OnnxBackend
+from bnserve.server.backends.onnx import OnnxBackend
 
 backend = OnnxBackend(Path(sys.argv[1]), "cpu")
 for _ in range(3):

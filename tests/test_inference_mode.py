@@ -5,9 +5,9 @@ import numpy as np
 import tensorflow as tf
 
 from tests.reference import batch_norm_inference
-from trainer.bn import ShadowBatchNormalization
-from trainer.model import ModelConfig, build_model
-from trainer.train import make_train_step
+from bnserve.trainer.bn import ShadowBatchNormalization
+from bnserve.trainer.model import ModelConfig, build_model
+from bnserve.trainer.train import make_train_step
 from tests.tolerance import assert_same_function
 
 

@@ -10,10 +10,16 @@ GENERATED = ["inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py", "
 
 
 def test_generated_code_is_not_stale(tmp_path):
+    # As `make protos` does: protoc sees protos/ as bnserve/protos/, the package it installs as.
+    source, out = tmp_path / "source", tmp_path / "out"
+    (source / "bnserve").mkdir(parents=True)
+    (source / "bnserve" / "protos").symlink_to(ROOT / "protos")
+    out.mkdir()
     for proto, grpc_out in (("inference.proto", True), ("tfserving.proto", False), ("monitor.proto", True)):
-        command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"--python_out={tmp_path}",
-                   f"--pyi_out={tmp_path}", f"protos/{proto}"] + ([f"--grpc_python_out={tmp_path}"] if grpc_out else [])
+        command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{source}", f"--python_out={out}",
+                   f"--pyi_out={out}", f"bnserve/protos/{proto}"] + ([f"--grpc_python_out={out}"] if grpc_out else [])
         subprocess.run(command, check=True, cwd=ROOT)
     for name in GENERATED:
-        assert (tmp_path / "protos" / name).read_text() == (ROOT / "protos" / name).read_text(), \
+        assert (out / "bnserve" / "protos" / name).read_text() == (ROOT / "protos" / name).read_text(), \
             f"protos/{name} is stale: run `make protos`"
+    assert "from bnserve.protos import inference_pb2" in (ROOT / "protos" / "inference_pb2_grpc.py").read_text()

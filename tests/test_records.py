@@ -8,7 +8,7 @@ import pytest
 
 from bnserve.core.errors import UserError
 from bnserve.core.records import RunRecord
-from trainer.rundir import read_run_record
+from bnserve.trainer.rundir import read_run_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,12 +53,13 @@ def imported_packages(path: Path) -> set[str]:
 # Each layer and what it may import among the project's packages: the arrows all point down.
 ALLOWED = {
     "bnserve/core": {"bnserve.core"},
-    "protos": {"protos"},
-    "trainer": {"bnserve.core", "trainer"},
-    "exporter": {"bnserve.core", "trainer", "exporter"},
-    "server": {"bnserve.core", "protos", "server"},
+    "protos": {"bnserve.protos"},
+    "trainer": {"bnserve.core", "bnserve.trainer"},
+    "exporter": {"bnserve.core", "bnserve.trainer", "bnserve.exporter"},
+    "server": {"bnserve.core", "bnserve.protos", "bnserve.server"},
 }
-PROJECT = {"bnserve", "bnserve.core", "bnserve.cli", "bnserve.verify", "trainer", "exporter", "server", "protos"}
+PROJECT = {"bnserve", "bnserve.core", "bnserve.cli", "bnserve.verify", "bnserve.trainer", "bnserve.exporter",
+           "bnserve.server", "bnserve.protos"}
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
@@ -73,7 +74,7 @@ def test_every_server_setting_has_a_serve_flag_with_the_settings_default(tmp_pat
     import dataclasses
 
     from bnserve.cli import build_parser
-    from server.settings import ServerSettings, VersionPolicy
+    from bnserve.server.settings import ServerSettings, VersionPolicy
 
     args = build_parser().parse_args(["serve", "--repository", str(tmp_path)])
     # Flags whose text is parsed into the field (bnserve.cli.run_serve converts them).

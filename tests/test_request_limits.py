@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as v2
 
-from server.settings import STREAM_WINDOW
+from bnserve.server.settings import STREAM_WINDOW
 from tests.requests import v2_request
 from tests.servers import start_server
 from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)

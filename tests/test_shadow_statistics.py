@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tests.reference import batch_moments, ema_decay, ema_update
-from trainer.model import ModelConfig, build_model
-from trainer.train import make_train_step
+from bnserve.trainer.model import ModelConfig, build_model
+from bnserve.trainer.train import make_train_step
 
 STEPS = 6
 DECAY = 0.9

@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from trainer.checkpoint import restore_trained_model
-from trainer.config import TrainConfig
-from trainer.data import load_dataset, split
-from trainer.train import train
+from bnserve.trainer.checkpoint import restore_trained_model
+from bnserve.trainer.config import TrainConfig
+from bnserve.trainer.data import load_dataset, split
+from bnserve.trainer.train import train
 
 
 def test_default_model_reaches_95_percent_in_inference_mode(digits_run):

@@ -1,4 +1,4 @@
 """Training of batch-normalised conv nets whose BN layers keep EMA shadow statistics.
 
-``trainer.data`` imports only NumPy, so input can be validated before TensorFlow is loaded.
+``bnserve.trainer.data`` imports only NumPy, so input can be validated before TensorFlow is loaded.
 """

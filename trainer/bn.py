@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from trainer.config import TrainConfig
+from bnserve.trainer.config import TrainConfig
 
 
 class ShadowBatchNormalization(keras.layers.Layer):

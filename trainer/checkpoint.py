@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from bnserve.core.errors import UserError
 from bnserve.core.records import RunRecord
-from trainer.model import ModelConfig, ShadowBNConvNet, build_model
-from trainer.rundir import CHECKPOINTS, read_run_record
+from bnserve.trainer.model import ModelConfig, ShadowBNConvNet, build_model
+from bnserve.trainer.rundir import CHECKPOINTS, read_run_record
 
 
 def training_checkpoint(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer | None,

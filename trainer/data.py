@@ -60,7 +60,7 @@ class Dataset:
 def load_dataset(spec: str) -> Dataset:
     """Load ``digits``, ``synthetic:HxWxC`` or a ``PATH.npz`` with arrays ``x`` and ``y``."""
     if spec == "digits":
-        with resources.as_file(resources.files("trainer") / "data" / "digits.npz") as path:
+        with resources.as_file(resources.files("bnserve.trainer") / "data" / "digits.npz") as path:
             return load_npz(path, name="digits")
     match = SYNTHETIC_PATTERN.fullmatch(spec)
     if match:

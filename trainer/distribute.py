@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from trainer.config import TrainConfig, tf_config
+from bnserve.trainer.config import TrainConfig, tf_config
 
 
 @dataclass(frozen=True)

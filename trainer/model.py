@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.bn import ShadowBatchNormalization
-from trainer.config import TrainConfig
+from bnserve.trainer.bn import ShadowBatchNormalization
+from bnserve.trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)

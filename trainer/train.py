@@ -15,13 +15,13 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from bnserve.core.errors import BnserveError, UserError
-from trainer.checkpoint import readable_checkpoint, training_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import Dataset, epoch_order, load_dataset, split
-from trainer.distribute import Cluster, make_cluster, split_batch
-from trainer.model import ModelConfig, ShadowBNConvNet, build_model, make_predict
+from bnserve.trainer.checkpoint import readable_checkpoint, training_checkpoint
+from bnserve.trainer.config import TrainConfig
+from bnserve.trainer.data import Dataset, epoch_order, load_dataset, split
+from bnserve.trainer.distribute import Cluster, make_cluster, split_batch
+from bnserve.trainer.model import ModelConfig, ShadowBNConvNet, build_model, make_predict
 from bnserve.core.records import DatasetInfo, EpochMetrics, RunRecord
-from trainer.rundir import CHECKPOINTS, LOGS, check_new_run_dir, read_run_record, write_run_record
+from bnserve.trainer.rundir import CHECKPOINTS, LOGS, check_new_run_dir, read_run_record, write_run_record
 
 INFERENCE_BATCH = 256
 

@@ -3,8 +3,8 @@ and the tests read (format RUN_FORMAT).
 
     format        "bnserve.run/1"
     status        "running", "completed" or "failed"
-    config        what `bnserve train` was asked (trainer.config.TrainConfig.to_json(): seed, data, epochs ...)
-    model         the network's shape and BN settings (trainer.model.ModelConfig.to_json())
+    config        what `bnserve train` was asked (bnserve.trainer.config.TrainConfig.to_json(): seed, data, epochs ...)
+    model         the network's shape and BN settings (bnserve.trainer.model.ModelConfig.to_json())
     dataset       DatasetInfo: name, spec, image shape, classes, sample counts, sha256 of the bytes
     distribution  {"strategy", "replicas", "task"}
     epochs        one EpochMetrics per completed epoch

@@ -53,11 +53,11 @@ def check_signature(declared_inputs: list[TensorSpec], declared_outputs: list[Te
 
 def load_backend(kind: str, version_dir: Path, device: str, intra_op_threads: int = 0) -> Backend:
     if kind == "onnx":
-        from server.backends.onnx import OnnxBackend
+        from bnserve.server.backends.onnx import OnnxBackend
 
         return OnnxBackend(version_dir, device, intra_op_threads)
     if kind == "tf":
-        from server.backends.tf import TensorFlowBackend
+        from bnserve.server.backends.tf import TensorFlowBackend
 
         return TensorFlowBackend(version_dir, device)
     raise ValueError(f"unknown backend {kind!r}, expected one of {BACKENDS}")
@@ -66,9 +66,9 @@ def load_backend(kind: str, version_dir: Path, device: str, intra_op_threads: in
 def gpu_available(kind: str) -> bool:
     """Whether ``kind`` can run on a GPU here (ONNX Runtime's CUDA provider / TensorFlow's GPU)."""
     if kind == "onnx":
-        from server.backends.onnx import cuda_provider_available
+        from bnserve.server.backends.onnx import cuda_provider_available
 
         return cuda_provider_available()
-    from server.backends.tf import tensorflow_gpu_available
+    from bnserve.server.backends.tf import tensorflow_gpu_available
 
     return tensorflow_gpu_available()

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime
 
 from bnserve.core.repository import INPUT_NAME, ONNX_MODEL, TensorSpec
-from server.errors import StartupError
+from bnserve.server.errors import StartupError
 
 ONNX_TO_V2 = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(int64)": "INT64",
               "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from bnserve.core.repository import INPUT_NAME, SAVED_MODEL, SIGNATURE, TensorSpec
-from server.errors import StartupError
+from bnserve.server.errors import StartupError
 
 
 def tensorflow_gpu_available() -> bool:
