@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import os
 import sys
@@ -200,82 +199,13 @@ def run_export(args) -> int:
 
 
 def add_serve_parser(commands) -> None:
-    from bnserve.server.settings import ServerSettings, VersionPolicy
+    from bnserve.server.settings import add_setting_flags
 
-    S = ServerSettings  # every default below is the settings dataclass's own (one definition)
     parser = commands.add_parser("serve", help="serve the repository over gRPC and HTTP (KServe v2, TF Serving, health)")
-    parser.add_argument("--repository", required=True, type=Path)
-    parser.add_argument("--host", default=S.host, help="address to listen on (default %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=S.grpc_port, help="0 picks a free port (default %(default)s)")
-    parser.add_argument("--http-port", type=int, default=S.http_port,
-                        help="KServe v2 and TensorFlow Serving REST on this port (default %(default)s; 0: no HTTP)")
-    parser.add_argument("--backend", choices=["onnx", "tf"], default=S.backend, help="(default %(default)s)")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default=S.device, help="(default %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, default=S.max_batch_size,
-                        help="largest batch one request may carry and one model call may run (default %(default)s)")
-    parser.add_argument("--dynamic-batching", choices=["on", "off"], default="on" if S.dynamic_batching else "off",
-                        help="coalesce concurrent requests into one model call (default on)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=S.max_queue_delay_us,
-                        help="longest a batch waits for companions when traffic is concurrent (default %(default)s; "
-                             "0: run as soon as an instance is free)")
-    parser.add_argument("--max-queue-size", type=int, default=S.max_queue_size,
-                        help="requests waiting per model version (default %(default)s)")
-    parser.add_argument("--instances", type=int, default=S.instances,
-                        help="concurrent model calls per version (default %(default)s)")
-    parser.add_argument("--inline-compute-us", type=int, default=S.inline_compute_us,
-                        help="model calls measured at most this long run on the event loop, without a thread "
-                             "hand-off (default %(default)s; 0: always on model threads)")
-    parser.add_argument("--model-option", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
-                        help="per-model batching: max_batch_size, max_queue_delay_us, max_queue_size, instances, "
-                             "dynamic_batching=on|off (repeatable)")
-    parser.add_argument("--version-policy", default=str(VersionPolicy()),
-                        help="latest:N (default %(default)s), all, specific:V1,V2")
-    parser.add_argument("--intra-op-threads", type=int, default=S.intra_op_threads,
-                        help="ONNX Runtime threads per session (default %(default)s: 1 for a model whose one-row call "
-                        "takes at most 100 us on one thread, else ONNX Runtime's default on the cores this process may use)")
-    parser.add_argument("--max-message-bytes", type=int, default=S.max_message_bytes,
-                        help="largest gRPC message received or sent (default %(default)s)")
-    parser.add_argument("--grace-seconds", type=float, default=S.grace_seconds,
-                        help="time in-flight requests get on SIGTERM (default %(default)s)")
-    parser.add_argument("--poll-seconds", type=float, default=S.poll_seconds,
-                        help="repository scan interval for new/removed versions (default %(default)s; 0: off)")
-    parser.add_argument("--max-connections", type=int, default=S.max_connections,
-                        help="connections each port (gRPC, HTTP) holds at once; more are refused (default %(default)s)")
-    parser.add_argument("--connection-idle-seconds", type=float, default=S.connection_idle_seconds,
-                        help="close a connection without calls for this long (default %(default)s)")
-    parser.add_argument("--handshake-seconds", type=float, default=S.handshake_seconds,
-                        help="close a connection that has not completed its HTTP/2 (gRPC) or TLS (HTTPS) handshake "
-                             "in this time (default %(default)s)")
-    parser.add_argument("--model-control", choices=["poll", "none", "explicit"], default=S.model_control,
-                        help="poll: follow the repository every --poll-seconds (default); none: load it at start only; "
-                             "explicit: load it at start, then only RepositoryModelLoad/Unload change it (those RPCs "
-                             "are refused otherwise)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)")
-    parser.add_argument("--metrics-host", default=S.metrics_host,
-                        help="address of the metrics endpoint (default %(default)s, whatever --host is)")
-    parser.add_argument("--metrics-auth", action="store_true",
-                        help="the metrics endpoint requires the --auth-token-file token too")
-    parser.add_argument("--share-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its processes
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS only)")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key")
-    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates it signed")
-    parser.add_argument("--auth-token-file", type=Path, help="every RPC must carry 'authorization: Bearer <token>'")
-    parser.add_argument("--health-without-auth", action="store_true", help="leave the health service open for probes")
-    parser.add_argument("--monitor-sample-rate", type=float, default=S.monitor_sample_rate,
-                        help="fraction of requests whose inputs feed the drift monitor (default %(default)s; 0: off)")
-    parser.add_argument("--monitor-window", type=int, default=S.monitor_window,
-                        help="samples per drift window (default %(default)s, as the thresholds were calibrated)")
-    parser.add_argument("--monitor-max-share", type=float, default=S.monitor_max_share,
-                        help="keep the monitor's model time under this fraction of the served model's compute time "
-                        "(default %(default)s; 0: no limit); sampled requests beyond it are skipped")
-    parser.add_argument("--capture-dir", type=Path, help="append sampled request inputs to DIR/NAME/VERSION/*.npz "
-                        "(for bnserve export --stats adapt:DIR/NAME/VERSION)")
-    parser.add_argument("--capture-rate", type=float, default=S.capture_rate,
-                        help="fraction of requests captured (with --capture-dir)")
-    parser.add_argument("--capture-max-bytes", type=int, default=S.capture_max_bytes,
-                        help="keep --capture-dir under this size, oldest shards dropped first (default %(default)s)")
+    add_setting_flags(parser)  # one flag per ServerSettings field: help, choices and default live on the field
     parser.add_argument("--workers", type=int, default=1,
-                        help="server processes sharing the port (SO_REUSEPORT), each with its own sessions")
+                        help="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own "
+                             "sessions")
     parser.set_defaults(handler=run_serve)
 
 
@@ -289,20 +219,9 @@ def run_serve(args) -> int:
                             "pip install 'bnserve[tf]'")
         import_tensorflow(args.verbose)
 
-    from bnserve.server.auth import read_token
-    from bnserve.server.settings import ServerSettings, VersionPolicy, parse_model_option
+    from bnserve.server.settings import settings_from_args
 
-    # Every flag named like a ServerSettings field passes through as is; only the flags whose text needs parsing
-    # are converted here. A new setting is a field (with its docstring) and its flag, nothing more.
-    converted = {
-        "dynamic_batching": args.dynamic_batching == "on",
-        "model_options": dict(parse_model_option(text) for text in args.model_option),
-        "version_policy": VersionPolicy.parse(args.version_policy),
-        "auth_token": read_token(args.auth_token_file) if args.auth_token_file else None,
-    }
-    settings = ServerSettings(**{field.name: converted[field.name] if field.name in converted else getattr(args, field.name)
-                                 for field in dataclasses.fields(ServerSettings)
-                                 if field.name in converted or hasattr(args, field.name)})
+    settings = settings_from_args(args)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.workers < 1:

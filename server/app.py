@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bnserve.core.errors import UserError
 from bnserve.protos import inference_pb2, monitor_pb2_grpc
-from bnserve.server import grpc_monitor, grpc_tfserving
-from bnserve.server.auth import TokenAuthInterceptor
+from bnserve.server import grpc_monitor, grpc_tfserving, tfserving_documents
+from bnserve.server.auth import BearerToken, TokenAuthInterceptor
 from bnserve.server.dataplane import DataPlane
+from bnserve.server.health import ReadinessHealth
 from bnserve.server.grpc_v2 import InferenceServicer, add_inference_service
 from bnserve.server.metrics import serve_metrics
 from bnserve.server.controller import RepositoryController
@@ -63,8 +63,10 @@ class RunningServer:
         return self.controller.registry
 
     async def stop(self) -> None:
-        """Health NOT_SERVING, refuse new requests (UNAVAILABLE), let in-flight ones finish, stop."""
-        await self.controller.health.enter_graceful_shutdown()
+        """Readiness false on every protocol and health NOT_SERVING, refuse new requests (UNAVAILABLE), let
+        in-flight ones finish, stop."""
+        self.dataplane.begin_drain()
+        await self.controller.health.refresh()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
@@ -79,7 +81,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     """Load the repository, bind ``settings.host:settings.grpc_port`` (0: any free port) and start."""
     registry = ModelRegistry(settings)
     dataplane = DataPlane(registry)
-    health = health_aio.HealthServicer()
+    health = ReadinessHealth(dataplane)
     controller = RepositoryController(settings, registry, dataplane, health)
     controller.load_at_start()
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -93,8 +95,8 @@ async def create_server(settings: ServerSettings) -> RunningServer:
                ("grpc.server_handshake_timeout_ms", int(settings.handshake_seconds * 1000)),
                ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
     fit_open_files(settings.max_connections)
-    interceptors = ([TokenAuthInterceptor(settings.auth_token, settings.health_without_auth)]
-                    if settings.auth_token else [])
+    token = BearerToken(settings.auth_token) if settings.auth_token else None
+    interceptors = [TokenAuthInterceptor(token, settings.health_without_auth)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     running = RunningServer(server, 0, settings, dataplane, controller)
     add_inference_service(InferenceServicer(dataplane, controller), server)
@@ -106,7 +108,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         # Listed so tools see every service of the port; their messages are described under the project's
         # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
-        *grpc_tfserving.SERVICE_NAMES,
+        *tfserving_documents.SERVICE_NAMES,
         grpc_monitor.SERVICE_NAME,
         reflection.SERVICE_NAME,
     ], server)
@@ -121,13 +123,13 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     if settings.metrics_port is not None:
         try:
             running.metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port,
-                                                 settings.auth_token if settings.metrics_auth else None)
+                                                 token if settings.metrics_auth else None)
         except OSError as exc:
             await server.stop(0)
             raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
                             f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
     if settings.http_port:
-        from bnserve.server.rest import start_http  # aiohttp is imported only by servers that speak HTTP
+        from bnserve.server.http_site import start_http  # aiohttp is imported only by servers that speak HTTP
 
         try:
             running.http, running.http_port = await start_http(dataplane, controller, settings)
@@ -135,7 +137,7 @@ async def create_server(settings: ServerSettings) -> RunningServer:
             await server.stop(0)
             raise
     await server.start()
-    await controller.update_health()
+    await health.refresh()
     controller.start()
     return running
 

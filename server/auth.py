@@ -1,25 +1,29 @@
-"""Bearer-token authentication for every RPC, as a gRPC server interceptor."""
+"""Bearer-token authentication, one check for every port: the gRPC interceptor, the HTTP middleware and the
+/metrics endpoint all ask BearerToken."""
 
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
 
 import grpc
-
-from bnserve.core.errors import UserError
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise UserError(f"--auth-token-file {str(path)!r}: unreadable ({exc.strerror})") from None
-    if not token or any(c.isspace() for c in token):
-        raise UserError(f"--auth-token-file {str(path)!r}: expected one token without spaces")
-    return token
+class BearerToken:
+    """``authorization: Bearer <token>``, compared in constant time (hmac.compare_digest)."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def refusal(self, supplied: str | bytes | None, name: str, carrier: str) -> str | None:
+        """None when ``supplied`` (the value of ``name``, a gRPC "metadata" entry or an HTTP "header") carries
+        the token; else why not."""
+        supplied = (supplied or "").encode() if not isinstance(supplied, bytes) else supplied
+        if hmac.compare_digest(supplied, self._expected):
+            return None
+        reason = f"missing '{name}' {carrier}" if not supplied else "invalid bearer token"
+        return f"{reason}; expected '{name}: Bearer <token>'"
 
 
 def denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -43,10 +47,11 @@ def denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Every RPC must carry ``authorization: Bearer <token>`` (compared in constant time)."""
+    """Every RPC must carry ``authorization: Bearer <token>``; with ``health_without_auth`` the health service
+    stays open for probes."""
 
-    def __init__(self, token: str, health_without_auth: bool):
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: BearerToken, health_without_auth: bool):
+        self._token = token
         self._open_prefixes = (HEALTH_PREFIX,) if health_without_auth else ()
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -54,9 +59,6 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(self._open_prefixes):
             return handler
         supplied = next((value for key, value in handler_call_details.invocation_metadata or ()
-                         if key == "authorization"), "")
-        supplied = supplied.encode() if isinstance(supplied, str) else supplied
-        if hmac.compare_digest(supplied, self._expected):
-            return handler
-        reason = "missing 'authorization' metadata" if not supplied else "invalid bearer token"
-        return denying(handler, f"{reason}; expected 'authorization: Bearer <token>'")
+                         if key == "authorization"), None)
+        refusal = self._token.refusal(supplied, "authorization", "metadata")
+        return handler if refusal is None else denying(handler, refusal)

@@ -27,6 +27,7 @@ import numpy as np
 from bnserve.server import metrics
 from bnserve.server.errors import DeadlineExceeded, ModelOutputMismatch, QueueFull, Unavailable
 from bnserve.server.execution import ModelThreads
+from bnserve.server.settings import BatchingOptions
 from bnserve.server.statistics import VersionStatistics
 
 Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
@@ -46,23 +47,6 @@ class Pending:
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    """How one model version batches (server-wide flags, overridden per model by --model-option)."""
-
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 1000
-    max_queue_size: int = 256
-    """Requests waiting at most; the next one gets RESOURCE_EXHAUSTED at once."""
-    instances: int = 1
-    """Model calls that may run at the same time."""
-    coalesce: bool = True
-    inline_compute_us: int = 250
-    """A batch whose measured compute time (ComputeTimes) is at most this runs on the event loop itself,
-    without the hand-off to a model thread and back; 0: always on a model thread. It bounds how long any
-    other request or health check can wait behind one model call."""
 
 
 class ComputeTimes:

@@ -8,18 +8,14 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
-
 from bnserve.server.dataplane import DataPlane
 from bnserve.server.errors import ModelControlDisabled, ModelLoadFailed
-from bnserve.server.models import READY, ModelRegistry, RepositoryScan, VersionState, scan_repository
+from bnserve.server.health import ReadinessHealth
+from bnserve.server.models import READY, ModelRegistry, VersionState
+from bnserve.server.repository_scan import RepositoryScan, scan_repository
 from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
@@ -31,7 +27,7 @@ def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
 
 class RepositoryController:
     def __init__(self, settings: ServerSettings, registry: ModelRegistry, dataplane: DataPlane,
-                 health: health_aio.HealthServicer):
+                 health: ReadinessHealth):
         self.settings = settings
         self.registry = registry
         self.dataplane = dataplane
@@ -79,15 +75,8 @@ class RepositoryController:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def update_health(self) -> None:
-        """Overall SERVING; per model SERVING while it has a ready version."""
-        await self.health.set("", SERVING)
-        for name in self.registry.model_names():
-            ready = any(s.state == READY for s in self.registry.states(name))
-            await self.health.set(name, SERVING if ready else NOT_SERVING)
-
     async def models_changed(self) -> None:
-        await self.update_health()
+        await self.health.refresh()
         await self.dataplane.release_unserved(self.settings.grace_seconds)
 
     async def poll_once(self) -> None:

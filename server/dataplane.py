@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import NamedTuple
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -13,8 +15,11 @@ from bnserve.server import metrics
 from bnserve.server.batching import ComputeTimes, DynamicBatcher
 from bnserve.server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from bnserve.server.execution import ModelThreads
-from bnserve.server.monitor import Capture, TrafficSampler
-from bnserve.server.models import READY, ModelRegistry, ServedVersion, VersionState
+from bnserve.server.capture import Capture
+from bnserve.server.monitor import DriftStatus, TrafficSampler
+from bnserve.core.repository import TensorSpec
+from bnserve.server.models import READY, UNLOADING, ModelRegistry, ServedVersion, VersionState
+from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
 
 SERVER_NAME = "bnserve"
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")
@@ -38,6 +43,17 @@ class InferenceRequest(NamedTuple):
     """Requested outputs; empty means all."""
     timeout_s: float | None = None
     """Time left before the client's deadline; an expired request is dropped before compute."""
+
+
+class ModelMetadata(NamedTuple):
+    """What v2 model metadata answers on both protocols."""
+
+    name: str
+    versions: tuple[str, ...]
+    """Every served version."""
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
 
 class InferOutput(NamedTuple):
@@ -143,7 +159,7 @@ class DataPlane:
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop accepting requests and wait (at most ``grace_seconds``) for the ones inside to finish."""
-        self.accepting = False
+        self.begin_drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
         while self.in_flight and loop.time() < deadline:
@@ -153,7 +169,23 @@ class DataPlane:
     def server_metadata() -> tuple[str, str, tuple[str, ...]]:
         return SERVER_NAME, bnserve.__version__, EXTENSIONS
 
+    # -- readiness: the one answer of gRPC v2, HTTP v2, grpc.health.v1, TF Serving status and the status page --
+
+    @property
+    def draining(self) -> bool:
+        return not self.accepting
+
+    def begin_drain(self) -> None:
+        """From now on every readiness answer is false and new requests get UNAVAILABLE."""
+        self.accepting = False
+
     def model_ready(self, name: str, version: str = "") -> bool:
+        """Never while draining. With a version: that version is served (loaded, golden-checked). Without:
+        the model serves every version its policy asks for (ModelRegistry.meets_policy)."""
+        if self.draining:
+            return False
+        if not version:
+            return self.registry.meets_policy(name)
         try:
             self.registry.get(name, version)
         except Exception:
@@ -161,9 +193,39 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Ready when every model on disk serves at least one version (entries that are not models, such as
-        a folder with an invalid name, are reported by RepositoryIndex but do not hold readiness back)."""
-        return all(any(s.state == READY for s in self.registry.states(name)) for name in self.registry.model_names())
+        """Never while draining; else every model on disk serves every version its policy asks for (entries
+        that are not models, such as a folder with an invalid name, are reported by RepositoryIndex but do not
+        hold readiness back)."""
+        return not self.draining and all(self.registry.meets_policy(name) for name in self.registry.model_names())
+
+    def model_names(self) -> list[str]:
+        return self.registry.model_names()
+
+    @contextmanager
+    def admission(self, model_name: str, model_version: str, protocol: str = "grpc") -> Iterator[None]:
+        """Around an adapter's decoding of one request: refused while draining (before a body is read), and a
+        request that fails to decode is counted as a rejection of the version it named."""
+        try:
+            self.check_accepting()
+            yield
+        except ServingError as exc:
+            self.record_rejection(model_name, model_version, exc, protocol)
+            raise
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self.registry.get(name, version)
+        return ModelMetadata(model.name, tuple(str(v) for v in self.served_versions(name)), model.backend.platform,
+                             (model.input,), tuple(model.outputs))
+
+    def tf_model_status(self, name: str, version: str = "") -> list[TfVersionStatus]:
+        """TensorFlow Serving's GetModelStatus: every version's state, or one version's (NOT_FOUND for an
+        unknown one)."""
+        states = self.states(name)
+        if version:
+            states = [s for s in states if str(s.version) == version]
+            if not states:
+                self.model(name, version)  # raises NOT_FOUND, with the reason
+        return version_statuses(states)
 
     @property
     def settings(self):
@@ -176,9 +238,15 @@ class DataPlane:
     def served_versions(self, name: str) -> list[int]:
         return self.registry.served_versions(name)
 
+    def while_draining(self, states: list[VersionState]) -> list[VersionState]:
+        """Served versions are UNLOADING once the drain began."""
+        if not self.draining:
+            return states
+        return [replace(s, state=UNLOADING) if s.state == READY else s for s in states]
+
     def index(self, ready_only: bool = False) -> list[VersionState]:
         """RepositoryIndex: every version's state, or only the READY ones."""
-        return [s for s in self.registry.index() if s.state == READY or not ready_only]
+        return [s for s in self.while_draining(self.registry.index()) if s.state == READY or not ready_only]
 
     def statistics_of(self, name: str = "", version: str = "") -> list[ServedVersion]:
         """The versions ModelStatistics reports: one version, every served version of a model (NOT_FOUND for an
@@ -196,12 +264,12 @@ class DataPlane:
             raise Unavailable("the server is shutting down; retry on another replica")
 
     def states(self, name: str) -> list[VersionState]:
-        return self.registry.states(name)
+        return self.while_draining(self.registry.states(name))
 
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
 
-    def drift(self, name: str, version: str = "") -> dict:
+    def drift(self, name: str, version: str = "") -> DriftStatus:
         """The drift monitor's state of a served version (NOT_FOUND for an unknown one)."""
         return self.sampler.status(self.registry.get(name, version))
 

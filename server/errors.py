@@ -6,6 +6,9 @@ down, queue full), 500 only for the server's own faults."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import grpc
 
 from bnserve.core.errors import BnserveError, UserError
@@ -84,3 +87,40 @@ class Unavailable(ServingError):
 
 class StartupError(UserError):
     """The server cannot start as configured (e.g. --device gpu without a usable GPU): exit status 2."""
+
+
+class RateLimitedLog:
+    """At most one line per ``interval_s``; the lines left out in between are counted in the next one. Every
+    log line a client can cause at will goes through one of these."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float, counted: str = "lines"):
+        self.logger = logger
+        self.interval_s = interval_s
+        self.counted = counted
+        """What the lines left out are called in the count: "(+3 more errors not logged)"."""
+        self.last = -float("inf")
+        self.suppressed = 0
+
+    def log(self, level: int, message: str, *args) -> bool:
+        """Log ``message % args`` unless a line went out less than interval_s ago; whether it was logged."""
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            self.suppressed += 1
+            return False
+        extra = f" (+{self.suppressed} more {self.counted} not logged)" if self.suppressed else ""
+        self.logger.log(level, message + "%s", *args, extra)
+        self.last, self.suppressed = now, 0
+        return True
+
+
+ERROR_LOG_INTERVAL_S = 1.0
+
+
+class ErrorLogLimiter:
+    """Request errors, one line a second at most on every protocol: ``METHOD -> CODE: message``."""
+
+    def __init__(self, interval_s: float = ERROR_LOG_INTERVAL_S):
+        self.lines = RateLimitedLog(logging.getLogger("bnserve.server"), interval_s, "errors")
+
+    def log(self, method: str, code: grpc.StatusCode, message: str) -> None:
+        self.lines.log(logging.INFO, "%s -> %s: %s", method, code.name, message)

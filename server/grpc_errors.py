@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
 import grpc
 
-from bnserve.server.errors import ServingError
+from bnserve.server.errors import ErrorLogLimiter, ServingError
 
 log = logging.getLogger("bnserve.server")
-
-ERROR_LOG_INTERVAL_S = 1.0
-
-
-class ErrorLogLimiter:
-    """At most one request-error line per interval, with a count of those left out."""
-
-    def __init__(self, interval_s: float = ERROR_LOG_INTERVAL_S):
-        self.interval_s = interval_s
-        self.last = 0.0
-        self.suppressed = 0
-
-    def log(self, method: str, code: grpc.StatusCode, message: str) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval_s:
-            self.suppressed += 1
-            return
-        extra = f" (+{self.suppressed} more errors not logged)" if self.suppressed else ""
-        log.info("%s -> %s: %s%s", method, code.name, message, extra)
-        self.last, self.suppressed = now, 0
-
 
 limiter = ErrorLogLimiter()
 

@@ -12,19 +12,15 @@ from google.protobuf.any_pb2 import Any
 
 from bnserve.protos import tfserving_pb2 as pb
 from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from bnserve.server.errors import InvalidInput, ServingError
+from bnserve.server.errors import InvalidInput
 from bnserve.server.grpc_errors import grpc_errors
-from bnserve.server.models import READY, UNAVAILABLE
+from bnserve.server.tfserving_documents import (MODEL_SERVICE, PREDICT_METHOD, PREDICTION_SERVICE,
+                                                SIGNATURE_DEF_MAP_URL, SIGNATURE_NAME)
 from bnserve.server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
                             array_from_values)
 
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
-SERVICE_NAMES = (PREDICTION_SERVICE, MODEL_SERVICE)
-SIGNATURE_NAME = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-TF_ERROR_UNKNOWN = 2
+TF_ERROR_CODES = {"OK": 0, "UNKNOWN": 2}
+"""tensorflow.error.Code by name."""
 
 
 def requested_version(spec: pb.ModelSpec) -> str:
@@ -83,11 +79,8 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def Predict(self, request, context):
-        try:
+        with self.dataplane.admission(request.model_spec.name, ""):
             domain = to_infer_request(request, context.time_remaining())
-        except ServingError as exc:
-            self.dataplane.record_rejection(request.model_spec.name, "", exc)
-            raise
         return from_infer_response(await self.dataplane.infer(domain))
 
     @grpc_errors
@@ -107,19 +100,12 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def GetModelStatus(self, request, context):
-        states = self.dataplane.states(request.model_spec.name)
-        version = requested_version(request.model_spec)
-        if version:
-            states = [s for s in states if str(s.version) == version]
-            if not states:
-                self.dataplane.model(request.model_spec.name, version)  # raises NOT_FOUND
+        statuses = self.dataplane.tf_model_status(request.model_spec.name, requested_version(request.model_spec))
         return pb.GetModelStatusResponse(model_version_status=[
-            pb.ModelVersionStatus(
-                version=s.version,
-                state=pb.ModelVersionStatus.AVAILABLE if s.state == READY else pb.ModelVersionStatus.END,
-                status=pb.StatusProto(error_code=TF_ERROR_UNKNOWN if s.state == UNAVAILABLE else 0,
-                                      error_message=s.reason))
-            for s in states])
+            pb.ModelVersionStatus(version=s.version, state=pb.ModelVersionStatus.State.Value(s.state),
+                                  status=pb.StatusProto(error_code=TF_ERROR_CODES[s.error_code],
+                                                        error_message=s.error_message))
+            for s in statuses])
 
 
 def handlers(servicer: TensorFlowServingServicer) -> list[grpc.GenericRpcHandler]:

@@ -14,13 +14,9 @@ from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput, ServingError
 from bnserve.server.grpc_errors import grpc_errors
-from bnserve.server.models import ServedVersion
 from bnserve.server.settings import STREAM_WINDOW
-from bnserve.server.statistics import Duration, VersionStatistics
+from bnserve.server.triton_documents import to_model_config, to_model_statistics
 from bnserve.server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
-
-CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
-
 
 def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
     """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
@@ -108,64 +104,6 @@ def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-def to_model_config(model: ServedVersion, settings) -> pb.ModelConfig:
-    """Triton's convention: with max_batch_size > 0, dims leave out the batch dimension."""
-    instance_kind = pb.ModelInstanceGroup.KIND_GPU if model.backend.device == "gpu" else pb.ModelInstanceGroup.KIND_CPU
-    options = settings.batching_options(model.name)
-    batching = (pb.ModelDynamicBatching(max_queue_delay_microseconds=options.max_queue_delay_us)
-                if options.coalesce else None)
-    return pb.ModelConfig(
-        dynamic_batching=batching, max_batch_size=options.max_batch_size,
-        version_policy=version_policy_proto(settings.version_policy),
-        name=model.name, platform=model.backend.platform,
-        backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
-        input=[pb.ModelInput(name=model.input.name, data_type=CONFIG_TYPES[model.input.datatype],
-                             format=pb.ModelInput.FORMAT_NHWC, dims=model.input.shape[1:])],
-        output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:]) for o in model.outputs],
-        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=options.instances,
-                                              gpus=[0] if model.backend.device == "gpu" else [])],
-        parameters={key: pb.ModelParameter(string_value=value) for key, value in parity_parameters(model).items()},
-    )
-
-
-def parity_parameters(model: ServedVersion) -> dict[str, str]:
-    """The load-time golden check, as ModelConfig parameters (Triton's string-valued map)."""
-    check = model.golden
-    if check is None:
-        return {"parity_status": "unverified"}
-    return {"parity_status": "verified", "parity_max_abs_error": f"{check.max_abs_error:.6g}",
-            "parity_tolerance": f"{check.tolerance:g}", "parity_samples": str(check.samples),
-            "parity_worst": f"output {check.output} set {check.input_set} row {check.row} column {check.column}",
-            "parity_backend": f"{model.backend.platform} on {model.backend.device}"}
-
-
-def version_policy_proto(policy) -> pb.ModelVersionPolicy:
-    if policy.kind == "latest":
-        return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.count))
-    if policy.kind == "all":
-        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
-    return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.versions))
-
-
-def duration(value: Duration) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=value.count, ns=value.ns)
-
-
-def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
-    stats: VersionStatistics = model.statistics
-    return pb.ModelStatistics(
-        name=model.name, version=str(model.version), last_inference=stats.last_inference_ms,
-        inference_count=stats.inference_count, execution_count=stats.execution_count,
-        inference_stats=pb.InferStatistics(
-            success=duration(stats.success), fail=duration(stats.fail), queue=duration(stats.queue),
-            compute_input=duration(stats.compute_input), compute_infer=duration(stats.compute_infer),
-            compute_output=duration(stats.compute_output)),
-        batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_input=duration(d.compute_input),
-                                             compute_infer=duration(d.compute_infer),
-                                             compute_output=duration(d.compute_output))
-                     for size, d in sorted(stats.batches.items())])
-
-
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane, controller: RepositoryController):
         self.dataplane = dataplane
@@ -192,18 +130,14 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelMetadata(self, request, context):
-        model = self.dataplane.model(request.name, request.version)
-        versions = self.dataplane.served_versions(request.name)
+        metadata = self.dataplane.model_metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
-            name=model.name, versions=[str(v) for v in versions], platform=model.backend.platform,
-            inputs=[tensor_metadata(model.input)], outputs=[tensor_metadata(o) for o in model.outputs])
+            name=metadata.name, versions=metadata.versions, platform=metadata.platform,
+            inputs=[tensor_metadata(t) for t in metadata.inputs], outputs=[tensor_metadata(t) for t in metadata.outputs])
 
     async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> InferenceResponse:
-        try:
+        with self.dataplane.admission(request.model_name, request.model_version):
             domain = to_infer_request(request, timeout_s)
-        except ServingError as exc:
-            self.dataplane.record_rejection(request.model_name, request.model_version, exc)
-            raise
         return await self.dataplane.infer(domain)
 
     @grpc_errors

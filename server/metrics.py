@@ -23,12 +23,13 @@ create unbounded label values.
 
 from __future__ import annotations
 
-import hmac
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from bnserve.server.auth import BearerToken
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -51,17 +52,15 @@ PARITY_MAX_ABS_ERROR = Gauge("bnserve_parity_max_abs_error",
                              ["model", "version"])
 
 
-def serve_metrics(host: str, port: int, token: str | None = None) -> int:
+def serve_metrics(host: str, port: int, token: BearerToken | None = None) -> int:
     """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (0 picks one).
 
-    With ``token``, a scrape must carry ``authorization: Bearer <token>`` (compared in constant time),
-    else it gets 401.
+    With ``token``, a scrape must carry ``authorization: Bearer <token>``, else it gets 401.
     """
     metrics_app = make_wsgi_app()
-    expected = f"Bearer {token}".encode() if token else None
 
     def app(environ, start_response):
-        if expected is not None and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), expected):
+        if token is not None and token.refusal(environ.get("HTTP_AUTHORIZATION"), "Authorization", "header"):
             start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
             return [b"missing or wrong bearer token\n"]
         return metrics_app(environ, start_response)

@@ -1,11 +1,11 @@
-"""The models being served: loading versions from the repository by policy, states, lookup."""
+"""The registry of the models being served: loading versions by policy, their states, lookup. What is on
+disk is found by bnserve.server.repository_scan."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,17 +16,20 @@ import numpy as np
 
 from bnserve.core.errors import UserError
 from bnserve.core.golden import GOLDEN, GoldenCheck, check_golden, read_golden
-from bnserve.core.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, is_directory, parse_version, read_manifest,
-                                validate_model_name, verify_files, version_dirs, version_files)
+from bnserve.core.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, parse_version, read_manifest,
+                                     validate_model_name, verify_files)
 from bnserve.server import metrics
 from bnserve.server.backends import Backend, check_signature, load_backend
 from bnserve.server.errors import ModelNotFound, StartupError
+from bnserve.server.repository_scan import RepositoryScan, ScannedVersion, scan_model
 from bnserve.server.settings import ServerSettings, VersionPolicy
 from bnserve.server.statistics import VersionStatistics
 
 log = logging.getLogger("bnserve.server")
 
 READY, UNAVAILABLE, UNLOADED = "READY", "UNAVAILABLE", "UNLOADED"
+UNLOADING = "UNLOADING"
+"""A served version while the server drains: it finishes what it holds and takes nothing new."""
 SERVED_DATATYPES = ("FP32",)
 
 
@@ -134,60 +137,6 @@ def forget_version_metrics(name: str, version: int) -> None:
         metrics.PARITY_MAX_ABS_ERROR.remove(name, str(version))
     except KeyError:  # an unverified version never had the gauge
         pass
-
-
-@dataclass(frozen=True)
-class ScannedVersion:
-    """What a scan found of one version directory, without reading any file."""
-
-    directory: Path
-    signature: tuple = ()
-    """((relative path, size, mtime_ns), ...): changes when a file appears, vanishes or is rewritten."""
-    problem: str = ""
-    """Why the version cannot be served as it is (a special file, a link out of the repository ...)."""
-
-
-def scan_model(repository: Path, name: str) -> dict[int, ScannedVersion]:
-    """Every version directory of one model, each inspected on its own: a bad one never hides the others."""
-    scanned = {}
-    for version, directory in version_dirs(repository / name).items():
-        try:
-            files = version_files(directory, repository)
-        except UserError as exc:
-            scanned[version] = ScannedVersion(directory, problem=str(exc))
-            continue
-        scanned[version] = ScannedVersion(directory, tuple(sorted(
-            (relative, status.st_size, status.st_mtime_ns) for relative, status in files.items())))
-    return scanned
-
-
-@dataclass(frozen=True)
-class RepositoryScan:
-    models: dict[str, dict[int, ScannedVersion]]
-    problems: dict[str, str]
-    """{entry name: reason} for top-level entries that cannot be models (an invalid name, a link out)."""
-
-
-def scan_repository(repository: Path) -> RepositoryScan:
-    """Every model of the repository, per model and per version isolated; reads no file and never blocks."""
-    models, problems = {}, {}
-    root = repository.resolve()
-    for entry in sorted(os.scandir(repository), key=lambda e: e.name):
-        if entry.name.startswith(".") or not is_directory(entry):
-            continue
-        try:
-            validate_model_name(entry.name)
-        except UserError:
-            problems[entry.name] = ("not a valid model name (1-128 characters from A-Z a-z 0-9 _ . -, starting with "
-                                    "a letter or digit, without '..')")
-            continue
-        if not Path(entry.path).resolve().is_relative_to(root):
-            problems[entry.name] = "a link leading outside the repository"
-            continue
-        versions = scan_model(repository, entry.name)
-        if versions:
-            models[entry.name] = versions
-    return RepositoryScan(models, problems)
 
 
 class ModelRegistry:
@@ -312,6 +261,13 @@ class ModelRegistry:
         with self._lock:
             return ([state for name in sorted(self._states) for _, state in sorted(self._states[name].items())]
                     + [VersionState(name, 0, UNAVAILABLE, reason) for name, reason in sorted(self._problems.items())])
+
+    def meets_policy(self, name: str) -> bool:
+        """Whether ``name`` serves every version its policy asks for (VersionPolicy.asked_for the versions on
+        disk), and at least one: each of them loaded and passed its golden check."""
+        with self._lock:
+            served, on_disk = len(self._served.get(name, {})), list(self._states.get(name, {}))
+        return served >= max(1, self.settings.version_policy.asked_for(on_disk))
 
     def model_names(self) -> list[str]:
         with self._lock:

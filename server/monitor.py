@@ -1,4 +1,4 @@
-"""The drift monitor and the traffic capture: sampled request inputs, handled off the request path.
+"""The drift monitor: sampled request inputs, handled off the request path (and handed to the capture).
 
 On the request path a sampled request costs one random draw and a list append on the event loop; every
 MONITOR_BATCH samples (or HAND_OVER_S after the first) the list goes to the background thread in one
@@ -6,19 +6,17 @@ non-blocking queue put (dropped, and counted, when the queue is full), so the th
 not once per request. Nothing there can fail or delay a request. The background thread runs
 each version's monitor.onnx on the sampled inputs (in batches of up to MONITOR_BATCH samples), completes
 windows of W samples, scores them (bnserve.core.drift) and keeps the last HISTORY windows; another writes
-captured inputs as .npz shards.
+captured inputs as .npz shards (bnserve.server.capture).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
-import os
 import queue
 import random
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import numpy as np
 from bnserve.core.drift import MonitorSpec, layer_shift, output_names
 from bnserve.core.repository import INPUT_NAME
 from bnserve.server import metrics
+from bnserve.server.capture import Capture
 
 log = logging.getLogger("bnserve.server")
 
@@ -47,6 +46,50 @@ class WindowResult:
     """time.time() when the window completed"""
     shifts: list[float]
     alarm: bool
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    layer: int
+    """0 is the input standardisation, then the BN layers in graph order."""
+    name: str
+    threshold: float
+    score: float | None
+    """The last window's shift; None before the first window."""
+    alarm: bool
+    history: tuple[float, ...]
+    """The shifts of the last HISTORY windows, oldest first."""
+
+
+@dataclass(frozen=True)
+class DriftStatus:
+    """A served version's drift monitor, as GET .../drift, bnserve.Monitor/Drift and the status page show it."""
+
+    name: str
+    version: str
+    monitored: bool
+    reason: str = ""
+    """Why the version is not monitored (monitored False)."""
+    window: int = 0
+    calibrated_window: int = 0
+    sample_rate: float = 0.0
+    windows: int = 0
+    samples_in_window: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    max_share: float = 0.0
+    alarm: bool = False
+    layers: tuple[LayerDrift, ...] = ()
+    history_times: tuple[float, ...] = ()
+    """time.time() at which each window of the history completed."""
+
+    def to_json(self) -> dict:
+        """The drift endpoint's document (history_times stay on the server)."""
+        document = dataclasses.asdict(self)
+        del document["history_times"]
+        for layer in document["layers"]:
+            layer["history"] = list(layer["history"])
+        return document
 
 
 @dataclass
@@ -142,110 +185,20 @@ class VersionMonitor:
         self.reset()
         return result
 
-    def status(self) -> dict:
-        """What GET .../drift and bnserve.Monitor/Drift answer."""
+    def status(self) -> DriftStatus:
+        """What GET .../drift, bnserve.Monitor/Drift and the status page show."""
         last = self.history[-1] if self.history else None
-        return {
-            "name": self.name, "version": str(self.version), "monitored": True, "reason": "",
-            "window": self.window, "calibrated_window": self.spec.window, "sample_rate": self.sample_rate,
-            "windows": self.windows, "samples_in_window": self.count, "dropped": self.dropped,
-            "skipped": self.skipped, "max_share": self.max_share, "alarm": self.alarm,
-            "layers": [{"layer": index, "name": layer.name, "threshold": layer.threshold,
-                        "score": last.shifts[index] if last else None,
-                        "alarm": bool(last and last.shifts[index] > layer.threshold),
-                        "history": [window.shifts[index] for window in self.history]}
-                       for index, layer in enumerate(self.spec.layers)],
-            "history_times": [window.finished for window in self.history],
-        }
+        layers = tuple(LayerDrift(index, layer.name, layer.threshold, last.shifts[index] if last else None,
+                                  bool(last and last.shifts[index] > layer.threshold),
+                                  tuple(window.shifts[index] for window in self.history))
+                       for index, layer in enumerate(self.spec.layers))
+        return DriftStatus(self.name, str(self.version), True, "", self.window, self.spec.window, self.sample_rate,
+                           self.windows, self.count, self.dropped, self.skipped, self.max_share, self.alarm, layers,
+                           tuple(window.finished for window in self.history))
 
 
-def unmonitored_status(name: str, version: int, reason: str) -> dict:
-    return {"name": name, "version": str(version), "monitored": False, "reason": reason, "window": 0,
-            "calibrated_window": 0, "sample_rate": 0.0, "windows": 0, "samples_in_window": 0, "dropped": 0,
-            "skipped": 0, "max_share": 0.0,
-            "alarm": False, "layers": [], "history_times": []}
-
-
-class Capture:
-    """Appends sampled request inputs to DIR/NAME/VERSION/*.npz shards (each written aside and renamed into
-    place), keeping the directory under ``max_bytes`` by removing the oldest shards; a shard that would not fit
-    on the disk is dropped with a log line and bnserve_capture_failures_total."""
-
-    def __init__(self, directory: Path, max_bytes: int, shard_samples: int = 256, max_shard_seconds: float = 10.0):
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.shard_samples = shard_samples
-        self.max_shard_seconds = max_shard_seconds
-        self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
-        self.started: dict[tuple[str, int], float] = {}
-        self.sequence = 0
-        self.last_failure_log = 0.0
-        self.shards: collections.deque | None = None
-        """(path, bytes) of every shard under the directory, oldest first: scanned once, then kept up to date, so
-        keeping the budget costs no directory walk per shard."""
-
-    def add(self, name: str, version: int, images: np.ndarray) -> None:
-        key = (name, version)
-        self.pending.setdefault(key, []).append(images)
-        self.started.setdefault(key, time.monotonic())
-        if sum(len(a) for a in self.pending[key]) >= self.shard_samples:
-            self.flush(key)
-
-    def flush_due(self, force: bool = False) -> None:
-        now = time.monotonic()
-        for key in list(self.pending):
-            if force or now - self.started[key] >= self.max_shard_seconds:
-                self.flush(key)
-
-    def flush(self, key: tuple[str, int]) -> None:
-        arrays = self.pending.pop(key, [])
-        self.started.pop(key, None)
-        if not arrays:
-            return
-        images = np.concatenate(arrays)
-        target_dir = self.directory / key[0] / str(key[1])
-        self.sequence += 1
-        # Sortable by time: the oldest shards go first when the directory is over its budget.
-        target = target_dir / f"{time.time_ns():020d}-{os.getpid()}-{self.sequence:06d}.npz"
-        try:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            needed = images.nbytes + 4096
-            if shutil.disk_usage(target_dir).free < 2 * needed:
-                raise OSError(28, "not enough free space for the shard")
-            handle, temporary = tempfile.mkstemp(dir=target_dir, prefix=".shard-", suffix=".npz.tmp")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    np.savez(stream, x=images)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            metrics.CAPTURED_SAMPLES.labels(key[0], str(key[1])).inc(len(images))
-            self.enforce_budget(target)
-        except OSError as exc:
-            metrics.CAPTURE_FAILURES.labels(key[0], str(key[1])).inc()
-            now = time.monotonic()
-            if now - self.last_failure_log > 10:
-                log.error("capture: could not write a shard of %d samples under %s (%s); the samples are dropped, "
-                          "serving is not affected", len(images), target_dir, exc.strerror or exc)
-                self.last_failure_log = now
-
-    def enforce_budget(self, written: Path) -> None:
-        """Remove the oldest shards (by name: time first) until the directory holds at most max_bytes."""
-        if self.shards is None:  # shards left by an earlier run count too
-            found = sorted(self.directory.glob("*/*/*.npz"), key=lambda p: p.name)
-            self.shards = collections.deque((p, p.stat().st_size) for p in found)
-            self.total = sum(size for _, size in self.shards)
-        else:
-            size = written.stat().st_size
-            self.shards.append((written, size))
-            self.total += size
-        while self.total > self.max_bytes and self.shards:
-            oldest, size = self.shards.popleft()
-            oldest.unlink(missing_ok=True)
-            self.total -= size
+def unmonitored_status(name: str, version: int, reason: str) -> DriftStatus:
+    return DriftStatus(name, str(version), False, reason)
 
 
 class TrafficSampler:
@@ -290,7 +243,7 @@ class TrafficSampler:
                 self.monitors[key] = monitor
         return self.monitors[key]
 
-    def status(self, model) -> dict:
+    def status(self, model) -> DriftStatus:
         monitor = self.monitor_for(model)
         if monitor is not None:
             with self.lock:

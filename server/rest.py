@@ -1,4 +1,5 @@
-"""The HTTP front door: KServe v2 REST and TensorFlow Serving REST on aiohttp, in the gRPC server's process
+"""The HTTP routes and handlers: KServe v2 REST and TensorFlow Serving REST on aiohttp (the listening site
+is bnserve.server.http_site), in the gRPC server's process
 and event loop, through the same data plane (validation, batcher, statistics, metrics) and the same
 repository controller.
 
@@ -15,23 +16,22 @@ Errors are JSON ``{"error": "..."}`` with the data plane's message; the status c
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import ssl
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from bnserve.server import rest_tfserving, rest_v2
+from bnserve.server.auth import BearerToken
 from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane
-from bnserve.server.errors import InvalidInput, ServingError
-from bnserve.server.grpc_errors import ErrorLogLimiter
-from bnserve.server.grpc_v2 import to_model_config, to_model_statistics
-from bnserve.server.rest_v2 import HEADER_LENGTH, expect, parse_json
+from bnserve.server.errors import ErrorLogLimiter, InvalidInput, ServingError
+from bnserve.server.json_codec import expect, message_json, parse_json
+from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
+from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
 log = logging.getLogger("bnserve.server")
 limiter = ErrorLogLimiter()
@@ -63,7 +63,7 @@ class HttpFront:
         self.dataplane = dataplane
         self.controller = controller
         self.settings = settings
-        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self._token = BearerToken(settings.auth_token) if settings.auth_token else None
         self._open_paths = HEALTH_PATHS if settings.health_without_auth else ()
 
     def application(self) -> web.Application:
@@ -98,12 +98,10 @@ class HttpFront:
 
     @web.middleware
     async def guard(self, request: web.Request, handler):
-        if self._expected is not None and request.path not in self._open_paths:
-            supplied = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(supplied, self._expected):
-                reason = "missing 'Authorization' header" if not supplied else "invalid bearer token"
-                return error_response(401, f"{reason}; expected 'Authorization: Bearer <token>'",
-                                      {"WWW-Authenticate": "Bearer"})
+        if self._token is not None and request.path not in self._open_paths:
+            refusal = self._token.refusal(request.headers.get("Authorization"), "Authorization", "header")
+            if refusal is not None:
+                return error_response(401, refusal, {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
         except ServingError as exc:
@@ -160,32 +158,26 @@ class HttpFront:
         return json_response({"live": True})
 
     async def ready(self, request):
-        ready = self.dataplane.accepting and self.dataplane.server_ready()
+        ready = self.dataplane.server_ready()
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def model_metadata(self, request):
-        name, version = request.match_info["model"], request.match_info.get("version", "")
-        model = self.dataplane.model(name, version)
+        metadata = self.dataplane.model_metadata(request.match_info["model"], request.match_info.get("version", ""))
         return json_response({
-            "name": model.name, "versions": [str(v) for v in self.dataplane.served_versions(name)],
-            "platform": model.backend.platform,
-            "inputs": [{"name": model.input.name, "datatype": model.input.datatype, "shape": model.input.shape}],
-            "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in model.outputs]})
+            "name": metadata.name, "versions": list(metadata.versions), "platform": metadata.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in metadata.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in metadata.outputs]})
 
     async def model_ready(self, request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        ready = self.dataplane.accepting and self.dataplane.model_ready(name, version)
+        ready = self.dataplane.model_ready(name, version)
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def infer(self, request: web.Request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        try:
-            self.dataplane.check_accepting()  # before reading a body that would be refused anyway
+        with self.dataplane.admission(name, version, "http"):  # refused while draining, before the body is read
             body = await self.body(request)
             domain, encoding = rest_v2.parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
-        except ServingError as exc:
-            self.dataplane.record_rejection(name, version, exc, "http")
-            raise
         answer = await self.dataplane.infer(domain, "http")
         content, header_length = rest_v2.encode_infer(answer, encoding)
         if header_length is None:
@@ -198,15 +190,15 @@ class HttpFront:
 
     async def model_config(self, request):
         model = self.dataplane.model(request.match_info["model"], request.match_info.get("version", ""))
-        return json_response(rest_v2.message_json(to_model_config(model, self.settings)))
+        return json_response(message_json(to_model_config(model, self.settings)))
 
     async def model_statistics(self, request):
         models = self.dataplane.statistics_of(request.match_info.get("model", ""), request.match_info.get("version", ""))
-        return json_response({"model_stats": [rest_v2.message_json(to_model_statistics(m)) for m in models]})
+        return json_response({"model_stats": [message_json(to_model_statistics(m)) for m in models]})
 
     async def drift(self, request):
         status = self.dataplane.drift(request.match_info["model"], request.match_info.get("version", ""))
-        return json_response({key: value for key, value in status.items() if key != "history_times"})
+        return json_response(status.to_json())
 
     async def repository_index(self, request):
         body = await self.body(request)
@@ -234,13 +226,8 @@ class HttpFront:
         return request.match_info.get("version", "")
 
     async def tf_status(self, request):
-        name, version = request.match_info["model"], self.tf_version(request)
-        states = self.dataplane.states(name)
-        if version:
-            states = [s for s in states if str(s.version) == version]
-        if not states:
-            self.dataplane.model(name, version)  # 404, with the reason
-        return json_response(rest_tfserving.status_json(states))
+        statuses = self.dataplane.tf_model_status(request.match_info["model"], self.tf_version(request))
+        return json_response(rest_tfserving.status_json(statuses))
 
     async def tf_metadata(self, request):
         model = self.dataplane.model(request.match_info["model"], self.tf_version(request))
@@ -249,92 +236,12 @@ class HttpFront:
     async def tf_predict(self, request: web.Request):
         name = request.match_info["model"]
         method = request.match_info["method"]
-        try:
+        with self.dataplane.admission(name, request.match_info.get("version", ""), "http"):
             if method != "predict":
                 raise InvalidInput(f":{method}: not served; expected :predict (classify and regress need "
                                    "signatures these models do not have)")
             version = self.tf_version(request)
-            self.dataplane.check_accepting()
             model = self.dataplane.model(name, version)
             domain, row_format = rest_tfserving.parse_predict(await self.body(request), model, version)
-        except ServingError as exc:
-            self.dataplane.record_rejection(name, request.match_info.get("version", ""), exc, "http")
-            raise
         answer = await self.dataplane.infer(domain, "http")
         return json_response(rest_tfserving.encode_predict(answer, row_format))
-
-
-def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
-    """The same certificate, key and client CA as the gRPC port (files checked by ServerSettings)."""
-    if settings.tls_cert is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-class RefusedConnection(asyncio.Protocol):
-    """What a connection beyond --max-connections gets: closed at once, before a byte is read."""
-
-    def connection_made(self, transport) -> None:
-        transport.abort()
-
-
-class CappedSite(web.BaseSite):
-    """A TCP site holding at most ``max_connections`` connections (the gRPC port's --max-connections), with
-    --handshake-seconds as the TLS handshake timeout: aiohttp's own TCPSite has neither. A TLS connection
-    counts once its handshake is done (asyncio makes the HTTP protocol's connection then); until then the
-    handshake timeout bounds how long it can stay."""
-
-    def __init__(self, runner: web.AppRunner, settings: ServerSettings, ssl_context: ssl.SSLContext | None):
-        super().__init__(runner, ssl_context=ssl_context, backlog=min(settings.max_connections, 4096))
-        self.settings = settings
-        self.refused = 0
-        self.last_refusal_log = 0.0
-
-    @property
-    def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
-        return f"{scheme}://{self.settings.host}:{self.settings.http_port}"
-
-    def protocol(self) -> asyncio.BaseProtocol:
-        server = self._runner.server
-        if len(server.connections) >= self.settings.max_connections:
-            self.refused += 1
-            loop = asyncio.get_running_loop()
-            if loop.time() - self.last_refusal_log > 10:
-                log.warning("HTTP: refusing connections beyond --max-connections %d (%d refused so far)",
-                            self.settings.max_connections, self.refused)
-                self.last_refusal_log = loop.time()
-            return RefusedConnection()
-        return server()
-
-    async def start(self) -> None:
-        await super().start()
-        self._server = await asyncio.get_running_loop().create_server(
-            self.protocol, self.settings.host, self.settings.http_port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_port=self.settings.share_port or None,
-            ssl_handshake_timeout=self.settings.handshake_seconds if self._ssl_context else None)
-
-
-async def start_http(dataplane: DataPlane, controller: RepositoryController,
-                     settings: ServerSettings) -> tuple[web.AppRunner, int]:
-    """Serve HTTP on settings.host:settings.http_port; returns the runner (cleanup() stops it) and the port."""
-    from bnserve.core.errors import UserError
-
-    app = HttpFront(dataplane, controller, settings).application()
-    # access_log None: a line per request would cost more than the request; errors are logged (rate-limited).
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.connection_idle_seconds,
-                           shutdown_timeout=settings.grace_seconds, handle_signals=False)
-    await runner.setup()
-    site = CappedSite(runner, settings, ssl_context(settings))
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise UserError(f"--http-port {settings.http_port}: cannot listen on {settings.host}:{settings.http_port} "
-                        f"({exc.strerror})") from None
-    return runner, runner.addresses[0][1]

@@ -15,9 +15,9 @@ import numpy as np
 
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
-from bnserve.server.grpc_tfserving import PREDICT_METHOD, SIGNATURE_NAME
-from bnserve.server.models import READY, UNAVAILABLE, ServedVersion, VersionState
-from bnserve.server.rest_v2 import expect, parse_json
+from bnserve.server.json_codec import expect, parse_json
+from bnserve.server.models import ServedVersion
+from bnserve.server.tfserving_documents import PREDICT_METHOD, SIGNATURE_NAME, TfVersionStatus
 from bnserve.server.tensors import V2_TO_NUMPY, array_from_json
 
 
@@ -87,11 +87,10 @@ def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
     return {"outputs": {name: data.tolist() for name, data in outputs.items()}}
 
 
-def status_json(states: list[VersionState]) -> dict:
+def status_json(statuses: list[TfVersionStatus]) -> dict:
     return {"model_version_status": [
-        {"version": str(s.version), "state": "AVAILABLE" if s.state == READY else "END",
-         "status": {"error_code": "UNKNOWN" if s.state == UNAVAILABLE else "OK", "error_message": s.reason}}
-        for s in states]}
+        {"version": str(s.version), "state": s.state,
+         "status": {"error_code": s.error_code, "error_message": s.error_message}} for s in statuses]}
 
 
 def tensor_info_json(spec) -> dict:

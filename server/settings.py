@@ -1,15 +1,49 @@
-"""Server settings, declared once, validated before anything starts."""
+"""Server settings, declared once, validated before anything starts.
+
+This is the ground floor of the server: it imports the standard library and bnserve.core only, so that
+`bnserve train` (whose parser lists every `serve` flag) loads neither grpc nor prometheus_client. Every field
+of ServerSettings is a `bnserve serve` flag: its help text, choices and default live on the field
+(``setting(...)``) and bnserve.cli generates the parser from them (``add_setting_flags``), so a default or a
+help text exists once. ``protocols`` names the ports a setting governs; the help text names each of them
+(tests/test_settings.py holds the two together).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 from bnserve.core.errors import UserError
-from bnserve.server.backends import BACKENDS, DEVICES
-from bnserve.server.batching import BatchingOptions
+
+BACKENDS = ("onnx", "tf")
+"""Execution backends: ONNX Runtime on model.onnx, TensorFlow on the SavedModel."""
+DEVICES = ("auto", "cpu", "gpu")
+MODEL_CONTROL_MODES = ("poll", "none", "explicit")
+PROTOCOLS = ("gRPC", "HTTP")
+"""The serving ports, as a setting's help text names them."""
+STREAM_WINDOW = 16
+"""Requests of one ModelStreamInfer stream read and not yet answered to the client, at most."""
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How one model version batches (server-wide flags, overridden per model by --model-option)."""
+
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 1000
+    max_queue_size: int = 256
+    """Requests waiting at most; the next one gets RESOURCE_EXHAUSTED at once."""
+    instances: int = 1
+    """Model calls that may run at the same time."""
+    coalesce: bool = True
+    inline_compute_us: int = 250
+    """A batch whose measured compute time (ComputeTimes) is at most this runs on the event loop itself,
+    without the hand-off to a model thread and back; 0: always on a model thread. It bounds how long any
+    other request or health check can wait behind one model call."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +81,21 @@ class VersionPolicy:
             return f"latest:{self.count}"
         return "all" if self.kind == "all" else "specific:" + ",".join(map(str, self.versions))
 
+    def asked_for(self, on_disk: list[int]) -> int:
+        """How many of the model's versions on disk the policy serves when each of them loads: min(N, on disk)
+        for latest:N (which falls back to older versions that load), every one for all, the listed ones that
+        exist for specific."""
+        if self.kind == "latest":
+            return min(self.count, len(on_disk))
+        if self.kind == "all":
+            return len(on_disk)
+        return len(set(on_disk) & set(self.versions))
+
 
 MODEL_OPTION_KEYS = {"max_batch_size": "max_batch_size", "max_queue_delay_us": "max_queue_delay_us",
                      "max_queue_size": "max_queue_size", "instances": "instances", "dynamic_batching": "coalesce",
                      "inline_compute_us": "inline_compute_us"}
+"""--model-option keys and the BatchingOptions field each one sets."""
 
 
 def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, max_queue_size: int,
@@ -65,8 +110,7 @@ def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, ma
 
 
 def parse_model_option(text: str) -> tuple[str, dict]:
-    """``NAME:key=value[,key=value]`` with keys max_batch_size, max_queue_delay_us, max_queue_size,
-    instances, inline_compute_us (integers) and dynamic_batching (on/off)."""
+    """``NAME:key=value[,key=value]`` with the keys of MODEL_OPTION_KEYS: integers, and dynamic_batching on/off."""
     name, _, assignments = text.partition(":")
     if not name or not assignments:
         raise UserError(f"--model-option {text!r}: expected NAME:key=value[,key=value]")
@@ -87,9 +131,19 @@ def parse_model_option(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
-MODEL_CONTROL_MODES = ("poll", "none", "explicit")
-STREAM_WINDOW = 16
-"""Requests of one ModelStreamInfer stream read and not yet answered to the client, at most."""
+def model_options_from(texts: list[str]) -> dict[str, dict]:
+    return dict(parse_model_option(text) for text in texts)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token of --auth-token-file: one word, surrounding whitespace ignored."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"--auth-token-file {str(path)!r}: unreadable ({exc.strerror})") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"--auth-token-file {str(path)!r}: expected one token without spaces")
+    return token
 
 
 def check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
@@ -110,88 +164,121 @@ def check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
             raise UserError(f"--tls-client-ca {str(client_ca)!r}: not a PEM CA bundle ({exc.reason or exc})") from None
 
 
+BOTH_PORTS = PROTOCOLS
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, protocols: tuple[str, ...] = (), flag: str = "",
+            parse: Callable | None = None, choices: tuple | None = None, metavar: str | None = None,
+            action: str | None = None, to_setting: Callable | None = None, flag_default: Any = dataclasses.MISSING,
+            factory: Callable | None = None, hidden: bool = False):
+    """A ServerSettings field and its `bnserve serve` flag, declared together.
+
+    ``doc`` is the help text (the default is appended); ``protocols`` the ports the setting governs;
+    ``flag`` the flag when it is not --FIELD-NAME; ``parse`` argparse's type (default: the default's type);
+    ``to_setting`` converts the flag's value into the field's (``flag_default`` is then the flag's default).
+    """
+    metadata = {"doc": doc, "protocols": protocols, "flag": flag, "parse": parse, "choices": choices,
+                "metavar": metavar, "action": action, "to_setting": to_setting, "flag_default": flag_default,
+                "hidden": hidden}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    repository: Path
-    """Model repository root (REPO/NAME/VERSION/...)."""
-    host: str = "127.0.0.1"
-    grpc_port: int = 8500
-    """0 picks a free port; the chosen one is logged ("listening on HOST:PORT")."""
-    http_port: int = 8501
-    """KServe v2 REST and TensorFlow Serving REST on this port, same data plane as gRPC; 0: no HTTP."""
-    backend: str = "onnx"
-    """"onnx" (ONNX Runtime) or "tf" (TensorFlow SavedModel)."""
-    device: str = "auto"
-    """"auto": GPU when usable, else CPU; "gpu": fail at start-up without a usable GPU; "cpu"."""
-    max_batch_size: int = BatchingOptions.max_batch_size
-    """Largest batch one request may carry, and one model call may run (ModelConfig max_batch_size)."""
-    dynamic_batching: bool = BatchingOptions.coalesce
-    """Coalesce concurrent requests into one model call; off: every request runs alone."""
-    max_queue_delay_us: int = BatchingOptions.max_queue_delay_us
-    """Longest a batch waits for companions after its oldest request arrived (only while recent
-    concurrency says they are coming, see bnserve.server.batching); 0: run as soon as an instance is free."""
-    max_queue_size: int = BatchingOptions.max_queue_size
-    """Requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once."""
-    instances: int = BatchingOptions.instances
-    """Model calls per version that may run at the same time."""
-    inline_compute_us: int = BatchingOptions.inline_compute_us
-    """Model calls measured to take at most this many microseconds run on the event loop, without the
-    thread hand-off (see BatchingOptions.inline_compute_us); 0: always on model threads."""
-    model_options: dict[str, dict] = field(default_factory=dict)
-    """Per-model overrides of the batching settings above: {model: {"max_batch_size": 8, ...}}."""
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
-    intra_op_threads: int = 0
-    """ONNX Runtime intra-op threads per session; 0: one for a light model (a one-row call within
-    bnserve.server.backends.onnx.LIGHT_CALL_S on one thread), else ONNX Runtime's default, kept on the cores this
-    process may use (bnserve.server.backends.onnx.cpu_pool_threads)."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message received or sent, and largest HTTP request body."""
-    grace_seconds: float = 5.0
-    """How long in-flight requests may take to finish after SIGTERM/SIGINT, or after their version was superseded."""
-    poll_seconds: float = 2.0
-    """Interval between repository scans (new, removed, repaired versions); 0: no polling."""
-    max_connections: int = 1000
-    """Connections each port holds at once (gRPC's max_allowed_incoming_connections; on the HTTP port, counted
-    by bnserve.server.rest.CappedSite); more are refused at accept. The process's open-file limit is raised to fit when the hard limit allows."""
-    connection_idle_seconds: float = 300.0
-    """A connection without calls for this long is closed (GOAWAY); clients reconnect on their next call."""
-    handshake_seconds: float = 10.0
-    """A connection that has not completed the HTTP/2 handshake (a bare preface, a stalled TLS hello) in
-    this time is closed; on the HTTP port, the TLS handshake timeout."""
-    model_control: str = "poll"
-    """Triton's model control modes. "poll": load the repository at start and follow it every ``poll_seconds``
-    (0: never); "none": load it at start, never change; "explicit": load it at start, then change only by the
-    RepositoryModelLoad/Unload RPCs. The load/unload RPCs are refused unless "explicit"."""
-    share_port: bool = False
-    """Bind the gRPC port with SO_REUSEPORT (set for the processes of --workers only); otherwise a port
-    that another process holds stops the start with an error."""
-    metrics_port: int | None = None
-    """Port of the Prometheus /metrics endpoint; None: no endpoint, 0: any free port."""
-    metrics_host: str = "127.0.0.1"
-    """Address of the /metrics endpoint: loopback unless asked, whatever ``host`` is."""
-    metrics_auth: bool = False
-    """The /metrics endpoint also requires ``authorization: Bearer <token>`` (the --auth-token-file token)."""
-    tls_cert: Path | None = None
-    """PEM certificate chain; with ``tls_key`` the port speaks TLS only."""
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    """PEM CA bundle; when set, clients must present a certificate it signed."""
-    auth_token: str | None = None
-    """Every RPC must carry ``authorization: Bearer <token>``."""
-    health_without_auth: bool = False
-    """Leave grpc.health.v1.Health open for probes when a token is required."""
-    monitor_sample_rate: float = 0.25
-    """Fraction of requests whose inputs feed the drift monitor (0: off). See the README for the measured cost."""
-    monitor_window: int = 256
-    """Samples per drift window (W); the thresholds in the manifest were calibrated for the export's W."""
-    monitor_max_share: float = 0.1
-    """The monitor's model time is kept at most this fraction of the served model's compute time (0: no limit)."""
-    capture_dir: Path | None = None
-    """Append sampled request inputs to DIR/NAME/VERSION/*.npz (off unless set)."""
-    capture_rate: float = 0.0
-    """Fraction of requests whose inputs are captured (with --capture-dir)."""
-    capture_max_bytes: int = 1 << 30
-    """--capture-dir is kept under this many bytes; the oldest shards go first."""
+    repository: Path = setting(doc="model repository root (REPO/NAME/VERSION/...)", parse=Path)
+    host: str = setting("127.0.0.1", doc="address the gRPC and HTTP ports listen on", protocols=BOTH_PORTS)
+    grpc_port: int = setting(8500, doc="gRPC port (KServe v2, TensorFlow Serving, health, reflection); 0 picks a "
+                             "free port, logged as 'listening on HOST:PORT'", protocols=("gRPC",))
+    http_port: int = setting(8501, doc="HTTP port: KServe v2 REST and TensorFlow Serving REST, the same data plane as "
+                             "gRPC; 0: no HTTP", protocols=("HTTP",))
+    backend: str = setting("onnx", choices=BACKENDS,
+                           doc="onnx: ONNX Runtime on model.onnx; tf: TensorFlow on the SavedModel")
+    device: str = setting("auto", choices=DEVICES,
+                          doc="auto: the GPU when usable, else the CPU; gpu: stop at start-up without a usable GPU; cpu")
+    max_batch_size: int = setting(BatchingOptions.max_batch_size,
+                                  doc="largest batch one request may carry and one model call may run "
+                                      "(ModelConfig max_batch_size)")
+    dynamic_batching: bool = setting(BatchingOptions.coalesce, choices=("on", "off"), flag_default="on",
+                                     to_setting=lambda text: text == "on",
+                                     doc="coalesce concurrent requests into one model call; off: every request runs "
+                                         "alone")
+    max_queue_delay_us: int = setting(BatchingOptions.max_queue_delay_us,
+                                      doc="longest a batch waits for companions after its oldest request arrived, "
+                                          "only while recent concurrency says they are coming (bnserve.server."
+                                          "batching); 0: run as soon as an instance is free")
+    max_queue_size: int = setting(BatchingOptions.max_queue_size,
+                                  doc="requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once")
+    instances: int = setting(BatchingOptions.instances, doc="model calls per version that may run at the same time")
+    inline_compute_us: int = setting(BatchingOptions.inline_compute_us,
+                                     doc="model calls measured to take at most this many microseconds run on the "
+                                         "event loop, without the thread hand-off; 0: always on model threads")
+    model_options: dict[str, dict] = setting(factory=dict, flag="--model-option", action="append", flag_default=[], parse=str,
+                                             metavar="NAME:KEY=VALUE[,KEY=VALUE]", to_setting=model_options_from,
+                                             doc="per-model batching overrides (repeatable), keys: "
+                                                 + ", ".join(k if k != "dynamic_batching" else k + "=on|off"
+                                                             for k in MODEL_OPTION_KEYS))
+    version_policy: VersionPolicy = setting(factory=VersionPolicy, flag_default=str(VersionPolicy()),
+                                            to_setting=VersionPolicy.parse,
+                                            doc="which versions of each model to serve: latest:N, all or "
+                                                "specific:V1,V2")
+    intra_op_threads: int = setting(0, doc="ONNX Runtime intra-op threads per session; 0: one for a model whose "
+                                           "one-row call takes at most 100 us on one thread, else ONNX Runtime's "
+                                           "default, kept on the cores this process may use")
+    max_message_bytes: int = setting(64 * 1024 * 1024, protocols=BOTH_PORTS,
+                                     doc="largest gRPC message received or sent, and largest HTTP request body")
+    grace_seconds: float = setting(5.0, protocols=BOTH_PORTS,
+                                   doc="time in-flight gRPC and HTTP requests get to finish after SIGTERM/SIGINT, or "
+                                       "after their version was superseded")
+    poll_seconds: float = setting(2.0, doc="interval between repository scans (new, removed, repaired versions); "
+                                           "0: no polling")
+    max_connections: int = setting(1000, protocols=BOTH_PORTS,
+                                   doc="connections each port (gRPC, HTTP) holds at once; more are refused at accept "
+                                       "(the open-file limit is raised to fit when the hard limit allows)")
+    connection_idle_seconds: float = setting(300.0, protocols=BOTH_PORTS,
+                                             doc="close a gRPC (GOAWAY) or HTTP (keep-alive) connection without calls "
+                                                 "for this long; clients reconnect on their next call")
+    handshake_seconds: float = setting(10.0, protocols=BOTH_PORTS,
+                                       doc="close a connection that has not completed its HTTP/2 (gRPC) or TLS "
+                                           "(HTTPS) handshake in this time")
+    model_control: str = setting("poll", choices=MODEL_CONTROL_MODES,
+                                 doc="Triton's model control modes. poll: follow the repository every "
+                                     "--poll-seconds; none: load it at start only; explicit: load it at start, then "
+                                     "only RepositoryModelLoad/Unload change it (those calls are refused otherwise)")
+    share_port: bool = setting(False, action="store_true", hidden=True, protocols=BOTH_PORTS,
+                               doc="bind the gRPC and HTTP ports with SO_REUSEPORT (set by --workers for its "
+                                   "processes only); otherwise a port another process holds stops the start")
+    metrics_port: int | None = setting(None, parse=int,
+                                       doc="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)")
+    metrics_host: str = setting("127.0.0.1", doc="address of the metrics endpoint, whatever --host is")
+    metrics_auth: bool = setting(False, action="store_true",
+                                 doc="the metrics endpoint requires the --auth-token-file token too")
+    tls_cert: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
+                                    doc="PEM certificate chain; with --tls-key the gRPC and HTTP ports speak TLS only")
+    tls_key: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
+                                   doc="PEM private key of --tls-cert, for the gRPC and HTTP ports")
+    tls_client_ca: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
+                                         doc="PEM CA bundle: the gRPC and HTTP ports require client certificates it "
+                                             "signed")
+    auth_token: str | None = setting(None, flag="--auth-token-file", parse=Path, to_setting=read_token, metavar="FILE",
+                                     protocols=BOTH_PORTS,
+                                     doc="a file holding one token: every gRPC call and HTTP request must carry "
+                                         "'authorization: Bearer <token>'")
+    health_without_auth: bool = setting(False, action="store_true", protocols=BOTH_PORTS,
+                                        doc="leave health open for probes when a token is required: gRPC "
+                                            "grpc.health.v1.Health and HTTP /v2/health/live and /v2/health/ready")
+    monitor_sample_rate: float = setting(0.25, doc="fraction of requests whose inputs feed the drift monitor "
+                                                   "(0: off)")
+    monitor_window: int = setting(256, doc="samples per drift window, as the manifest's thresholds were calibrated")
+    monitor_max_share: float = setting(0.1, doc="keep the monitor's model time under this fraction of the served "
+                                                "model's compute time (0: no limit); sampled requests beyond it are "
+                                                "skipped")
+    capture_dir: Path | None = setting(None, parse=Path,
+                                       doc="append sampled request inputs to DIR/NAME/VERSION/*.npz (for bnserve "
+                                           "export --stats adapt:DIR/NAME/VERSION)")
+    capture_rate: float = setting(0.0, doc="fraction of requests captured (with --capture-dir)")
+    capture_max_bytes: int = setting(1 << 30, doc="keep --capture-dir under this size, oldest shards first")
 
     def __post_init__(self):
         if not self.repository.is_dir():
@@ -277,3 +364,58 @@ class ServerSettings:
             [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())],
             root_certificates=self.tls_client_ca.read_bytes() if self.tls_client_ca else None,
             require_client_auth=self.tls_client_ca is not None)
+
+
+def flag_of(setting_field: dataclasses.Field) -> str:
+    return setting_field.metadata["flag"] or "--" + setting_field.name.replace("_", "-")
+
+
+def flag_default(setting_field: dataclasses.Field):
+    """The flag's default: the field's own, or its text when the flag's value is converted (``to_setting``)."""
+    meta = setting_field.metadata
+    if meta["flag_default"] is not dataclasses.MISSING:
+        default = meta["flag_default"]
+        return list(default) if isinstance(default, list) else default
+    if setting_field.default_factory is not dataclasses.MISSING:
+        return setting_field.default_factory()
+    return None if setting_field.default is dataclasses.MISSING else setting_field.default
+
+
+def help_text(setting_field: dataclasses.Field) -> str:
+    meta, default = setting_field.metadata, flag_default(setting_field)
+    shown = "" if default in (None, False, []) or meta["action"] else f" (default {default})"
+    return (meta["doc"] + shown).replace("%", "%%")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerSettings field, from the field's own declaration (``setting``)."""
+    for setting_field in dataclasses.fields(ServerSettings):
+        meta = setting_field.metadata
+        options: dict[str, Any] = {"dest": setting_field.name,
+                                   "help": argparse.SUPPRESS if meta["hidden"] else help_text(setting_field)}
+        if meta["action"] == "store_true":
+            options["action"] = "store_true"
+        else:
+            default = flag_default(setting_field)
+            if setting_field.default is dataclasses.MISSING and setting_field.default_factory is dataclasses.MISSING:
+                options["required"] = True
+            else:
+                options["default"] = default
+            if meta["action"]:
+                options["action"] = meta["action"]
+            options["type"] = meta["parse"] or (type(default) if default is not None else str)
+            if meta["choices"]:
+                options["choices"] = meta["choices"]
+            if meta["metavar"]:
+                options["metavar"] = meta["metavar"]
+        parser.add_argument(flag_of(setting_field), **options)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """ServerSettings from the flags that add_setting_flags declared (converted where the field says so)."""
+    values = {}
+    for setting_field in dataclasses.fields(ServerSettings):
+        value = getattr(args, setting_field.name)
+        convert = setting_field.metadata["to_setting"]
+        values[setting_field.name] = convert(value) if convert is not None and value is not None else value
+    return ServerSettings(**values)

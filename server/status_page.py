@@ -69,27 +69,27 @@ def version_section(dataplane: DataPlane, model) -> str:
     parts += [f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows]
     parts.append("</table>")
     drift = dataplane.drift(model.name, str(model.version))
-    if not drift["monitored"]:
-        parts.append(f'<p class="muted">drift monitor: {escape(drift["reason"])}</p>')
+    if not drift.monitored:
+        parts.append(f'<p class="muted">drift monitor: {escape(drift.reason)}</p>')
         return "".join(parts)
-    state = '<span class="bad">ALARM</span>' if drift["alarm"] else '<span class="ok">ok</span>'
-    parts.append(f'<p>drift: {state} &middot; {drift["windows"]} windows of {drift["window"]} samples '
-                 f'(sample rate {drift["sample_rate"]:g}), {drift["samples_in_window"]} samples in the open window</p>')
+    state = '<span class="bad">ALARM</span>' if drift.alarm else '<span class="ok">ok</span>'
+    parts.append(f'<p>drift: {state} &middot; {drift.windows} windows of {drift.window} samples '
+                 f'(sample rate {drift.sample_rate:g}), {drift.samples_in_window} samples in the open window</p>')
     parts.append("<table><tr><th>layer</th><th>name</th><th>last shift</th><th>threshold</th>"
                  "<th>last windows (log scale; dashed: threshold)</th></tr>")
-    for layer in drift["layers"]:
-        score = "no window yet" if layer["score"] is None else f"{layer['score']:.4g}"
-        css = "bad" if layer["alarm"] else ""
-        parts.append(f'<tr class="layer"><td>{layer["layer"]}</td><td>{escape(layer["name"])}</td>'
-                     f'<td class="{css}">{escape(score)}</td><td>{layer["threshold"]:.4g}</td>'
-                     f'<td>{chart(layer["history"], layer["threshold"])}</td></tr>')
+    for layer in drift.layers:
+        score = "no window yet" if layer.score is None else f"{layer.score:.4g}"
+        css = "bad" if layer.alarm else ""
+        parts.append(f'<tr class="layer"><td>{layer.layer}</td><td>{escape(layer.name)}</td>'
+                     f'<td class="{css}">{escape(score)}</td><td>{layer.threshold:.4g}</td>'
+                     f'<td>{chart(list(layer.history), layer.threshold)}</td></tr>')
     parts.append("</table>")
     return "".join(parts)
 
 
 def render(dataplane: DataPlane) -> str:
     name, version, _ = dataplane.server_metadata()
-    ready = dataplane.accepting and dataplane.server_ready()
+    ready = dataplane.server_ready()
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>bnserve status</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{escape(name)} {escape(version)}: "

@@ -68,3 +68,21 @@ def server(request, serving_repository):
     process.backend = request.param
     yield process
     assert process.stop() == 0, "\n".join(process.log)
+
+
+@pytest.fixture
+def repository(exported, tmp_path):
+    """A repository holding m/1, a copy of the exported digits version."""
+    from tests.helpers.serving import publish_copy
+
+    _, version_dir, _ = exported
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    publish_copy(version_dir, repository, "m", 1)
+    return repository
+
+
+@pytest.fixture
+def source(exported):
+    """The exported digits version directory."""
+    return exported[1]

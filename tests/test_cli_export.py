@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
+from tests.helpers.cli import assert_user_error, bnserve
 
-from tests.test_cli_train import assert_user_error, bnserve
 
 
 def snapshot(root):

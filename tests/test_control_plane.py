@@ -14,9 +14,8 @@ from tritonclient.grpc import service_pb2 as v2
 
 from tests.certs import make_certificates
 from tests.servers import start_server
-from tests.test_cli_train import assert_user_error, bnserve
-from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
-from tests.test_operations import index, infer_request, publish_copy, served_versions, stub_for, wait_for
+from tests.helpers.cli import assert_user_error, bnserve
+from tests.helpers.serving import index, infer_request, publish_copy, served_versions, stub_for, wait_for
 
 
 def test_a_second_server_on_a_busy_port_stops_with_exit_2(repository):

@@ -7,7 +7,8 @@ import pytest
 
 from bnserve.server.dataplane import DataPlane, InferenceRequest, InferInput
 from bnserve.server.errors import ResponseTooLarge
-from bnserve.server.models import ModelRegistry, scan_repository
+from bnserve.server.models import ModelRegistry
+from bnserve.server.repository_scan import scan_repository
 from bnserve.server.settings import ServerSettings
 
 

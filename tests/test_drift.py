@@ -17,10 +17,10 @@ from bnserve.core.drift import (MONITOR_MODEL, MonitoredLayer, calibrate_thresho
 from bnserve.core.repository import read_manifest
 from tests.requests import v2_json_body
 from tests.servers import start_server
-from tests.test_cli_train import assert_user_error, bnserve
-from tests.test_operations import metric, publish_copy, scrape, wait_for
-from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
 from tests.tolerance import assert_same_function
+from tests.helpers.cli import assert_user_error, bnserve
+from tests.helpers.drift import drift_status, send, window_after
+from tests.helpers.serving import metric, publish_copy, scrape, wait_for
 
 
 def kl_reference(z: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float, informative) -> float:
@@ -102,22 +102,6 @@ def test_thresholds_are_reproducible_from_the_manifest(exported, reference):
     assert all(np.isfinite(l.threshold) and l.threshold > 0 for l in spec.layers)
     # By construction at most 1 - quantile of the clean windows exceed quantile x margin.
     assert np.mean(np.any(clean > np.array([l.threshold for l in spec.layers]), axis=1)) <= 1 - spec.quantile
-
-
-def drift_status(server, model="m"):
-    return requests.get(f"{server.http_url}/v2/models/{model}/drift", timeout=30).json()
-
-
-def send(server, images: np.ndarray, model="m"):
-    for start in range(0, len(images), 32):
-        response = requests.post(f"{server.http_url}/v2/models/{model}/infer",
-                                 json=v2_json_body(images[start:start + 32]), timeout=30)
-        assert response.status_code == 200, response.text
-
-
-def window_after(server, windows: int) -> dict:
-    wait_for(lambda: drift_status(server)["windows"] >= windows, what=f"drift window {windows}")
-    return drift_status(server)
 
 
 def test_a_shifted_stream_raises_the_alarm_and_a_clean_one_clears_it(repository, reference):

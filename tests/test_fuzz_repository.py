@@ -10,7 +10,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as v2
 
 from tests.servers import start_server
-from tests.test_operations import index, infer_request, publish_copy, served_versions, stub_for
+from tests.helpers.serving import index, infer_request, publish_copy, served_versions, stub_for
 
 ODD_NAMES = ["a b", "tab\tname", "-dash", ".hidden", "ünï", "x" * 200, "semi;colon", "new\nline", "..x", "ok.name"]
 ODD_VERSIONS = ["01", "+2", " 3", "٤", "5.0", "0", "-6", "7x", "99999999999999999999"]

@@ -17,14 +17,8 @@ from tritonclient.grpc import service_pb2 as v2
 
 from tests.onnx_models import projection_model, slow_model
 from tests.servers import start_server
-from tests.test_operations import infer_request, metric, publish_copy, stub_for
-from tests.test_parity_at_load import rehash, without_golden
-
-
-def with_slow_model(directory):
-    slow_model(directory / "model.onnx", copies=512)
-    without_golden(directory)
-    rehash(directory)
+from tests.helpers.serving import infer_request, metric, publish_copy, stub_for
+from tests.helpers.versions import with_slow_model
 
 
 def test_a_slow_model_never_stalls_health_checks_or_other_models(exported, tmp_path):

@@ -21,12 +21,11 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from tests.certs import make_certificates
-from tests.test_hot_path import with_slow_model
 from tests.requests import (random_images, tf_rest_body, v2_binary_body, v2_http_outputs, v2_json_body)
 from tests.servers import start_server
-from tests.test_operations import metric, publish_copy, scrape, wait_for
 from tests.tolerance import assert_same_function
-from tests.test_operations import repository, source  # noqa: F401  (fixtures: m/1 as exported, its directory)
+from tests.helpers.serving import metric, publish_copy, scrape, wait_for
+from tests.helpers.versions import with_slow_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,14 +1,11 @@
 """Operations: polling and hot reload, refusals, graceful shutdown, limits, fuzzing, TLS, tokens, metrics."""
 
 import asyncio
-import json
 import re
 import shutil
 import signal
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,67 +15,8 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from tests.certs import make_certificates
-from tests.requests import random_images, v2_request
 from tests.servers import start_server
-
-POLL = "0.2"
-
-
-def publish_copy(source: Path, repository: Path, name: str, version: int, mutate=None) -> Path:
-    """Publish ``source`` as REPO/NAME/VERSION the way the exporter does: build aside, then rename."""
-    staging = repository / ".staging" / f"{name}-{version}-{time.monotonic_ns()}"
-    shutil.copytree(source, staging)
-    manifest = json.loads((staging / "manifest.json").read_text())
-    manifest.update(name=name, version=version)
-    (staging / "manifest.json").write_text(json.dumps(manifest))
-    if mutate:
-        mutate(staging)
-    (repository / name).mkdir(parents=True, exist_ok=True)
-    target = repository / name / str(version)
-    staging.rename(target)
-    return target
-
-
-@pytest.fixture
-def repository(exported, tmp_path):
-    _, version_dir, _ = exported
-    repository = tmp_path / "repo"
-    repository.mkdir()
-    publish_copy(version_dir, repository, "m", 1)
-    return repository
-
-
-@pytest.fixture
-def source(exported):
-    return exported[1]
-
-
-def infer_request(batch=1, model="m", version=""):
-    return v2_request(random_images(batch), model, version)
-
-
-def stub_for(url, credentials=None, options=()):
-    channel = grpc.secure_channel(url, credentials, options) if credentials else grpc.insecure_channel(url, options)
-    return channel, v2_grpc.GRPCInferenceServiceStub(channel)
-
-
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def served_versions(stub, model="m"):
-    try:
-        return list(stub.ModelMetadata(v2.ModelMetadataRequest(name=model)).versions)
-    except grpc.RpcError:
-        return []
-
-
-def index(stub):
-    return {(m.name, m.version): (m.state, m.reason) for m in stub.RepositoryIndex(v2.RepositoryIndexRequest()).models}
-
+from tests.helpers.serving import POLL, index, infer_request, metric, publish_copy, rss_mb, scrape, served_versions, stub_for, wait_for
 
 def test_a_new_version_takes_over_and_the_old_one_is_released(repository, source):
     server = start_server(repository, "--poll-seconds", POLL)
@@ -299,12 +237,6 @@ def fuzz_request(rng: np.random.Generator) -> v2.ModelInferRequest:
     return request
 
 
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-
-
 def test_fuzzed_requests_get_clean_status_codes(repository):
     server = start_server(repository, "--max-message-bytes", str(1 << 20), "--poll-seconds", "0")
     channel, stub = stub_for(server.url)
@@ -417,21 +349,6 @@ def test_bearer_token_authentication(repository, tmp_path, health_open):
     finally:
         channel.close()
         assert server.stop() == 0
-
-
-def scrape(server) -> str:
-    port = next(int(m.group(1)) for line in server.log if (m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)", line)))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return response.read().decode()
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} {labels} not in metrics")
 
 
 def test_metrics_show_the_requests_and_batches_of_this_test(repository):

@@ -1,10 +1,7 @@
 """Load-time parity: golden samples in every version, re-checked by the server and by `bnserve verify`."""
 
-import json
 import re
 import shutil
-import subprocess
-import sys
 import urllib.request
 
 import numpy as np
@@ -14,20 +11,14 @@ from onnx import numpy_helper
 from tritonclient.grpc import service_pb2 as v2
 
 from bnserve.core.golden import GOLDEN, read_golden
-from bnserve.core.repository import MANIFEST, ONNX_MODEL, file_digests
+from bnserve.core.repository import MANIFEST, ONNX_MODEL
 from tests.servers import start_server
-from tests.test_operations import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
 from tests.tolerance import assert_same_function
+from tests.helpers.cli import bnserve
+from tests.helpers.serving import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
+from tests.helpers.versions import rehash, without_golden
 
 LOGIT_SHIFT = 1e-3  # ten times the certificate's tolerance, far below anything a hash-free eye would notice
-
-
-def rehash(version_dir):
-    """Rewrite the manifest's sha256 list to match the files as they now are (what a careful forger does)."""
-    manifest = json.loads((version_dir / MANIFEST).read_text())
-    manifest["files"] = file_digests(version_dir)
-    manifest["sizes"] = {relative: (version_dir / relative).stat().st_size for relative in manifest["files"]}
-    (version_dir / MANIFEST).write_text(json.dumps(manifest))
 
 
 def retune(version_dir):
@@ -38,20 +29,6 @@ def retune(version_dir):
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(LOGIT_SHIFT), bias.name))
     onnx.save(model, str(version_dir / ONNX_MODEL))
     rehash(version_dir)
-
-
-def without_golden(version_dir):
-    """A version as exported before golden samples existed."""
-    (version_dir / GOLDEN).unlink()
-    manifest = json.loads((version_dir / MANIFEST).read_text())
-    manifest.pop("golden", None)
-    (version_dir / MANIFEST).write_text(json.dumps(manifest))
-    rehash(version_dir)
-
-
-def bnserve(*args):
-    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_every_exported_version_carries_golden_samples(exported, reference):

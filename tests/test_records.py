@@ -69,23 +69,36 @@ def test_no_import_runs_back_up(layer):
         assert used <= ALLOWED[layer], f"{path.relative_to(ROOT)} imports {sorted(used - ALLOWED[layer])}"
 
 
-def test_every_server_setting_has_a_serve_flag_with_the_settings_default(tmp_path):
-    """Settings are declared once: each ServerSettings field is a `bnserve serve` flag whose default is the field's."""
-    import dataclasses
+def server_imports(path: Path) -> set[str]:
+    """The bnserve.server modules a server file imports (``from bnserve.server import x`` counts as x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bnserve.server"):
+            if node.module == "bnserve.server":
+                found |= {alias.name for alias in node.names}
+            else:
+                found.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("bnserve.server.")}
+    return found
 
-    from bnserve.cli import build_parser
-    from bnserve.server.settings import ServerSettings, VersionPolicy
 
-    args = build_parser().parse_args(["serve", "--repository", str(tmp_path)])
-    # Flags whose text is parsed into the field (bnserve.cli.run_serve converts them).
-    parsed = {"dynamic_batching": "dynamic_batching", "model_options": "model_option", "version_policy": "version_policy",
-              "auth_token": "auth_token_file"}
-    for field in dataclasses.fields(ServerSettings):
-        flag = parsed.get(field.name, field.name)
-        assert hasattr(args, flag), f"ServerSettings.{field.name} has no --{flag.replace('_', '-')} flag"
-        if field.name in parsed or field.name == "repository":
-            continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        assert getattr(args, flag) == default, (field.name, getattr(args, flag), default)
-    assert VersionPolicy.parse(args.version_policy) == ServerSettings.__dataclass_fields__["version_policy"].default_factory()
-    assert (args.dynamic_batching == "on") == ServerSettings.dynamic_batching
+# Within the server: each protocol adapter stands on the shared floors (data plane, documents, codecs, errors,
+# settings) and never on another protocol's adapter. KServe v2 and TensorFlow Serving are separate protocols on
+# each port; rest.py (the HTTP routes) may use both HTTP codecs, and app.py assembles everything.
+PROTOCOL_MODULES = {
+    "grpc_v2": "grpc", "grpc_tfserving": "grpc", "grpc_monitor": "grpc",
+    "rest_v2": "http", "rest_tfserving": "http", "rest": "http", "http_site": "http",
+}
+ADAPTER_PEERS = {"rest": {"rest_v2", "rest_tfserving"}, "http_site": {"rest"}}
+
+
+@pytest.mark.parametrize("module", sorted(PROTOCOL_MODULES))
+def test_no_protocol_layer_imports_another(module):
+    used = server_imports(ROOT / "server" / f"{module}.py") & set(PROTOCOL_MODULES)
+    assert used <= ADAPTER_PEERS.get(module, set()), f"server/{module}.py imports {sorted(used)}"
+
+
+def test_settings_stand_on_the_ground_floor():
+    used = imported_packages(ROOT / "server" / "settings.py") & PROJECT
+    assert used <= {"bnserve.core"} and not server_imports(ROOT / "server" / "settings.py"), used

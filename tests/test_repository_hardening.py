@@ -11,7 +11,7 @@ import pytest
 from bnserve.core.repository import version_dirs
 from tests.onnx_models import projection_model
 from tests.servers import start_server
-from tests.test_operations import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
+from tests.helpers.serving import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
 
 
 def bad_entries(repository, source, outside):
@@ -102,7 +102,7 @@ def test_every_bad_entry_is_refused_with_its_reason_and_the_rest_serves(exported
 
 def test_the_repository_scan_reads_no_special_file(tmp_path):
     """version_dirs ignores non-canonical names; nothing in a scan opens a FIFO (it would block forever)."""
-    from bnserve.server.models import scan_repository
+    from bnserve.server.repository_scan import scan_repository
 
     model = tmp_path / "m"
     for name in ("1", "01", "+1", " 1", "\u0661", "x"):

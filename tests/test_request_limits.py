@@ -11,8 +11,7 @@ from tritonclient.grpc import service_pb2 as v2
 from bnserve.server.settings import STREAM_WINDOW
 from tests.requests import v2_request
 from tests.servers import start_server
-from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
-from tests.test_operations import rss_mb, stub_for
+from tests.helpers.serving import rss_mb, stub_for
 
 
 def full_batch(request_id):

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.servers import start_server
-from tests.test_cli_train import assert_user_error, bnserve
+from tests.helpers.cli import assert_user_error, bnserve
 
 
 def test_device_gpu_without_a_gpu_stops_at_start_up(serving_repository):

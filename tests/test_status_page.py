@@ -7,8 +7,7 @@ import subprocess
 import numpy as np
 
 from tests.servers import start_server
-from tests.test_drift import send, window_after
-from tests.test_operations import repository  # noqa: F401  (the fixture: m/1 as exported)
+from tests.helpers.drift import send, window_after
 
 
 def rendered(url: str, screenshot=None) -> str:

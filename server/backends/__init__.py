@@ -13,9 +13,7 @@ import numpy as np
 
 from bnserve.core.errors import UserError
 from bnserve.core.repository import TensorSpec
-
-BACKENDS = ("onnx", "tf")
-DEVICES = ("auto", "cpu", "gpu")
+from bnserve.server.settings import BACKENDS
 
 
 class Backend(Protocol):

@@ -1,0 +1,99 @@
+"""The traffic capture: sampled request inputs appended to DIR/NAME/VERSION/*.npz shards, written by the
+monitor's capture thread (never on the request path), for ``bnserve export --stats adapt:DIR/NAME/VERSION``."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bnserve.server import metrics
+from bnserve.server.errors import RateLimitedLog
+
+log = logging.getLogger("bnserve.server")
+
+
+class Capture:
+    """Appends sampled request inputs to DIR/NAME/VERSION/*.npz shards (each written aside and renamed into
+    place), keeping the directory under ``max_bytes`` by removing the oldest shards; a shard that would not fit
+    on the disk is dropped with a log line and bnserve_capture_failures_total."""
+
+    def __init__(self, directory: Path, max_bytes: int, shard_samples: int = 256, max_shard_seconds: float = 10.0):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.shard_samples = shard_samples
+        self.max_shard_seconds = max_shard_seconds
+        self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.started: dict[tuple[str, int], float] = {}
+        self.sequence = 0
+        self.failure_log = RateLimitedLog(log, 10.0, "failures")
+        self.shards: collections.deque | None = None
+        """(path, bytes) of every shard under the directory, oldest first: scanned once, then kept up to date, so
+        keeping the budget costs no directory walk per shard."""
+
+    def add(self, name: str, version: int, images: np.ndarray) -> None:
+        key = (name, version)
+        self.pending.setdefault(key, []).append(images)
+        self.started.setdefault(key, time.monotonic())
+        if sum(len(a) for a in self.pending[key]) >= self.shard_samples:
+            self.flush(key)
+
+    def flush_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key in list(self.pending):
+            if force or now - self.started[key] >= self.max_shard_seconds:
+                self.flush(key)
+
+    def flush(self, key: tuple[str, int]) -> None:
+        arrays = self.pending.pop(key, [])
+        self.started.pop(key, None)
+        if not arrays:
+            return
+        images = np.concatenate(arrays)
+        target_dir = self.directory / key[0] / str(key[1])
+        self.sequence += 1
+        # Sortable by time: the oldest shards go first when the directory is over its budget.
+        target = target_dir / f"{time.time_ns():020d}-{os.getpid()}-{self.sequence:06d}.npz"
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            needed = images.nbytes + 4096
+            if shutil.disk_usage(target_dir).free < 2 * needed:
+                raise OSError(28, "not enough free space for the shard")
+            handle, temporary = tempfile.mkstemp(dir=target_dir, prefix=".shard-", suffix=".npz.tmp")
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    np.savez(stream, x=images)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            metrics.CAPTURED_SAMPLES.labels(key[0], str(key[1])).inc(len(images))
+            self.enforce_budget(target)
+        except OSError as exc:
+            metrics.CAPTURE_FAILURES.labels(key[0], str(key[1])).inc()
+            self.failure_log.log(logging.ERROR, "capture: could not write a shard of %d samples under %s (%s); the "
+                                 "samples are dropped, serving is not affected", len(images), target_dir,
+                                 exc.strerror or exc)
+
+    def enforce_budget(self, written: Path) -> None:
+        """Remove the oldest shards (by name: time first) until the directory holds at most max_bytes."""
+        if self.shards is None:  # shards left by an earlier run count too
+            found = sorted(self.directory.glob("*/*/*.npz"), key=lambda p: p.name)
+            self.shards = collections.deque((p, p.stat().st_size) for p in found)
+            self.total = sum(size for _, size in self.shards)
+        else:
+            size = written.stat().st_size
+            self.shards.append((written, size))
+            self.total += size
+        while self.total > self.max_bytes and self.shards:
+            oldest, size = self.shards.popleft()
+            oldest.unlink(missing_ok=True)
+            self.total -= size

@@ -1,0 +1,70 @@
+"""JSON for every HTTP surface (KServe v2 REST, TensorFlow Serving REST, Triton's documents): strict parsing
+with errors that name the field, and protobuf messages written as Triton's HTTP endpoints write them."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.message import Message
+
+from bnserve.server.errors import InvalidInput
+from bnserve.server.tensors import json_type
+
+
+def parse_json(text: bytes, field: str = "body"):
+    """The JSON value of ``text``, or InvalidInput saying where it breaks (NaN/Infinity are not JSON)."""
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{field}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{field}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise InvalidInput(f"{field}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: not valid JSON ({exc})") from None
+
+
+def expect(value, kind: type | tuple[type, ...], field: str, what: str):
+    """``value`` if it is a ``kind`` (a bool is never an int here), else InvalidInput naming the field."""
+    if isinstance(value, bool) and kind in (int, (int, float)):
+        raise InvalidInput(f"{field}: expected {what}, got a boolean")
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{field}: expected {what}, got {json_type(value)}")
+    return value
+
+
+def optional_object(document: dict, key: str, field: str) -> dict:
+    value = document.get(key, {})
+    return expect(value, dict, field, "an object")
+
+
+def message_json(message: Message) -> dict:
+    """A protobuf message as the JSON Triton's HTTP endpoints answer: proto field names, every field with
+    its default, integers as numbers (protobuf's JSON mapping writes 64-bit ones as strings), enums by name."""
+    result = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.containing_oneof is not None and message.WhichOneof(field.containing_oneof.name) != field.name:
+            continue
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            result[field.name] = {key: field_json(value_field, item) for key, item in value.items()}
+        elif field.label == field.LABEL_REPEATED:
+            result[field.name] = [field_json(field, item) for item in value]
+        elif field.message_type is not None and not message.HasField(field.name):
+            continue
+        else:
+            result[field.name] = field_json(field, value)
+    return result
+
+
+def field_json(field, value):
+    if field.message_type is not None:
+        return message_json(value)
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    return value
