@@ -10,7 +10,7 @@ MODEL ?= digits
 PORT ?= 8500
 HTTP_PORT ?= 8501
 
-.PHONY: install run test bench protos clean
+.PHONY: install run test bench protos format clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: bnserve needs Python >= 3.11, $(PYTHON) is " + sys.version.split()[0] + " (make PYTHON=python3.11 ...)")'
@@ -42,8 +42,11 @@ run: $(INSTALLED)
 	@echo "    curl 127.0.0.1:$(HTTP_PORT)/v2/models/$(MODEL)"
 	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT) --http-port $(HTTP_PORT)
 
-# Debian's chromium renders the status page in tests/test_status_page.py (installed here when missing).
+# The formatter and its lint first (ruff, settings in pyproject.toml; `make format` applies them), then the
+# tests. Debian's chromium renders the status page in tests/test_status_page.py (installed here when missing).
 test: $(INSTALLED)
+	$(PY) -m ruff format --check --quiet .
+	$(PY) -m ruff check --quiet .
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || sudo apt-get install -y -qq chromium >/dev/null \
 		|| echo "warning: could not install Debian's chromium; tests/test_status_page.py will fail"
@@ -68,6 +71,10 @@ protos: $(INSTALLED)
 		$(PY) -m grpc_tools.protoc -Ibuild/protoc --python_out=build/protoc --pyi_out=build/protoc \
 			$${grpc:+--grpc_python_out=build/protoc} bnserve/protos/$$proto || exit 1; done
 	rm -rf build/protoc
+
+format: $(INSTALLED)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -46,7 +46,9 @@ def install_gpu_runtimes() -> None:
     subprocess.run([*pip, "-e", f"{ROOT}[gpu,test,bench]"], check=True)
     # onnxruntime-gpu provides the same `onnxruntime` module: the CPU wheel must go, then the GPU wheel's
     # files must be put back (uninstalling one removed the shared files).
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", "onnxruntime"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", "onnxruntime"], check=True
+    )
     subprocess.run([*pip, "--force-reinstall", "--no-deps", "onnxruntime-gpu>=1.20,<2"], check=True)
     subprocess.run([*pip, "tensorflow[and-cuda]>=2.21,<2.22"], check=True)
 
@@ -55,7 +57,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu.md")
-    parser.add_argument("--skip-install", action="store_true", help="the GPU runtimes are installed already")
+    parser.add_argument(
+        "--skip-install", action="store_true", help="the GPU runtimes are installed already"
+    )
     args = parser.parse_args()
     reason = no_gpu_reason()
     if reason:
@@ -64,8 +68,15 @@ def main() -> int:
     if not args.skip_install:
         install_gpu_runtimes()
     # A fresh interpreter imports the GPU build of ONNX Runtime installed above.
-    return subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", str(args.seconds),
-                           str(args.out)]).returncode
+    return subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--measure",
+            str(args.seconds),
+            str(args.out),
+        ]
+    ).returncode
 
 
 def measure(seconds: float, out: Path) -> int:
@@ -80,8 +91,11 @@ def measure(seconds: float, out: Path) -> int:
     from tests.servers import start_server
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        print(f"gpu_check: ONNX Runtime has no CUDA provider after the install "
-              f"({onnxruntime.get_available_providers()})", file=sys.stderr)
+        print(
+            f"gpu_check: ONNX Runtime has no CUDA provider after the install "
+            f"({onnxruntime.get_available_providers()})",
+            file=sys.stderr,
+        )
         return 1
     shapes = {"digits": (8, 8, 1), "conv6": (32, 32, 3)}
     rows, failures = [], []
@@ -90,51 +104,104 @@ def measure(seconds: float, out: Path) -> int:
         repository = prepare_models(work)
 
         def answers(url: str, name: str, images: np.ndarray) -> np.ndarray:
-            request = pb.ModelInferRequest(model_name=name, inputs=[pb.ModelInferRequest.InferInputTensor(
-                name="images", datatype="FP32", shape=images.shape)], raw_input_contents=[images.tobytes()])
+            request = pb.ModelInferRequest(
+                model_name=name,
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name="images", datatype="FP32", shape=images.shape
+                    )
+                ],
+                raw_input_contents=[images.tobytes()],
+            )
             with grpc.insecure_channel(url) as channel:
-                response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
-            return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(images), -1)
+                response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    request, timeout=60
+                )
+            return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(
+                len(images), -1
+            )
 
         def parity_error(url: str, name: str) -> str:
             with grpc.insecure_channel(url) as channel:
-                config = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelConfig(
-                    pb.ModelConfigRequest(name=name), timeout=30).config
+                config = (
+                    inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+                    .ModelConfig(pb.ModelConfigRequest(name=name), timeout=30)
+                    .config
+                )
             return config.parameters["parity_max_abs_error"].string_value or "unverified"
 
         for backend in ("onnx", "tf"):
             for name, shape in shapes.items():
                 images = np.random.default_rng(1).uniform(0, 16, (64, *shape)).astype(np.float32)
-                cpu = start_server(repository, "--backend", backend, "--device", "cpu", "--model-control", "none")
+                cpu = start_server(
+                    repository, "--backend", backend, "--device", "cpu", "--model-control", "none"
+                )
                 try:
                     expected = answers(cpu.url, name, images)
                 finally:
                     cpu.stop()
                 started = time.perf_counter()
-                gpu = start_server(repository, "--backend", backend, "--device", "gpu", "--model-control", "none",
-                                   timeout=300)
+                gpu = start_server(
+                    repository,
+                    "--backend",
+                    backend,
+                    "--device",
+                    "gpu",
+                    "--model-control",
+                    "none",
+                    timeout=300,
+                )
                 cold_start = time.perf_counter() - started
                 try:
                     difference = float(np.max(np.abs(answers(gpu.url, name, images) - expected)))
                     golden = parity_error(gpu.url, name)
                     concurrency = 32 if name == "digits" else 8
-                    served = run_load(gpu.port, model_infer_body(name, images[:1]), concurrency, seconds,
-                                      gpu.process.pid).throughput
+                    served = run_load(
+                        gpu.port,
+                        model_infer_body(name, images[:1]),
+                        concurrency,
+                        seconds,
+                        gpu.process.pid,
+                    ).throughput
                 finally:
                     gpu.stop()
                 in_process = in_process_gpu(repository / name / "1" / "model.onnx", images, seconds)
                 if difference > TOLERANCE:
-                    failures.append(f"{backend}/{name}: GPU vs CPU {difference:.2e} > {TOLERANCE:g}")
-                rows.append(f"| {backend} | {name} | {cold_start:.2f} | {golden} | {difference:.2e} | {served:,.0f} | "
-                            f"{in_process:,.0f} | {served / in_process:.2f} |")
-    device = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines()[0]
-    out.write_text("\n".join([
-        "# GPU check", "", f"Produced by `python bench/gpu_check.py` on {device}, onnxruntime "
-        f"{onnxruntime.__version__}.", "",
-        "| backend | model | cold start s | load-time golden error | GPU vs CPU max abs | served req/s | "
-        "in-process ORT GPU samples/s (batch 64, I/O binding) | served / in-process |",
-        "|---|---|---|---|---|---|---|---|", *rows, "",
-        "Verdict: " + ("every GPU answer within 1e-4 of the CPU's." if not failures else "; ".join(failures)), ""]))
+                    failures.append(
+                        f"{backend}/{name}: GPU vs CPU {difference:.2e} > {TOLERANCE:g}"
+                    )
+                rows.append(
+                    f"| {backend} | {name} | {cold_start:.2f} | {golden} | {difference:.2e} | {served:,.0f} | "
+                    f"{in_process:,.0f} | {served / in_process:.2f} |"
+                )
+    device = (
+        subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[0]
+    )
+    out.write_text(
+        "\n".join(
+            [
+                "# GPU check",
+                "",
+                f"Produced by `python bench/gpu_check.py` on {device}, onnxruntime "
+                f"{onnxruntime.__version__}.",
+                "",
+                "| backend | model | cold start s | load-time golden error | GPU vs CPU max abs | served req/s | "
+                "in-process ORT GPU samples/s (batch 64, I/O binding) | served / in-process |",
+                "|---|---|---|---|---|---|---|---|",
+                *rows,
+                "",
+                "Verdict: "
+                + (
+                    "every GPU answer within 1e-4 of the CPU's."
+                    if not failures
+                    else "; ".join(failures)
+                ),
+                "",
+            ]
+        )
+    )
     print(out.read_text())
     return 1 if failures else 0
 
@@ -143,9 +210,13 @@ def in_process_gpu(model_path: Path, images, seconds: float) -> float:
     """Samples/s of ONNX Runtime's CUDA provider at batch 64, input bound once on the device."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(model_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     binding = session.io_binding()
-    binding.bind_ortvalue_input("images", onnxruntime.OrtValue.ortvalue_from_numpy(images, "cuda", 0))
+    binding.bind_ortvalue_input(
+        "images", onnxruntime.OrtValue.ortvalue_from_numpy(images, "cuda", 0)
+    )
     for name in ("logits", "probabilities"):
         binding.bind_output(name, "cuda")
     session.run_with_iobinding(binding)

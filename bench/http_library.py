@@ -19,10 +19,28 @@ import tempfile
 import time
 from pathlib import Path
 
-RESPONSE = json.dumps({"model_name": "digits", "model_version": "1", "outputs": [
-    {"name": name, "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10} for name in ("logits", "probabilities")]}).encode()
-REQUEST = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 8, 8, 1],
-                                  "data": [float(i % 17) for i in range(64)]}]}).encode()
+RESPONSE = json.dumps(
+    {
+        "model_name": "digits",
+        "model_version": "1",
+        "outputs": [
+            {"name": name, "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10}
+            for name in ("logits", "probabilities")
+        ],
+    }
+).encode()
+REQUEST = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "FP32",
+                "shape": [1, 8, 8, 1],
+                "data": [float(i % 17) for i in range(64)],
+            }
+        ]
+    }
+).encode()
 
 CANDIDATES = {
     "aiohttp": """
@@ -66,11 +84,29 @@ asyncio.run(main())
 
 
 def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple[float, float]:
-    output = subprocess.run(["h2load", "--h1", "-D", f"{round(seconds * 1000)}ms", "--warm-up-time=500ms",
-                             "-c", str(connections), "-m", "1", "-t", "1", "-d", str(body),
-                             "-H", "content-type: application/json",
-                             f"http://127.0.0.1:{port}/v2/models/digits/infer"],
-                            capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [
+            "h2load",
+            "--h1",
+            "-D",
+            f"{round(seconds * 1000)}ms",
+            "--warm-up-time=500ms",
+            "-c",
+            str(connections),
+            "-m",
+            "1",
+            "-t",
+            "1",
+            "-d",
+            str(body),
+            "-H",
+            "content-type: application/json",
+            f"http://127.0.0.1:{port}/v2/models/digits/infer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     succeeded = int(re.search(r"(\d+) succeeded", output).group(1))
     status_2xx = int(re.search(r"(\d+) 2xx", output).group(1))
     assert status_2xx == succeeded, output
@@ -82,7 +118,10 @@ def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple
 
 
 def measure(seconds: float) -> list[str]:
-    rows = ["| library | c=1 req/s | c=1 mean ms | c=32 req/s | c=32 mean ms |", "|---|---|---|---|---|"]
+    rows = [
+        "| library | c=1 req/s | c=1 mean ms | c=32 req/s | c=32 mean ms |",
+        "|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as work:
         body = Path(work) / "request.json"
         body.write_bytes(REQUEST)
@@ -90,7 +129,9 @@ def measure(seconds: float) -> list[str]:
             program = f"RESPONSE = {RESPONSE!r}\n" + source
             # Server on core 0, h2load on core 1 where there are two: the library is what is measured.
             pin = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []
-            server = subprocess.Popen([*pin, sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+            server = subprocess.Popen(
+                [*pin, sys.executable, "-c", program], stdout=subprocess.PIPE, text=True
+            )
             try:
                 port = int(server.stdout.readline().split()[1])
                 time.sleep(0.5)

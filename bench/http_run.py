@@ -38,47 +38,85 @@ TF = "/v1/models/digits:predict"
 def request_formats(images: np.ndarray) -> dict[str, tuple[str, bytes, dict[str, str]]]:
     """name -> (path, body, headers) of one 1-sample request in each wire format."""
     binary_body, binary_headers = v2_binary_body(images)
-    return {"v2 JSON": (V2, json.dumps(v2_json_body(images)).encode(), {"Content-Type": "application/json"}),
-            "v2 binary": (V2, binary_body, binary_headers),
-            "TF Serving REST": (TF, json.dumps(tf_rest_body(images)).encode(), {"Content-Type": "application/json"})}
+    return {
+        "v2 JSON": (
+            V2,
+            json.dumps(v2_json_body(images)).encode(),
+            {"Content-Type": "application/json"},
+        ),
+        "v2 binary": (V2, binary_body, binary_headers),
+        "TF Serving REST": (
+            TF,
+            json.dumps(tf_rest_body(images)).encode(),
+            {"Content-Type": "application/json"},
+        ),
+    }
 
 
 # MLServer 1.7 answers the binary extension with a 500 and has no TF Serving REST; KServe serves the latter as
 # its "v1 protocol" (bench/peers/kserve_onnx.py handles both).
-SERVED_FORMATS = {"no-op": ("v2 binary",), "no-op + one model call a request": ("v2 binary",), "bnserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
-                  "kserve": ("v2 JSON", "v2 binary", "TF Serving REST"), "mlserver": ("v2 JSON",)}
+SERVED_FORMATS = {
+    "no-op": ("v2 binary",),
+    "no-op + one model call a request": ("v2 binary",),
+    "bnserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
+    "kserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
+    "mlserver": ("v2 JSON",),
+}
 
 
 def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
     if name.startswith("no-op"):
         model = ["--model", str(repository / "digits" / "1")] if name != "no-op" else []
-        server = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model])
+        server = start_listening(
+            [*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model]
+        )
         server.http_port = server.port
         return server
     if name == "bnserve":
         http_port = free_port()
-        server = start_listening([*prefix, sys.executable, "-m", "bnserve.cli", "serve", "--repository",
-                                  str(repository), "--grpc-port", "0", "--http-port", str(http_port),
-                                  "--model-control", "none"])
+        server = start_listening(
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "bnserve.cli",
+                "serve",
+                "--repository",
+                str(repository),
+                "--grpc-port",
+                "0",
+                "--http-port",
+                str(http_port),
+                "--model-control",
+                "none",
+            ]
+        )
         server.http_port = http_port
         return server
     from bench.peers import check_answer, start_peer
 
     server = start_peer(name, repository / "digits" / "1", "digits", work, pin)
-    check_answer(server.port, "digits", sample((8, 8, 1), 1), expected_logits(repository))  # waits until loaded
+    check_answer(
+        server.port, "digits", sample((8, 8, 1), 1), expected_logits(repository)
+    )  # waits until loaded
     return server
 
 
 def expected_logits(repository: Path) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(repository / "digits" / "1" / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(repository / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return session.run(["logits"], {"images": sample((8, 8, 1), 1)})[0]
 
 
-def check_http_answer(server: ServerProcess, path: str, body: bytes, headers: dict, expected: np.ndarray) -> None:
+def check_http_answer(
+    server: ServerProcess, path: str, body: bytes, headers: dict, expected: np.ndarray
+) -> None:
     """One real request over HTTP first: h2load counts any 2xx, so the answer itself is checked here."""
-    response = requests.post(f"http://127.0.0.1:{server.http_port}{path}", data=body, headers=headers, timeout=30)
+    response = requests.post(
+        f"http://127.0.0.1:{server.http_port}{path}", data=body, headers=headers, timeout=30
+    )
     response.raise_for_status()
     if path == TF:
         logits = np.array([row["logits"] for row in response.json()["predictions"]], np.float32)
@@ -102,32 +140,64 @@ def measure(report: Report, work: Path, repository: Path, seconds: float, repeat
                     before = served_count(server.port) if name == "bnserve" else 0
                     results[name, form] = {}
                     for c in CONCURRENCIES:
-                        runs = [run_http_load(server.http_port, path, body, headers, c, seconds, server.process.pid,
-                                              cpu=client_pin) for _ in range(repeats)]
+                        runs = [
+                            run_http_load(
+                                server.http_port,
+                                path,
+                                body,
+                                headers,
+                                c,
+                                seconds,
+                                server.process.pid,
+                                cpu=client_pin,
+                            )
+                            for _ in range(repeats)
+                        ]
                         results[name, form][c] = median_result(runs)
-                    if name == "bnserve":  # the server's own count: at least what h2load saw answered (warm-up too)
+                    if (
+                        name == "bnserve"
+                    ):  # the server's own count: at least what h2load saw answered (warm-up too)
                         counted = served_count(server.port) - before
                         reported = sum(r.requests for r in results[name, form].values())
-                        assert counted >= reported, f"bnserve counted {counted} successes, h2load {reported} 2xx"
+                        assert counted >= reported, (
+                            f"bnserve counted {counted} successes, h2load {reported} 2xx"
+                        )
             finally:
                 server.stop()
         noop = results["no-op", "v2 binary"]
-        best_peer = {c: max(r[c].throughput for (name, _), r in results.items() if name in ("kserve", "mlserver"))
-                     for c in CONCURRENCIES}
-        lines = [f"### {title}", "", "| server | format | concurrency | req/s | vs HTTP no-op | vs best peer REST | "
-                 "p50 ms | p99 ms | server CPU |", "|---|---|---|---|---|---|---|---|---|"]
+        best_peer = {
+            c: max(
+                r[c].throughput
+                for (name, _), r in results.items()
+                if name in ("kserve", "mlserver")
+            )
+            for c in CONCURRENCIES
+        }
+        lines = [
+            f"### {title}",
+            "",
+            "| server | format | concurrency | req/s | vs HTTP no-op | vs best peer REST | "
+            "p50 ms | p99 ms | server CPU |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for (name, form), by_c in results.items():
             for c, r in by_c.items():
-                lines.append(f"| {name} | {form} | {c} | {r.throughput:,.0f} | {r.throughput / noop[c].throughput:.2f} | "
-                             f"{r.throughput / best_peer[c]:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |")
+                lines.append(
+                    f"| {name} | {form} | {c} | {r.throughput:,.0f} | {r.throughput / noop[c].throughput:.2f} | "
+                    f"{r.throughput / best_peer[c]:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |"
+                )
         report.add(*lines, "")
         ours = results["bnserve", "v2 binary"][32]
-        report.target(f"[{title}] HTTP binary c=32: >= 0.8 x HTTP no-op (aiohttp)",
-                      f"{ours.throughput:,.0f} / {noop[32].throughput:,.0f} = {ours.throughput / noop[32].throughput:.2f}",
-                      ours.throughput >= 0.8 * noop[32].throughput)
-        report.target(f"[{title}] HTTP binary c=32: >= 1.5 x best peer REST",
-                      f"{ours.throughput:,.0f} / {best_peer[32]:,.0f} = {ours.throughput / best_peer[32]:.2f}",
-                      ours.throughput >= 1.5 * best_peer[32])
+        report.target(
+            f"[{title}] HTTP binary c=32: >= 0.8 x HTTP no-op (aiohttp)",
+            f"{ours.throughput:,.0f} / {noop[32].throughput:,.0f} = {ours.throughput / noop[32].throughput:.2f}",
+            ours.throughput >= 0.8 * noop[32].throughput,
+        )
+        report.target(
+            f"[{title}] HTTP binary c=32: >= 1.5 x best peer REST",
+            f"{ours.throughput:,.0f} / {best_peer[32]:,.0f} = {ours.throughput / best_peer[32]:.2f}",
+            ours.throughput >= 1.5 * best_peer[32],
+        )
 
 
 def main() -> None:
@@ -142,22 +212,34 @@ def main() -> None:
         work = Path(directory)
         repository = work / "repository"
         bnserve("train", "--out", str(work / "digits-run"))
-        bnserve("export", str(work / "digits-run"), "--repository", str(repository), "--name", "digits")
+        bnserve(
+            "export", str(work / "digits-run"), "--repository", str(repository), "--name", "digits"
+        )
         measure(report, work, repository, args.seconds, args.repeats)
     header = [
-        "# HTTP benchmarks", "",
+        "# HTTP benchmarks",
+        "",
         f"Produced by `make bench` (`python bench/http_run.py --seconds {args.seconds} --repeats {args.repeats}`) in "
         f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} cores ({platform_line()}). Load generator: h2load "
         "`--h1` in a separate process, `concurrency` HTTP/1.1 connections with one 1-sample infer in flight each; "
         f"each figure is the median of {args.repeats} runs of {args.seconds:g} s after 0.5 s of warm-up. The no-op "
-        "is aiohttp answering a prepared v2 binary response (bench/noop_http_server.py); \"no-op + one model call a "
+        'is aiohttp answering a prepared v2 binary response (bench/noop_http_server.py); "no-op + one model call a '
         "request\" also runs the digits model.onnx on each request's input row (ONNX Runtime, one thread, on the "
         "event loop, no batching): the floor of any server that calls the model once a request. The peers serve the same "
-        "model.onnx (bench/peers/); \"vs best peer REST\" divides by the fastest peer row at that concurrency, "
-        "whatever its format.", "",
-        "## Targets", "", "| target | measured | verdict |", "|---|---|---|",
-        *[f"| {name} | {measured} | {'met' if met else '**missed**'} |" for name, measured, met in report.targets], "",
-        "## Results", "",
+        'model.onnx (bench/peers/); "vs best peer REST" divides by the fastest peer row at that concurrency, '
+        "whatever its format.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        *[
+            f"| {name} | {measured} | {'met' if met else '**missed**'} |"
+            for name, measured, met in report.targets
+        ],
+        "",
+        "## Results",
+        "",
     ]
     args.out.write_text("\n".join(header + report.lines) + "\n")
 

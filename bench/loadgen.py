@@ -45,9 +45,14 @@ def model_infer_body(model: str, images: np.ndarray) -> bytes:
     from bnserve.protos import inference_pb2 as pb
 
     request = pb.ModelInferRequest(
-        model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32",
-                                                                         shape=images.shape)],
-        raw_input_contents=[np.ascontiguousarray(images, np.float32).tobytes()])
+        model_name=model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="images", datatype="FP32", shape=images.shape
+            )
+        ],
+        raw_input_contents=[np.ascontiguousarray(images, np.float32).tobytes()],
+    )
     message = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message
 
@@ -70,8 +75,10 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            threads[int(task.name)] = ((task / "comm").read_text().strip(),
-                                       (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+            threads[int(task.name)] = (
+                (task / "comm").read_text().strip(),
+                (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+            )
         except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
     return threads
@@ -86,9 +93,16 @@ def idle_cpu_seconds() -> float:
 def python_thread_names(pid: int) -> dict[int, str]:
     """Native thread id -> Python thread name, read with ``py-spy dump`` (the bench extra). Threads that
     ONNX Runtime or gRPC core start are not Python threads and are absent."""
-    output = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
-                            capture_output=True, text=True, check=True).stdout
-    return {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', output, re.MULTILINE)}
+    output = subprocess.run(
+        [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        int(tid): name
+        for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', output, re.MULTILINE)
+    }
 
 
 def h2load_command() -> str:
@@ -98,36 +112,104 @@ def h2load_command() -> str:
     return path
 
 
-def run_load(port: int, body: bytes, concurrency: int, seconds: float, server_pid: int | None,
-             warmup_s: float = 0.5, cpu: str | None = None) -> LoadResult:
+def run_load(
+    port: int,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None,
+    warmup_s: float = 0.5,
+    cpu: str | None = None,
+) -> LoadResult:
     """``concurrency`` streams in flight over min(concurrency, 4) connections for ``seconds``; ``cpu``
     pins h2load to those cores (``taskset -c``)."""
     connections = min(concurrency, 4)
-    arguments = ["-c", str(connections), "-m", str(concurrency // connections), "-H", "content-type: application/grpc",
-                 "-H", "te: trailers"]
-    return drive(arguments, f"http://127.0.0.1:{port}{MODEL_INFER_PATH}", body, concurrency, seconds, server_pid,
-                 warmup_s, cpu, r"(\d+) succeeded")
+    arguments = [
+        "-c",
+        str(connections),
+        "-m",
+        str(concurrency // connections),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]
+    return drive(
+        arguments,
+        f"http://127.0.0.1:{port}{MODEL_INFER_PATH}",
+        body,
+        concurrency,
+        seconds,
+        server_pid,
+        warmup_s,
+        cpu,
+        r"(\d+) succeeded",
+    )
 
 
-def run_http_load(port: int, path: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float,
-                  server_pid: int | None, warmup_s: float = 0.5, cpu: str | None = None) -> LoadResult:
+def run_http_load(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None,
+    warmup_s: float = 0.5,
+    cpu: str | None = None,
+) -> LoadResult:
     """HTTP/1.1 POSTs: ``concurrency`` connections with one request in flight each (as HTTP/1.1 clients
     work), for ``seconds``. Only 2xx answers count as successes."""
-    arguments = ["--h1", "-c", str(concurrency), "-m", "1",
-                 *[argument for key, value in headers.items() for argument in ("-H", f"{key}: {value}")]]
-    return drive(arguments, f"http://127.0.0.1:{port}{path}", body, concurrency, seconds, server_pid, warmup_s, cpu,
-                 r"(\d+) 2xx")
+    arguments = [
+        "--h1",
+        "-c",
+        str(concurrency),
+        "-m",
+        "1",
+        *[argument for key, value in headers.items() for argument in ("-H", f"{key}: {value}")],
+    ]
+    return drive(
+        arguments,
+        f"http://127.0.0.1:{port}{path}",
+        body,
+        concurrency,
+        seconds,
+        server_pid,
+        warmup_s,
+        cpu,
+        r"(\d+) 2xx",
+    )
 
 
-def drive(arguments: list[str], url: str, body: bytes, concurrency: int, seconds: float, server_pid: int | None,
-          warmup_s: float, cpu: str | None, successes: str) -> LoadResult:
+def drive(
+    arguments: list[str],
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None,
+    warmup_s: float,
+    cpu: str | None,
+    successes: str,
+) -> LoadResult:
     """One h2load run of ``seconds`` with the protocol's ``arguments``, the CPU both sides used around it, and
     the successes its output reports (``successes``: the regex of that count)."""
     with tempfile.TemporaryDirectory() as work:
         body_path, log_path = Path(work) / "body.bin", Path(work) / "requests.log"
         body_path.write_bytes(body)
-        command = [h2load_command(), "-D", f"{round(seconds * 1000)}ms", f"--warm-up-time={round(warmup_s * 1000)}ms",
-                   "-t", "1", *arguments, "-d", str(body_path), f"--log-file={log_path}", url]
+        command = [
+            h2load_command(),
+            "-D",
+            f"{round(seconds * 1000)}ms",
+            f"--warm-up-time={round(warmup_s * 1000)}ms",
+            "-t",
+            "1",
+            *arguments,
+            "-d",
+            str(body_path),
+            f"--log-file={log_path}",
+            url,
+        ]
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,14 +219,25 @@ def drive(arguments: list[str], url: str, body: bytes, concurrency: int, seconds
         wall = time.perf_counter() - started
         server_used = process_cpu_seconds(server_pid) - server_before if server_pid else 0.0
         after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        durations_us = np.array([int(line.split("\t")[2]) for line in log_path.read_text().splitlines() if line])
+        durations_us = np.array(
+            [int(line.split("\t")[2]) for line in log_path.read_text().splitlines() if line]
+        )
     succeeded = int(re.search(successes, output).group(1))
     measured = float(re.search(r"finished in ([\d.]+)(m?s)", output).group(1))
     measured /= 1000 if re.search(r"finished in [\d.]+ms", output) else 1
-    client_used = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
-    return LoadResult(concurrency, succeeded, measured, succeeded / measured,
-                      float(np.percentile(durations_us, 50)) / 1000, float(np.percentile(durations_us, 99)) / 1000,
-                      client_used / wall, server_used / wall)
+    client_used = (after_children.ru_utime - before_children.ru_utime) + (
+        after_children.ru_stime - before_children.ru_stime
+    )
+    return LoadResult(
+        concurrency,
+        succeeded,
+        measured,
+        succeeded / measured,
+        float(np.percentile(durations_us, 50)) / 1000,
+        float(np.percentile(durations_us, 99)) / 1000,
+        client_used / wall,
+        server_used / wall,
+    )
 
 
 def median_result(results: list[LoadResult]) -> LoadResult:

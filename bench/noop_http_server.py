@@ -24,9 +24,22 @@ from aiohttp import web
 
 async def serve(port: int, version_dir: Path | None = None) -> None:
     logits = np.zeros((1, 10), np.float32).tobytes()
-    header = json.dumps({"model_name": "digits", "model_version": "1", "outputs": [
-        {"name": name, "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": len(logits)}}
-        for name in ("logits", "probabilities")]}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {
+            "model_name": "digits",
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": [1, 10],
+                    "parameters": {"binary_data_size": len(logits)},
+                }
+                for name in ("logits", "probabilities")
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
     body = header + logits + logits
 
     backend = None
@@ -40,10 +53,15 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
     async def infer(request):
         data = await request.read()
         if backend is not None:
-            backend.run(np.frombuffer(data[-row_bytes:], np.float32).reshape([1, *row_shape]),
-                        ["logits", "probabilities"])
-        return web.Response(body=body, content_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(len(header))})
+            backend.run(
+                np.frombuffer(data[-row_bytes:], np.float32).reshape([1, *row_shape]),
+                ["logits", "probabilities"],
+            )
+        return web.Response(
+            body=body,
+            content_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
 
     app = web.Application()
     app.router.add_post("/v2/models/{model}/infer", infer)
@@ -63,7 +81,11 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--model", type=Path, metavar="VERSION_DIR",
-                        help="also run this version's model.onnx once on each request's last input row")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="VERSION_DIR",
+        help="also run this version's model.onnx once on each request's last input row",
+    )
     arguments = parser.parse_args()
     asyncio.run(serve(arguments.port, arguments.model))

@@ -26,10 +26,14 @@ from bnserve.protos import inference_pb2 as pb
 async def serve(port: int, version_dir: Path | None = None) -> None:
     logits = np.zeros((1, 10), np.float32)
     response = pb.ModelInferResponse(
-        model_name="digits", model_version="1",
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype="FP32", shape=logits.shape)
-                 for name in ("logits", "probabilities")],
-        raw_output_contents=[logits.tobytes(), logits.tobytes()])
+        model_name="digits",
+        model_version="1",
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name=name, datatype="FP32", shape=logits.shape)
+            for name in ("logits", "probabilities")
+        ],
+        raw_output_contents=[logits.tobytes(), logits.tobytes()],
+    )
 
     async def constant(request, context):
         return response
@@ -42,16 +46,24 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
         row_shape = backend.signature()[0][0].shape[1:]
 
         async def with_model_call(request, context):
-            images = np.frombuffer(request.raw_input_contents[0], np.float32).reshape([-1, *row_shape])
+            images = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(
+                [-1, *row_shape]
+            )
             backend.run(images, ["logits", "probabilities"])
             return response
 
         model_infer = with_model_call
 
-    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(
-            model_infer, request_deserializer=pb.ModelInferRequest.FromString,
-            response_serializer=pb.ModelInferResponse.SerializeToString)})
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                model_infer,
+                request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=pb.ModelInferResponse.SerializeToString,
+            )
+        },
+    )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -67,7 +79,11 @@ async def serve(port: int, version_dir: Path | None = None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--model", type=Path, metavar="VERSION_DIR",
-                        help="also run this version's model.onnx once on each request's input")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="VERSION_DIR",
+        help="also run this version's model.onnx once on each request's input",
+    )
     arguments = parser.parse_args()
     asyncio.run(serve(arguments.port, arguments.model))

@@ -38,18 +38,29 @@ def venv_python(peer: str) -> Path:
     return python
 
 
-def check_answer(port: int, model: str, images: np.ndarray, expected_logits: np.ndarray, timeout_s: float = 120) -> None:
+def check_answer(
+    port: int, model: str, images: np.ndarray, expected_logits: np.ndarray, timeout_s: float = 120
+) -> None:
     """Wait until the server answers one real ModelInfer with logits equal to ``expected_logits``."""
     from bnserve.protos import inference_pb2 as pb
     from bnserve.protos import inference_pb2_grpc
 
-    request = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="images", datatype="FP32", shape=images.shape)], raw_input_contents=[images.tobytes()])
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="images", datatype="FP32", shape=images.shape
+            )
+        ],
+        raw_input_contents=[images.tobytes()],
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+                response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    request, timeout=10
+                )
             break
         except grpc.RpcError:
             if time.monotonic() > deadline:
@@ -60,32 +71,66 @@ def check_answer(port: int, model: str, images: np.ndarray, expected_logits: np.
         logits = np.frombuffer(response.raw_output_contents[position], np.float32)
     else:
         logits = np.array(response.outputs[position].contents.fp32_contents, np.float32)
-    np.testing.assert_allclose(logits.reshape(expected_logits.shape), expected_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits.reshape(expected_logits.shape), expected_logits, rtol=1e-5, atol=1e-5
+    )
 
 
-def start_peer(peer: str, version_dir: Path, model: str, work: Path, pin: str | None = None) -> ServerProcess:
+def start_peer(
+    peer: str, version_dir: Path, model: str, work: Path, pin: str | None = None
+) -> ServerProcess:
     python = venv_python(peer)
     port = free_port()
     prefix = ["taskset", "-c", pin] if pin else []
     log = open(work / f"{peer}-{port}.log", "w")
     http_port = free_port()
     if peer == "kserve":
-        command = [*prefix, str(python), str(ROOT / "bench" / "peers" / "kserve_onnx.py"), "--model-dir",
-                   str(version_dir), "--name", model, "--grpc-port", str(port), "--http-port", str(http_port)]
+        command = [
+            *prefix,
+            str(python),
+            str(ROOT / "bench" / "peers" / "kserve_onnx.py"),
+            "--model-dir",
+            str(version_dir),
+            "--name",
+            model,
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            str(http_port),
+        ]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     else:
         folder = work / f"mlserver-{port}"
         folder.mkdir()
-        (folder / "settings.json").write_text(json.dumps({
-            "grpc_port": port, "http_port": http_port, "metrics_port": free_port(), "parallel_workers": 0,
-            "debug": False}))
-        (folder / "model-settings.json").write_text(json.dumps({
-            "name": model, "implementation": "mlserver_onnx.OnnxRuntime",
-            # Adaptive batching, MLServer's best configuration for concurrent traffic.
-            "max_batch_size": 64, "max_batch_time": 0.001,
-            "parameters": {"uri": str(version_dir / "model.onnx")}}))
+        (folder / "settings.json").write_text(
+            json.dumps(
+                {
+                    "grpc_port": port,
+                    "http_port": http_port,
+                    "metrics_port": free_port(),
+                    "parallel_workers": 0,
+                    "debug": False,
+                }
+            )
+        )
+        (folder / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": model,
+                    "implementation": "mlserver_onnx.OnnxRuntime",
+                    # Adaptive batching, MLServer's best configuration for concurrent traffic.
+                    "max_batch_size": 64,
+                    "max_batch_time": 0.001,
+                    "parameters": {"uri": str(version_dir / "model.onnx")},
+                }
+            )
+        )
         mlserver = python.parent / "mlserver"
-        process = subprocess.Popen([*prefix, str(mlserver), "start", str(folder)], stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=ROOT / "bench" / "peers",
-                                   env={"PYTHONPATH": str(ROOT / "bench" / "peers"), "PATH": "/usr/bin:/bin"})
+        process = subprocess.Popen(
+            [*prefix, str(mlserver), "start", str(folder)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT / "bench" / "peers",
+            env={"PYTHONPATH": str(ROOT / "bench" / "peers"), "PATH": "/usr/bin:/bin"},
+        )
     return ServerProcess(process, port, http_port=http_port)

@@ -25,26 +25,42 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from bench.loadgen import (LoadResult, idle_cpu_seconds, median_result, model_infer_body,  # noqa: E402
-                           python_thread_names, run_load, thread_cpu_seconds)
+from bench.loadgen import (  # noqa: E402
+    LoadResult,
+    idle_cpu_seconds,
+    median_result,
+    model_infer_body,
+    python_thread_names,
+    run_load,
+    thread_cpu_seconds,
+)
 from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPUTE_MODEL = ["--data", "synthetic:32x32x3", "--widths", "32,32,64,64,128,128", "--strides", "1,1,2,1,2,1",
-                 "--epochs", "1"]
+COMPUTE_MODEL = [
+    "--data",
+    "synthetic:32x32x3",
+    "--widths",
+    "32,32,64,64,128,128",
+    "--strides",
+    "1,1,2,1,2,1",
+    "--epochs",
+    "1",
+]
 CONCURRENCIES = (1, 8, 32)
 
 
 ANALYSIS = [
-    "## Where the time goes, and what would close the gaps", "",
-    "- **One thread holds the server** (section 7, \"Where the cores went\"). At c=32 with shared cores the event "
+    "## Where the time goes, and what would close the gaps",
+    "",
+    '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
     "per-request work (0.97 core at 6,136 req/s: 158 us a request in the 2026-11-29 run); bnserve spends 241 us "
     "a request on it (0.90 core at 3,729 req/s). 0.8 of the no-op leaves 198 us: 40 us for all that bnserve "
     "adds on that thread (decoding, validation, batching, metrics, statistics, drift sampling, encoding, the "
     "hand-offs to and from the model thread), which now takes ~83.",
-    "- **The floor of any model server on this stack** (section 1, \"no-op + one model call a request\"): the "
+    '- **The floor of any model server on this stack** (section 1, "no-op + one model call a request"): the '
     "no-op that also runs the digits model once per request, inline, one ONNX Runtime thread, nothing else, "
     "reaches 0.63/0.57 of the no-op at c=8/32 and +0.14 ms over its p50 at c=1. That call takes "
     "27 us in a tight loop but ~86 us of a server's throughput time (a separate check cut an aiohttp no-op from "
@@ -107,8 +123,12 @@ class Report:
 
 
 def bnserve(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "bnserve.cli", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "bnserve.cli", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def prepare_models(work: Path) -> Path:
@@ -137,18 +157,27 @@ def timed_rate(call, samples_per_call: int, seconds: float, repeats: int) -> flo
     return float(np.median(rates))
 
 
-def in_process_onnx(version_dir: Path, shape, seconds, repeats, batches=(1, 8, 32, 64)) -> dict[int, float]:
+def in_process_onnx(
+    version_dir: Path, shape, seconds, repeats, batches=(1, 8, 32, 64)
+) -> dict[int, float]:
     from bnserve.server.backends.onnx import cpu_pool_threads, session_options
 
     # The server's options for a model that gets the pool: no spinning, and threads kept on the cores this
     # process may use (under taskset the comparison is then on the same cores).
-    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), session_options(cpu_pool_threads()),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(version_dir / "model.onnx"),
+        session_options(cpu_pool_threads()),
+        providers=["CPUExecutionProvider"],
+    )
     rates = {}
     for batch in batches:
         images = sample(shape, batch)
-        rates[batch] = timed_rate(lambda: session.run(["logits", "probabilities"], {"images": images}), batch,
-                                  seconds, repeats)
+        rates[batch] = timed_rate(
+            lambda: session.run(["logits", "probabilities"], {"images": images}),
+            batch,
+            seconds,
+            repeats,
+        )
     return rates
 
 
@@ -158,7 +187,10 @@ def cold_start(repository: Path, backend: str) -> tuple[float, ServerProcess]:
     server = start_server(repository, "--backend", backend)
     with grpc.insecure_channel(server.url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while health.Check(health_pb2.HealthCheckRequest(service="")).status != health_pb2.HealthCheckResponse.SERVING:
+        while (
+            health.Check(health_pb2.HealthCheckRequest(service="")).status
+            != health_pb2.HealthCheckResponse.SERVING
+        ):
             time.sleep(0.005)
     return time.perf_counter() - started, server
 
@@ -170,41 +202,74 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def loads(server: ServerProcess, body: bytes, concurrencies, seconds, repeats) -> dict[int, LoadResult]:
-    return {c: median_result([run_load(server.port, body, c, seconds, server.process.pid) for _ in range(repeats)])
-            for c in concurrencies}
+def loads(
+    server: ServerProcess, body: bytes, concurrencies, seconds, repeats
+) -> dict[int, LoadResult]:
+    return {
+        c: median_result(
+            [run_load(server.port, body, c, seconds, server.process.pid) for _ in range(repeats)]
+        )
+        for c in concurrencies
+    }
 
 
-def load_table(title: str, rows: list[tuple[str, LoadResult]], baseline: dict[int, LoadResult] | None) -> list[str]:
-    lines = [f"### {title}", "", "| configuration | concurrency | req/s | vs no-op | p50 ms | p99 ms | "
-             "load generator CPU (cores) | server CPU (cores) |", "|---|---|---|---|---|---|---|---|"]
+def load_table(
+    title: str, rows: list[tuple[str, LoadResult]], baseline: dict[int, LoadResult] | None
+) -> list[str]:
+    lines = [
+        f"### {title}",
+        "",
+        "| configuration | concurrency | req/s | vs no-op | p50 ms | p99 ms | "
+        "load generator CPU (cores) | server CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
-        ratio = f"{r.throughput / baseline[r.concurrency].throughput:.2f}" if baseline and r.concurrency in baseline else "-"
-        lines.append(f"| {name} | {r.concurrency} | {r.throughput:,.0f} | {ratio} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-                     f"{r.client_cores:.2f} | {r.server_cores:.2f} |")
+        ratio = (
+            f"{r.throughput / baseline[r.concurrency].throughput:.2f}"
+            if baseline and r.concurrency in baseline
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {r.concurrency} | {r.throughput:,.0f} | {ratio} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+            f"{r.client_cores:.2f} | {r.server_cores:.2f} |"
+        )
     return lines + [""]
 
 
-def folded_vs_unfolded(work: Path, repository: Path, name: str, seconds: float, repeats: int) -> list[str]:
+def folded_vs_unfolded(
+    work: Path, repository: Path, name: str, seconds: float, repeats: int
+) -> list[str]:
     import tensorflow as tf
 
     from bnserve.trainer.checkpoint import restore_trained_model
 
     model, record, _ = restore_trained_model(work / f"{name}-run")
     unfolded = tf.function(lambda x: model(x, training=False))
-    folded = tf.saved_model.load(str(repository / name / "1" / "saved_model")).signatures["serving_default"]
+    folded = tf.saved_model.load(str(repository / name / "1" / "saved_model")).signatures[
+        "serving_default"
+    ]
     shape = tuple(record.model["input_shape"])
     lines = []
     for batch in (1, 64):
         images = tf.constant(sample(shape, batch))
         unfolded_rate = timed_rate(lambda: unfolded(images), batch, seconds, repeats)
         folded_rate = timed_rate(lambda: folded(images=images), batch, seconds, repeats)
-        lines.append(f"| {name} | {batch} | {unfolded_rate:,.0f} | {folded_rate:,.0f} | {folded_rate / unfolded_rate:.2f} |")
+        lines.append(
+            f"| {name} | {batch} | {unfolded_rate:,.0f} | {folded_rate:,.0f} | {folded_rate / unfolded_rate:.2f} |"
+        )
     return lines
 
 
-CPU_ROLES = ("event loop (main thread)", "model threads", "ONNX Runtime pool and other native threads",
-             "gRPC core and its poller", "drift monitor", "other Python threads", "load generator", "idle")
+CPU_ROLES = (
+    "event loop (main thread)",
+    "model threads",
+    "ONNX Runtime pool and other native threads",
+    "gRPC core and its poller",
+    "drift monitor",
+    "other Python threads",
+    "load generator",
+    "idle",
+)
 
 
 def thread_role(tid: int, pid: int, kernel_name: str, python_name: str | None) -> str:
@@ -215,13 +280,16 @@ def thread_role(tid: int, pid: int, kernel_name: str, python_name: str | None) -
         return CPU_ROLES[3] if kernel_name.startswith(("event_engine", "grpc")) else CPU_ROLES[2]
     if python_name.startswith("bnserve-model"):
         return CPU_ROLES[1]
-    if "_poll_wrapper" in python_name:  # grpc.aio's thread that waits on gRPC core's completion queue
+    if (
+        "_poll_wrapper" in python_name
+    ):  # grpc.aio's thread that waits on gRPC core's completion queue
         return CPU_ROLES[3]
     return CPU_ROLES[4] if python_name.startswith("bnserve-monitor") else CPU_ROLES[5]
 
 
-def cpu_breakdown(server: ServerProcess, body: bytes, concurrency: int, seconds: float,
-                  client_pin: str | None) -> tuple[LoadResult, dict[str, float]]:
+def cpu_breakdown(
+    server: ServerProcess, body: bytes, concurrency: int, seconds: float, client_pin: str | None
+) -> tuple[LoadResult, dict[str, float]]:
     """One more load run (after the measured ones, so the model threads exist), with the machine's cores split
     by who used them over its wall time: the server's threads by role, the load generator, and idle."""
     pid = server.process.pid
@@ -239,18 +307,35 @@ def cpu_breakdown(server: ServerProcess, body: bytes, concurrency: int, seconds:
     return result, cores
 
 
-MACHINE_CLASSES = (("2 cores shared by server and load generator", None, None),
-                   ("server pinned to core 0, load generator on core 1", "0", "1"))
+MACHINE_CLASSES = (
+    ("2 cores shared by server and load generator", None, None),
+    ("server pinned to core 0, load generator on core 1", "0", "1"),
+)
 SERVERS = ("no-op", "bnserve", "kserve", "mlserver")
 
 
 def start_named(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
     if name == "no-op":
-        return start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"])
+        return start_listening(
+            [*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"]
+        )
     if name == "bnserve":
-        return start_listening([*prefix, sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
-                                "--grpc-port", "0", "--model-control", "none"])
+        return start_listening(
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "bnserve.cli",
+                "serve",
+                "--repository",
+                str(repository),
+                "--grpc-port",
+                "0",
+                "--model-control",
+                "none",
+            ]
+        )
     from bench.peers import start_peer
 
     return start_peer(name, repository / "digits" / "1", "digits", work, pin)
@@ -262,16 +347,23 @@ def served_count(port: int) -> int:
     from bnserve.protos import inference_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stats = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            pb.ModelStatisticsRequest(name="digits", version="1")).model_stats[0]
+        stats = (
+            inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            .ModelStatistics(pb.ModelStatisticsRequest(name="digits", version="1"))
+            .model_stats[0]
+        )
     return int(stats.inference_stats.success.count)
 
 
-def in_process_pinned(version_dir: Path, shape, batch: int, pin: str | None, seconds: float, repeats: int) -> float:
+def in_process_pinned(
+    version_dir: Path, shape, batch: int, pin: str | None, seconds: float, repeats: int
+) -> float:
     """In-process ONNX Runtime samples/s at ``batch`` on the cores the server had (a subprocess under taskset)."""
-    code = ("import sys, json; sys.path.insert(0, %r); from pathlib import Path; from bench.run import in_process_onnx; "
-            "print(json.dumps(in_process_onnx(Path(%r), %r, %r, %r, batches=(%d,))))"
-            % (str(ROOT), str(version_dir), tuple(shape), seconds, repeats, batch))
+    code = (
+        "import sys, json; sys.path.insert(0, %r); from pathlib import Path; from bench.run import in_process_onnx; "
+        "print(json.dumps(in_process_onnx(Path(%r), %r, %r, %r, batches=(%d,))))"
+        % (str(ROOT), str(version_dir), tuple(shape), seconds, repeats, batch)
+    )
     command = (["taskset", "-c", pin] if pin else []) + [sys.executable, "-c", code]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     import json
@@ -279,23 +371,35 @@ def in_process_pinned(version_dir: Path, shape, batch: int, pin: str | None, sec
     return float(json.loads(output.strip().splitlines()[-1])[str(batch)])
 
 
-def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes, conv6_body: bytes, seconds: float,
-                repeats: int) -> None:
+def peer_tables(
+    report: Report,
+    work: Path,
+    repository: Path,
+    digits_body: bytes,
+    conv6_body: bytes,
+    seconds: float,
+    repeats: int,
+) -> None:
     """Every server driven by the same h2load load; each row also as a ratio to the no-op server and to the best
     peer (KServe or MLServer) at the same concurrency, for both machine classes."""
     from bench.peers import check_answer
 
     images = sample((8, 8, 1), 1)
-    expected = onnxruntime.InferenceSession(str(repository / "digits" / "1" / "model.onnx"),
-                                            providers=["CPUExecutionProvider"]).run(["logits"], {"images": images})[0]
-    report.add("## 7. bnserve vs its peers (same run, same client, same model.onnx)", "",
-               "KServe 0.21 `ModelServer` with a sync ONNX Runtime `predict` (bench/peers/kserve_onnx.py) and Seldon "
-               "MLServer 1.7.1 with an ONNX Runtime runtime and adaptive batching on (max_batch_size 64, "
-               "max_batch_time 1 ms; bench/peers/mlserver_onnx.py), each in its own venv. Every server answered one "
-               "real request with the right logits before its load; bnserve's own success count is checked against "
-               "h2load's. The four servers run side by side and their runs interleave (each repeat loads every "
-               "server in turn; an idle one used under 0.01 core), so a slow spell of this shared machine weighs on "
-               "all of them alike.", "")
+    expected = onnxruntime.InferenceSession(
+        str(repository / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["logits"], {"images": images})[0]
+    report.add(
+        "## 7. bnserve vs its peers (same run, same client, same model.onnx)",
+        "",
+        "KServe 0.21 `ModelServer` with a sync ONNX Runtime `predict` (bench/peers/kserve_onnx.py) and Seldon "
+        "MLServer 1.7.1 with an ONNX Runtime runtime and adaptive batching on (max_batch_size 64, "
+        "max_batch_time 1 ms; bench/peers/mlserver_onnx.py), each in its own venv. Every server answered one "
+        "real request with the right logits before its load; bnserve's own success count is checked against "
+        "h2load's. The four servers run side by side and their runs interleave (each repeat loads every "
+        "server in turn; an idle one used under 0.01 core), so a slow spell of this shared machine weighs on "
+        "all of them alike.",
+        "",
+    )
     for title, server_pin, client_pin in MACHINE_CLASSES:
         # All four servers run at once (idle while another is loaded) and the runs interleave, server by server
         # within each repeat: a slow minute on a shared machine then weighs on every server alike, not on the
@@ -308,63 +412,127 @@ def peer_tables(report: Report, work: Path, repository: Path, digits_body: bytes
                 if name != "no-op":
                     check_answer(servers[name].port, "digits", images, expected)
             before = served_count(servers["bnserve"].port)
-            runs: dict[tuple[str, int], list[LoadResult]] = {(name, c): [] for name in SERVERS for c in CONCURRENCIES}
+            runs: dict[tuple[str, int], list[LoadResult]] = {
+                (name, c): [] for name in SERVERS for c in CONCURRENCIES
+            }
             for _ in range(repeats):
                 for c in CONCURRENCIES:
                     for name in SERVERS:
-                        runs[name, c].append(run_load(servers[name].port, digits_body, c, seconds,
-                                                      servers[name].process.pid, cpu=client_pin))
+                        runs[name, c].append(
+                            run_load(
+                                servers[name].port,
+                                digits_body,
+                                c,
+                                seconds,
+                                servers[name].process.pid,
+                                cpu=client_pin,
+                            )
+                        )
             counted = served_count(servers["bnserve"].port) - before
             sent = sum(r.requests for c in CONCURRENCIES for r in runs["bnserve", c])
             # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
-            assert counted >= sent, f"bnserve answered {counted} samples, h2load reports {sent} successes"
+            assert counted >= sent, (
+                f"bnserve answered {counted} samples, h2load reports {sent} successes"
+            )
             for name in ("no-op", "bnserve"):
-                breakdowns.append((f"{name}, digits, c=32", *cpu_breakdown(servers[name], digits_body, 32, seconds,
-                                                                            client_pin)))
+                breakdowns.append(
+                    (
+                        f"{name}, digits, c=32",
+                        *cpu_breakdown(servers[name], digits_body, 32, seconds, client_pin),
+                    )
+                )
         finally:
             for server in servers.values():
                 server.stop()
-        results = {name: {c: median_result(runs[name, c]) for c in CONCURRENCIES} for name in SERVERS}
-        lines = [f"### {title}", "", "| server | concurrency | req/s | vs no-op | vs best peer | p50 ms | p99 ms | "
-                 "server CPU |", "|---|---|---|---|---|---|---|---|"]
+        results = {
+            name: {c: median_result(runs[name, c]) for c in CONCURRENCIES} for name in SERVERS
+        }
+        lines = [
+            f"### {title}",
+            "",
+            "| server | concurrency | req/s | vs no-op | vs best peer | p50 ms | p99 ms | "
+            "server CPU |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name in SERVERS:
             for c in CONCURRENCIES:
                 r = results[name][c]
                 best_peer = max(results["kserve"][c].throughput, results["mlserver"][c].throughput)
-                lines.append(f"| {name} | {c} | {r.throughput:,.0f} | {r.throughput / results['no-op'][c].throughput:.2f} | "
-                             f"{r.throughput / best_peer:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |")
+                lines.append(
+                    f"| {name} | {c} | {r.throughput:,.0f} | {r.throughput / results['no-op'][c].throughput:.2f} | "
+                    f"{r.throughput / best_peer:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |"
+                )
         report.add(*lines, "")
         ours, noop = results["bnserve"], results["no-op"]
-        best = {c: max(results["kserve"][c].throughput, results["mlserver"][c].throughput) for c in CONCURRENCIES}
-        report.target(f"[{title}] c=1: p50 <= no-op p50 + 0.15 ms",
-                      f"{ours[1].p50_ms:.3f} - {noop[1].p50_ms:.3f} = {ours[1].p50_ms - noop[1].p50_ms:+.3f} ms",
-                      ours[1].p50_ms - noop[1].p50_ms <= 0.15)
-        report.target(f"[{title}] c=1: >= 1.2 x best peer", f"{ours[1].throughput:,.0f} / {best[1]:,.0f} = "
-                      f"{ours[1].throughput / best[1]:.2f}", ours[1].throughput >= 1.2 * best[1])
+        best = {
+            c: max(results["kserve"][c].throughput, results["mlserver"][c].throughput)
+            for c in CONCURRENCIES
+        }
+        report.target(
+            f"[{title}] c=1: p50 <= no-op p50 + 0.15 ms",
+            f"{ours[1].p50_ms:.3f} - {noop[1].p50_ms:.3f} = {ours[1].p50_ms - noop[1].p50_ms:+.3f} ms",
+            ours[1].p50_ms - noop[1].p50_ms <= 0.15,
+        )
+        report.target(
+            f"[{title}] c=1: >= 1.2 x best peer",
+            f"{ours[1].throughput:,.0f} / {best[1]:,.0f} = {ours[1].throughput / best[1]:.2f}",
+            ours[1].throughput >= 1.2 * best[1],
+        )
         for c in (8, 32):
-            report.target(f"[{title}] c={c}: >= 0.8 x no-op", f"{ours[c].throughput:,.0f} / {noop[c].throughput:,.0f} = "
-                          f"{ours[c].throughput / noop[c].throughput:.2f}", ours[c].throughput >= 0.8 * noop[c].throughput)
-            report.target(f"[{title}] c={c}: >= 1.5 x best peer", f"{ours[c].throughput:,.0f} / {best[c]:,.0f} = "
-                          f"{ours[c].throughput / best[c]:.2f}", ours[c].throughput >= 1.5 * best[c])
+            report.target(
+                f"[{title}] c={c}: >= 0.8 x no-op",
+                f"{ours[c].throughput:,.0f} / {noop[c].throughput:,.0f} = "
+                f"{ours[c].throughput / noop[c].throughput:.2f}",
+                ours[c].throughput >= 0.8 * noop[c].throughput,
+            )
+            report.target(
+                f"[{title}] c={c}: >= 1.5 x best peer",
+                f"{ours[c].throughput:,.0f} / {best[c]:,.0f} = {ours[c].throughput / best[c]:.2f}",
+                ours[c].throughput >= 1.5 * best[c],
+            )
         # conv6 at c=8 against in-process ONNX Runtime on the cores the server had, at the batch size it ran.
         server = start_named("bnserve", repository, work, server_pin)
         try:
-            conv6 = median_result([run_load(server.port, conv6_body, 8, seconds, server.process.pid, cpu=client_pin)
-                                   for _ in range(repeats)])
-            breakdowns.append(("bnserve, conv6, c=8", *cpu_breakdown(server, conv6_body, 8, seconds, client_pin)))
+            conv6 = median_result(
+                [
+                    run_load(
+                        server.port, conv6_body, 8, seconds, server.process.pid, cpu=client_pin
+                    )
+                    for _ in range(repeats)
+                ]
+            )
+            breakdowns.append(
+                ("bnserve, conv6, c=8", *cpu_breakdown(server, conv6_body, 8, seconds, client_pin))
+            )
         finally:
             server.stop()
-        in_process = in_process_pinned(repository / "conv6" / "1", (32, 32, 3), 8, server_pin, seconds, repeats)
-        report.add(f"conv6 at c=8 ({title}): {conv6.throughput:,.0f} req/s served vs {in_process:,.0f} samples/s "
-                   f"in-process at batch 8 on the same cores = {conv6.throughput / in_process:.2f}", "")
-        report.target(f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores)",
-                      f"{conv6.throughput:,.0f} / {in_process:,.0f} = {conv6.throughput / in_process:.2f}",
-                      conv6.throughput >= 0.7 * in_process)
-        report.add(f"Where the {os.cpu_count()} cores went ({title}; one more run each, CPU seconds per wall second "
-                   "from /proc, threads named with py-spy):", "",
-                   "| run | req/s | " + " | ".join(CPU_ROLES) + " |", "|---|---|" + "---|" * len(CPU_ROLES),
-                   *[f"| {label} | {r.throughput:,.0f} | " + " | ".join(f"{cores[role]:.2f}" for role in CPU_ROLES) + " |"
-                     for label, r, cores in breakdowns], "")
+        in_process = in_process_pinned(
+            repository / "conv6" / "1", (32, 32, 3), 8, server_pin, seconds, repeats
+        )
+        report.add(
+            f"conv6 at c=8 ({title}): {conv6.throughput:,.0f} req/s served vs {in_process:,.0f} samples/s "
+            f"in-process at batch 8 on the same cores = {conv6.throughput / in_process:.2f}",
+            "",
+        )
+        report.target(
+            f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores)",
+            f"{conv6.throughput:,.0f} / {in_process:,.0f} = {conv6.throughput / in_process:.2f}",
+            conv6.throughput >= 0.7 * in_process,
+        )
+        report.add(
+            f"Where the {os.cpu_count()} cores went ({title}; one more run each, CPU seconds per wall second "
+            "from /proc, threads named with py-spy):",
+            "",
+            "| run | req/s | " + " | ".join(CPU_ROLES) + " |",
+            "|---|---|" + "---|" * len(CPU_ROLES),
+            *[
+                f"| {label} | {r.throughput:,.0f} | "
+                + " | ".join(f"{cores[role]:.2f}" for role in CPU_ROLES)
+                + " |"
+                for label, r, cores in breakdowns
+            ],
+            "",
+        )
 
 
 def plot(path: Path, bars: list[tuple[str, float]]) -> None:
@@ -395,15 +563,24 @@ def main() -> None:
         repository = prepare_models(work)
         run(report, work, repository, args.seconds, args.repeats, args.out.with_suffix(".png"))
     header = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"Produced by `make bench` (`python bench/run.py --seconds {args.seconds} --repeats {args.repeats}`) in "
         f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} cores ({platform_line()}). Load generator: "
         "h2load (nghttp2, C) in a separate process, 1-sample ModelInfer requests with raw FP32 contents, "
         "`concurrency` streams in flight over min(concurrency, 4) HTTP/2 connections; each figure is the "
         f"median of {args.repeats} runs of {args.seconds:g} s after 0.5 s of warm-up. All servers run on "
-        "the same 2 cores as the load generator.", "",
-        "## Targets", "", "| target | measured | verdict |", "|---|---|---|",
-        *[f"| {name} | {measured} | {'met' if met else '**missed**'} |" for name, measured, met in report.targets], "",
+        "the same 2 cores as the load generator.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        *[
+            f"| {name} | {measured} | {'met' if met else '**missed**'} |"
+            for name, measured, met in report.targets
+        ],
+        "",
     ]
     args.out.write_text("\n".join(header + report.lines) + "\n")
 
@@ -416,7 +593,9 @@ def platform_line() -> str:
     return f"Python {platform.python_version()}, grpcio {grpc.__version__}, onnxruntime {ort.__version__}"
 
 
-def run(report: Report, work: Path, repository: Path, seconds: float, repeats: int, plot_path: Path) -> None:
+def run(
+    report: Report, work: Path, repository: Path, seconds: float, repeats: int, plot_path: Path
+) -> None:
     digits_shape, conv6_shape = (8, 8, 1), (32, 32, 3)
     digits_body = model_infer_body("digits", sample(digits_shape, 1))
     conv6_body = model_infer_body("conv6", sample(conv6_shape, 1))
@@ -424,28 +603,52 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
     # 1. The two limits.
     digits_rates = in_process_onnx(repository / "digits" / "1", digits_shape, seconds, repeats)
     conv6_rates = in_process_onnx(repository / "conv6" / "1", conv6_shape, seconds, repeats)
-    report.add("## 1. Limits", "", "In-process ONNX Runtime (samples/s, no gRPC):", "",
-               "| model | batch 1 | batch 8 | batch 32 | batch 64 | best |", "|---|---|---|---|---|---|",
-               *[f"| {name} | " + " | ".join(f"{rates[b]:,.0f}" for b in (1, 8, 32, 64)) + f" | {max(rates.values()):,.0f} |"
-                 for name, rates in (("digits", digits_rates), ("conv6", conv6_rates))], "")
+    report.add(
+        "## 1. Limits",
+        "",
+        "In-process ONNX Runtime (samples/s, no gRPC):",
+        "",
+        "| model | batch 1 | batch 8 | batch 32 | batch 64 | best |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {name} | "
+            + " | ".join(f"{rates[b]:,.0f}" for b in (1, 8, 32, 64))
+            + f" | {max(rates.values()):,.0f} |"
+            for name, rates in (("digits", digits_rates), ("conv6", conv6_rates))
+        ],
+        "",
+    )
     noop = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"])
     try:
         noop_results = loads(noop, digits_body, CONCURRENCIES, seconds, repeats)
     finally:
         noop.stop()
-    floor = start_listening([sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", "--model",
-                             str(repository / "digits" / "1")])
+    floor = start_listening(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "noop_server.py"),
+            "--port",
+            "0",
+            "--model",
+            str(repository / "digits" / "1"),
+        ]
+    )
     try:
         floor_results = loads(floor, digits_body, CONCURRENCIES, seconds, repeats)
     finally:
         floor.stop()
-    report.add(*load_table("No-op gRPC server (grpc.aio, constant ModelInfer response)",
-                           [("no-op", noop_results[c]) for c in CONCURRENCIES]
-                           + [("no-op + one model call a request", floor_results[c]) for c in CONCURRENCIES],
-                           noop_results),
-               "\"no-op + one model call a request\" also runs the digits model.onnx on each request's input (ONNX "
-               "Runtime, one thread, on the event loop, no batching): the floor of any server that calls the model "
-               "once a request.", "")
+    report.add(
+        *load_table(
+            "No-op gRPC server (grpc.aio, constant ModelInfer response)",
+            [("no-op", noop_results[c]) for c in CONCURRENCIES]
+            + [("no-op + one model call a request", floor_results[c]) for c in CONCURRENCIES],
+            noop_results,
+        ),
+        '"no-op + one model call a request" also runs the digits model.onnx on each request\'s input (ONNX '
+        "Runtime, one thread, on the event loop, no batching): the floor of any server that calls the model "
+        "once a request.",
+        "",
+    )
 
     # 2-3. The served models, batching on and off; 6. cold start and memory of the ONNX Runtime backend.
     served = {}
@@ -456,17 +659,29 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
             served[f"conv6-{batching}"] = loads(server, conv6_body, (8,), seconds, repeats)
         finally:
             server.stop()
-    report.add("## 2. Served digits model (overhead-bound)", "",
-               *load_table("bnserve, ONNX Runtime backend", [(f"batching {b}", served[b][c]) for b in ("on", "off")
-                                                            for c in CONCURRENCIES], noop_results))
+    report.add(
+        "## 2. Served digits model (overhead-bound)",
+        "",
+        *load_table(
+            "bnserve, ONNX Runtime backend",
+            [(f"batching {b}", served[b][c]) for b in ("on", "off") for c in CONCURRENCIES],
+            noop_results,
+        ),
+    )
     conv6_best = max(conv6_rates.values())
-    report.add("## 3. Compute-bound model (synthetic 32x32x3, six conv-BN blocks 32-32-64-64-128-128)", "",
-               "| configuration | concurrency | req/s | vs in-process best | p50 ms | p99 ms | server CPU |",
-               "|---|---|---|---|---|---|---|",
-               *[f"| batching {b} | 8 | {served[f'conv6-{b}'][8].throughput:,.0f} | "
-                 f"{served[f'conv6-{b}'][8].throughput / conv6_best:.2f} | {served[f'conv6-{b}'][8].p50_ms:.2f} | "
-                 f"{served[f'conv6-{b}'][8].p99_ms:.2f} | {served[f'conv6-{b}'][8].server_cores:.2f} |" for b in ("on", "off")],
-               "")
+    report.add(
+        "## 3. Compute-bound model (synthetic 32x32x3, six conv-BN blocks 32-32-64-64-128-128)",
+        "",
+        "| configuration | concurrency | req/s | vs in-process best | p50 ms | p99 ms | server CPU |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| batching {b} | 8 | {served[f'conv6-{b}'][8].throughput:,.0f} | "
+            f"{served[f'conv6-{b}'][8].throughput / conv6_best:.2f} | {served[f'conv6-{b}'][8].p50_ms:.2f} | "
+            f"{served[f'conv6-{b}'][8].p99_ms:.2f} | {served[f'conv6-{b}'][8].server_cores:.2f} |"
+            for b in ("on", "off")
+        ],
+        "",
+    )
 
     # 4. Backends side by side; 6. cold start and peak RSS; workers.
     backend_rows, start_rows = [], []
@@ -484,51 +699,88 @@ def run(report: Report, work: Path, repository: Path, seconds: float, repeats: i
             server.stop()
         backend_rows += [(backend, result[8]), (backend, result[32])]
         start_rows.append((backend, float(np.median(times)), rss))
-    report.add("## 4. ONNX Runtime vs TensorFlow backend (same digits version, batching on)", "",
-               *load_table("backends", backend_rows, noop_results))
-    report.add("## 6. Cold start (process start to health SERVING) and peak RSS after the load above", "",
-               "| backend | cold start s | peak RSS MB |", "|---|---|---|",
-               *[f"| {b} | {t:.2f} | {rss:.0f} |" for b, t, rss in start_rows], "")
+    report.add(
+        "## 4. ONNX Runtime vs TensorFlow backend (same digits version, batching on)",
+        "",
+        *load_table("backends", backend_rows, noop_results),
+    )
+    report.add(
+        "## 6. Cold start (process start to health SERVING) and peak RSS after the load above",
+        "",
+        "| backend | cold start s | peak RSS MB |",
+        "|---|---|---|",
+        *[f"| {b} | {t:.2f} | {rss:.0f} |" for b, t, rss in start_rows],
+        "",
+    )
     workers = start_server(repository, "--workers", "2")
     try:
         time.sleep(2)  # both workers listening
         two_workers = loads(workers, digits_body, (32,), seconds, repeats)
     finally:
         workers.stop()
-    report.add(*load_table("--workers 1 vs 2 (digits, batching on)",
-                           [("1 worker", served["on"][32]), ("2 workers", two_workers[32])], noop_results))
+    report.add(
+        *load_table(
+            "--workers 1 vs 2 (digits, batching on)",
+            [("1 worker", served["on"][32]), ("2 workers", two_workers[32])],
+            noop_results,
+        )
+    )
 
     # 7. The peers, on two machine classes; conv6 against in-process ONNX Runtime on the same cores.
     peer_tables(report, work, repository, digits_body, conv6_body, seconds, repeats)
 
     # 5. Folded vs unfolded.
-    report.add("## 5. Folded SavedModel vs unfolded Keras model in inference mode (TensorFlow, in-process, samples/s)", "",
-               "| model | batch | unfolded | folded | folded / unfolded |", "|---|---|---|---|---|",
-               *folded_vs_unfolded(work, repository, "digits", seconds, repeats),
-               *folded_vs_unfolded(work, repository, "conv6", seconds, repeats), "")
+    report.add(
+        "## 5. Folded SavedModel vs unfolded Keras model in inference mode (TensorFlow, in-process, samples/s)",
+        "",
+        "| model | batch | unfolded | folded | folded / unfolded |",
+        "|---|---|---|---|---|",
+        *folded_vs_unfolded(work, repository, "digits", seconds, repeats),
+        *folded_vs_unfolded(work, repository, "conv6", seconds, repeats),
+        "",
+    )
 
     on32, off32, noop32 = served["on"][32], served["off"][32], noop_results[32]
-    report.target("digits, batching on, c=32: >= 0.8 x no-op throughput",
-                  f"{on32.throughput:,.0f} / {noop32.throughput:,.0f} = {on32.throughput / noop32.throughput:.2f}",
-                  on32.throughput >= 0.8 * noop32.throughput)
-    report.target("digits, c=32: batching on >= 1.5 x batching off",
-                  f"{on32.throughput:,.0f} / {off32.throughput:,.0f} = {on32.throughput / off32.throughput:.2f}",
-                  on32.throughput >= 1.5 * off32.throughput)
+    report.target(
+        "digits, batching on, c=32: >= 0.8 x no-op throughput",
+        f"{on32.throughput:,.0f} / {noop32.throughput:,.0f} = {on32.throughput / noop32.throughput:.2f}",
+        on32.throughput >= 0.8 * noop32.throughput,
+    )
+    report.target(
+        "digits, c=32: batching on >= 1.5 x batching off",
+        f"{on32.throughput:,.0f} / {off32.throughput:,.0f} = {on32.throughput / off32.throughput:.2f}",
+        on32.throughput >= 1.5 * off32.throughput,
+    )
     on1, noop1 = served["on"][1], noop_results[1]
-    report.target("digits, c=1: p50 within 0.15 ms of no-op", f"{on1.p50_ms:.3f} - {noop1.p50_ms:.3f} = "
-                  f"{on1.p50_ms - noop1.p50_ms:.3f} ms", on1.p50_ms - noop1.p50_ms <= 0.15)
+    report.target(
+        "digits, c=1: p50 within 0.15 ms of no-op",
+        f"{on1.p50_ms:.3f} - {noop1.p50_ms:.3f} = {on1.p50_ms - noop1.p50_ms:.3f} ms",
+        on1.p50_ms - noop1.p50_ms <= 0.15,
+    )
     report.target("digits, c=1: p99 <= 1.5 ms", f"{on1.p99_ms:.3f} ms", on1.p99_ms <= 1.5)
     conv6_on = served["conv6-on"][8]
-    report.target("compute-bound, c=8: >= 0.85 x in-process best", f"{conv6_on.throughput:,.0f} / {conv6_best:,.0f} = "
-                  f"{conv6_on.throughput / conv6_best:.2f}", conv6_on.throughput >= 0.85 * conv6_best)
+    report.target(
+        "compute-bound, c=8: >= 0.85 x in-process best",
+        f"{conv6_on.throughput:,.0f} / {conv6_best:,.0f} = {conv6_on.throughput / conv6_best:.2f}",
+        conv6_on.throughput >= 0.85 * conv6_best,
+    )
     onnx_start, onnx_rss = start_rows[0][1], start_rows[0][2]
     report.target("ONNX Runtime backend: cold start <= 2 s", f"{onnx_start:.2f} s", onnx_start <= 2)
     report.target("ONNX Runtime backend: peak RSS <= 300 MB", f"{onnx_rss:.0f} MB", onnx_rss <= 300)
-    plot(plot_path, [("in-process ONNX Runtime, batch 1", digits_rates[1]),
-                     ("in-process ONNX Runtime, best batch", max(digits_rates.values())),
-                     *[(f"no-op server, c={c}", noop_results[c].throughput) for c in CONCURRENCIES],
-                     *[(f"bnserve batching {b}, c={c}", served[b][c].throughput) for b in ("on", "off") for c in CONCURRENCIES],
-                     ("bnserve 2 workers, c=32", two_workers[32].throughput)])
+    plot(
+        plot_path,
+        [
+            ("in-process ONNX Runtime, batch 1", digits_rates[1]),
+            ("in-process ONNX Runtime, best batch", max(digits_rates.values())),
+            *[(f"no-op server, c={c}", noop_results[c].throughput) for c in CONCURRENCIES],
+            *[
+                (f"bnserve batching {b}, c={c}", served[b][c].throughput)
+                for b in ("on", "off")
+                for c in CONCURRENCIES
+            ],
+            ("bnserve 2 workers, c=32", two_workers[32].throughput),
+        ],
+    )
     report.add("![throughput](benchmarks.png)", "", *ANALYSIS)
 
 

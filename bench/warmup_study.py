@@ -36,12 +36,19 @@ def keras_bn_curve(config: TrainConfig) -> list[tuple[float, float]]:
     keras.utils.set_random_seed(config.seed)
     trainset, heldout = split(load_dataset(config.data), config.seed, config.heldout_fraction)
     mean, std = trainset.images.mean(axis=(0, 1, 2)), trainset.images.std(axis=(0, 1, 2))
-    layers = [keras.Input(trainset.image_shape), keras.layers.Rescaling(1 / std, offset=-mean / std)]
+    layers = [
+        keras.Input(trainset.image_shape),
+        keras.layers.Rescaling(1 / std, offset=-mean / std),
+    ]
     for width, stride in zip(config.widths, config.strides):
-        layers += [keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False),
-                   keras.layers.BatchNormalization(momentum=config.decay, epsilon=config.epsilon),
-                   keras.layers.ReLU()]
-    model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(trainset.num_classes)])
+        layers += [
+            keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(momentum=config.decay, epsilon=config.epsilon),
+            keras.layers.ReLU(),
+        ]
+    model = keras.Sequential(
+        layers + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(trainset.num_classes)]
+    )
     optimizer = keras.optimizers.Adam(config.learning_rate)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -49,18 +56,27 @@ def keras_bn_curve(config: TrainConfig) -> list[tuple[float, float]]:
     def step(images, labels):
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, model(images, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        )
 
     def accuracy(training: bool, batch: int) -> float:
-        hits = sum(int(np.sum(np.argmax(model(heldout.images[s:s + batch], training=training), 1)
-                              == heldout.labels[s:s + batch])) for s in range(0, len(heldout), batch))
+        hits = sum(
+            int(
+                np.sum(
+                    np.argmax(model(heldout.images[s : s + batch], training=training), 1)
+                    == heldout.labels[s : s + batch]
+                )
+            )
+            for s in range(0, len(heldout), batch)
+        )
         return hits / len(heldout)
 
     curve = []
     for epoch in range(1, config.epochs + 1):
         order = epoch_order(len(trainset), config.seed, epoch)
         for start in range(0, len(order), config.batch_size):
-            indices = order[start:start + config.batch_size]
+            indices = order[start : start + config.batch_size]
             step(trainset.images[indices], trainset.labels[indices])
         # Keras updates moving statistics in any training-mode call: evaluate inference mode first.
         curve.append((accuracy(False, 256), accuracy(True, config.batch_size)))
@@ -80,8 +96,12 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         curves = {
-            "ShadowBatchNormalization, warm-up (default)": bnserve_curve(config, Path(workdir), "warmup"),
-            "ShadowBatchNormalization, no warm-up": bnserve_curve(replace(config, warmup=False), Path(workdir), "plain"),
+            "ShadowBatchNormalization, warm-up (default)": bnserve_curve(
+                config, Path(workdir), "warmup"
+            ),
+            "ShadowBatchNormalization, no warm-up": bnserve_curve(
+                replace(config, warmup=False), Path(workdir), "plain"
+            ),
             "keras.layers.BatchNormalization(momentum=0.99)": keras_bn_curve(config),
         }
     header = " | ".join(f"epoch {e}" for e in REPORTED_EPOCHS)
@@ -96,7 +116,9 @@ def main() -> None:
         "|---|" + "---|" * len(REPORTED_EPOCHS),
     ]
     for name, curve in curves.items():
-        cells = " | ".join(f"{100 * curve[e - 1][0]:.1f}% / {100 * curve[e - 1][1]:.1f}%" for e in REPORTED_EPOCHS)
+        cells = " | ".join(
+            f"{100 * curve[e - 1][0]:.1f}% / {100 * curve[e - 1][1]:.1f}%" for e in REPORTED_EPOCHS
+        )
         lines.append(f"| {name} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

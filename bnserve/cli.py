@@ -9,7 +9,6 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from bnserve.core.errors import BnserveError, UserError
@@ -32,7 +31,9 @@ def int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def version_number(text: str) -> int:
@@ -40,13 +41,26 @@ def version_number(text: str) -> int:
 
     version = parse_version(text)
     if version is None:
-        raise argparse.ArgumentTypeError(f"expected a canonical positive decimal integer (1, 2, ...), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a canonical positive decimal integer (1, 2, ...), got {text!r}"
+        )
     return version
 
 
 # Flags of `train` that define a run; --resume keeps the stored values and refuses different ones.
-RUN_DEFINING_FLAGS = ("data", "batch_size", "seed", "learning_rate", "optimizer", "heldout_fraction", "widths", "strides",
-                      "decay", "epsilon", "warmup")
+RUN_DEFINING_FLAGS = (
+    "data",
+    "batch_size",
+    "seed",
+    "learning_rate",
+    "optimizer",
+    "heldout_fraction",
+    "widths",
+    "strides",
+    "decay",
+    "epsilon",
+    "warmup",
+)
 
 
 EXECUTION_FLAGS = ("strategy", "cpu_replicas", "collective_timeout_seconds")
@@ -56,28 +70,64 @@ def add_train_parser(commands) -> None:
     from bnserve.trainer.config import TrainConfig
 
     T = TrainConfig  # the defaults shown are the config dataclass's own; unset flags keep them (or, on --resume, the run's)
-    parser = commands.add_parser("train", help="train a batch-normalised conv net with EMA shadow statistics")
-    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, run.json)")
-    parser.add_argument("--data", help=f"{T.data} (default), synthetic:HxWxC or PATH.npz with x [N,H,W,C], y [N]")
+    parser = commands.add_parser(
+        "train", help="train a batch-normalised conv net with EMA shadow statistics"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="run directory (checkpoints, logs, run.json)"
+    )
+    parser.add_argument(
+        "--data", help=f"{T.data} (default), synthetic:HxWxC or PATH.npz with x [N,H,W,C], y [N]"
+    )
     parser.add_argument("--epochs", type=int, help=f"total epochs of the run (default {T.epochs})")
     parser.add_argument("--batch-size", type=int, help=f"default {T.batch_size}")
     parser.add_argument("--seed", type=int, help=f"default {T.seed}")
-    parser.add_argument("--learning-rate", type=float, help=f"learning rate (default {T.learning_rate:g})")
-    parser.add_argument("--optimizer", choices=["adam", "sgd"],
-                        help=f"adam or plain sgd (runs on two code paths stay comparable weight by weight; default {T.optimizer})")
+    parser.add_argument(
+        "--learning-rate", type=float, help=f"learning rate (default {T.learning_rate:g})"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        help=f"adam or plain sgd (runs on two code paths stay comparable weight by weight; default {T.optimizer})",
+    )
     parser.add_argument("--heldout-fraction", type=float, help=f"default {T.heldout_fraction:g}")
-    parser.add_argument("--widths", type=int_list, help=f"conv widths, comma-separated (default {','.join(map(str, T.widths))})")
-    parser.add_argument("--strides", type=int_list, help=f"conv strides, comma-separated (default {','.join(map(str, T.strides))})")
-    parser.add_argument("--decay", type=float, help=f"EMA decay of the BN shadow statistics (default {T.decay:g})")
+    parser.add_argument(
+        "--widths",
+        type=int_list,
+        help=f"conv widths, comma-separated (default {','.join(map(str, T.widths))})",
+    )
+    parser.add_argument(
+        "--strides",
+        type=int_list,
+        help=f"conv strides, comma-separated (default {','.join(map(str, T.strides))})",
+    )
+    parser.add_argument(
+        "--decay", type=float, help=f"EMA decay of the BN shadow statistics (default {T.decay:g})"
+    )
     parser.add_argument("--epsilon", type=float, help=f"BN epsilon (default {T.epsilon:g})")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
-                        help="plain EMA decay instead of min(decay, (1 + n) / (10 + n))")
-    parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
-                        help="default: one device; mirrored: local GPUs or --cpu-replicas; multiworker: TF_CONFIG")
-    parser.add_argument("--cpu-replicas", type=int, help="with mirrored: split the CPU into N logical devices")
-    parser.add_argument("--collective-timeout-seconds", type=float,
-                        help=f"with multiworker: fail a step whose collectives wait longer (default {T.collective_timeout_seconds:g})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_const",
+        const=False,
+        help="plain EMA decay instead of min(decay, (1 + n) / (10 + n))",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multiworker"],
+        help="default: one device; mirrored: local GPUs or --cpu-replicas; multiworker: TF_CONFIG",
+    )
+    parser.add_argument(
+        "--cpu-replicas", type=int, help="with mirrored: split the CPU into N logical devices"
+    )
+    parser.add_argument(
+        "--collective-timeout-seconds",
+        type=float,
+        help=f"with multiworker: fail a step whose collectives wait longer (default {T.collective_timeout_seconds:g})",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -85,20 +135,33 @@ def train_config_from(args) -> "TrainConfig":
     from bnserve.trainer.config import TrainConfig
     from bnserve.trainer.rundir import read_run_record
 
-    given = {name: getattr(args, name) for name in RUN_DEFINING_FLAGS if getattr(args, name) is not None}
+    given = {
+        name: getattr(args, name) for name in RUN_DEFINING_FLAGS if getattr(args, name) is not None
+    }
     # How to run (not what is trained) may change on resume: another strategy, more replicas.
-    execution = {name: getattr(args, name) for name in EXECUTION_FLAGS if getattr(args, name) is not None}
+    execution = {
+        name: getattr(args, name) for name in EXECUTION_FLAGS if getattr(args, name) is not None
+    }
     if not args.resume:
         defaults = TrainConfig()
-        return replace(defaults, **given, **execution,
-                       epochs=args.epochs if args.epochs is not None else defaults.epochs)
+        return replace(
+            defaults,
+            **given,
+            **execution,
+            epochs=args.epochs if args.epochs is not None else defaults.epochs,
+        )
     stored = TrainConfig.from_json(read_run_record(args.out).config)
     for name, value in given.items():
         if getattr(stored, name) != value:
-            raise UserError(f"--{name.replace('_', '-')}: the run was trained with {getattr(stored, name)!r};"
-                            " --resume keeps the run's settings (only --epochs and how it runs may change)")
-    return replace(stored, **{"strategy": "default", "cpu_replicas": 0} | execution,
-                   epochs=args.epochs if args.epochs is not None else stored.epochs)
+            raise UserError(
+                f"--{name.replace('_', '-')}: the run was trained with {getattr(stored, name)!r};"
+                " --resume keeps the run's settings (only --epochs and how it runs may change)"
+            )
+    return replace(
+        stored,
+        **{"strategy": "default", "cpu_replicas": 0} | execution,
+        epochs=args.epochs if args.epochs is not None else stored.epochs,
+    )
 
 
 TENSORFLOW_MODULES = {"tensorflow", "keras", "tensorboard", "tqdm", "tf2onnx"}
@@ -135,8 +198,10 @@ def needs_extra(extra: str, command: str):
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TENSORFLOW_MODULES:
             raise
-        raise UserError(f"{command} needs the '{extra}' extra (module {exc.name!r} is not installed): "
-                        f"pip install 'bnserve[{extra}]'") from None
+        raise UserError(
+            f"{command} needs the '{extra}' extra (module {exc.name!r} is not installed): "
+            f"pip install 'bnserve[{extra}]'"
+        ) from None
 
 
 def run_train(args) -> int:
@@ -151,28 +216,46 @@ def run_train(args) -> int:
         check_new_run_dir(args.out)
     with needs_extra("train", "bnserve train"):
         import_tensorflow(args.verbose)
-        from bnserve.trainer.train import train  # TensorFlow loads only once the input is known to be good
+        from bnserve.trainer.train import (
+            train,  # TensorFlow loads only once the input is known to be good
+        )
 
     record = train(config, args.out, resume=args.resume, dataset=dataset)
     final = record.final or {}
-    print(f"run {args.out}: held-out accuracy {final.get('heldout_inference_accuracy', float('nan')):.4f}"
-          f" (inference mode), {final.get('heldout_batch_stats_accuracy', float('nan')):.4f} (batch statistics)")
+    print(
+        f"run {args.out}: held-out accuracy {final.get('heldout_inference_accuracy', float('nan')):.4f}"
+        f" (inference mode), {final.get('heldout_batch_stats_accuracy', float('nan')):.4f} (batch statistics)"
+    )
     return 0
 
 
 def add_export_parser(commands) -> None:
-    parser = commands.add_parser("export", help="fold the frozen BN statistics, verify and publish a model version")
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by bnserve train")
+    parser = commands.add_parser(
+        "export", help="fold the frozen BN statistics, verify and publish a model version"
+    )
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a directory written by bnserve train"
+    )
     parser.add_argument("--repository", required=True, type=Path, help="model repository root")
     parser.add_argument("--name", required=True, help="model name (letters, digits, _ . -)")
-    parser.add_argument("--version", type=version_number, help="version to publish (default: highest + 1)")
+    parser.add_argument(
+        "--version", type=version_number, help="version to publish (default: highest + 1)"
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest absolute logit difference any artifact may show vs the reference (default 1e-4)")
-    parser.add_argument("--stats", default="ema", metavar="ema|precise|adapt:PATH",
-                        help="BN statistics to fold: EMA shadows (default), precise re-estimation over the training "
-                             "data, or re-estimation over unlabeled target inputs (an .npz with x, or a capture "
-                             "directory) with the weights frozen")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest absolute logit difference any artifact may show vs the reference (default 1e-4)",
+    )
+    parser.add_argument(
+        "--stats",
+        default="ema",
+        metavar="ema|precise|adapt:PATH",
+        help="BN statistics to fold: EMA shadows (default), precise re-estimation over the training "
+        "data, or re-estimation over unlabeled target inputs (an .npz with x, or a capture "
+        "directory) with the weights frozen",
+    )
     parser.set_defaults(handler=run_export)
 
 
@@ -190,22 +273,44 @@ def run_export(args) -> int:
         raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
     check_has_checkpoint(args.run_dir)
     with needs_extra("train", "bnserve export"):
-        from bnserve.exporter.export import ExportRequest, export  # TensorFlow loads only once the input is known to be good
+        from bnserve.exporter.export import (  # TensorFlow loads only once the input is known to be good
+            ExportRequest,
+            export,
+        )
 
-    version, path, manifest = export(ExportRequest(args.run_dir, args.repository, args.name, args.version,
-                                                   args.opset, args.tolerance, args.stats))
-    print(f"published {args.name} version {version} at {path} (held-out accuracy {manifest.accuracy:.4f})")
+    version, path, manifest = export(
+        ExportRequest(
+            args.run_dir,
+            args.repository,
+            args.name,
+            args.version,
+            args.opset,
+            args.tolerance,
+            args.stats,
+        )
+    )
+    print(
+        f"published {args.name} version {version} at {path} (held-out accuracy {manifest.accuracy:.4f})"
+    )
     return 0
 
 
 def add_serve_parser(commands) -> None:
     from bnserve.server.settings import add_setting_flags
 
-    parser = commands.add_parser("serve", help="serve the repository over gRPC and HTTP (KServe v2, TF Serving, health)")
-    add_setting_flags(parser)  # one flag per ServerSettings field: help, choices and default live on the field
-    parser.add_argument("--workers", type=int, default=1,
-                        help="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own "
-                             "sessions")
+    parser = commands.add_parser(
+        "serve", help="serve the repository over gRPC and HTTP (KServe v2, TF Serving, health)"
+    )
+    add_setting_flags(
+        parser
+    )  # one flag per ServerSettings field: help, choices and default live on the field
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own "
+        "sessions",
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -215,21 +320,28 @@ def run_serve(args) -> int:
 
     if args.backend == "tf":
         if importlib.util.find_spec("tensorflow") is None:
-            raise UserError("bnserve serve --backend tf needs the 'tf' extra (module 'tensorflow' is not installed): "
-                            "pip install 'bnserve[tf]'")
+            raise UserError(
+                "bnserve serve --backend tf needs the 'tf' extra (module 'tensorflow' is not installed): "
+                "pip install 'bnserve[tf]'"
+            )
         import_tensorflow(args.verbose)
 
     from bnserve.server.settings import settings_from_args
 
     settings = settings_from_args(args)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s",
+    )
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected a positive integer")
     if args.workers > 1:
         from bnserve.server.workers import run_workers
 
-        return run_workers(args.host, args.grpc_port, args.workers, args.argv, args.metrics_port, args.http_port)
+        return run_workers(
+            args.host, args.grpc_port, args.workers, args.argv, args.metrics_port, args.http_port
+        )
     from bnserve.server.app import serve
 
     asyncio.run(serve(settings))  # a StartupError is a UserError: one line, exit status 2
@@ -238,12 +350,18 @@ def run_serve(args) -> int:
 
 def add_predict_parser(commands) -> None:
     parser = commands.add_parser("predict", help="query a server and print the top classes")
-    parser.add_argument("--url", required=True, help="HOST:PORT of a bnserve (or any KServe v2) gRPC server")
+    parser.add_argument(
+        "--url", required=True, help="HOST:PORT of a bnserve (or any KServe v2) gRPC server"
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", default="", help="default: the newest served version")
     parser.add_argument("--top", type=int, default=3)
-    parser.add_argument("--pixel-scale", type=float, default=16 / 255,
-                        help="multiplier for PNG/JPEG pixels (default 16/255: the digits range 0..16)")
+    parser.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=16 / 255,
+        help="multiplier for PNG/JPEG pixels (default 16/255: the digits range 0..16)",
+    )
     parser.add_argument("input", type=Path, metavar="INPUT", help=".npy, .npz, .png or .jpg")
     parser.set_defaults(handler=run_predict)
 
@@ -256,7 +374,9 @@ def run_predict(args) -> int:
 
 
 def add_drift_parser(commands) -> None:
-    parser = commands.add_parser("drift", help="print a served version's BN shift per layer against its alarm threshold")
+    parser = commands.add_parser(
+        "drift", help="print a served version's BN shift per layer against its alarm threshold"
+    )
     parser.add_argument("--url", required=True, help="HOST:PORT of a bnserve gRPC server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", default="", help="default: the newest served version")
@@ -271,11 +391,19 @@ def run_drift(args) -> int:
 
 
 def add_verify_parser(commands) -> None:
-    parser = commands.add_parser("verify", help="check a published version's hashes and golden samples on this machine")
-    parser.add_argument("version_dir", type=Path, metavar="REPO/NAME/VERSION", help="a published version directory")
-    parser.add_argument("--runtime", choices=["onnxruntime", "tf", "onnx-reference"], default="onnxruntime",
-                        help="runtime to check: ONNX Runtime on model.onnx (default), TensorFlow on the SavedModel, "
-                             "or ONNX's reference evaluator")
+    parser = commands.add_parser(
+        "verify", help="check a published version's hashes and golden samples on this machine"
+    )
+    parser.add_argument(
+        "version_dir", type=Path, metavar="REPO/NAME/VERSION", help="a published version directory"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "tf", "onnx-reference"],
+        default="onnxruntime",
+        help="runtime to check: ONNX Runtime on model.onnx (default), TensorFlow on the SavedModel, "
+        "or ONNX's reference evaluator",
+    )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.set_defaults(handler=run_verify)
 
@@ -300,8 +428,11 @@ def build_parser() -> ArgumentParser:
     add_drift_parser(commands)
     add_verify_parser(commands)
     for command in commands.choices.values():
-        command.add_argument("--verbose", action="store_true",
-                             help="let TensorFlow print its own start-up lines (hidden by default)")
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="let TensorFlow print its own start-up lines (hidden by default)",
+        )
     return parser
 
 

@@ -14,8 +14,16 @@ from pathlib import Path
 from bnserve.core.errors import BnserveError, UserError
 from bnserve.core.golden import GOLDEN, Runner, check_golden, read_golden
 from bnserve.core.parity import format_table, measure
-from bnserve.core.repository import INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE, read_manifest, \
-    verify_files
+from bnserve.core.repository import (
+    INPUT_NAME,
+    MANIFEST,
+    ONNX_MODEL,
+    OUTPUT_NAMES,
+    SAVED_MODEL,
+    SIGNATURE,
+    read_manifest,
+    verify_files,
+)
 
 RUNTIMES = ("onnxruntime", "tf", "onnx-reference")
 
@@ -29,20 +37,26 @@ def onnxruntime_runner(version_dir: Path, device: str) -> Runner:
 
     cuda = "CUDAExecutionProvider"
     if device == "gpu" and cuda not in onnxruntime.get_available_providers():
-        raise UserError("--device gpu: this ONNX Runtime has no CUDA provider (pip install 'bnserve[gpu]')")
+        raise UserError(
+            "--device gpu: this ONNX Runtime has no CUDA provider (pip install 'bnserve[gpu]')"
+        )
     providers = [cuda, "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
     session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), providers=providers)
     if device == "gpu" and session.get_providers()[0] != cuda:
         raise UserError("--device gpu: ONNX Runtime could not start its CUDA provider here")
-    return lambda images: dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+    return lambda images: dict(
+        zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images}))
+    )
 
 
 def tensorflow_runner(version_dir: Path, device: str) -> Runner:
     try:
         import tensorflow as tf
     except ImportError:
-        raise UserError("bnserve verify --runtime tf needs the 'tf' extra (module 'tensorflow' is not installed): "
-                        "pip install 'bnserve[tf]'") from None
+        raise UserError(
+            "bnserve verify --runtime tf needs the 'tf' extra (module 'tensorflow' is not installed): "
+            "pip install 'bnserve[tf]'"
+        ) from None
     if device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise UserError("--device gpu: TensorFlow sees no GPU")
     name = "/GPU:0" if device == "gpu" else "/CPU:0"
@@ -51,7 +65,10 @@ def tensorflow_runner(version_dir: Path, device: str) -> Runner:
 
     def run(images):
         with tf.device(name):
-            return {key: value.numpy() for key, value in signature(**{INPUT_NAME: tf.constant(images)}).items()}
+            return {
+                key: value.numpy()
+                for key, value in signature(**{INPUT_NAME: tf.constant(images)}).items()
+            }
 
     return run
 
@@ -63,18 +80,28 @@ def onnx_reference_runner(version_dir: Path, device: str) -> Runner:
     from onnx.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(onnx.load(str(version_dir / ONNX_MODEL)))
-    return lambda images: dict(zip(OUTPUT_NAMES, evaluator.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+    return lambda images: dict(
+        zip(OUTPUT_NAMES, evaluator.run(list(OUTPUT_NAMES), {INPUT_NAME: images}))
+    )
 
 
-RUNNERS = {"onnxruntime": onnxruntime_runner, "tf": tensorflow_runner, "onnx-reference": onnx_reference_runner}
+RUNNERS = {
+    "onnxruntime": onnxruntime_runner,
+    "tf": tensorflow_runner,
+    "onnx-reference": onnx_reference_runner,
+}
 
 
-def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu", out=sys.stdout) -> None:
+def verify(
+    version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu", out=sys.stdout
+) -> None:
     """Print the hash check and the golden table; raise VerificationFailed when either does not hold."""
     if not version_dir.is_dir():
         raise UserError(f"{str(version_dir)!r}: no such directory (expected REPO/NAME/VERSION)")
     if not (version_dir / MANIFEST).is_file():
-        raise UserError(f"{str(version_dir)!r}: no {MANIFEST}; expected a published version directory REPO/NAME/VERSION")
+        raise UserError(
+            f"{str(version_dir)!r}: no {MANIFEST}; expected a published version directory REPO/NAME/VERSION"
+        )
     manifest = read_manifest(version_dir)
     try:
         verify_files(version_dir, manifest)
@@ -83,8 +110,10 @@ def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu",
         raise VerificationFailed(str(exc)) from None
     print(f"files: ok ({len(manifest.files)} files match the manifest's sha256)", file=out)
     if GOLDEN not in manifest.files:
-        raise VerificationFailed(f"{version_dir}: no {GOLDEN}: this version was exported before golden samples "
-                                 "existed, so its numbers cannot be checked here (export it again)")
+        raise VerificationFailed(
+            f"{version_dir}: no {GOLDEN}: this version was exported before golden samples "
+            "existed, so its numbers cannot be checked here (export it again)"
+        )
     golden = read_golden(version_dir / GOLDEN)
     run = RUNNERS[runtime](version_dir, device)
     check = check_golden(run, golden)
@@ -92,8 +121,12 @@ def verify(version_dir: Path, runtime: str = "onnxruntime", device: str = "cpu",
     print(format_table([parity], golden.tolerance), file=out)
     print(check.describe(), file=out)
     if not (check.passed and parity.passes(golden.tolerance)):
-        raise VerificationFailed(f"{version_dir}: {runtime} on {device} does not reproduce the certified numbers: "
-                                 f"{check.describe()}")
-    print(f"verified: {runtime} on {device} reproduces {manifest.name or '?'} version "
-          f"{manifest.version or '?'} within {golden.tolerance:g}", file=out)
-
+        raise VerificationFailed(
+            f"{version_dir}: {runtime} on {device} does not reproduce the certified numbers: "
+            f"{check.describe()}"
+        )
+    print(
+        f"verified: {runtime} on {device} reproduces {manifest.name or '?'} version "
+        f"{manifest.version or '?'} within {golden.tolerance:g}",
+        file=out,
+    )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-
 import logging
 from pathlib import Path
-
-from absl import logging as absl_logging
 
 import onnx
 import tensorflow as tf
 import tf2onnx
+from absl import logging as absl_logging
 
 from bnserve.core.repository import INPUT_NAME, OUTPUT_NAMES, SIGNATURE, Manifest
 from bnserve.exporter.folded import FoldedModule
@@ -28,12 +26,16 @@ def write_onnx(module: FoldedModule, path: Path, opset: int) -> onnx.ModelProto:
     # tf2onnx's graph freezing logs harmless TensorFlow warnings at WARNING level on every export.
     tf2onnx.logging.set_level(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
-    model, _ = tf2onnx.convert.from_function(module.serve, input_signature=module.serve.input_signature, opset=opset)
+    model, _ = tf2onnx.convert.from_function(
+        module.serve, input_signature=module.serve.input_signature, opset=opset
+    )
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     if names != ([INPUT_NAME], list(OUTPUT_NAMES)):
-        raise RuntimeError(f"tf2onnx produced inputs/outputs {names}, expected {[INPUT_NAME]}/{list(OUTPUT_NAMES)}")
+        raise RuntimeError(
+            f"tf2onnx produced inputs/outputs {names}, expected {[INPUT_NAME]}/{list(OUTPUT_NAMES)}"
+        )
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return model
@@ -43,7 +45,9 @@ def write_monitor_onnx(module, path: Path, opset: int) -> list[str]:
     """Convert ``module.moments`` (bnserve.exporter.folded.MonitorModule) with tf2onnx; returns its output names."""
     tf2onnx.logging.set_level(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
-    model, _ = tf2onnx.convert.from_function(module.moments, input_signature=module.moments.input_signature, opset=opset)
+    model, _ = tf2onnx.convert.from_function(
+        module.moments, input_signature=module.moments.input_signature, opset=opset
+    )
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     onnx.save(model, str(path))
@@ -57,14 +61,26 @@ def onnx_metadata(manifest: Manifest) -> dict[str, str]:
     spec = manifest.inputs[0]
     return {
         "bnserve.class_labels": json.dumps(list(manifest.class_labels)),
-        "bnserve.input": json.dumps({"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape),
-                                     "layout": "NHWC", "range": list(manifest.input_range),
-                                     "values": manifest.input_values}),
+        "bnserve.input": json.dumps(
+            {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": list(spec.shape),
+                "layout": "NHWC",
+                "range": list(manifest.input_range),
+                "values": manifest.input_values,
+            }
+        ),
         "bnserve.outputs": json.dumps({o.name: list(o.shape) for o in manifest.outputs}),
         "bnserve.batch_normalization": json.dumps(manifest.batch_normalization.to_json()),
         "bnserve.heldout_accuracy": json.dumps(manifest.heldout_accuracy),
-        "bnserve.core.parity": json.dumps({"tolerance": manifest.parity["tolerance"], "passed": manifest.parity["passed"],
-                                      "max_abs": {name: r["max_abs"] for name, r in manifest.parity["artifacts"].items()}}),
+        "bnserve.core.parity": json.dumps(
+            {
+                "tolerance": manifest.parity["tolerance"],
+                "passed": manifest.parity["passed"],
+                "max_abs": {name: r["max_abs"] for name, r in manifest.parity["artifacts"].items()},
+            }
+        ),
         "bnserve.version": manifest.versions["bnserve"],
     }
 
@@ -73,13 +89,15 @@ def onnx_doc_string(manifest: Manifest) -> str:
     spec, bn = manifest.inputs[0], manifest.batch_normalization
     low, high = manifest.input_range
     labels = list(manifest.class_labels)
-    return (f"A batch-normalised conv net exported by bnserve {manifest.versions['bnserve']}: input {spec.name!r} "
-            f"FP32 {list(spec.shape)} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest.input_values}); outputs "
-            f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Its {bn.layers} BN layers are folded "
-            f"into the convolutions with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
-            f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {bn.epsilon}), so the graph holds no "
-            f"BatchNormalization op. Certified against the unfolded model in inference mode to "
-            f"{manifest.parity['tolerance']:g} (max abs logit error); metadata_props hold the details.")
+    return (
+        f"A batch-normalised conv net exported by bnserve {manifest.versions['bnserve']}: input {spec.name!r} "
+        f"FP32 {list(spec.shape)} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest.input_values}); outputs "
+        f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Its {bn.layers} BN layers are folded "
+        f"into the convolutions with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
+        f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {bn.epsilon}), so the graph holds no "
+        f"BatchNormalization op. Certified against the unfolded model in inference mode to "
+        f"{manifest.parity['tolerance']:g} (max abs logit error); metadata_props hold the details."
+    )
 
 
 def write_onnx_metadata(path: Path, manifest: Manifest) -> None:
@@ -116,4 +134,6 @@ def assert_no_batch_norm(saved_model: Path, onnx_model: Path) -> None:
     tf_bn = sorted(op for op in saved_model_op_types(saved_model) if "BatchNorm" in op)
     onnx_bn = sorted(op for op in onnx_op_types(onnx_model) if "BatchNormalization" in op)
     if tf_bn or onnx_bn:
-        raise RuntimeError(f"batch-norm ops left in the artifacts: SavedModel {tf_bn}, ONNX {onnx_bn}")
+        raise RuntimeError(
+            f"batch-norm ops left in the artifacts: SavedModel {tf_bn}, ONNX {onnx_bn}"
+        )

@@ -18,24 +18,58 @@ import tf2onnx
 from onnx.reference import ReferenceEvaluator
 
 import bnserve
+from bnserve.core.drift import (
+    CLEAN_WINDOWS,
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    DEFAULT_WINDOW,
+    MONITOR_MODEL,
+    MonitoredLayer,
+    MonitorSpec,
+    calibrate_thresholds,
+)
 from bnserve.core.errors import BnserveError
 from bnserve.core.golden import GOLDEN, golden_inputs, write_golden
-from bnserve.core.repository import (INPUT_NAME, MANIFEST, ONNX_MODEL, OUTPUT_NAMES, SAVED_MODEL, SIGNATURE,
-                                BatchNormProvenance, Manifest, TensorSpec, check_new_version, discard, publish,
-                                read_manifest, staging_dir, write_json)
-from bnserve.core.drift import (CLEAN_WINDOWS, DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW, MONITOR_MODEL,
-                           MonitoredLayer, MonitorSpec, calibrate_thresholds)
-from bnserve.exporter.artifacts import (assert_no_batch_norm, write_monitor_onnx, write_onnx, write_onnx_metadata,
-                                write_saved_model)
-from bnserve.exporter.fold import bn_scale_shift
-from bnserve.exporter.options import check_export_options, load_adapt_data, statistics_kind
-from bnserve.exporter.folded import FoldedModule, MonitorModule, fold_network
-from bnserve.core.parity import REFERENCE_EVALUATOR_SAMPLES, certificate, format_table, measure, parity_inputs
-from bnserve.trainer.checkpoint import restore_trained_model
+from bnserve.core.parity import (
+    REFERENCE_EVALUATOR_SAMPLES,
+    certificate,
+    format_table,
+    measure,
+    parity_inputs,
+)
 from bnserve.core.records import RunRecord
-from bnserve.trainer.rundir import check_has_checkpoint, read_run_record
+from bnserve.core.repository import (
+    INPUT_NAME,
+    MANIFEST,
+    ONNX_MODEL,
+    OUTPUT_NAMES,
+    SAVED_MODEL,
+    SIGNATURE,
+    BatchNormProvenance,
+    Manifest,
+    TensorSpec,
+    check_new_version,
+    discard,
+    publish,
+    read_manifest,
+    staging_dir,
+    write_json,
+)
+from bnserve.exporter.artifacts import (
+    assert_no_batch_norm,
+    write_monitor_onnx,
+    write_onnx,
+    write_onnx_metadata,
+    write_saved_model,
+)
+from bnserve.exporter.fold import bn_scale_shift
+from bnserve.exporter.folded import FoldedModule, MonitorModule, fold_network
+from bnserve.exporter.options import check_export_options, load_adapt_data, statistics_kind
+from bnserve.trainer.checkpoint import restore_trained_model
 from bnserve.trainer.data import Dataset, load_dataset, split
 from bnserve.trainer.model import NetworkParameters, make_predict
+from bnserve.trainer.rundir import check_has_checkpoint, read_run_record
+
 
 class ParityError(BnserveError):
     """An artifact disagrees with the reference beyond the tolerance: nothing is published."""
@@ -62,7 +96,9 @@ def progress(step: str, log: Callable[[str], None]):
     log(f"{step}: done in {time.perf_counter() - started:.1f} s")
 
 
-def precise_statistics(model, images_all: np.ndarray, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def precise_statistics(
+    model, images_all: np.ndarray, batch_size: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Population statistics re-estimated with frozen weights ("precise BN"; on target data, AdaBN).
 
     One pass over ``images_all`` in batches of ``batch_size`` in training mode; per BN layer,
@@ -72,14 +108,16 @@ def precise_statistics(model, images_all: np.ndarray, batch_size: int) -> dict[s
     sums: dict[str, list] = {}
     samples = len(images_all)
     for start in range(0, samples, batch_size):
-        images = images_all[start:start + batch_size]
+        images = images_all[start : start + batch_size]
         forward(images)
         for name, (mean, variance) in model.batch_moments().items():
             total = sums.setdefault(name, [0.0, 0.0])
             total[0] += len(images) * mean.astype(np.float64)
             total[1] += len(images) * variance.astype(np.float64)
-    return {name: (total_mean / samples, total_variance / samples)
-            for name, (total_mean, total_variance) in sums.items()}
+    return {
+        name: (total_mean / samples, total_variance / samples)
+        for name, (total_mean, total_variance) in sums.items()
+    }
 
 
 def heldout_accuracy(model, heldout: Dataset) -> float:
@@ -87,7 +125,9 @@ def heldout_accuracy(model, heldout: Dataset) -> float:
 
 
 def labelled_accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
-    logits = np.concatenate([model(images[i:i + 512], training=False).numpy() for i in range(0, len(images), 512)])
+    logits = np.concatenate(
+        [model(images[i : i + 512], training=False).numpy() for i in range(0, len(images), 512)]
+    )
     return float(np.mean(np.argmax(logits, 1) == labels))
 
 
@@ -95,42 +135,78 @@ def monitored_layers(network: NetworkParameters, statistics: dict) -> list[Monit
     """Layer 0 (the input standardisation: s = 1/std, t = -mean/std, frozen M = mean, V = std^2, with the first
     BN's epsilon so that a constant input channel stays finite) and each folded block (s, t of its BN, frozen M, V
     the folded statistics), as bnserve.core.drift defines them."""
-    mean, std = np.asarray(network.input_mean, np.float64), np.asarray(network.input_std, np.float64)
+    mean, std = (
+        np.asarray(network.input_mean, np.float64),
+        np.asarray(network.input_std, np.float64),
+    )
     first_epsilon = network.blocks[0].epsilon if network.blocks else 1e-3
-    layers = [MonitoredLayer("input", tuple(1 / std), tuple(-mean / std), tuple(mean), tuple(std ** 2), first_epsilon)]
+    layers = [
+        MonitoredLayer(
+            "input", tuple(1 / std), tuple(-mean / std), tuple(mean), tuple(std**2), first_epsilon
+        )
+    ]
     for block in network.blocks:
         bn_mean, bn_variance = statistics[block.bn]
         scale, shift = bn_scale_shift(bn_mean, bn_variance, block.epsilon, block.gamma, block.beta)
-        layers.append(MonitoredLayer(f"{block.conv}+{block.bn}", tuple(scale), tuple(shift),
-                                     tuple(np.asarray(bn_mean, np.float64)), tuple(np.asarray(bn_variance, np.float64)),
-                                     block.epsilon))
+        layers.append(
+            MonitoredLayer(
+                f"{block.conv}+{block.bn}",
+                tuple(scale),
+                tuple(shift),
+                tuple(np.asarray(bn_mean, np.float64)),
+                tuple(np.asarray(bn_variance, np.float64)),
+                block.epsilon,
+            )
+        )
     return layers
 
 
-def write_monitor(folded, network: NetworkParameters, statistics: dict, built: Path, opset: int,
-                  clean: np.ndarray, tolerance: float) -> MonitorSpec:
+def write_monitor(
+    folded,
+    network: NetworkParameters,
+    statistics: dict,
+    built: Path,
+    opset: int,
+    clean: np.ndarray,
+    tolerance: float,
+) -> MonitorSpec:
     """monitor.onnx, checked against its TensorFlow function on ``clean`` (held-out) inputs, and the per-layer
     alarm thresholds calibrated on clean windows of those inputs (bnserve.core.drift.calibrate_thresholds)."""
     module = MonitorModule(folded)
     write_monitor_onnx(module, built / MONITOR_MODEL, opset)
-    session = onnxruntime.InferenceSession(str(built / MONITOR_MODEL), providers=["CPUExecutionProvider"])
-    moments = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: clean})))
+    session = onnxruntime.InferenceSession(
+        str(built / MONITOR_MODEL), providers=["CPUExecutionProvider"]
+    )
+    moments = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: clean}))
+    )
     reference = {name: value.numpy() for name, value in module.moments(tf.constant(clean)).items()}
     for name, expected in reference.items():
         scale = max(1.0, float(np.max(np.abs(expected))))
         error = float(np.max(np.abs(moments[name] - expected)))
         if error > tolerance * scale:
-            raise ParityError(f"monitor.onnx output {name!r} differs by {error:.3g} from its TensorFlow function "
-                              f"(tolerance {tolerance:g} x {scale:.3g}): nothing published")
+            raise ParityError(
+                f"monitor.onnx output {name!r} differs by {error:.3g} from its TensorFlow function "
+                f"(tolerance {tolerance:g} x {scale:.3g}): nothing published"
+            )
     layers, _ = calibrate_thresholds(moments, monitored_layers(network, statistics))
-    return MonitorSpec(MONITOR_MODEL, DEFAULT_WINDOW, DEFAULT_MARGIN, DEFAULT_QUANTILE, CLEAN_WINDOWS, len(clean),
-                       tuple(layers))
+    return MonitorSpec(
+        MONITOR_MODEL,
+        DEFAULT_WINDOW,
+        DEFAULT_MARGIN,
+        DEFAULT_QUANTILE,
+        CLEAN_WINDOWS,
+        len(clean),
+        tuple(layers),
+    )
 
 
 def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
     """Each artifact as written to disk, loaded by its own consumer."""
     signature = tf.saved_model.load(str(version_dir / SAVED_MODEL)).signatures[SIGNATURE]
-    session = onnxruntime.InferenceSession(str(version_dir / ONNX_MODEL), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(version_dir / ONNX_MODEL), providers=["CPUExecutionProvider"]
+    )
     evaluator = ReferenceEvaluator(onnx.load(str(version_dir / ONNX_MODEL)))
 
     def saved_model(images):
@@ -142,12 +218,25 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
     def onnx_reference(images):
         return dict(zip(OUTPUT_NAMES, evaluator.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
 
-    return {"saved_model": saved_model, "onnxruntime": onnx_runtime, "onnx_reference": onnx_reference}
+    return {
+        "saved_model": saved_model,
+        "onnxruntime": onnx_runtime,
+        "onnx_reference": onnx_reference,
+    }
 
 
-def build_manifest(request: ExportRequest, network: NetworkParameters, record: RunRecord, checkpoint: str,
-                   accuracies: dict, parity: dict, golden: dict, input_range: tuple[float, float],
-                   monitor: MonitorSpec, statistics_source: dict | None) -> Manifest:
+def build_manifest(
+    request: ExportRequest,
+    network: NetworkParameters,
+    record: RunRecord,
+    checkpoint: str,
+    accuracies: dict,
+    parity: dict,
+    golden: dict,
+    input_range: tuple[float, float],
+    monitor: MonitorSpec,
+    statistics_source: dict | None,
+) -> Manifest:
     config, dataset = record.model, record.dataset
     height, width, channels = config["input_shape"]
     classes = config["num_classes"]
@@ -158,24 +247,40 @@ def build_manifest(request: ExportRequest, network: NetworkParameters, record: R
         input_values=f"raw values as stored in the data set {dataset.name!r}; normalisation is in the graph",
         input_range=input_range,
         batch_normalization=BatchNormProvenance(
-            statistics=statistics_kind(request.statistics), decay=config["decay"], warmup=config["warmup"],
-            ema_updates=network.ema_updates, epsilon=config["epsilon"], layers=len(network.blocks),
+            statistics=statistics_kind(request.statistics),
+            decay=config["decay"],
+            warmup=config["warmup"],
+            ema_updates=network.ema_updates,
+            epsilon=config["epsilon"],
+            layers=len(network.blocks),
             folded=tuple(f"{block.conv}+{block.bn}" for block in network.blocks),
-            input_standardization="multiply-add (x * 1/std + -mean/std)", source=statistics_source),
+            input_standardization="multiply-add (x * 1/std + -mean/std)",
+            source=statistics_source,
+        ),
         heldout_accuracy=accuracies,
         parity=parity,
         golden=golden,
-        source={"run_dir": str(request.run_dir.resolve()), "checkpoint": Path(checkpoint).name,
-                "dataset_sha256": dataset.sha256},
+        source={
+            "run_dir": str(request.run_dir.resolve()),
+            "checkpoint": Path(checkpoint).name,
+            "dataset_sha256": dataset.sha256,
+        },
         onnx_opset=request.opset,
-        versions={"bnserve": bnserve.__version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
-                  "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        versions={
+            "bnserve": bnserve.__version__,
+            "tensorflow": tf.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         monitor=monitor,
     )
 
 
-def export(request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[int, Path, Manifest]:
+def export(
+    request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+) -> tuple[int, Path, Manifest]:
     """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
     # Everything the user can get wrong is checked before the slow work and before any write.
     check_export_options(request.opset, request.statistics, request.tolerance)
@@ -185,30 +290,45 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
     adapt = None
     if kind == "adapt":  # the target data is checked before TensorFlow restores anything
         record = read_run_record(request.run_dir)
-        adapt = load_adapt_data(request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"])
+        adapt = load_adapt_data(
+            request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"]
+        )
     with progress("restoring the checkpoint", log):
         model, record, checkpoint = restore_trained_model(request.run_dir)
         config = record.config
-        train, heldout = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
+        train, heldout = split(
+            load_dataset(config["data"]), config["seed"], config["heldout_fraction"]
+        )
     accuracies = {"ema": heldout_accuracy(model, heldout)}
     network = model.parameters()
     statistics = network.shadow_statistics()
     statistics_source = None
     if kind in ("precise", "adapt"):
         images = train.images if kind == "precise" else adapt.images
-        before = labelled_accuracy(model, adapt.images, adapt.labels) if adapt is not None and adapt.labels is not None else None
-        with progress(f"re-estimating BN statistics on {len(images)} {'training' if kind == 'precise' else 'target'} "
-                      "inputs", log):
+        before = (
+            labelled_accuracy(model, adapt.images, adapt.labels)
+            if adapt is not None and adapt.labels is not None
+            else None
+        )
+        with progress(
+            f"re-estimating BN statistics on {len(images)} {'training' if kind == 'precise' else 'target'} "
+            "inputs",
+            log,
+        ):
             statistics = precise_statistics(model, images, config["batch_size"])
             model.set_statistics(statistics)
             accuracies[kind] = heldout_accuracy(model, heldout)
         if adapt is not None:
             statistics_source = dict(adapt.source)
             if before is not None:
-                statistics_source |= {"accuracy_before": before,
-                                      "accuracy_after": labelled_accuracy(model, adapt.images, adapt.labels)}
-                log(f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
-                    f"{statistics_source['accuracy_after']:.4f} adapted")
+                statistics_source |= {
+                    "accuracy_before": before,
+                    "accuracy_after": labelled_accuracy(model, adapt.images, adapt.labels),
+                }
+                log(
+                    f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
+                    f"{statistics_source['accuracy_after']:.4f} adapted"
+                )
     built = staging_dir(request.repository)
     try:
         folded = fold_network(network, statistics)
@@ -219,27 +339,59 @@ def export(request: ExportRequest, log: Callable[[str], None] = lambda line: pri
             write_onnx(module, built / ONNX_MODEL, request.opset)
         assert_no_batch_norm(built / SAVED_MODEL, built / ONNX_MODEL)
         with progress("checking parity", log):
-            inputs = parity_inputs(heldout.images, float(train.images.min()), float(train.images.max()))
-            expected = {key: model(images, training=False).numpy() for key, images in inputs.items()}
-            results = [measure(name, run, inputs, expected,
-                               REFERENCE_EVALUATOR_SAMPLES if name == "onnx_reference" else None)
-                       for name, run in artifact_runners(built).items()]
+            inputs = parity_inputs(
+                heldout.images, float(train.images.min()), float(train.images.max())
+            )
+            expected = {
+                key: model(images, training=False).numpy() for key, images in inputs.items()
+            }
+            results = [
+                measure(
+                    name,
+                    run,
+                    inputs,
+                    expected,
+                    REFERENCE_EVALUATOR_SAMPLES if name == "onnx_reference" else None,
+                )
+                for name, run in artifact_runners(built).items()
+            ]
         log(format_table(results, request.tolerance))
         parity = certificate(results, request.tolerance)
         if not parity["passed"]:
             raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
         with progress("writing and calibrating the drift monitor", log):
-            monitor = write_monitor(folded, network, statistics, built, request.opset, heldout.images.astype(np.float32),
-                                    request.tolerance)
+            monitor = write_monitor(
+                folded,
+                network,
+                statistics,
+                built,
+                request.opset,
+                heldout.images.astype(np.float32),
+                request.tolerance,
+            )
         golden_sets = golden_inputs(inputs)
-        write_golden(built / GOLDEN, golden_sets, {key: expected[key][:len(images)] for key, images in golden_sets.items()},
-                     request.tolerance)
+        write_golden(
+            built / GOLDEN,
+            golden_sets,
+            {key: expected[key][: len(images)] for key, images in golden_sets.items()},
+            request.tolerance,
+        )
         manifest = build_manifest(
-            request, network, record, checkpoint, accuracies, parity,
-            golden={"file": GOLDEN, "tolerance": request.tolerance,
-                    "sets": {key: len(images) for key, images in golden_sets.items()}},
-            input_range=(float(train.images.min()), float(train.images.max())), monitor=monitor,
-            statistics_source=statistics_source)
+            request,
+            network,
+            record,
+            checkpoint,
+            accuracies,
+            parity,
+            golden={
+                "file": GOLDEN,
+                "tolerance": request.tolerance,
+                "sets": {key: len(images) for key, images in golden_sets.items()},
+            },
+            input_range=(float(train.images.min()), float(train.images.max())),
+            monitor=monitor,
+            statistics_source=statistics_source,
+        )
         write_onnx_metadata(built / ONNX_MODEL, manifest)
         write_json(built / MANIFEST, manifest.to_json())
         version, path = publish(built, request.repository, request.name, request.version)

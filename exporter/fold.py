@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def bn_scale_shift(mean, variance, epsilon: float, gamma=None, beta=None) -> tuple[np.ndarray, np.ndarray]:
+def bn_scale_shift(
+    mean, variance, epsilon: float, gamma=None, beta=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (s, t) with BN(x) = s * x + t in inference form.
 
         s_c = gamma_c / sqrt(var_c + eps)        (gamma_c = 1 when absent)
@@ -16,7 +18,9 @@ def bn_scale_shift(mean, variance, epsilon: float, gamma=None, beta=None) -> tup
     mean = np.asarray(mean, np.float64)
     variance = np.asarray(variance, np.float64)
     if mean.ndim != 1 or variance.shape != mean.shape:
-        raise ValueError(f"mean and variance must be vectors of one length, got {mean.shape} and {variance.shape}")
+        raise ValueError(
+            f"mean and variance must be vectors of one length, got {mean.shape} and {variance.shape}"
+        )
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     if np.any(variance < 0):
@@ -27,7 +31,9 @@ def bn_scale_shift(mean, variance, epsilon: float, gamma=None, beta=None) -> tup
     return scale, beta - mean * scale
 
 
-def fold_conv_bn(kernel, bias, mean, variance, epsilon: float, gamma=None, beta=None) -> tuple[np.ndarray, np.ndarray]:
+def fold_conv_bn(
+    kernel, bias, mean, variance, epsilon: float, gamma=None, beta=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Fold BN into the conv before it; returns (W', b') as float32.
 
     ``kernel`` is TensorFlow's HWIO layout [kh, kw, in, out] (out-channels last); ``bias`` is [out]
@@ -42,6 +48,8 @@ def fold_conv_bn(kernel, bias, mean, variance, epsilon: float, gamma=None, beta=
     channels = kernel.shape[-1]
     bias = np.zeros(channels) if bias is None else np.asarray(bias, np.float64)
     if bias.shape != (channels,) or np.shape(mean) != (channels,):
-        raise ValueError(f"bias and BN statistics need {channels} channels (the kernel's last axis)")
+        raise ValueError(
+            f"bias and BN statistics need {channels} channels (the kernel's last axis)"
+        )
     scale, shift = bn_scale_shift(mean, variance, epsilon, gamma, beta)
     return (kernel * scale).astype(np.float32), (bias * scale + shift).astype(np.float32)

@@ -34,7 +34,9 @@ class FoldedNetwork:
     dense_bias: np.ndarray
 
 
-def fold_network(network: NetworkParameters, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> FoldedNetwork:
+def fold_network(
+    network: NetworkParameters, statistics: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> FoldedNetwork:
     """Fold ``statistics`` ({BN layer name: (mean, variance)}) and each block's BN parameters into its conv.
 
     The input standardisation (x - m) / s becomes the multiply-add x * (1/s) + (-m/s).
@@ -44,12 +46,14 @@ def fold_network(network: NetworkParameters, statistics: dict[str, tuple[np.ndar
     convs = []
     for block in network.blocks:
         bn_mean, bn_variance = statistics[block.bn]
-        kernel, bias = fold_conv_bn(block.kernel, block.bias, bn_mean, bn_variance, block.epsilon, block.gamma,
-                                    block.beta)
+        kernel, bias = fold_conv_bn(
+            block.kernel, block.bias, bn_mean, bn_variance, block.epsilon, block.gamma, block.beta
+        )
         convs.append(FoldedConv(kernel, bias, block.stride, f"{block.conv}+{block.bn}"))
     return FoldedNetwork(
         input_shape=tuple(network.input_shape),
-        input_scale=(1.0 / std).astype(np.float32), input_shift=(-mean / std).astype(np.float32),
+        input_scale=(1.0 / std).astype(np.float32),
+        input_shift=(-mean / std).astype(np.float32),
         convs=tuple(convs),
         dense_kernel=network.dense_kernel.astype(np.float32),
         dense_bias=network.dense_bias.astype(np.float32),
@@ -63,13 +67,23 @@ class FoldedModule(tf.Module):
         super().__init__(name="bnserve_folded")
         self.input_scale = tf.Variable(network.input_scale, trainable=False, name="input_scale")
         self.input_shift = tf.Variable(network.input_shift, trainable=False, name="input_shift")
-        self.kernels = [tf.Variable(c.kernel, trainable=False, name=f"kernel{i}") for i, c in enumerate(network.convs)]
-        self.biases = [tf.Variable(c.bias, trainable=False, name=f"bias{i}") for i, c in enumerate(network.convs)]
+        self.kernels = [
+            tf.Variable(c.kernel, trainable=False, name=f"kernel{i}")
+            for i, c in enumerate(network.convs)
+        ]
+        self.biases = [
+            tf.Variable(c.bias, trainable=False, name=f"bias{i}")
+            for i, c in enumerate(network.convs)
+        ]
         self.strides = [c.stride for c in network.convs]
         self.dense_kernel = tf.Variable(network.dense_kernel, trainable=False, name="dense_kernel")
         self.dense_bias = tf.Variable(network.dense_bias, trainable=False, name="dense_bias")
         self.serve = tf.function(
-            self._forward, input_signature=[tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)])
+            self._forward,
+            input_signature=[
+                tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)
+            ],
+        )
 
     def _forward(self, images):
         hidden = images * self.input_scale + self.input_shift
@@ -88,7 +102,11 @@ class MonitorModule(tf.Module):
         super().__init__(name="bnserve_monitor")
         self.folded = FoldedModule(network)
         self.moments = tf.function(
-            self._moments, input_signature=[tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)])
+            self._moments,
+            input_signature=[
+                tf.TensorSpec([None, *network.input_shape], tf.float32, name=INPUT_NAME)
+            ],
+        )
 
     def _moments(self, images):
         from bnserve.core.drift import output_names

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,22 @@ MIN_ADAPT_SAMPLES = 32
 
 
 def statistics_kind(statistics: str) -> str:
-    """"ema", "precise" or "adapt" (for "adapt:PATH")."""
+    """ "ema", "precise" or "adapt" (for "adapt:PATH")."""
     return "adapt" if statistics.startswith("adapt:") else statistics
 
 
 def check_export_options(opset: int, statistics: str, tolerance: float) -> None:
     if opset not in SUPPORTED_OPSETS:
-        raise UserError(f"--opset {opset}: tf2onnx targets opsets {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}")
+        raise UserError(
+            f"--opset {opset}: tf2onnx targets opsets {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}"
+        )
     if statistics.startswith("adapt:"):
-        path = Path(statistics[len("adapt:"):])
+        path = Path(statistics[len("adapt:") :])
         if not path.exists():
-            raise UserError(f"--stats {statistics!r}: no such file or directory (expected an .npz with 'x', or a "
-                            "capture directory of .npz shards)")
+            raise UserError(
+                f"--stats {statistics!r}: no such file or directory (expected an .npz with 'x', or a "
+                "capture directory of .npz shards)"
+            )
     elif statistics not in STATISTICS:
         raise UserError(f"--stats {statistics!r}: expected one of {', '.join(STATISTICS)}")
     if not tolerance > 0:
@@ -52,7 +55,7 @@ def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: 
     """``adapt:PATH``'s inputs: an .npz with ``x`` [N, H, W, C] (and optionally integer ``y``), or a directory of
     such shards (a capture directory; labels are ignored there). Refused with a UserError naming what is wrong."""
     flag = f"--stats {statistics!r}"
-    path = Path(statistics[len("adapt:"):])
+    path = Path(statistics[len("adapt:") :])
     shards = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not shards:
         raise UserError(f"{flag}: the directory holds no .npz shards")
@@ -61,30 +64,46 @@ def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: 
         try:
             with np.load(shard, allow_pickle=False) as data:
                 if "x" not in data:
-                    raise UserError(f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})")
+                    raise UserError(
+                        f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})"
+                    )
                 images.append(np.asarray(data["x"]))
                 labels.append(np.asarray(data["y"]) if "y" in data and not path.is_dir() else None)
         except UserError:
             raise
         except Exception as exc:  # not a zip, a pickled object array, a truncated shard ...
-            raise UserError(f"{flag}: {shard.name} is not a readable .npz ({type(exc).__name__}: {exc})") from None
+            raise UserError(
+                f"{flag}: {shard.name} is not a readable .npz ({type(exc).__name__}: {exc})"
+            ) from None
     for shard, x in zip(shards, images):
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape):
-            raise UserError(f"{flag}: {shard.name}: x has shape {list(x.shape)}, expected [N, {', '.join(map(str, input_shape))}]")
+            raise UserError(
+                f"{flag}: {shard.name}: x has shape {list(x.shape)}, expected [N, {', '.join(map(str, input_shape))}]"
+            )
         if x.dtype.kind not in "fiu":
             raise UserError(f"{flag}: {shard.name}: x holds {x.dtype}, expected numbers")
     x = np.concatenate(images).astype(np.float32)
     if not np.all(np.isfinite(x)):
-        raise UserError(f"{flag}: x holds NaN or infinite values ({int(np.sum(~np.isfinite(x)))} of {x.size})")
+        raise UserError(
+            f"{flag}: x holds NaN or infinite values ({int(np.sum(~np.isfinite(x)))} of {x.size})"
+        )
     if len(x) < MIN_ADAPT_SAMPLES:
         raise UserError(f"{flag}: {len(x)} samples, expected at least {MIN_ADAPT_SAMPLES}")
     y = labels[0] if len(labels) == 1 else None
     if y is not None:
-        if y.shape != (len(x),) or y.dtype.kind not in "iu" or (len(y) and (y.min() < 0 or y.max() >= num_classes)):
-            raise UserError(f"{flag}: y must be {len(x)} integer labels in 0..{num_classes - 1}, got shape "
-                            f"{list(y.shape)} of {y.dtype}")
+        if (
+            y.shape != (len(x),)
+            or y.dtype.kind not in "iu"
+            or (len(y) and (y.min() < 0 or y.max() >= num_classes))
+        ):
+            raise UserError(
+                f"{flag}: y must be {len(x)} integer labels in 0..{num_classes - 1}, got shape "
+                f"{list(y.shape)} of {y.dtype}"
+            )
         y = y.astype(np.int64)
     digest = hashlib.sha256(x.tobytes())
     if y is not None:
         digest.update(y.tobytes())
-    return AdaptData(x, y, {"path": str(path.resolve()), "sha256": digest.hexdigest(), "samples": int(len(x))})
+    return AdaptData(
+        x, y, {"path": str(path.resolve()), "sha256": digest.hexdigest(), "samples": int(len(x))}
+    )

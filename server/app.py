@@ -17,16 +17,15 @@ from bnserve.core.errors import UserError
 from bnserve.protos import inference_pb2, monitor_pb2_grpc
 from bnserve.server import grpc_monitor, grpc_tfserving, tfserving_documents
 from bnserve.server.auth import BearerToken, TokenAuthInterceptor
-from bnserve.server.dataplane import DataPlane
-from bnserve.server.health import ReadinessHealth
-from bnserve.server.grpc_v2 import InferenceServicer, add_inference_service
-from bnserve.server.metrics import serve_metrics
 from bnserve.server.controller import RepositoryController
+from bnserve.server.dataplane import DataPlane
+from bnserve.server.grpc_v2 import InferenceServicer, add_inference_service
+from bnserve.server.health import ReadinessHealth
+from bnserve.server.metrics import serve_metrics
 from bnserve.server.models import ModelRegistry
 from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
-
 
 
 FILES_BESIDE_CONNECTIONS = 256
@@ -42,8 +41,12 @@ def fit_open_files(max_connections: int) -> None:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         if target < needed:
-            log.warning("open-file limit %d (hard) is below --max-connections %d + %d: lower --max-connections",
-                        hard, max_connections, FILES_BESIDE_CONNECTIONS)
+            log.warning(
+                "open-file limit %d (hard) is below --max-connections %d + %d: lower --max-connections",
+                hard,
+                max_connections,
+                FILES_BESIDE_CONNECTIONS,
+            )
 
 
 @dataclass
@@ -70,7 +73,9 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
-        if self.http is not None:  # closes the listener and idle connections; open requests have drained
+        if (
+            self.http is not None
+        ):  # closes the listener and idle connections; open requests have drained
             await self.http.cleanup()
         await self.server.stop(max(0.0, deadline - loop.time()))
         await self.controller.stop()
@@ -84,52 +89,72 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     health = ReadinessHealth(dataplane)
     controller = RepositoryController(settings, registry, dataplane, health)
     controller.load_at_start()
-    options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-               ("grpc.max_send_message_length", settings.max_message_bytes),
-               # gRPC sets SO_REUSEPORT by default: a second server on a busy port would "start" and the
-               # kernel would split connections between the two. Only --workers share a port on purpose.
-               ("grpc.so_reuseport", 1 if settings.share_port else 0),
-               # Connections are a resource like memory: a cap, and no socket held for free.
-               ("grpc.max_allowed_incoming_connections", settings.max_connections),
-               ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
-               ("grpc.server_handshake_timeout_ms", int(settings.handshake_seconds * 1000)),
-               ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would "start" and the
+        # kernel would split connections between the two. Only --workers share a port on purpose.
+        ("grpc.so_reuseport", 1 if settings.share_port else 0),
+        # Connections are a resource like memory: a cap, and no socket held for free.
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_seconds * 1000)),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
     fit_open_files(settings.max_connections)
     token = BearerToken(settings.auth_token) if settings.auth_token else None
     interceptors = [TokenAuthInterceptor(token, settings.health_without_auth)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     running = RunningServer(server, 0, settings, dataplane, controller)
     add_inference_service(InferenceServicer(dataplane, controller), server)
-    server.add_generic_rpc_handlers(grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane)))
+    server.add_generic_rpc_handlers(
+        grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane))
+    )
     monitor_pb2_grpc.add_MonitorServicer_to_server(grpc_monitor.MonitorServicer(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([
-        inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        # Listed so tools see every service of the port; their messages are described under the project's
-        # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
-        *tfserving_documents.SERVICE_NAMES,
-        grpc_monitor.SERVICE_NAME,
-        reflection.SERVICE_NAME,
-    ], server)
+    reflection.enable_server_reflection(
+        [
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            # Listed so tools see every service of the port; their messages are described under the project's
+            # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
+            *tfserving_documents.SERVICE_NAMES,
+            grpc_monitor.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
     address = f"{settings.host}:{settings.grpc_port}"
     credentials = settings.server_credentials()
     try:
-        running.port = (server.add_secure_port(address, credentials) if credentials
-                        else server.add_insecure_port(address))
+        running.port = (
+            server.add_secure_port(address, credentials)
+            if credentials
+            else server.add_insecure_port(address)
+        )
     except RuntimeError:
-        raise UserError(f"--grpc-port {settings.grpc_port}: port {settings.grpc_port} is in use on {settings.host} "
-                        "(or this address cannot be bound)") from None
+        raise UserError(
+            f"--grpc-port {settings.grpc_port}: port {settings.grpc_port} is in use on {settings.host} "
+            "(or this address cannot be bound)"
+        ) from None
     if settings.metrics_port is not None:
         try:
-            running.metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port,
-                                                 token if settings.metrics_auth else None)
+            running.metrics_port = serve_metrics(
+                settings.metrics_host,
+                settings.metrics_port,
+                token if settings.metrics_auth else None,
+            )
         except OSError as exc:
             await server.stop(0)
-            raise UserError(f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
-                            f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})") from None
+            raise UserError(
+                f"--metrics-port {settings.metrics_port}: cannot serve metrics on "
+                f"{settings.metrics_host}:{settings.metrics_port} ({exc.strerror})"
+            ) from None
     if settings.http_port:
-        from bnserve.server.http_site import start_http  # aiohttp is imported only by servers that speak HTTP
+        from bnserve.server.http_site import (
+            start_http,  # aiohttp is imported only by servers that speak HTTP
+        )
 
         try:
             running.http, running.http_port = await start_http(dataplane, controller, settings)
@@ -154,13 +179,27 @@ async def serve(settings: ServerSettings) -> None:
     if running.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics_port)
     if running.http_port is not None:
-        log.info("HTTP on %s://%s:%d (KServe v2 REST /v2, TensorFlow Serving REST /v1)",
-                 "https" if settings.tls_cert else "http", settings.host, running.http_port)
-    log.info("listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)", settings.host, running.port,
-             scheme, settings.backend, len(running.registry.served()),
-             f"every {settings.poll_seconds:g} s" if settings.polling else f"off, model control {settings.model_control}")
+        log.info(
+            "HTTP on %s://%s:%d (KServe v2 REST /v2, TensorFlow Serving REST /v1)",
+            "https" if settings.tls_cert else "http",
+            settings.host,
+            running.http_port,
+        )
+    log.info(
+        "listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)",
+        settings.host,
+        running.port,
+        scheme,
+        settings.backend,
+        len(running.registry.served()),
+        f"every {settings.poll_seconds:g} s"
+        if settings.polling
+        else f"off, model control {settings.model_control}",
+    )
     await stop.wait()
-    log.info("stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
-             settings.grace_seconds)
+    log.info(
+        "stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
+        settings.grace_seconds,
+    )
     await running.stop()
     log.info("stopped (pid %d)", os.getpid())

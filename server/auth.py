@@ -42,8 +42,11 @@ def denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return factory(streaming if handler.response_streaming else unary,
-                   request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return factory(
+        streaming if handler.response_streaming else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -58,7 +61,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self._open_prefixes):
             return handler
-        supplied = next((value for key, value in handler_call_details.invocation_metadata or ()
-                         if key == "authorization"), None)
+        supplied = next(
+            (
+                value
+                for key, value in handler_call_details.invocation_metadata or ()
+                if key == "authorization"
+            ),
+            None,
+        )
         refusal = self._token.refusal(supplied, "authorization", "metadata")
         return handler if refusal is None else denying(handler, refusal)

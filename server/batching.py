@@ -90,9 +90,16 @@ def timed(run: Runner, images: np.ndarray, outputs: list[str]) -> tuple[dict[str
 
 
 class DynamicBatcher:
-    def __init__(self, run: Runner, output_order: list[str], threads: ModelThreads, options: BatchingOptions,
-                 statistics: VersionStatistics | None = None, labels: tuple[str, str] = ("", ""),
-                 compute_times: ComputeTimes | None = None):
+    def __init__(
+        self,
+        run: Runner,
+        output_order: list[str],
+        threads: ModelThreads,
+        options: BatchingOptions,
+        statistics: VersionStatistics | None = None,
+        labels: tuple[str, str] = ("", ""),
+        compute_times: ComputeTimes | None = None,
+    ):
         self.run = run
         self.threads = threads
         self.compute_times = compute_times or ComputeTimes()
@@ -118,16 +125,22 @@ class DynamicBatcher:
         self.concurrency = 0.0
         """Moving average (weight 1/8) of ``_inside`` seen by each arriving request."""
 
-    async def submit(self, images: np.ndarray, outputs: list[str], timeout_s: float | None = None) -> dict[str, np.ndarray]:
+    async def submit(
+        self, images: np.ndarray, outputs: list[str], timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue one validated request; returns its requested outputs, rows of this request only."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._dispatch())
         if len(self._queue) >= self.options.max_queue_size:
-            raise QueueFull(f"queue full: {len(self._queue)} requests waiting (limit {self.options.max_queue_size});"
-                            " retry later")
+            raise QueueFull(
+                f"queue full: {len(self._queue)} requests waiting (limit {self.options.max_queue_size});"
+                " retry later"
+            )
         deadline = loop.time() + timeout_s if timeout_s is not None else None
-        pending = Pending(images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future())
+        pending = Pending(
+            images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future()
+        )
         self.concurrency += (self._inside - self.concurrency) / 8
         self._inside += 1
         try:
@@ -195,7 +208,9 @@ class DynamicBatcher:
         if pending.future.done():
             return True
         if pending.deadline is not None and now >= pending.deadline:
-            pending.future.set_exception(DeadlineExceeded("deadline exceeded while queued; the request was not run"))
+            pending.future.set_exception(
+                DeadlineExceeded("deadline exceeded while queued; the request was not run")
+            )
             return True
         return False
 
@@ -207,7 +222,9 @@ class DynamicBatcher:
             if self._expired(head, now):
                 self._queue.popleft()
                 continue
-            if batch and (not self.options.coalesce or size + head.size > self.options.max_batch_size):
+            if batch and (
+                not self.options.coalesce or size + head.size > self.options.max_batch_size
+            ):
                 break
             batch.append(self._queue.popleft())
             size += head.size
@@ -227,7 +244,9 @@ class DynamicBatcher:
         target = min(self.options.max_batch_size, 1 + self._companions_expected())
         while batch and self.options.coalesce and delay > 0 and size < target:
             remaining = batch[0].arrived + delay - loop.time()
-            if remaining <= 0 or (self._queue and size + self._queue[0].size > self.options.max_batch_size):
+            if remaining <= 0 or (
+                self._queue and size + self._queue[0].size > self.options.max_batch_size
+            ):
                 break
             self._arrived.clear()
             try:
@@ -264,7 +283,9 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[Pending]) -> None:
         try:
-            now = asyncio.get_running_loop().time()  # a batch that waited for companions: check again
+            now = (
+                asyncio.get_running_loop().time()
+            )  # a batch that waited for companions: check again
             batch = [pending for pending in batch if not self._expired(pending, now)]
             if not batch:
                 return
@@ -289,24 +310,34 @@ class DynamicBatcher:
                 self.compute_times.record(len(images), compute_ns)
                 if probing:
                     self._inline_streak = 0
-                    if self._inside > len(batch):  # others arrived while the loop was free: there is a backlog
+                    if self._inside > len(
+                        batch
+                    ):  # others arrived while the loop was free: there is a backlog
                         self._contended_until = asyncio.get_running_loop().time() + INLINE_BACKOFF_S
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row
                 if len(results[name]) != len(images):
-                    raise ModelOutputMismatch(f"the model returned {len(results[name])} rows of output {name!r} "
-                                              f"for a batch of {len(images)} input rows; the batch failed")
+                    raise ModelOutputMismatch(
+                        f"the model returned {len(results[name])} rows of output {name!r} "
+                        f"for a batch of {len(images)} input rows; the batch failed"
+                    )
             offset = queued_ns = 0
             for pending in batch:
                 rows = slice(offset, offset + pending.size)
                 offset += pending.size
                 if not pending.future.done():
-                    pending.future.set_result({name: results[name][rows] for name in pending.outputs})
+                    pending.future.set_result(
+                        {name: results[name][rows] for name in pending.outputs}
+                    )
                 queued_ns += started - pending.enqueued_ns
                 self._queue_seconds.observe((started - pending.enqueued_ns) / 1e9)
             self.statistics.queue.add(queued_ns, len(batch))
-            self.statistics.record_execution(offset, input_done - started, infer_done - input_done,
-                                             time.perf_counter_ns() - infer_done)
+            self.statistics.record_execution(
+                offset,
+                input_done - started,
+                infer_done - input_done,
+                time.perf_counter_ns() - infer_done,
+            )
             self._compute_seconds.observe((infer_done - input_done) / 1e9)
             self._batch_size.observe(offset)
         except Exception as exc:  # a failed call fails only the requests in this batch

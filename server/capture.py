@@ -24,7 +24,13 @@ class Capture:
     place), keeping the directory under ``max_bytes`` by removing the oldest shards; a shard that would not fit
     on the disk is dropped with a log line and bnserve_capture_failures_total."""
 
-    def __init__(self, directory: Path, max_bytes: int, shard_samples: int = 256, max_shard_seconds: float = 10.0):
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        shard_samples: int = 256,
+        max_shard_seconds: float = 10.0,
+    ):
         self.directory = directory
         self.max_bytes = max_bytes
         self.shard_samples = shard_samples
@@ -65,7 +71,9 @@ class Capture:
             needed = images.nbytes + 4096
             if shutil.disk_usage(target_dir).free < 2 * needed:
                 raise OSError(28, "not enough free space for the shard")
-            handle, temporary = tempfile.mkstemp(dir=target_dir, prefix=".shard-", suffix=".npz.tmp")
+            handle, temporary = tempfile.mkstemp(
+                dir=target_dir, prefix=".shard-", suffix=".npz.tmp"
+            )
             try:
                 with os.fdopen(handle, "wb") as stream:
                     np.savez(stream, x=images)
@@ -79,9 +87,14 @@ class Capture:
             self.enforce_budget(target)
         except OSError as exc:
             metrics.CAPTURE_FAILURES.labels(key[0], str(key[1])).inc()
-            self.failure_log.log(logging.ERROR, "capture: could not write a shard of %d samples under %s (%s); the "
-                                 "samples are dropped, serving is not affected", len(images), target_dir,
-                                 exc.strerror or exc)
+            self.failure_log.log(
+                logging.ERROR,
+                "capture: could not write a shard of %d samples under %s (%s); the "
+                "samples are dropped, serving is not affected",
+                len(images),
+                target_dir,
+                exc.strerror or exc,
+            )
 
     def enforce_budget(self, written: Path) -> None:
         """Remove the oldest shards (by name: time first) until the directory holds at most max_bytes."""

@@ -28,9 +28,15 @@ def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
             array = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                key = "x" if "x" in archive.files else (archive.files[0] if len(archive.files) == 1 else None)
+                key = (
+                    "x"
+                    if "x" in archive.files
+                    else (archive.files[0] if len(archive.files) == 1 else None)
+                )
                 if key is None:
-                    raise UserError(f"INPUT {str(path)!r}: expected an array 'x' or a single array, found {archive.files}")
+                    raise UserError(
+                        f"INPUT {str(path)!r}: expected an array 'x' or a single array, found {archive.files}"
+                    )
                 array = archive[key]
         elif suffix in IMAGE_SUFFIXES:
             from PIL import Image
@@ -48,22 +54,39 @@ def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
     if array.shape == (height, width, channels):
         array = array[None]
     if array.ndim != 4 or list(array.shape[1:]) != [height, width, channels]:
-        raise UserError(f"INPUT {str(path)!r}: shape {list(array.shape)}, expected [N, {height}, {width}, {channels}]")
+        raise UserError(
+            f"INPUT {str(path)!r}: shape {list(array.shape)}, expected [N, {height}, {width}, {channels}]"
+        )
     return np.ascontiguousarray(array)
 
 
-def predict(url: str, model: str, version: str, path: Path, top: int, pixel_scale: float, timeout: float = 30.0) -> str:
+def predict(
+    url: str,
+    model: str,
+    version: str,
+    path: Path,
+    top: int,
+    pixel_scale: float,
+    timeout: float = 30.0,
+) -> str:
     with grpc.insecure_channel(url) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         try:
-            metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout)
+            metadata = stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
+            )
             images = read_input(path, list(metadata.inputs[0].shape), pixel_scale)
             request = pb.ModelInferRequest(
-                model_name=model, model_version=version,
-                inputs=[pb.ModelInferRequest.InferInputTensor(name=metadata.inputs[0].name, datatype="FP32",
-                                                               shape=images.shape)],
+                model_name=model,
+                model_version=version,
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name=metadata.inputs[0].name, datatype="FP32", shape=images.shape
+                    )
+                ],
                 outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
-                raw_input_contents=[images.tobytes()])
+                raw_input_contents=[images.tobytes()],
+            )
             response = stub.ModelInfer(request, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
@@ -85,19 +108,22 @@ def drift(url: str, model: str, version: str, timeout: float = 30.0) -> str:
     with grpc.insecure_channel(url) as channel:
         try:
             status = monitor_pb2_grpc.MonitorStub(channel).Drift(
-                monitor_pb2.DriftRequest(name=model, version=version), timeout=timeout)
+                monitor_pb2.DriftRequest(name=model, version=version), timeout=timeout
+            )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise UserError(f"{exc.code().name}: {exc.details()}") from None
             raise UserError(f"--url {url}: {exc.code().name}: {exc.details()}") from None
     if not status.monitored:
         return f"model {status.name} version {status.version}: not monitored ({status.reason})"
-    lines = [f"model {status.name} version {status.version}: {'ALARM' if status.alarm else 'ok'}; "
-             f"{status.windows} windows of {status.window} samples (thresholds calibrated for {status.calibrated_window}), "
-             f"{status.samples_in_window} in the open one, sample rate {status.sample_rate:g}, {status.dropped} dropped, "
-             f"{status.skipped} skipped over the budget ("
-             + (f"{status.max_share:g} of the model's compute time)" if status.max_share else "none)"),
-             f"{'layer':>5}  {'name':<16} {'shift':>10} {'threshold':>10}  state"]
+    lines = [
+        f"model {status.name} version {status.version}: {'ALARM' if status.alarm else 'ok'}; "
+        f"{status.windows} windows of {status.window} samples (thresholds calibrated for {status.calibrated_window}), "
+        f"{status.samples_in_window} in the open one, sample rate {status.sample_rate:g}, {status.dropped} dropped, "
+        f"{status.skipped} skipped over the budget ("
+        + (f"{status.max_share:g} of the model's compute time)" if status.max_share else "none)"),
+        f"{'layer':>5}  {'name':<16} {'shift':>10} {'threshold':>10}  state",
+    ]
     for layer in status.layers:
         score = f"{layer.score:10.4g}" if layer.has_score else f"{'-':>10}"
         state = "ALARM" if layer.alarm else ("ok" if layer.has_score else "no window yet")

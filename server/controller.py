@@ -21,13 +21,22 @@ log = logging.getLogger("bnserve.server")
 def signatures_of(scan: RepositoryScan) -> dict[str, tuple]:
     """{model: ((version, files signature, problem) ...)}: changes when a version appears, disappears, is
     still being written (a half-copied directory is retried once it changed) or is rewritten in place."""
-    return {name: tuple((version, found.signature, found.problem) for version, found in sorted(versions.items()))
-            for name, versions in scan.models.items()}
+    return {
+        name: tuple(
+            (version, found.signature, found.problem) for version, found in sorted(versions.items())
+        )
+        for name, versions in scan.models.items()
+    }
 
 
 class RepositoryController:
-    def __init__(self, settings: ServerSettings, registry: ModelRegistry, dataplane: DataPlane,
-                 health: ReadinessHealth):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registry: ModelRegistry,
+        dataplane: DataPlane,
+        health: ReadinessHealth,
+    ):
         self.settings = settings
         self.registry = registry
         self.dataplane = dataplane
@@ -56,11 +65,15 @@ class RepositoryController:
         """RepositoryModelLoad: (re)load one model now (model control explicit only); ModelLoadFailed, with every
         version's reason, when no version could be loaded."""
         self.check_model_control()
-        states = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, name)
+        states = await asyncio.get_running_loop().run_in_executor(
+            self.loader, self.registry.load, name
+        )
         self.after_change()
         if not any(s.state == READY for s in states):
-            raise ModelLoadFailed(f"model {name!r}: no version could be loaded: "
-                                  + "; ".join(f"version {s.version}: {s.reason}" for s in states))
+            raise ModelLoadFailed(
+                f"model {name!r}: no version could be loaded: "
+                + "; ".join(f"version {s.version}: {s.reason}" for s in states)
+            )
         return states
 
     async def unload(self, name: str) -> None:
@@ -84,7 +97,9 @@ class RepositoryController:
         scan = await loop.run_in_executor(self.loader, scan_repository, self.settings.repository)
         self.registry.set_problems(scan.problems)
         current = signatures_of(scan)
-        changed = [name for name, signature in current.items() if self.signatures.get(name) != signature]
+        changed = [
+            name for name, signature in current.items() if self.signatures.get(name) != signature
+        ]
         removed = [name for name in self.signatures if name not in current]
         self.signatures = current
         for name in changed:
@@ -102,8 +117,11 @@ class RepositoryController:
             await asyncio.sleep(self.settings.poll_seconds)
             try:
                 await self.poll_once()
-            except Exception:  # a scan that fails (e.g. a directory vanishing mid-scan) is retried next time
-                log.exception("repository poll failed; retrying in %.1f s", self.settings.poll_seconds)
+            # A scan that fails (e.g. a directory vanishing mid-scan) is retried next time
+            except Exception:
+                log.exception(
+                    "repository poll failed; retrying in %.1f s", self.settings.poll_seconds
+                )
 
     async def stop(self) -> None:
         """Stop polling and wait for the background work started so far; then release the loader thread."""

@@ -11,14 +11,14 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 import bnserve
+from bnserve.core.repository import TensorSpec
 from bnserve.server import metrics
 from bnserve.server.batching import ComputeTimes, DynamicBatcher
+from bnserve.server.capture import Capture
 from bnserve.server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
 from bnserve.server.execution import ModelThreads
-from bnserve.server.capture import Capture
-from bnserve.server.monitor import DriftStatus, TrafficSampler
-from bnserve.core.repository import TensorSpec
 from bnserve.server.models import READY, UNLOADING, ModelRegistry, ServedVersion, VersionState
+from bnserve.server.monitor import DriftStatus, TrafficSampler
 from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
 
 SERVER_NAME = "bnserve"
@@ -69,7 +69,9 @@ class InferenceResponse(NamedTuple):
     outputs: tuple[InferOutput, ...]
 
 
-def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_size: int) -> np.ndarray:
+def validated_images(
+    model: ServedVersion, request: InferenceRequest, max_batch_size: int
+) -> np.ndarray:
     """The single input as float32 [N,H,W,C], or InvalidInput naming the field and what was expected."""
     spec = model.input
     if not request.inputs:
@@ -77,26 +79,38 @@ def validated_images(model: ServedVersion, request: InferenceRequest, max_batch_
     names = [tensor.name for tensor in request.inputs]
     for position, name in enumerate(names):
         if name != spec.name:
-            raise InvalidInput(f"inputs[{position}].name: unknown input {name!r}; expected {spec.name!r}")
+            raise InvalidInput(
+                f"inputs[{position}].name: unknown input {name!r}; expected {spec.name!r}"
+            )
         if position > 0:
-            raise InvalidInput(f"inputs[{position}].name: duplicate input {name!r}; expected it once")
+            raise InvalidInput(
+                f"inputs[{position}].name: duplicate input {name!r}; expected it once"
+            )
     tensor = request.inputs[0]
     if tensor.datatype != spec.datatype:
         raise InvalidInput(f"inputs[0].datatype: got {tensor.datatype}, expected {spec.datatype}")
     shape = list(tensor.data.shape)
     expected = list(spec.shape)
     if len(shape) != len(expected):
-        raise InvalidInput(f"inputs[0].shape: got {shape} (rank {len(shape)}), expected rank {len(expected)} {expected}")
+        raise InvalidInput(
+            f"inputs[0].shape: got {shape} (rank {len(shape)}), expected rank {len(expected)} {expected}"
+        )
     if shape[1:] != expected[1:]:
         raise InvalidInput(f"inputs[0].shape: got {shape}, expected {expected}")
     if not 1 <= shape[0] <= max_batch_size:
-        raise InvalidInput(f"inputs[0].shape: batch size {shape[0]}, expected 1 to max_batch_size {max_batch_size}")
+        raise InvalidInput(
+            f"inputs[0].shape: batch size {shape[0]}, expected 1 to max_batch_size {max_batch_size}"
+        )
     for position, name in enumerate(request.outputs):
         if name not in model.output_names:
-            raise InvalidInput(f"outputs[{position}].name: unknown output {name!r}; expected one of "
-                               f"{', '.join(model.output_names)}")
+            raise InvalidInput(
+                f"outputs[{position}].name: unknown output {name!r}; expected one of "
+                f"{', '.join(model.output_names)}"
+            )
         if name in request.outputs[:position]:
-            raise InvalidInput(f"outputs[{position}].name: duplicate output {name!r}; request each output once")
+            raise InvalidInput(
+                f"outputs[{position}].name: duplicate output {name!r}; request each output once"
+            )
     return tensor.data
 
 
@@ -104,14 +118,18 @@ RESPONSE_OVERHEAD_BYTES = 256
 """Room for a response's names, shapes and framing beside its tensor bytes (a few hundred bytes here)."""
 
 
-def check_response_size(model: ServedVersion, rows: int, outputs: list[str], max_message_bytes: int) -> None:
+def check_response_size(
+    model: ServedVersion, rows: int, outputs: list[str], max_message_bytes: int
+) -> None:
     """Refuse, before compute, a request whose answer could not be sent: sum over the requested outputs of
     rows x prod(output dims) x 4 bytes, plus RESPONSE_OVERHEAD_BYTES."""
     row_bytes = model.output_row_bytes
     size = RESPONSE_OVERHEAD_BYTES + rows * sum(row_bytes[name] for name in outputs)
     if size > max_message_bytes:
-        raise ResponseTooLarge(f"outputs: the response would take {size} bytes, more than --max-message-bytes "
-                               f"{max_message_bytes}; request fewer rows or outputs")
+        raise ResponseTooLarge(
+            f"outputs: the response would take {size} bytes, more than --max-message-bytes "
+            f"{max_message_bytes}; request fewer rows or outputs"
+        )
 
 
 class DataPlane:
@@ -123,9 +141,18 @@ class DataPlane:
         self.in_flight = 0
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
         settings = registry.settings
-        capture = Capture(settings.capture_dir, settings.capture_max_bytes) if settings.capture_dir else None
-        self.sampler = TrafficSampler(settings.monitor_sample_rate, settings.monitor_window, capture,
-                                      settings.capture_rate, settings.monitor_max_share)
+        capture = (
+            Capture(settings.capture_dir, settings.capture_max_bytes)
+            if settings.capture_dir
+            else None
+        )
+        self.sampler = TrafficSampler(
+            settings.monitor_sample_rate,
+            settings.monitor_window,
+            capture,
+            settings.capture_rate,
+            settings.monitor_max_share,
+        )
 
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher and model threads, made on first use on the event loop thread (a
@@ -134,9 +161,18 @@ class DataPlane:
         entry = self._batchers.get(key)
         if entry is None or entry[0] is not model:
             options = self.registry.settings.batching_options(model.name)
-            entry = (model, DynamicBatcher(model.backend.run, model.output_names, ModelThreads(options.instances),
-                                           options, model.statistics, labels=(model.name, str(model.version)),
-                                           compute_times=ComputeTimes(model.calibration)))
+            entry = (
+                model,
+                DynamicBatcher(
+                    model.backend.run,
+                    model.output_names,
+                    ModelThreads(options.instances),
+                    options,
+                    model.statistics,
+                    labels=(model.name, str(model.version)),
+                    compute_times=ComputeTimes(model.calibration),
+                ),
+            )
             self._batchers[key] = entry
         return entry[1]
 
@@ -196,13 +232,17 @@ class DataPlane:
         """Never while draining; else every model on disk serves every version its policy asks for (entries
         that are not models, such as a folder with an invalid name, are reported by RepositoryIndex but do not
         hold readiness back)."""
-        return not self.draining and all(self.registry.meets_policy(name) for name in self.registry.model_names())
+        return not self.draining and all(
+            self.registry.meets_policy(name) for name in self.registry.model_names()
+        )
 
     def model_names(self) -> list[str]:
         return self.registry.model_names()
 
     @contextmanager
-    def admission(self, model_name: str, model_version: str, protocol: str = "grpc") -> Iterator[None]:
+    def admission(
+        self, model_name: str, model_version: str, protocol: str = "grpc"
+    ) -> Iterator[None]:
         """Around an adapter's decoding of one request: refused while draining (before a body is read), and a
         request that fails to decode is counted as a rejection of the version it named."""
         try:
@@ -214,8 +254,13 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.registry.get(name, version)
-        return ModelMetadata(model.name, tuple(str(v) for v in self.served_versions(name)), model.backend.platform,
-                             (model.input,), tuple(model.outputs))
+        return ModelMetadata(
+            model.name,
+            tuple(str(v) for v in self.served_versions(name)),
+            model.backend.platform,
+            (model.input,),
+            tuple(model.outputs),
+        )
 
     def tf_model_status(self, name: str, version: str = "") -> list[TfVersionStatus]:
         """TensorFlow Serving's GetModelStatus: every version's state, or one version's (NOT_FOUND for an
@@ -246,7 +291,11 @@ class DataPlane:
 
     def index(self, ready_only: bool = False) -> list[VersionState]:
         """RepositoryIndex: every version's state, or only the READY ones."""
-        return [s for s in self.while_draining(self.registry.index()) if s.state == READY or not ready_only]
+        return [
+            s
+            for s in self.while_draining(self.registry.index())
+            if s.state == READY or not ready_only
+        ]
 
     def statistics_of(self, name: str = "", version: str = "") -> list[ServedVersion]:
         """The versions ModelStatistics reports: one version, every served version of a model (NOT_FOUND for an
@@ -273,8 +322,9 @@ class DataPlane:
         """The drift monitor's state of a served version (NOT_FOUND for an unknown one)."""
         return self.sampler.status(self.registry.get(name, version))
 
-    def record_rejection(self, model_name: str, model_version: str, error: ServingError,
-                         protocol: str = "grpc") -> None:
+    def record_rejection(
+        self, model_name: str, model_version: str, error: ServingError, protocol: str = "grpc"
+    ) -> None:
         """Count a request refused before it became an InferenceRequest (e.g. bytes that do not fit its shape)."""
         try:
             model = self.registry.get(model_name, model_version)
@@ -291,8 +341,10 @@ class DataPlane:
         children = self._metric_children.get(key)
         if children is None:
             version = str(model.version)
-            children = (metrics.REQUESTS.labels(model.name, version, code, protocol),
-                        metrics.REQUEST_SECONDS.labels(model.name, version, protocol))
+            children = (
+                metrics.REQUESTS.labels(model.name, version, code, protocol),
+                metrics.REQUEST_SECONDS.labels(model.name, version, protocol),
+            )
             self._metric_children[key] = children
         return children
 
@@ -318,9 +370,14 @@ class DataPlane:
             if self.sampler.active:
                 self.sampler.offer(model, images)
             results = await batcher.submit(images, outputs, request.timeout_s)
-        except BaseException as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
-            code = exc.code.name if isinstance(exc, ServingError) else (
-                "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "INTERNAL")
+        except (
+            BaseException
+        ) as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)
+            code = (
+                exc.code.name
+                if isinstance(exc, ServingError)
+                else ("CANCELLED" if isinstance(exc, asyncio.CancelledError) else "INTERNAL")
+            )
             raise
         finally:
             self.in_flight -= 1
@@ -329,5 +386,9 @@ class DataPlane:
             requests, seconds = self._request_metrics(model, code, protocol)
             requests.inc()
             seconds.observe(elapsed / 1e9)
-        return InferenceResponse(model.name, str(model.version), request.id,
-                                 tuple(InferOutput(name, "FP32", results[name]) for name in outputs))
+        return InferenceResponse(
+            model.name,
+            str(model.version),
+            request.id,
+            tuple(InferOutput(name, "FP32", results[name]) for name in outputs),
+        )

@@ -64,8 +64,10 @@ class ModelControlDisabled(ServingError):
     http_status = 400
 
     def __init__(self, mode: str):
-        super().__init__(f"explicit model load / unload is not allowed: the server runs with --model-control {mode} "
-                         "(start it with --model-control explicit to manage models by RPC)")
+        super().__init__(
+            f"explicit model load / unload is not allowed: the server runs with --model-control {mode} "
+            "(start it with --model-control explicit to manage models by RPC)"
+        )
 
 
 class ResponseTooLarge(ServingError):

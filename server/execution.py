@@ -31,7 +31,10 @@ class ModelThreads:
 
     def __init__(self, count: int, name: str = "bnserve-model"):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(count)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -50,7 +53,9 @@ class ModelThreads:
             loop, future, function, args = job
             try:
                 result, error = function(*args), None
-            except BaseException as exc:  # handed to the awaiting coroutine, never lost in this thread
+            except (
+                BaseException
+            ) as exc:  # handed to the awaiting coroutine, never lost in this thread
                 result, error = None, exc
             try:
                 loop.call_soon_threadsafe(_resolve, future, result, error)

@@ -13,13 +13,32 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
 
 def drift_response(status: DriftStatus) -> pb.DriftResponse:
     return pb.DriftResponse(
-        name=status.name, version=status.version, monitored=status.monitored, reason=status.reason,
-        window=status.window, calibrated_window=status.calibrated_window, sample_rate=status.sample_rate,
-        windows=status.windows, samples_in_window=status.samples_in_window, dropped=status.dropped,
-        skipped=status.skipped, max_share=status.max_share, alarm=status.alarm,
-        layers=[pb.LayerDrift(layer=layer.layer, name=layer.name, threshold=layer.threshold,
-                              has_score=layer.score is not None, score=layer.score or 0.0, alarm=layer.alarm,
-                              history=layer.history) for layer in status.layers])
+        name=status.name,
+        version=status.version,
+        monitored=status.monitored,
+        reason=status.reason,
+        window=status.window,
+        calibrated_window=status.calibrated_window,
+        sample_rate=status.sample_rate,
+        windows=status.windows,
+        samples_in_window=status.samples_in_window,
+        dropped=status.dropped,
+        skipped=status.skipped,
+        max_share=status.max_share,
+        alarm=status.alarm,
+        layers=[
+            pb.LayerDrift(
+                layer=layer.layer,
+                name=layer.name,
+                threshold=layer.threshold,
+                has_score=layer.score is not None,
+                score=layer.score or 0.0,
+                alarm=layer.alarm,
+                history=layer.history,
+            )
+            for layer in status.layers
+        ],
+    )
 
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServicer):

@@ -14,10 +14,21 @@ from bnserve.protos import tfserving_pb2 as pb
 from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
 from bnserve.server.grpc_errors import grpc_errors
-from bnserve.server.tfserving_documents import (MODEL_SERVICE, PREDICT_METHOD, PREDICTION_SERVICE,
-                                                SIGNATURE_DEF_MAP_URL, SIGNATURE_NAME)
-from bnserve.server.tensors import (NUMPY_TO_TF, NUMPY_TO_V2, TF_TO_NUMPY, TF_VALUES_FIELD, array_from_raw,
-                            array_from_values)
+from bnserve.server.tensors import (
+    NUMPY_TO_TF,
+    NUMPY_TO_V2,
+    TF_TO_NUMPY,
+    TF_VALUES_FIELD,
+    array_from_raw,
+    array_from_values,
+)
+from bnserve.server.tfserving_documents import (
+    MODEL_SERVICE,
+    PREDICT_METHOD,
+    PREDICTION_SERVICE,
+    SIGNATURE_DEF_MAP_URL,
+    SIGNATURE_NAME,
+)
 
 TF_ERROR_CODES = {"OK": 0, "UNKNOWN": 2}
 """tensorflow.error.Code by name."""
@@ -25,15 +36,19 @@ TF_ERROR_CODES = {"OK": 0, "UNKNOWN": 2}
 
 def requested_version(spec: pb.ModelSpec) -> str:
     if spec.WhichOneof("version_choice") == "version_label":
-        raise InvalidInput(f"model_spec.version_label: labels are not supported (got {spec.version_label!r}); "
-                           "use model_spec.version")
+        raise InvalidInput(
+            f"model_spec.version_label: labels are not supported (got {spec.version_label!r}); "
+            "use model_spec.version"
+        )
     return str(spec.version.value) if spec.HasField("version") else ""
 
 
 def check_signature(spec: pb.ModelSpec) -> None:
     if spec.signature_name not in ("", SIGNATURE_NAME):
-        raise InvalidInput(f"model_spec.signature_name: unknown signature {spec.signature_name!r}; "
-                           f"expected {SIGNATURE_NAME!r}")
+        raise InvalidInput(
+            f"model_spec.signature_name: unknown signature {spec.signature_name!r}; "
+            f"expected {SIGNATURE_NAME!r}"
+        )
 
 
 def to_array(tensor: pb.TensorProto, field: str) -> np.ndarray:
@@ -43,34 +58,53 @@ def to_array(tensor: pb.TensorProto, field: str) -> np.ndarray:
     shape = [dim.size for dim in tensor.tensor_shape.dim]
     if tensor.tensor_content:
         return array_from_raw(tensor.tensor_content, dtype, shape, f"{field}.tensor_content")
-    return array_from_values(getattr(tensor, TF_VALUES_FIELD[tensor.dtype]), dtype, shape,
-                             f"{field}.{TF_VALUES_FIELD[tensor.dtype]}")
+    return array_from_values(
+        getattr(tensor, TF_VALUES_FIELD[tensor.dtype]),
+        dtype,
+        shape,
+        f"{field}.{TF_VALUES_FIELD[tensor.dtype]}",
+    )
 
 
-def to_infer_request(request: pb.PredictRequest, timeout_s: float | None = None) -> InferenceRequest:
+def to_infer_request(
+    request: pb.PredictRequest, timeout_s: float | None = None
+) -> InferenceRequest:
     check_signature(request.model_spec)
     inputs = []
     for key in sorted(request.inputs):
         data = to_array(request.inputs[key], f"inputs[{key!r}]")
         inputs.append(InferInput(key, NUMPY_TO_V2[data.dtype], data))
-    return InferenceRequest(request.model_spec.name, requested_version(request.model_spec), "",
-                            tuple(inputs), tuple(request.output_filter), timeout_s)
+    return InferenceRequest(
+        request.model_spec.name,
+        requested_version(request.model_spec),
+        "",
+        tuple(inputs),
+        tuple(request.output_filter),
+        timeout_s,
+    )
 
 
 def to_tensor_proto(data: np.ndarray) -> pb.TensorProto:
-    return pb.TensorProto(dtype=NUMPY_TO_TF[data.dtype], tensor_content=data.tobytes(),
-                          tensor_shape=pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=d) for d in data.shape]))
+    return pb.TensorProto(
+        dtype=NUMPY_TO_TF[data.dtype],
+        tensor_content=data.tobytes(),
+        tensor_shape=pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=d) for d in data.shape]),
+    )
 
 
 def from_infer_response(response: InferenceResponse) -> pb.PredictResponse:
     spec = pb.ModelSpec(name=response.model_name, signature_name=SIGNATURE_NAME)
     spec.version.value = int(response.model_version)
-    return pb.PredictResponse(model_spec=spec, outputs={o.name: to_tensor_proto(o.data) for o in response.outputs})
+    return pb.PredictResponse(
+        model_spec=spec, outputs={o.name: to_tensor_proto(o.data) for o in response.outputs}
+    )
 
 
 def tensor_info(spec) -> pb.TensorInfo:
     dims = [pb.TensorShapeProto.Dim(size=d) for d in spec.shape]
-    return pb.TensorInfo(name=f"{spec.name}:0", dtype=pb.DT_FLOAT, tensor_shape=pb.TensorShapeProto(dim=dims))
+    return pb.TensorInfo(
+        name=f"{spec.name}:0", dtype=pb.DT_FLOAT, tensor_shape=pb.TensorShapeProto(dim=dims)
+    )
 
 
 class TensorFlowServingServicer:
@@ -88,10 +122,15 @@ class TensorFlowServingServicer:
         check_signature(request.model_spec)
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
-            raise InvalidInput(f"metadata_field: got {fields}, expected ['signature_def'] (the only one served)")
+            raise InvalidInput(
+                f"metadata_field: got {fields}, expected ['signature_def'] (the only one served)"
+            )
         model = self.dataplane.model(request.model_spec.name, requested_version(request.model_spec))
-        signature = pb.SignatureDef(inputs={model.input.name: tensor_info(model.input)},
-                                    outputs={o.name: tensor_info(o) for o in model.outputs}, method_name=PREDICT_METHOD)
+        signature = pb.SignatureDef(
+            inputs={model.input.name: tensor_info(model.input)},
+            outputs={o.name: tensor_info(o) for o in model.outputs},
+            method_name=PREDICT_METHOD,
+        )
         signatures = pb.SignatureDefMap(signature_def={SIGNATURE_NAME: signature})
         spec = pb.ModelSpec(name=model.name, signature_name=SIGNATURE_NAME)
         spec.version.value = model.version
@@ -100,25 +139,49 @@ class TensorFlowServingServicer:
 
     @grpc_errors
     async def GetModelStatus(self, request, context):
-        statuses = self.dataplane.tf_model_status(request.model_spec.name, requested_version(request.model_spec))
-        return pb.GetModelStatusResponse(model_version_status=[
-            pb.ModelVersionStatus(version=s.version, state=pb.ModelVersionStatus.State.Value(s.state),
-                                  status=pb.StatusProto(error_code=TF_ERROR_CODES[s.error_code],
-                                                        error_message=s.error_message))
-            for s in statuses])
+        statuses = self.dataplane.tf_model_status(
+            request.model_spec.name, requested_version(request.model_spec)
+        )
+        return pb.GetModelStatusResponse(
+            model_version_status=[
+                pb.ModelVersionStatus(
+                    version=s.version,
+                    state=pb.ModelVersionStatus.State.Value(s.state),
+                    status=pb.StatusProto(
+                        error_code=TF_ERROR_CODES[s.error_code], error_message=s.error_message
+                    ),
+                )
+                for s in statuses
+            ]
+        )
 
 
 def handlers(servicer: TensorFlowServingServicer) -> list[grpc.GenericRpcHandler]:
     def unary(method, request_type, response_type):
-        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=request_type.FromString,
-                                                   response_serializer=response_type.SerializeToString)
+        return grpc.unary_unary_rpc_method_handler(
+            method,
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
 
     return [
-        grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
-            "Predict": unary(servicer.Predict, pb.PredictRequest, pb.PredictResponse),
-            "GetModelMetadata": unary(servicer.GetModelMetadata, pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
-        }),
-        grpc.method_handlers_generic_handler(MODEL_SERVICE, {
-            "GetModelStatus": unary(servicer.GetModelStatus, pb.GetModelStatusRequest, pb.GetModelStatusResponse),
-        }),
+        grpc.method_handlers_generic_handler(
+            PREDICTION_SERVICE,
+            {
+                "Predict": unary(servicer.Predict, pb.PredictRequest, pb.PredictResponse),
+                "GetModelMetadata": unary(
+                    servicer.GetModelMetadata,
+                    pb.GetModelMetadataRequest,
+                    pb.GetModelMetadataResponse,
+                ),
+            },
+        ),
+        grpc.method_handlers_generic_handler(
+            MODEL_SERVICE,
+            {
+                "GetModelStatus": unary(
+                    servicer.GetModelStatus, pb.GetModelStatusRequest, pb.GetModelStatusResponse
+                ),
+            },
+        ),
     ]

@@ -15,74 +15,121 @@ from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceRespo
 from bnserve.server.errors import InvalidInput, ServingError
 from bnserve.server.grpc_errors import grpc_errors
 from bnserve.server.settings import STREAM_WINDOW
-from bnserve.server.triton_documents import to_model_config, to_model_statistics
 from bnserve.server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
+from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
-def to_infer_request(request: pb.ModelInferRequest, timeout_s: float | None = None) -> InferenceRequest:
+
+def to_infer_request(
+    request: pb.ModelInferRequest, timeout_s: float | None = None
+) -> InferenceRequest:
     """Protobuf -> domain; raw contents are viewed with np.frombuffer, typed contents converted once."""
     raw = request.raw_input_contents
-    if len(raw) == 1 and len(request.inputs) == 1:  # the usual request: one raw input, checked the same way
+    if (
+        len(raw) == 1 and len(request.inputs) == 1
+    ):  # the usual request: one raw input, checked the same way
         tensor = request.inputs[0]
         dtype = V2_TO_NUMPY.get(tensor.datatype)
         if dtype is not None and not tensor.HasField("contents"):
             data = array_from_raw(raw[0], dtype, list(tensor.shape), "raw_input_contents[0]")
-            return InferenceRequest(request.model_name, request.model_version, request.id,
-                                    (InferInput(tensor.name, tensor.datatype, data),),
-                                    tuple(output.name for output in request.outputs), timeout_s)
+            return InferenceRequest(
+                request.model_name,
+                request.model_version,
+                request.id,
+                (InferInput(tensor.name, tensor.datatype, data),),
+                tuple(output.name for output in request.outputs),
+                timeout_s,
+            )
     if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
-                           "expected one per input")
+        raise InvalidInput(
+            f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
+            "expected one per input"
+        )
     inputs = []
     for position, tensor in enumerate(request.inputs):
         field = f"inputs[{position}]"
         dtype = V2_TO_NUMPY.get(tensor.datatype)
         if dtype is None:
-            raise InvalidInput(f"{field}.datatype: unknown datatype {tensor.datatype!r}; expected one of "
-                               f"{', '.join(V2_TO_NUMPY)}")
+            raise InvalidInput(
+                f"{field}.datatype: unknown datatype {tensor.datatype!r}; expected one of "
+                f"{', '.join(V2_TO_NUMPY)}"
+            )
         shape = list(tensor.shape)
         if raw and tensor.HasField("contents") and tensor.contents.ByteSize():
-            raise InvalidInput(f"{field}.contents: the request carries raw_input_contents too; send each input "
-                               "either raw or typed, not both")
+            raise InvalidInput(
+                f"{field}.contents: the request carries raw_input_contents too; send each input "
+                "either raw or typed, not both"
+            )
         if raw:
             data = array_from_raw(raw[position], dtype, shape, f"raw_input_contents[{position}]")
         else:
-            values = getattr(tensor.contents, V2_CONTENTS_FIELD.get(tensor.datatype, "bytes_contents"))
+            values = getattr(
+                tensor.contents, V2_CONTENTS_FIELD.get(tensor.datatype, "bytes_contents")
+            )
             data = array_from_values(values, dtype, shape, f"{field}.contents")
         inputs.append(InferInput(tensor.name, tensor.datatype, data))
-    return InferenceRequest(request.model_name, request.model_version, request.id, tuple(inputs),
-                            tuple(output.name for output in request.outputs), timeout_s)
+    return InferenceRequest(
+        request.model_name,
+        request.model_version,
+        request.id,
+        tuple(inputs),
+        tuple(output.name for output in request.outputs),
+        timeout_s,
+    )
 
 
 def from_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
     return pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.data.shape)
-                 for o in response.outputs],
-        raw_output_contents=[o.data.tobytes() for o in response.outputs])
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name=o.name, datatype=o.datatype, shape=o.data.shape
+            )
+            for o in response.outputs
+        ],
+        raw_output_contents=[o.data.tobytes() for o in response.outputs],
+    )
 
 
-HANDLER_FACTORIES = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-                     (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 @functools.lru_cache(maxsize=1024)
-def response_head(model_name: str, model_version: str, outputs: tuple[tuple[str, str, tuple[int, ...]], ...]) -> bytes:
+def response_head(
+    model_name: str, model_version: str, outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+) -> bytes:
     """The serialized ModelInferResponse fields that repeat across requests: names and output tensors (bounded
     set: outputs x batch sizes per version)."""
     return pb.ModelInferResponse(
-        model_name=model_name, model_version=model_version,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=shape)
-                 for name, datatype, shape in outputs]).SerializeToString()
+        model_name=model_name,
+        model_version=model_version,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=shape)
+            for name, datatype, shape in outputs
+        ],
+    ).SerializeToString()
 
 
 def encode_infer_response(response: InferenceResponse) -> bytes:
     """The serialized from_infer_response(response): the cached head, then id and raw contents. Protobuf parses
     two concatenated messages as one (repeated fields append), so only the per-request part is encoded here."""
-    head = response_head(response.model_name, response.model_version,
-                         tuple((o.name, o.datatype, o.data.shape) for o in response.outputs))
-    return head + pb.ModelInferResponse(id=response.id,
-                                        raw_output_contents=[o.data.tobytes() for o in response.outputs]
-                                        ).SerializeToString()
+    head = response_head(
+        response.model_name,
+        response.model_version,
+        tuple((o.name, o.datatype, o.data.shape) for o in response.outputs),
+    )
+    return (
+        head
+        + pb.ModelInferResponse(
+            id=response.id, raw_output_contents=[o.data.tobytes() for o in response.outputs]
+        ).SerializeToString()
+    )
 
 
 def add_inference_service(servicer: "InferenceServicer", server) -> None:
@@ -91,17 +138,28 @@ def add_inference_service(servicer: "InferenceServicer", server) -> None:
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
-        request_class, response_class = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        request_class, response_class = (
+            getattr(pb, method.input_type.name),
+            getattr(pb, method.output_type.name),
+        )
         factory = HANDLER_FACTORIES[method.client_streaming, method.server_streaming]
         handlers[method.name] = factory(
-            getattr(servicer, method.name), request_deserializer=request_class.FromString,
-            response_serializer=None if method.name == "ModelInfer" else response_class.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+            getattr(servicer, method.name),
+            request_deserializer=request_class.FromString,
+            response_serializer=None
+            if method.name == "ModelInfer"
+            else response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def tensor_metadata(spec) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -119,7 +177,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version)
+        )
 
     @grpc_errors
     async def ServerMetadata(self, request, context):
@@ -132,10 +192,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         metadata = self.dataplane.model_metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
-            name=metadata.name, versions=metadata.versions, platform=metadata.platform,
-            inputs=[tensor_metadata(t) for t in metadata.inputs], outputs=[tensor_metadata(t) for t in metadata.outputs])
+            name=metadata.name,
+            versions=metadata.versions,
+            platform=metadata.platform,
+            inputs=[tensor_metadata(t) for t in metadata.inputs],
+            outputs=[tensor_metadata(t) for t in metadata.outputs],
+        )
 
-    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> InferenceResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, timeout_s: float | None
+    ) -> InferenceResponse:
         with self.dataplane.admission(request.model_name, request.model_version):
             domain = to_infer_request(request, timeout_s)
         return await self.dataplane.infer(domain)
@@ -158,13 +224,25 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request):
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(
-                    infer_response=from_infer_response(await self._infer(request, None))))
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        infer_response=from_infer_response(await self._infer(request, None))
+                    )
+                )
             except Exception as exc:  # one failed request never ends the stream
-                reason = f"{exc.code.name}: {exc.message}" if isinstance(exc, ServingError) else f"INTERNAL: {exc}"
-                answers.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=reason, infer_response=pb.ModelInferResponse(model_name=request.model_name,
-                                                                               id=request.id)))
+                reason = (
+                    f"{exc.code.name}: {exc.message}"
+                    if isinstance(exc, ServingError)
+                    else f"INTERNAL: {exc}"
+                )
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=reason,
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name, id=request.id
+                        ),
+                    )
+                )
 
         async def read_all():
             running: set[asyncio.Future] = set()
@@ -203,10 +281,17 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def RepositoryIndex(self, request, context):
         states = self.dataplane.index(ready_only=request.ready)
-        return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=str(s.version) if s.version else "",
-                                                  state=s.state, reason=s.reason)
-            for s in states])
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=s.name,
+                    version=str(s.version) if s.version else "",
+                    state=s.state,
+                    reason=s.reason,
+                )
+                for s in states
+            ]
+        )
 
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):

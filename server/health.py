@@ -31,7 +31,9 @@ class ReadinessHealth(health_aio.HealthServicer):
             return None
         return SERVING if self.dataplane.model_ready(service) else NOT_SERVING
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context) -> health_pb2.HealthCheckResponse:
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context
+    ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")

@@ -44,8 +44,12 @@ class CappedSite(web.BaseSite):
     counts once its handshake is done (asyncio makes the HTTP protocol's connection then); until then the
     handshake timeout bounds how long it can stay."""
 
-    def __init__(self, runner: web.AppRunner, settings: ServerSettings, ssl_context: ssl.SSLContext | None):
-        super().__init__(runner, ssl_context=ssl_context, backlog=min(settings.max_connections, 4096))
+    def __init__(
+        self, runner: web.AppRunner, settings: ServerSettings, ssl_context: ssl.SSLContext | None
+    ):
+        super().__init__(
+            runner, ssl_context=ssl_context, backlog=min(settings.max_connections, 4096)
+        )
         self.settings = settings
         self.refused = 0
         self.refusal_log = RateLimitedLog(log, 10.0)
@@ -59,32 +63,49 @@ class CappedSite(web.BaseSite):
         server = self._runner.server
         if len(server.connections) >= self.settings.max_connections:
             self.refused += 1
-            self.refusal_log.log(logging.WARNING, "HTTP: refusing connections beyond --max-connections %d (%d "
-                                 "refused so far)", self.settings.max_connections, self.refused)
+            self.refusal_log.log(
+                logging.WARNING,
+                "HTTP: refusing connections beyond --max-connections %d (%d refused so far)",
+                self.settings.max_connections,
+                self.refused,
+            )
             return RefusedConnection()
         return server()
 
     async def start(self) -> None:
         await super().start()
         self._server = await asyncio.get_running_loop().create_server(
-            self.protocol, self.settings.host, self.settings.http_port, ssl=self._ssl_context, backlog=self._backlog,
+            self.protocol,
+            self.settings.host,
+            self.settings.http_port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
             reuse_port=self.settings.share_port or None,
-            ssl_handshake_timeout=self.settings.handshake_seconds if self._ssl_context else None)
+            ssl_handshake_timeout=self.settings.handshake_seconds if self._ssl_context else None,
+        )
 
 
-async def start_http(dataplane: DataPlane, controller: RepositoryController,
-                     settings: ServerSettings) -> tuple[web.AppRunner, int]:
+async def start_http(
+    dataplane: DataPlane, controller: RepositoryController, settings: ServerSettings
+) -> tuple[web.AppRunner, int]:
     """Serve HTTP on settings.host:settings.http_port; returns the runner (cleanup() stops it) and the port."""
     app = HttpFront(dataplane, controller, settings).application()
     # access_log None: a line per request would cost more than the request; errors are logged (rate-limited).
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.connection_idle_seconds,
-                           shutdown_timeout=settings.grace_seconds, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=settings.connection_idle_seconds,
+        shutdown_timeout=settings.grace_seconds,
+        handle_signals=False,
+    )
     await runner.setup()
     site = CappedSite(runner, settings, ssl_context(settings))
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise UserError(f"--http-port {settings.http_port}: cannot listen on {settings.host}:{settings.http_port} "
-                        f"({exc.strerror})") from None
+        raise UserError(
+            f"--http-port {settings.http_port}: cannot listen on {settings.host}:{settings.http_port} "
+            f"({exc.strerror})"
+        ) from None
     return runner, runner.addresses[0][1]

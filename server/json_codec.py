@@ -13,13 +13,16 @@ from bnserve.server.tensors import json_type
 
 def parse_json(text: bytes, field: str = "body"):
     """The JSON value of ``text``, or InvalidInput saying where it breaks (NaN/Infinity are not JSON)."""
+
     def refuse_constant(name):
         raise ValueError(f"{name} is not a JSON number")
 
     try:
         return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{field}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise InvalidInput(
+            f"{field}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except UnicodeDecodeError:
         raise InvalidInput(f"{field}: not valid JSON (not UTF-8 text)") from None
     except RecursionError:
@@ -47,7 +50,10 @@ def message_json(message: Message) -> dict:
     its default, integers as numbers (protobuf's JSON mapping writes 64-bit ones as strings), enums by name."""
     result = {}
     for field in message.DESCRIPTOR.fields:
-        if field.containing_oneof is not None and message.WhichOneof(field.containing_oneof.name) != field.name:
+        if (
+            field.containing_oneof is not None
+            and message.WhichOneof(field.containing_oneof.name) != field.name
+        ):
             continue
         value = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:

@@ -31,25 +31,64 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from bnserve.server.auth import BearerToken
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-REQUESTS = Counter("bnserve_requests", "Requests answered, by gRPC status code and protocol",
-                   ["model", "version", "code", "protocol"])
-REQUEST_SECONDS = Histogram("bnserve_request_seconds", "Request time inside the server", ["model", "version", "protocol"],
-                            buckets=LATENCY_BUCKETS)
-QUEUE_SECONDS = Histogram("bnserve_queue_seconds", "Time a request waited for its batch", ["model", "version"],
-                          buckets=LATENCY_BUCKETS)
-COMPUTE_SECONDS = Histogram("bnserve_compute_seconds", "Model call time per batch", ["model", "version"],
-                            buckets=LATENCY_BUCKETS)
-BATCH_SIZE = Histogram("bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS)
-MODEL_CALLS = Counter("bnserve_model_calls", "Model calls by where they ran (inline: on the event loop)",
-                      ["model", "version", "place"])
+REQUESTS = Counter(
+    "bnserve_requests",
+    "Requests answered, by gRPC status code and protocol",
+    ["model", "version", "code", "protocol"],
+)
+REQUEST_SECONDS = Histogram(
+    "bnserve_request_seconds",
+    "Request time inside the server",
+    ["model", "version", "protocol"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_SECONDS = Histogram(
+    "bnserve_queue_seconds",
+    "Time a request waited for its batch",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+COMPUTE_SECONDS = Histogram(
+    "bnserve_compute_seconds",
+    "Model call time per batch",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS
+)
+MODEL_CALLS = Counter(
+    "bnserve_model_calls",
+    "Model calls by where they ran (inline: on the event loop)",
+    ["model", "version", "place"],
+)
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
 LOAD_FAILURES = Counter("bnserve_load_failures", "Versions refused at load", ["model"])
-PARITY_MAX_ABS_ERROR = Gauge("bnserve_parity_max_abs_error",
-                             "Largest |output - golden reference output| of the load-time check on this backend",
-                             ["model", "version"])
+PARITY_MAX_ABS_ERROR = Gauge(
+    "bnserve_parity_max_abs_error",
+    "Largest |output - golden reference output| of the load-time check on this backend",
+    ["model", "version"],
+)
 
 
 def serve_metrics(host: str, port: int, token: BearerToken | None = None) -> int:
@@ -60,8 +99,12 @@ def serve_metrics(host: str, port: int, token: BearerToken | None = None) -> int
     metrics_app = make_wsgi_app()
 
     def app(environ, start_response):
-        if token is not None and token.refusal(environ.get("HTTP_AUTHORIZATION"), "Authorization", "header"):
-            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+        if token is not None and token.refusal(
+            environ.get("HTTP_AUTHORIZATION"), "Authorization", "header"
+        ):
+            start_response(
+                "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")]
+            )
             return [b"missing or wrong bearer token\n"]
         return metrics_app(environ, start_response)
 
@@ -72,15 +115,33 @@ def serve_metrics(host: str, port: int, token: BearerToken | None = None) -> int
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
     threading.Thread(target=server.serve_forever, name="bnserve-metrics", daemon=True).start()
     return server.server_port
-BN_SHIFT = Gauge("bnserve_bn_shift", "Shift score (mean KL of live vs frozen BN moments) of the last window",
-                 ["model", "version", "layer"])
-DRIFT_ALARM = Gauge("bnserve_drift_alarm", "1 while a BN layer's shift is above its calibrated threshold",
-                    ["model", "version"])
-SAMPLES_DROPPED = Counter("bnserve_monitor_dropped_samples", "Sampled inputs dropped: the monitor thread was behind",
-                          ["model", "version"])
-SAMPLES_SKIPPED = Counter("bnserve_monitor_skipped_samples",
-                          "Sampled inputs not monitored: the monitor was over its --monitor-max-share budget",
-                          ["model", "version"])
-CAPTURED_SAMPLES = Counter("bnserve_captured_samples", "Request inputs written to --capture-dir", ["model", "version"])
-CAPTURE_FAILURES = Counter("bnserve_capture_failures", "Capture shards not written (disk full or unwritable)",
-                           ["model", "version"])
+
+
+BN_SHIFT = Gauge(
+    "bnserve_bn_shift",
+    "Shift score (mean KL of live vs frozen BN moments) of the last window",
+    ["model", "version", "layer"],
+)
+DRIFT_ALARM = Gauge(
+    "bnserve_drift_alarm",
+    "1 while a BN layer's shift is above its calibrated threshold",
+    ["model", "version"],
+)
+SAMPLES_DROPPED = Counter(
+    "bnserve_monitor_dropped_samples",
+    "Sampled inputs dropped: the monitor thread was behind",
+    ["model", "version"],
+)
+SAMPLES_SKIPPED = Counter(
+    "bnserve_monitor_skipped_samples",
+    "Sampled inputs not monitored: the monitor was over its --monitor-max-share budget",
+    ["model", "version"],
+)
+CAPTURED_SAMPLES = Counter(
+    "bnserve_captured_samples", "Request inputs written to --capture-dir", ["model", "version"]
+)
+CAPTURE_FAILURES = Counter(
+    "bnserve_capture_failures",
+    "Capture shards not written (disk full or unwritable)",
+    ["model", "version"],
+)

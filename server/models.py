@@ -16,8 +16,16 @@ import numpy as np
 
 from bnserve.core.errors import UserError
 from bnserve.core.golden import GOLDEN, GoldenCheck, check_golden, read_golden
-from bnserve.core.repository import (INPUT_NAME, OUTPUT_NAMES, Manifest, TensorSpec, parse_version, read_manifest,
-                                     validate_model_name, verify_files)
+from bnserve.core.repository import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    Manifest,
+    TensorSpec,
+    parse_version,
+    read_manifest,
+    validate_model_name,
+    verify_files,
+)
 from bnserve.server import metrics
 from bnserve.server.backends import Backend, check_signature, load_backend
 from bnserve.server.errors import ModelNotFound, StartupError
@@ -79,27 +87,43 @@ def chosen_versions(available: list[int], policy: VersionPolicy) -> list[int]:
     return newest_first
 
 
-def open_version(name: str, version: int, directory: Path, settings: ServerSettings,
-                 signature: tuple = ()) -> ServedVersion:
+def open_version(
+    name: str, version: int, directory: Path, settings: ServerSettings, signature: tuple = ()
+) -> ServedVersion:
     """Verify the manifest and every file's hash, then load the backend; raises with the reason."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
     inputs, outputs = list(manifest.inputs), manifest.outputs
-    if [spec.name for spec in inputs] != [INPUT_NAME] or tuple(spec.name for spec in outputs) != OUTPUT_NAMES:
-        raise UserError(f"manifest declares inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}")
+    if [spec.name for spec in inputs] != [INPUT_NAME] or tuple(
+        spec.name for spec in outputs
+    ) != OUTPUT_NAMES:
+        raise UserError(
+            f"manifest declares inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}"
+        )
     for spec in (*inputs, *outputs):
         if spec.datatype not in SERVED_DATATYPES:
-            raise UserError(f"manifest: {spec.name!r} is declared {spec.datatype}; this server serves "
-                            f"{', '.join(SERVED_DATATYPES)} tensors only")
+            raise UserError(
+                f"manifest: {spec.name!r} is declared {spec.datatype}; this server serves "
+                f"{', '.join(SERVED_DATATYPES)} tensors only"
+            )
     backend = load_backend(settings.backend, directory, settings.device, settings.intra_op_threads)
-    check_signature(inputs, list(outputs), backend, "model.onnx" if settings.backend == "onnx" else "the SavedModel")
+    check_signature(
+        inputs,
+        list(outputs),
+        backend,
+        "model.onnx" if settings.backend == "onnx" else "the SavedModel",
+    )
     # Warm-up: one inference before the version takes traffic (first-call allocations, and a model
     # that loads but cannot run is refused here rather than on a client's request).
-    warm = backend.run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])
+    warm = backend.run(
+        np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs]
+    )
     for spec in outputs:
         if warm[spec.name].shape != (1, *spec.shape[1:]):
-            raise UserError(f"output {spec.name!r}: the model answered shape {list(warm[spec.name].shape)} for one "
-                            f"input row; the manifest declares {list(spec.shape)}")
+            raise UserError(
+                f"output {spec.name!r}: the model answered shape {list(warm[spec.name].shape)} for one "
+                f"input row; the manifest declares {list(spec.shape)}"
+            )
     calibration: dict[int, int] = {}
 
     def timed_run(images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
@@ -108,23 +132,55 @@ def open_version(name: str, version: int, directory: Path, settings: ServerSetti
         calibration[len(images)] = time.perf_counter_ns() - started
         return results
 
-    timed_run(np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs])  # after first-call costs
-    golden = prove_golden(name, version, directory, manifest, timed_run,
-                          settings.batching_options(name).max_batch_size)
-    return ServedVersion(name, version, manifest, backend, inputs[0], outputs, golden, signature, calibration,
-                         directory=directory)
+    timed_run(
+        np.zeros((1, *inputs[0].shape[1:]), np.float32), [spec.name for spec in outputs]
+    )  # after first-call costs
+    golden = prove_golden(
+        name,
+        version,
+        directory,
+        manifest,
+        timed_run,
+        settings.batching_options(name).max_batch_size,
+    )
+    return ServedVersion(
+        name,
+        version,
+        manifest,
+        backend,
+        inputs[0],
+        outputs,
+        golden,
+        signature,
+        calibration,
+        directory=directory,
+    )
 
 
-def prove_golden(name: str, version: int, directory: Path, manifest: Manifest,
-                 run: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]], max_batch_size: int) -> GoldenCheck | None:
+def prove_golden(
+    name: str,
+    version: int,
+    directory: Path,
+    manifest: Manifest,
+    run: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]],
+    max_batch_size: int,
+) -> GoldenCheck | None:
     """Run the version's golden samples on this backend and device, in batches of at most the
     served maximum; refuse the version (UserError) when an output differs beyond the certificate's
     tolerance. None for versions exported before golden samples existed (they load, unverified)."""
     if GOLDEN not in manifest.files:
-        log.warning("model %r version %d is unverified: it has no %s (exported before load-time parity checks)",
-                    name, version, GOLDEN)
+        log.warning(
+            "model %r version %d is unverified: it has no %s (exported before load-time parity checks)",
+            name,
+            version,
+            GOLDEN,
+        )
         return None
-    check = check_golden(lambda images: run(images, list(OUTPUT_NAMES)), read_golden(directory / GOLDEN), max_batch_size)
+    check = check_golden(
+        lambda images: run(images, list(OUTPUT_NAMES)),
+        read_golden(directory / GOLDEN),
+        max_batch_size,
+    )
     if not check.passed:
         raise UserError(check.describe())
     log.info("model %r version %d: %s", name, version, check.describe())
@@ -157,12 +213,18 @@ class ModelRegistry:
     def set_problems(self, problems: dict[str, str]) -> None:
         """Top-level entries that are not models: each logged once when it appears, listed by index()."""
         with self._lock:
-            new = {name: reason for name, reason in problems.items() if self._problems.get(name) != reason}
+            new = {
+                name: reason
+                for name, reason in problems.items()
+                if self._problems.get(name) != reason
+            }
             self._problems = dict(problems)
         for name, reason in new.items():
             log.warning("ignored repository entry %r: %s", name, reason)
 
-    def load(self, name: str, scanned: dict[int, ScannedVersion] | None = None) -> list[VersionState]:
+    def load(
+        self, name: str, scanned: dict[int, ScannedVersion] | None = None
+    ) -> list[VersionState]:
         """(Re)load ``name`` by the version policy; versions that fail are refused, the rest serve.
 
         ``scanned`` is the model's part of a repository scan (scanned now when None). A version already
@@ -175,7 +237,9 @@ class ModelRegistry:
             raise ModelNotFound(name) from None
         available = scanned if scanned is not None else scan_model(self.settings.repository, name)
         if not available:
-            raise ModelNotFound(name, reason=f"no version directory under {str(self.settings.repository / name)!r}")
+            raise ModelNotFound(
+                name, reason=f"no version directory under {str(self.settings.repository / name)!r}"
+            )
         policy = self.settings.version_policy
         served, states = {}, {}
         with self._lock:
@@ -189,15 +253,22 @@ class ModelRegistry:
                 states[version] = VersionState(name, version, READY)
                 continue
             if version in previous:
-                log.warning("model %r version %d changed on disk after it was loaded (versions are immutable): "
-                            "verifying it again", name, version)
+                log.warning(
+                    "model %r version %d changed on disk after it was loaded (versions are immutable): "
+                    "verifying it again",
+                    name,
+                    version,
+                )
             try:
                 if found.problem:
                     raise UserError(found.problem)
-                served[version] = open_version(name, version, found.directory, self.settings, found.signature)
+                served[version] = open_version(
+                    name, version, found.directory, self.settings, found.signature
+                )
             except StartupError:
                 raise
-            except Exception as exc:  # any reason a version cannot serve: refuse it, keep the others
+            # Any reason a version cannot serve: refuse it, keep the others
+            except Exception as exc:
                 reason = str(exc).replace(str(found.directory), f"{name}/{version}")
                 if version in previous:
                     reason = f"changed on disk after it was loaded, no longer served: {reason}"
@@ -207,10 +278,20 @@ class ModelRegistry:
                 continue
             states[version] = VersionState(name, version, READY)
             backend = served[version].backend
-            log.info("loaded model %r version %d (%s on %s)", name, version, backend.platform, backend.device)
+            log.info(
+                "loaded model %r version %d (%s on %s)",
+                name,
+                version,
+                backend.platform,
+                backend.device,
+            )
         for version in available:
-            states.setdefault(version, VersionState(name, version, UNLOADED, "not selected by the version policy"
-                                                    f" {policy}"))
+            states.setdefault(
+                version,
+                VersionState(
+                    name, version, UNLOADED, f"not selected by the version policy {policy}"
+                ),
+            )
         with self._lock:
             self._served[name] = served
             self._states[name] = states
@@ -225,7 +306,9 @@ class ModelRegistry:
             if name not in self._states:
                 raise ModelNotFound(name)
             served = self._served.pop(name, {})
-            self._states[name] = {v: VersionState(name, v, UNLOADED, reason) for v in self._states[name]}
+            self._states[name] = {
+                v: VersionState(name, v, UNLOADED, reason) for v in self._states[name]
+            }
         metrics.LOADED_VERSIONS.labels(name).set(0)
         for version in served:
             forget_version_metrics(name, version)
@@ -241,11 +324,16 @@ class ModelRegistry:
                 return versions[max(versions)]
             number = version if isinstance(version, int) else parse_version(version)
             if number is None:
-                raise ModelNotFound(name, repr(version),
-                                    reason="versions are canonical positive decimal integers (1, 2, ...)")
+                raise ModelNotFound(
+                    name,
+                    repr(version),
+                    reason="versions are canonical positive decimal integers (1, 2, ...)",
+                )
             if number not in versions:
                 state = self._states.get(name, {}).get(number)
-                raise ModelNotFound(name, version, reason=f"{state.state.lower()}: {state.reason}" if state else "")
+                raise ModelNotFound(
+                    name, version, reason=f"{state.state.lower()}: {state.reason}" if state else ""
+                )
             return versions[number]
 
     def served_versions(self, name: str) -> list[int]:
@@ -259,8 +347,14 @@ class ModelRegistry:
     def index(self) -> list[VersionState]:
         """Every version's state, then the repository entries that are not models (version 0, UNAVAILABLE)."""
         with self._lock:
-            return ([state for name in sorted(self._states) for _, state in sorted(self._states[name].items())]
-                    + [VersionState(name, 0, UNAVAILABLE, reason) for name, reason in sorted(self._problems.items())])
+            return [
+                state
+                for name in sorted(self._states)
+                for _, state in sorted(self._states[name].items())
+            ] + [
+                VersionState(name, 0, UNAVAILABLE, reason)
+                for name, reason in sorted(self._problems.items())
+            ]
 
     def meets_policy(self, name: str) -> bool:
         """Whether ``name`` serves every version its policy asks for (VersionPolicy.asked_for the versions on

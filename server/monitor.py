@@ -132,9 +132,12 @@ class VersionMonitor:
         from bnserve.server.backends.onnx import session_options
 
         # One thread: the monitor must never compete with the model threads for cores.
-        self.session = onnxruntime.InferenceSession(str(self.model_path), session_options(1),
-                                                    providers=["CPUExecutionProvider"])
-        self.outputs = [name for index in range(len(self.spec.layers)) for name in output_names(index)]
+        self.session = onnxruntime.InferenceSession(
+            str(self.model_path), session_options(1), providers=["CPUExecutionProvider"]
+        )
+        self.outputs = [
+            name for index in range(len(self.spec.layers)) for name in output_names(index)
+        ]
 
     def evaluate(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """monitor.onnx's per-sample outputs for ``images`` (outside the lock: it takes a model call)."""
@@ -153,8 +156,12 @@ class VersionMonitor:
             take = min(len(images) - start, self.window - self.count)
             for index in range(len(self.spec.layers)):
                 mean_name, square_name = output_names(index)
-                self.sums[index][0] += values[mean_name][start:start + take].sum(axis=0, dtype=np.float64)
-                self.sums[index][1] += values[square_name][start:start + take].sum(axis=0, dtype=np.float64)
+                self.sums[index][0] += values[mean_name][start : start + take].sum(
+                    axis=0, dtype=np.float64
+                )
+                self.sums[index][1] += values[square_name][start : start + take].sum(
+                    axis=0, dtype=np.float64
+                )
             self.count += take
             start += take
             if self.count == self.window:
@@ -162,22 +169,35 @@ class VersionMonitor:
         return finished
 
     def close_window(self) -> WindowResult:
-        shifts = [layer_shift(sums[0] / self.count, sums[1] / self.count, layer)
-                  for sums, layer in zip(self.sums, self.spec.layers)]
+        shifts = [
+            layer_shift(sums[0] / self.count, sums[1] / self.count, layer)
+            for sums, layer in zip(self.sums, self.spec.layers)
+        ]
         alarm = any(shift > layer.threshold for shift, layer in zip(shifts, self.spec.layers))
         labels = (self.name, str(self.version))
         for index, shift in enumerate(shifts):
             metrics.BN_SHIFT.labels(*labels, str(index)).set(shift)
         metrics.DRIFT_ALARM.labels(*labels).set(1 if alarm else 0)
         if alarm != self.alarm:
-            crossed = [f"layer {i} ({layer.name}) {shift:.3g} > {layer.threshold:.3g}"
-                       for i, (shift, layer) in enumerate(zip(shifts, self.spec.layers)) if shift > layer.threshold]
+            crossed = [
+                f"layer {i} ({layer.name}) {shift:.3g} > {layer.threshold:.3g}"
+                for i, (shift, layer) in enumerate(zip(shifts, self.spec.layers))
+                if shift > layer.threshold
+            ]
             if alarm:
-                log.warning("drift alarm on model %r version %d: %s (window of %d samples)", self.name, self.version,
-                            "; ".join(crossed), self.window)
+                log.warning(
+                    "drift alarm on model %r version %d: %s (window of %d samples)",
+                    self.name,
+                    self.version,
+                    "; ".join(crossed),
+                    self.window,
+                )
             else:
-                log.info("drift alarm cleared on model %r version %d: every layer within its threshold", self.name,
-                         self.version)
+                log.info(
+                    "drift alarm cleared on model %r version %d: every layer within its threshold",
+                    self.name,
+                    self.version,
+                )
         self.alarm = alarm
         self.windows += 1
         result = WindowResult(time.time(), shifts, alarm)
@@ -188,13 +208,34 @@ class VersionMonitor:
     def status(self) -> DriftStatus:
         """What GET .../drift, bnserve.Monitor/Drift and the status page show."""
         last = self.history[-1] if self.history else None
-        layers = tuple(LayerDrift(index, layer.name, layer.threshold, last.shifts[index] if last else None,
-                                  bool(last and last.shifts[index] > layer.threshold),
-                                  tuple(window.shifts[index] for window in self.history))
-                       for index, layer in enumerate(self.spec.layers))
-        return DriftStatus(self.name, str(self.version), True, "", self.window, self.spec.window, self.sample_rate,
-                           self.windows, self.count, self.dropped, self.skipped, self.max_share, self.alarm, layers,
-                           tuple(window.finished for window in self.history))
+        layers = tuple(
+            LayerDrift(
+                index,
+                layer.name,
+                layer.threshold,
+                last.shifts[index] if last else None,
+                bool(last and last.shifts[index] > layer.threshold),
+                tuple(window.shifts[index] for window in self.history),
+            )
+            for index, layer in enumerate(self.spec.layers)
+        )
+        return DriftStatus(
+            self.name,
+            str(self.version),
+            True,
+            "",
+            self.window,
+            self.spec.window,
+            self.sample_rate,
+            self.windows,
+            self.count,
+            self.dropped,
+            self.skipped,
+            self.max_share,
+            self.alarm,
+            layers,
+            tuple(window.finished for window in self.history),
+        )
 
 
 def unmonitored_status(name: str, version: int, reason: str) -> DriftStatus:
@@ -204,8 +245,14 @@ def unmonitored_status(name: str, version: int, reason: str) -> DriftStatus:
 class TrafficSampler:
     """The request-path entry (``offer``) and the background thread behind it, for monitor and capture."""
 
-    def __init__(self, sample_rate: float, window: int, capture: Capture | None = None, capture_rate: float = 0.0,
-                 max_share: float = 0.0):
+    def __init__(
+        self,
+        sample_rate: float,
+        window: int,
+        capture: Capture | None = None,
+        capture_rate: float = 0.0,
+        max_share: float = 0.0,
+    ):
         self.sample_rate = sample_rate
         self.max_share = max_share
         self.window = window
@@ -232,13 +279,27 @@ class TrafficSampler:
             monitor = None
             spec = model.manifest.monitor
             if self.sample_rate > 0 and spec is not None and model.directory is not None:
-                monitor = VersionMonitor(model.name, model.version, spec, model.directory / spec.file, self.window,
-                                         self.sample_rate, self.max_share)
-                monitor.skipped_counter = metrics.SAMPLES_SKIPPED.labels(model.name, str(model.version))
+                monitor = VersionMonitor(
+                    model.name,
+                    model.version,
+                    spec,
+                    model.directory / spec.file,
+                    self.window,
+                    self.sample_rate,
+                    self.max_share,
+                )
+                monitor.skipped_counter = metrics.SAMPLES_SKIPPED.labels(
+                    model.name, str(model.version)
+                )
                 if self.window != spec.window:
-                    log.warning("model %r version %d: drift thresholds were calibrated for windows of %d samples, "
-                                "--monitor-window is %d: alarms are less reliable", model.name, model.version,
-                                spec.window, self.window)
+                    log.warning(
+                        "model %r version %d: drift thresholds were calibrated for windows of %d samples, "
+                        "--monitor-window is %d: alarms are less reliable",
+                        model.name,
+                        model.version,
+                        spec.window,
+                        self.window,
+                    )
             with self.lock:
                 self.monitors[key] = monitor
         return self.monitors[key]
@@ -249,7 +310,9 @@ class TrafficSampler:
             with self.lock:
                 return monitor.status()
         if model.manifest.monitor is None:
-            reason = "this version was exported without a drift monitor (monitor.onnx); re-export it"
+            reason = (
+                "this version was exported without a drift monitor (monitor.onnx); re-export it"
+            )
         else:
             reason = "the monitor is off (--monitor-sample-rate 0)"
         return unmonitored_status(model.name, model.version, reason)
@@ -259,7 +322,9 @@ class TrafficSampler:
         try:
             self._offer(model, images)
         except Exception:  # an observer's fault must not become the request's
-            log.exception("drift monitor: sampling a request failed; the request is served regardless")
+            log.exception(
+                "drift monitor: sampling a request failed; the request is served regardless"
+            )
 
     def _offer(self, model, images: np.ndarray) -> None:
         draw = self.random.random()
@@ -268,7 +333,11 @@ class TrafficSampler:
         if not (monitored or captured):
             return
         monitor = self.monitor_for(model) if monitored else None
-        if monitor is not None and self.max_share and monitor.spent_ns > self.max_share * model.statistics.compute_infer.ns:
+        if (
+            monitor is not None
+            and self.max_share
+            and monitor.spent_ns > self.max_share * model.statistics.compute_infer.ns
+        ):
             # Over budget: on a compute-bound model every monitored sample costs about one more sample of
             # compute; skipping depends on time only, never on the input, so the windows stay unbiased.
             monitor.skipped += len(images)
@@ -281,7 +350,9 @@ class TrafficSampler:
         if self.pending_samples >= MONITOR_BATCH:
             self.hand_over()
         elif self.hand_over_timer is None:
-            self.hand_over_timer = asyncio.get_running_loop().call_later(HAND_OVER_S, self.hand_over)
+            self.hand_over_timer = asyncio.get_running_loop().call_later(
+                HAND_OVER_S, self.hand_over
+            )
 
     def hand_over(self) -> None:
         """Give the pending sampled requests to the background thread in one put (event loop only)."""
@@ -309,9 +380,13 @@ class TrafficSampler:
             monitor = self.monitors.pop((name, version), None)
         if monitor is None:
             return
-        for labels, gauge in ([((name, str(version), str(i)), metrics.BN_SHIFT) for i in range(len(monitor.spec.layers))]
-                              + [((name, str(version)), metrics.DRIFT_ALARM),
-                                 ((name, str(version)), metrics.SAMPLES_SKIPPED)]):
+        for labels, gauge in [
+            ((name, str(version), str(i)), metrics.BN_SHIFT)
+            for i in range(len(monitor.spec.layers))
+        ] + [
+            ((name, str(version)), metrics.DRIFT_ALARM),
+            ((name, str(version)), metrics.SAMPLES_SKIPPED),
+        ]:
             try:
                 gauge.remove(*labels)
             except KeyError:  # no window completed: the series was never set
@@ -324,7 +399,8 @@ class TrafficSampler:
                 break
             try:
                 self.process(batch)
-            except Exception:  # the monitor is an observer: its failure is logged, never raised into serving
+            # The monitor is an observer: its failure is logged, never raised into serving
+            except Exception:
                 log.exception("drift monitor failed on a batch of sampled inputs; continuing")
             if self.capture is not None and self.queue.empty():
                 self.capture.flush_due()
@@ -335,7 +411,9 @@ class TrafficSampler:
             if monitor is not None:
                 by_monitor.setdefault(id(monitor), (monitor, []))[1].append(images)
             if captured and self.capture is not None:
-                self.capture.add(name, version, np.array(images, np.float32))  # a copy: the request may go
+                self.capture.add(
+                    name, version, np.array(images, np.float32)
+                )  # a copy: the request may go
         for monitor, arrays in by_monitor.values():
             images = np.ascontiguousarray(np.concatenate(arrays), np.float32)
             values = monitor.evaluate(images)

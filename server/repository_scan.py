@@ -31,8 +31,15 @@ def scan_model(repository: Path, name: str) -> dict[int, ScannedVersion]:
         except UserError as exc:
             scanned[version] = ScannedVersion(directory, problem=str(exc))
             continue
-        scanned[version] = ScannedVersion(directory, tuple(sorted(
-            (relative, status.st_size, status.st_mtime_ns) for relative, status in files.items())))
+        scanned[version] = ScannedVersion(
+            directory,
+            tuple(
+                sorted(
+                    (relative, status.st_size, status.st_mtime_ns)
+                    for relative, status in files.items()
+                )
+            ),
+        )
     return scanned
 
 
@@ -53,8 +60,10 @@ def scan_repository(repository: Path) -> RepositoryScan:
         try:
             validate_model_name(entry.name)
         except UserError:
-            problems[entry.name] = ("not a valid model name (1-128 characters from A-Z a-z 0-9 _ . -, starting with "
-                                    "a letter or digit, without '..')")
+            problems[entry.name] = (
+                "not a valid model name (1-128 characters from A-Z a-z 0-9 _ . -, starting with "
+                "a letter or digit, without '..')"
+            )
             continue
         if not Path(entry.path).resolve().is_relative_to(root):
             problems[entry.name] = "a link leading outside the repository"

@@ -45,8 +45,9 @@ curl's default for ``-d``, which TensorFlow Serving's own REST examples rely on.
 
 
 def json_response(document, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(document, separators=(",", ":")).encode(), status=status,
-                        content_type=JSON)
+    return web.Response(
+        body=json.dumps(document, separators=(",", ":")).encode(), status=status, content_type=JSON
+    )
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
@@ -59,7 +60,9 @@ def error_response(status: int, message: str, headers: dict | None = None) -> we
 class HttpFront:
     """The routes and their handlers; one per server process."""
 
-    def __init__(self, dataplane: DataPlane, controller: RepositoryController, settings: ServerSettings):
+    def __init__(
+        self, dataplane: DataPlane, controller: RepositoryController, settings: ServerSettings
+    ):
         self.dataplane = dataplane
         self.controller = controller
         self.settings = settings
@@ -67,8 +70,11 @@ class HttpFront:
         self._open_paths = HEALTH_PATHS if settings.health_without_auth else ()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self.guard], client_max_size=self.settings.max_message_bytes,
-                              handler_args={"max_field_size": 16384})
+        app = web.Application(
+            middlewares=[self.guard],
+            client_max_size=self.settings.max_message_bytes,
+            handler_args={"max_field_size": 16384},
+        )
         add = app.router.add_route
         # The v2 routes. /v2/models/stats is listed before /v2/models/{model}: routes match in order.
         add("GET", "/", self.status_page)
@@ -87,8 +93,11 @@ class HttpFront:
             add("GET", prefix + "/stats", self.model_statistics)
             add("GET", prefix + "/drift", self.drift)
         # TensorFlow Serving: GET status / metadata, POST NAME[/versions/V|/labels/L]:predict.
-        for prefix in ("/v1/models/{model:[^/:]+}", "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}",
-                       "/v1/models/{model:[^/:]+}/labels/{label:[^/:]+}"):
+        for prefix in (
+            "/v1/models/{model:[^/:]+}",
+            "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}",
+            "/v1/models/{model:[^/:]+}/labels/{label:[^/:]+}",
+        ):
             add("GET", prefix, self.tf_status)
             add("GET", prefix + "/metadata", self.tf_metadata)
             add("POST", prefix + ":{method}", self.tf_predict)
@@ -99,7 +108,9 @@ class HttpFront:
     @web.middleware
     async def guard(self, request: web.Request, handler):
         if self._token is not None and request.path not in self._open_paths:
-            refusal = self._token.refusal(request.headers.get("Authorization"), "Authorization", "header")
+            refusal = self._token.refusal(
+                request.headers.get("Authorization"), "Authorization", "header"
+            )
             if refusal is not None:
                 return error_response(401, refusal, {"WWW-Authenticate": "Bearer"})
         try:
@@ -108,7 +119,9 @@ class HttpFront:
             limiter.log(f"HTTP {request.method} {request.path}", exc.code, exc.message)
             return error_response(exc.http_status, exc.message)
         except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes")
+            response = error_response(
+                413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes"
+            )
             response.force_close()  # the rest of the body is not read: this connection cannot carry another request
             return response
         except web.HTTPException as exc:
@@ -121,7 +134,10 @@ class HttpFront:
             else:
                 message = exc.text or exc.reason
             return error_response(exc.status, message)
-        except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a Content-Encoding that does not decode
+        except (
+            HttpProcessingError,
+            RequestPayloadError,
+        ) as exc:  # e.g. a Content-Encoding that does not decode
             reason = " ".join(str(exc).replace("400, message:", "").split())
             response = error_response(400, f"body: cannot be read ({reason})")
             response.force_close()  # the body stream is broken: say so, rather than reset the next request
@@ -134,13 +150,19 @@ class HttpFront:
 
     async def body(self, request: web.Request) -> bytes:
         """The request body, refused before reading when its declared size or content type is wrong."""
-        if request.content_length is not None and request.content_length > self.settings.max_message_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_message_bytes,
-                                                actual_size=request.content_length)
+        if (
+            request.content_length is not None
+            and request.content_length > self.settings.max_message_bytes
+        ):
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self.settings.max_message_bytes, actual_size=request.content_length
+            )
         declared = request.headers.get("Content-Type", "")
         if request.content_type not in ACCEPTED_BODY_TYPES and declared:
-            raise InvalidInput(f"Content-Type: got {declared!r}, expected {JSON} (or {BINARY} with "
-                               f"{HEADER_LENGTH})")
+            raise InvalidInput(
+                f"Content-Type: got {declared!r}, expected {JSON} (or {BINARY} with "
+                f"{HEADER_LENGTH})"
+            )
         return await request.read()
 
     async def status_page(self, request):
@@ -162,11 +184,24 @@ class HttpFront:
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def model_metadata(self, request):
-        metadata = self.dataplane.model_metadata(request.match_info["model"], request.match_info.get("version", ""))
-        return json_response({
-            "name": metadata.name, "versions": list(metadata.versions), "platform": metadata.platform,
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in metadata.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in metadata.outputs]})
+        metadata = self.dataplane.model_metadata(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
+        return json_response(
+            {
+                "name": metadata.name,
+                "versions": list(metadata.versions),
+                "platform": metadata.platform,
+                "inputs": [
+                    {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+                    for t in metadata.inputs
+                ],
+                "outputs": [
+                    {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+                    for t in metadata.outputs
+                ],
+            }
+        )
 
     async def model_ready(self, request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
@@ -175,29 +210,45 @@ class HttpFront:
 
     async def infer(self, request: web.Request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        with self.dataplane.admission(name, version, "http"):  # refused while draining, before the body is read
+        with self.dataplane.admission(
+            name, version, "http"
+        ):  # refused while draining, before the body is read
             body = await self.body(request)
-            domain, encoding = rest_v2.parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+            domain, encoding = rest_v2.parse_infer(
+                body, request.headers.get(HEADER_LENGTH), name, version
+            )
         answer = await self.dataplane.infer(domain, "http")
         content, header_length = rest_v2.encode_infer(answer, encoding)
         if header_length is None:
             response = web.Response(body=content, content_type=JSON)
         else:
-            response = web.Response(body=content, content_type=BINARY, headers={HEADER_LENGTH: str(header_length)})
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+            response = web.Response(
+                body=content, content_type=BINARY, headers={HEADER_LENGTH: str(header_length)}
+            )
+        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
+            "Accept-Encoding", ""
+        ):
             response.enable_compression()
         return response
 
     async def model_config(self, request):
-        model = self.dataplane.model(request.match_info["model"], request.match_info.get("version", ""))
+        model = self.dataplane.model(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
         return json_response(message_json(to_model_config(model, self.settings)))
 
     async def model_statistics(self, request):
-        models = self.dataplane.statistics_of(request.match_info.get("model", ""), request.match_info.get("version", ""))
-        return json_response({"model_stats": [message_json(to_model_statistics(m)) for m in models]})
+        models = self.dataplane.statistics_of(
+            request.match_info.get("model", ""), request.match_info.get("version", "")
+        )
+        return json_response(
+            {"model_stats": [message_json(to_model_statistics(m)) for m in models]}
+        )
 
     async def drift(self, request):
-        status = self.dataplane.drift(request.match_info["model"], request.match_info.get("version", ""))
+        status = self.dataplane.drift(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
         return json_response(status.to_json())
 
     async def repository_index(self, request):
@@ -206,8 +257,17 @@ class HttpFront:
         expect(document, dict, "body", 'a JSON object such as {"ready": true}')
         ready_only = expect(document.get("ready", False), bool, "ready", "true or false")
         states = self.dataplane.index(ready_only)
-        return json_response([{"name": s.name, **({"version": str(s.version)} if s.version else {}),
-                               "state": s.state, "reason": s.reason} for s in states])
+        return json_response(
+            [
+                {
+                    "name": s.name,
+                    **({"version": str(s.version)} if s.version else {}),
+                    "state": s.state,
+                    "reason": s.reason,
+                }
+                for s in states
+            ]
+        )
 
     async def load(self, request):
         await self.controller.load(request.match_info["model"])
@@ -226,7 +286,9 @@ class HttpFront:
         return request.match_info.get("version", "")
 
     async def tf_status(self, request):
-        statuses = self.dataplane.tf_model_status(request.match_info["model"], self.tf_version(request))
+        statuses = self.dataplane.tf_model_status(
+            request.match_info["model"], self.tf_version(request)
+        )
         return json_response(rest_tfserving.status_json(statuses))
 
     async def tf_metadata(self, request):
@@ -238,10 +300,14 @@ class HttpFront:
         method = request.match_info["method"]
         with self.dataplane.admission(name, request.match_info.get("version", ""), "http"):
             if method != "predict":
-                raise InvalidInput(f":{method}: not served; expected :predict (classify and regress need "
-                                   "signatures these models do not have)")
+                raise InvalidInput(
+                    f":{method}: not served; expected :predict (classify and regress need "
+                    "signatures these models do not have)"
+                )
             version = self.tf_version(request)
             model = self.dataplane.model(name, version)
-            domain, row_format = rest_tfserving.parse_predict(await self.body(request), model, version)
+            domain, row_format = rest_tfserving.parse_predict(
+                await self.body(request), model, version
+            )
         answer = await self.dataplane.infer(domain, "http")
         return json_response(rest_tfserving.encode_predict(answer, row_format))

@@ -17,42 +17,55 @@ from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferI
 from bnserve.server.errors import InvalidInput
 from bnserve.server.json_codec import expect, parse_json
 from bnserve.server.models import ServedVersion
-from bnserve.server.tfserving_documents import PREDICT_METHOD, SIGNATURE_NAME, TfVersionStatus
 from bnserve.server.tensors import V2_TO_NUMPY, array_from_json
+from bnserve.server.tfserving_documents import PREDICT_METHOD, SIGNATURE_NAME, TfVersionStatus
 
 
 def check_signature(document: dict) -> None:
     name = expect(document.get("signature_name", SIGNATURE_NAME), str, "signature_name", "a string")
     if name not in ("", SIGNATURE_NAME):
-        raise InvalidInput(f"signature_name: unknown signature {name!r}; expected {SIGNATURE_NAME!r}")
+        raise InvalidInput(
+            f"signature_name: unknown signature {name!r}; expected {SIGNATURE_NAME!r}"
+        )
 
 
 def label_refused(label: str) -> InvalidInput:
-    return InvalidInput(f"labels/{label}: version labels are not supported; use /versions/N or no version")
+    return InvalidInput(
+        f"labels/{label}: version labels are not supported; use /versions/N or no version"
+    )
 
 
-def parse_predict(body: bytes, model: ServedVersion, model_version: str,
-                  timeout_s: float | None = None) -> tuple[InferenceRequest, bool]:
+def parse_predict(
+    body: bytes, model: ServedVersion, model_version: str, timeout_s: float | None = None
+) -> tuple[InferenceRequest, bool]:
     """A ``:predict`` body -> the domain request, and whether it used the row format."""
     document = expect(parse_json(body), dict, "body", 'a JSON object with "instances" or "inputs"')
     check_signature(document)
     if ("instances" in document) == ("inputs" in document):
-        raise InvalidInput('body: expected exactly one of "instances" (row format) or "inputs" (columnar format)')
+        raise InvalidInput(
+            'body: expected exactly one of "instances" (row format) or "inputs" (columnar format)'
+        )
     input_name = model.input.name
     dtype = V2_TO_NUMPY[model.input.datatype]
     row_format = "instances" in document
     if row_format:
-        instances = expect(document["instances"], list, "instances", "a list with one entry per sample")
+        instances = expect(
+            document["instances"], list, "instances", "a list with one entry per sample"
+        )
         if not instances:
             raise InvalidInput("instances: empty; expected at least one instance")
         if all(isinstance(row, dict) for row in instances):
             for position, row in enumerate(instances):
                 if set(row) != {input_name}:
-                    raise InvalidInput(f"instances[{position}]: named inputs {sorted(row)}; expected "
-                                       f"[{input_name!r}]")
+                    raise InvalidInput(
+                        f"instances[{position}]: named inputs {sorted(row)}; expected "
+                        f"[{input_name!r}]"
+                    )
             values = [row[input_name] for row in instances]
         elif any(isinstance(row, dict) for row in instances):
-            raise InvalidInput("instances: mixes named (objects) and bare rows; expected one form for all")
+            raise InvalidInput(
+                "instances: mixes named (objects) and bare rows; expected one form for all"
+            )
         else:
             values = instances
         data = json_array(values, dtype, "instances")
@@ -60,11 +73,19 @@ def parse_predict(body: bytes, model: ServedVersion, model_version: str,
         inputs = document["inputs"]
         if isinstance(inputs, dict):
             if set(inputs) != {input_name}:
-                raise InvalidInput(f"inputs: named inputs {sorted(inputs)}; expected [{input_name!r}]")
+                raise InvalidInput(
+                    f"inputs: named inputs {sorted(inputs)}; expected [{input_name!r}]"
+                )
             inputs = inputs[input_name]
         data = json_array(inputs, dtype, "inputs")
-    request = InferenceRequest(model.name, model_version, "", (InferInput(input_name, model.input.datatype, data),),
-                               (), timeout_s)
+    request = InferenceRequest(
+        model.name,
+        model_version,
+        "",
+        (InferInput(input_name, model.input.datatype, data),),
+        (),
+        timeout_s,
+    )
     return request, row_format
 
 
@@ -81,28 +102,46 @@ def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
         if len(outputs) == 1:
             return {"predictions": next(iter(outputs.values())).tolist()}
         columns = {name: data.tolist() for name, data in outputs.items()}
-        return {"predictions": [{name: columns[name][row] for name in outputs} for row in range(rows)]}
+        return {
+            "predictions": [{name: columns[name][row] for name in outputs} for row in range(rows)]
+        }
     if len(outputs) == 1:
         return {"outputs": next(iter(outputs.values())).tolist()}
     return {"outputs": {name: data.tolist() for name, data in outputs.items()}}
 
 
 def status_json(statuses: list[TfVersionStatus]) -> dict:
-    return {"model_version_status": [
-        {"version": str(s.version), "state": s.state,
-         "status": {"error_code": s.error_code, "error_message": s.error_message}} for s in statuses]}
+    return {
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": s.state,
+                "status": {"error_code": s.error_code, "error_message": s.error_message},
+            }
+            for s in statuses
+        ]
+    }
 
 
 def tensor_info_json(spec) -> dict:
-    return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape],
-                                                  "unknown_rank": False},
-            "name": f"{spec.name}:0"}
+    return {
+        "dtype": "DT_FLOAT",
+        "tensor_shape": {
+            "dim": [{"size": str(d), "name": ""} for d in spec.shape],
+            "unknown_rank": False,
+        },
+        "name": f"{spec.name}:0",
+    }
 
 
 def metadata_json(model: ServedVersion) -> dict:
     """GET .../metadata, as TensorFlow Serving's REST API writes a SignatureDefMap (64-bit ints as strings)."""
-    signature = {"inputs": {model.input.name: tensor_info_json(model.input)},
-                 "outputs": {o.name: tensor_info_json(o) for o in model.outputs},
-                 "method_name": PREDICT_METHOD}
-    return {"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}}}
+    signature = {
+        "inputs": {model.input.name: tensor_info_json(model.input)},
+        "outputs": {o.name: tensor_info_json(o) for o in model.outputs},
+        "method_name": PREDICT_METHOD,
+    }
+    return {
+        "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+        "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}},
+    }

@@ -31,28 +31,41 @@ class OutputEncoding:
         return self.binary.get(name, self.binary_by_default)
 
 
-def parse_infer(body: bytes, header_length: str | None, model_name: str, model_version: str,
-                timeout_s: float | None = None) -> tuple[InferenceRequest, OutputEncoding]:
+def parse_infer(
+    body: bytes,
+    header_length: str | None,
+    model_name: str,
+    model_version: str,
+    timeout_s: float | None = None,
+) -> tuple[InferenceRequest, OutputEncoding]:
     """An HTTP infer body -> the domain request (inputs viewed, not copied, where binary) and how to encode
     the outputs; InvalidInput names the field and what was expected."""
     view = memoryview(body)
     if header_length is None:
-        header, binary = view, view[len(view):]
+        header, binary = view, view[len(view) :]
     else:
         try:
             length = int(header_length)
         except ValueError:
-            raise InvalidInput(f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}") from None
+            raise InvalidInput(
+                f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}"
+            ) from None
         if not 0 < length <= len(body):
-            raise InvalidInput(f"{HEADER_LENGTH}: {length}, but the body holds {len(body)} bytes; expected 1 to "
-                               f"{len(body)} (the length of the JSON part)")
+            raise InvalidInput(
+                f"{HEADER_LENGTH}: {length}, but the body holds {len(body)} bytes; expected 1 to "
+                f"{len(body)} (the length of the JSON part)"
+            )
         header, binary = view[:length], view[length:]
     document = parse_json(bytes(header), "body" if header_length is None else "body (JSON header)")
     expect(document, dict, "body", 'a JSON object with "inputs"')
     request_id = expect(document.get("id", ""), str, "id", "a string")
     parameters = optional_object(document, "parameters", "parameters")
-    binary_by_default = expect(parameters.get("binary_data_output", False), bool,
-                               "parameters.binary_data_output", "true or false")
+    binary_by_default = expect(
+        parameters.get("binary_data_output", False),
+        bool,
+        "parameters.binary_data_output",
+        "true or false",
+    )
     timeout_us = parameters.get("timeout")
     if timeout_us is not None:
         expect(timeout_us, int, "parameters.timeout", "microseconds as an integer")
@@ -60,7 +73,7 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
             raise InvalidInput(f"parameters.timeout: {timeout_us}, expected microseconds >= 0")
         timeout_s = timeout_us / 1e6 if timeout_s is None else min(timeout_s, timeout_us / 1e6)
     if "inputs" not in document:
-        raise InvalidInput('inputs: missing; expected a list of input tensors')
+        raise InvalidInput("inputs: missing; expected a list of input tensors")
     inputs_json = expect(document["inputs"], list, "inputs", "a list of input tensors")
     inputs = []
     offset = 0
@@ -74,8 +87,10 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
         datatype = expect(tensor["datatype"], str, f"{field}.datatype", "a string")
         dtype = V2_TO_NUMPY.get(datatype)
         if dtype is None:
-            raise InvalidInput(f"{field}.datatype: unknown datatype {datatype!r}; expected one of "
-                               f"{', '.join(V2_TO_NUMPY)}")
+            raise InvalidInput(
+                f"{field}.datatype: unknown datatype {datatype!r}; expected one of "
+                f"{', '.join(V2_TO_NUMPY)}"
+            )
         shape = expect(tensor["shape"], list, f"{field}.shape", "a list of dimensions")
         for axis, dim in enumerate(shape):
             expect(dim, int, f"{field}.shape[{axis}]", "an integer")
@@ -85,23 +100,35 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
         if size is not None:
             expect(size, int, f"{field}.parameters.binary_data_size", "a byte count")
             if "data" in tensor:
-                raise InvalidInput(f"{field}: has both data and parameters.binary_data_size; send it one way")
+                raise InvalidInput(
+                    f"{field}: has both data and parameters.binary_data_size; send it one way"
+                )
             if size < 0 or offset + size > len(binary):
-                raise InvalidInput(f"{field}.parameters.binary_data_size: {size} bytes, but the binary section has "
-                                   f"{len(binary) - offset} left (truncated body, or a wrong "
-                                   f"{HEADER_LENGTH})")
-            data = array_from_raw(binary[offset:offset + size], dtype, shape, f"{field} (binary data)")
+                raise InvalidInput(
+                    f"{field}.parameters.binary_data_size: {size} bytes, but the binary section has "
+                    f"{len(binary) - offset} left (truncated body, or a wrong "
+                    f"{HEADER_LENGTH})"
+                )
+            data = array_from_raw(
+                binary[offset : offset + size], dtype, shape, f"{field} (binary data)"
+            )
             offset += size
         elif "data" in tensor:
             data = array_from_json(tensor["data"], dtype, shape, f"{field}.data")
         else:
-            raise InvalidInput(f"{field}.data: missing; expected data, or parameters.binary_data_size with the "
-                               f"bytes after the JSON header ({HEADER_LENGTH})")
+            raise InvalidInput(
+                f"{field}.data: missing; expected data, or parameters.binary_data_size with the "
+                f"bytes after the JSON header ({HEADER_LENGTH})"
+            )
         inputs.append(InferInput(name, datatype, data))
     if offset != len(binary):
-        raise InvalidInput(f"body: {len(binary) - offset} bytes after the JSON header that no input claims with "
-                           "parameters.binary_data_size")
-    outputs_json = expect(document.get("outputs", []), list, "outputs", "a list of requested outputs")
+        raise InvalidInput(
+            f"body: {len(binary) - offset} bytes after the JSON header that no input claims with "
+            "parameters.binary_data_size"
+        )
+    outputs_json = expect(
+        document.get("outputs", []), list, "outputs", "a list of requested outputs"
+    )
     names, binary_flags = [], {}
     for position, output in enumerate(outputs_json):
         field = f"outputs[{position}]"
@@ -111,12 +138,20 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
         name = expect(output["name"], str, f"{field}.name", "a string")
         output_parameters = optional_object(output, "parameters", f"{field}.parameters")
         if "classification" in output_parameters:
-            raise InvalidInput(f"{field}.parameters.classification: not supported; request the probabilities "
-                               "output and take the top classes client-side")
-        binary_flags[name] = expect(output_parameters.get("binary_data", binary_by_default), bool,
-                                    f"{field}.parameters.binary_data", "true or false")
+            raise InvalidInput(
+                f"{field}.parameters.classification: not supported; request the probabilities "
+                "output and take the top classes client-side"
+            )
+        binary_flags[name] = expect(
+            output_parameters.get("binary_data", binary_by_default),
+            bool,
+            f"{field}.parameters.binary_data",
+            "true or false",
+        )
         names.append(name)
-    request = InferenceRequest(model_name, model_version, request_id, tuple(inputs), tuple(names), timeout_s)
+    request = InferenceRequest(
+        model_name, model_version, request_id, tuple(inputs), tuple(names), timeout_s
+    )
     return request, OutputEncoding(binary_flags, binary_by_default)
 
 
@@ -132,7 +167,11 @@ def encode_infer(response: InferenceResponse, encoding: OutputEncoding) -> tuple
         else:
             entry["data"] = output.data.reshape(-1).tolist()
         outputs.append(entry)
-    document = {"model_name": response.model_name, "model_version": response.model_version, "outputs": outputs}
+    document = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
     if response.id:
         document["id"] = response.id
     header = json.dumps(document, separators=(",", ":")).encode()

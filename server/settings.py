@@ -74,7 +74,9 @@ class VersionPolicy:
                     return cls("specific", versions=versions)
         except ValueError:
             pass
-        raise UserError(f"--version-policy {text!r}: expected latest:N (N >= 1), all, or specific:V1,V2 (V >= 1)")
+        raise UserError(
+            f"--version-policy {text!r}: expected latest:N (N >= 1), all, or specific:V1,V2 (V >= 1)"
+        )
 
     def __str__(self) -> str:
         if self.kind == "latest":
@@ -92,18 +94,33 @@ class VersionPolicy:
         return len(set(on_disk) & set(self.versions))
 
 
-MODEL_OPTION_KEYS = {"max_batch_size": "max_batch_size", "max_queue_delay_us": "max_queue_delay_us",
-                     "max_queue_size": "max_queue_size", "instances": "instances", "dynamic_batching": "coalesce",
-                     "inline_compute_us": "inline_compute_us"}
+MODEL_OPTION_KEYS = {
+    "max_batch_size": "max_batch_size",
+    "max_queue_delay_us": "max_queue_delay_us",
+    "max_queue_size": "max_queue_size",
+    "instances": "instances",
+    "dynamic_batching": "coalesce",
+    "inline_compute_us": "inline_compute_us",
+}
 """--model-option keys and the BatchingOptions field each one sets."""
 
 
-def check_batching(prefix: str, max_batch_size: int, max_queue_delay_us: int, max_queue_size: int,
-                   instances: int, inline_compute_us: int = 0) -> None:
+def check_batching(
+    prefix: str,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    max_queue_size: int,
+    instances: int,
+    inline_compute_us: int = 0,
+) -> None:
     """Range checks shared by the server-wide flags (prefix "--") and --model-option overrides."""
-    for key, value, low in (("max-batch-size", max_batch_size, 1), ("max-queue-delay-us", max_queue_delay_us, 0),
-                            ("max-queue-size", max_queue_size, 1), ("instances", instances, 1),
-                            ("inline-compute-us", inline_compute_us, 0)):
+    for key, value, low in (
+        ("max-batch-size", max_batch_size, 1),
+        ("max-queue-delay-us", max_queue_delay_us, 0),
+        ("max-queue-size", max_queue_size, 1),
+        ("instances", instances, 1),
+        ("inline-compute-us", inline_compute_us, 0),
+    ):
         if value < low:
             name = key if prefix == "--" else key.replace("-", "_")
             raise UserError(f"{prefix}{name} {value}: expected an integer >= {low}")
@@ -118,16 +135,22 @@ def parse_model_option(text: str) -> tuple[str, dict]:
     for assignment in assignments.split(","):
         key, _, value = assignment.partition("=")
         if key not in MODEL_OPTION_KEYS:
-            raise UserError(f"--model-option {text!r}: unknown key {key!r}; expected one of {', '.join(MODEL_OPTION_KEYS)}")
+            raise UserError(
+                f"--model-option {text!r}: unknown key {key!r}; expected one of {', '.join(MODEL_OPTION_KEYS)}"
+            )
         if key == "dynamic_batching":
             if value not in ("on", "off"):
-                raise UserError(f"--model-option {text!r}: dynamic_batching expects on or off, got {value!r}")
+                raise UserError(
+                    f"--model-option {text!r}: dynamic_batching expects on or off, got {value!r}"
+                )
             overrides["coalesce"] = value == "on"
             continue
         try:
             overrides[MODEL_OPTION_KEYS[key]] = int(value)
         except ValueError:
-            raise UserError(f"--model-option {text!r}: {key} expects an integer, got {value!r}") from None
+            raise UserError(
+                f"--model-option {text!r}: {key} expects an integer, got {value!r}"
+            ) from None
     return name, overrides
 
 
@@ -155,31 +178,55 @@ def check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
-        raise UserError(f"--tls-cert {str(cert)!r} / --tls-key {str(key)!r}: not a PEM certificate chain and the "
-                        f"private key that belongs to it ({exc.reason or exc})") from None
+        raise UserError(
+            f"--tls-cert {str(cert)!r} / --tls-key {str(key)!r}: not a PEM certificate chain and the "
+            f"private key that belongs to it ({exc.reason or exc})"
+        ) from None
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=client_ca)
         except ssl.SSLError as exc:
-            raise UserError(f"--tls-client-ca {str(client_ca)!r}: not a PEM CA bundle ({exc.reason or exc})") from None
+            raise UserError(
+                f"--tls-client-ca {str(client_ca)!r}: not a PEM CA bundle ({exc.reason or exc})"
+            ) from None
 
 
 BOTH_PORTS = PROTOCOLS
 
 
-def setting(default: Any = dataclasses.MISSING, *, doc: str, protocols: tuple[str, ...] = (), flag: str = "",
-            parse: Callable | None = None, choices: tuple | None = None, metavar: str | None = None,
-            action: str | None = None, to_setting: Callable | None = None, flag_default: Any = dataclasses.MISSING,
-            factory: Callable | None = None, hidden: bool = False):
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    protocols: tuple[str, ...] = (),
+    flag: str = "",
+    parse: Callable | None = None,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    action: str | None = None,
+    to_setting: Callable | None = None,
+    flag_default: Any = dataclasses.MISSING,
+    factory: Callable | None = None,
+    hidden: bool = False,
+):
     """A ServerSettings field and its `bnserve serve` flag, declared together.
 
     ``doc`` is the help text (the default is appended); ``protocols`` the ports the setting governs;
     ``flag`` the flag when it is not --FIELD-NAME; ``parse`` argparse's type (default: the default's type);
     ``to_setting`` converts the flag's value into the field's (``flag_default`` is then the flag's default).
     """
-    metadata = {"doc": doc, "protocols": protocols, "flag": flag, "parse": parse, "choices": choices,
-                "metavar": metavar, "action": action, "to_setting": to_setting, "flag_default": flag_default,
-                "hidden": hidden}
+    metadata = {
+        "doc": doc,
+        "protocols": protocols,
+        "flag": flag,
+        "parse": parse,
+        "choices": choices,
+        "metavar": metavar,
+        "action": action,
+        "to_setting": to_setting,
+        "flag_default": flag_default,
+        "hidden": hidden,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -188,97 +235,200 @@ def setting(default: Any = dataclasses.MISSING, *, doc: str, protocols: tuple[st
 @dataclass(frozen=True)
 class ServerSettings:
     repository: Path = setting(doc="model repository root (REPO/NAME/VERSION/...)", parse=Path)
-    host: str = setting("127.0.0.1", doc="address the gRPC and HTTP ports listen on", protocols=BOTH_PORTS)
-    grpc_port: int = setting(8500, doc="gRPC port (KServe v2, TensorFlow Serving, health, reflection); 0 picks a "
-                             "free port, logged as 'listening on HOST:PORT'", protocols=("gRPC",))
-    http_port: int = setting(8501, doc="HTTP port: KServe v2 REST and TensorFlow Serving REST, the same data plane as "
-                             "gRPC; 0: no HTTP", protocols=("HTTP",))
-    backend: str = setting("onnx", choices=BACKENDS,
-                           doc="onnx: ONNX Runtime on model.onnx; tf: TensorFlow on the SavedModel")
-    device: str = setting("auto", choices=DEVICES,
-                          doc="auto: the GPU when usable, else the CPU; gpu: stop at start-up without a usable GPU; cpu")
-    max_batch_size: int = setting(BatchingOptions.max_batch_size,
-                                  doc="largest batch one request may carry and one model call may run "
-                                      "(ModelConfig max_batch_size)")
-    dynamic_batching: bool = setting(BatchingOptions.coalesce, choices=("on", "off"), flag_default="on",
-                                     to_setting=lambda text: text == "on",
-                                     doc="coalesce concurrent requests into one model call; off: every request runs "
-                                         "alone")
-    max_queue_delay_us: int = setting(BatchingOptions.max_queue_delay_us,
-                                      doc="longest a batch waits for companions after its oldest request arrived, "
-                                          "only while recent concurrency says they are coming (bnserve.server."
-                                          "batching); 0: run as soon as an instance is free")
-    max_queue_size: int = setting(BatchingOptions.max_queue_size,
-                                  doc="requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once")
-    instances: int = setting(BatchingOptions.instances, doc="model calls per version that may run at the same time")
-    inline_compute_us: int = setting(BatchingOptions.inline_compute_us,
-                                     doc="model calls measured to take at most this many microseconds run on the "
-                                         "event loop, without the thread hand-off; 0: always on model threads")
-    model_options: dict[str, dict] = setting(factory=dict, flag="--model-option", action="append", flag_default=[], parse=str,
-                                             metavar="NAME:KEY=VALUE[,KEY=VALUE]", to_setting=model_options_from,
-                                             doc="per-model batching overrides (repeatable), keys: "
-                                                 + ", ".join(k if k != "dynamic_batching" else k + "=on|off"
-                                                             for k in MODEL_OPTION_KEYS))
-    version_policy: VersionPolicy = setting(factory=VersionPolicy, flag_default=str(VersionPolicy()),
-                                            to_setting=VersionPolicy.parse,
-                                            doc="which versions of each model to serve: latest:N, all or "
-                                                "specific:V1,V2")
-    intra_op_threads: int = setting(0, doc="ONNX Runtime intra-op threads per session; 0: one for a model whose "
-                                           "one-row call takes at most 100 us on one thread, else ONNX Runtime's "
-                                           "default, kept on the cores this process may use")
-    max_message_bytes: int = setting(64 * 1024 * 1024, protocols=BOTH_PORTS,
-                                     doc="largest gRPC message received or sent, and largest HTTP request body")
-    grace_seconds: float = setting(5.0, protocols=BOTH_PORTS,
-                                   doc="time in-flight gRPC and HTTP requests get to finish after SIGTERM/SIGINT, or "
-                                       "after their version was superseded")
-    poll_seconds: float = setting(2.0, doc="interval between repository scans (new, removed, repaired versions); "
-                                           "0: no polling")
-    max_connections: int = setting(1000, protocols=BOTH_PORTS,
-                                   doc="connections each port (gRPC, HTTP) holds at once; more are refused at accept "
-                                       "(the open-file limit is raised to fit when the hard limit allows)")
-    connection_idle_seconds: float = setting(300.0, protocols=BOTH_PORTS,
-                                             doc="close a gRPC (GOAWAY) or HTTP (keep-alive) connection without calls "
-                                                 "for this long; clients reconnect on their next call")
-    handshake_seconds: float = setting(10.0, protocols=BOTH_PORTS,
-                                       doc="close a connection that has not completed its HTTP/2 (gRPC) or TLS "
-                                           "(HTTPS) handshake in this time")
-    model_control: str = setting("poll", choices=MODEL_CONTROL_MODES,
-                                 doc="Triton's model control modes. poll: follow the repository every "
-                                     "--poll-seconds; none: load it at start only; explicit: load it at start, then "
-                                     "only RepositoryModelLoad/Unload change it (those calls are refused otherwise)")
-    share_port: bool = setting(False, action="store_true", hidden=True, protocols=BOTH_PORTS,
-                               doc="bind the gRPC and HTTP ports with SO_REUSEPORT (set by --workers for its "
-                                   "processes only); otherwise a port another process holds stops the start")
-    metrics_port: int | None = setting(None, parse=int,
-                                       doc="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)")
-    metrics_host: str = setting("127.0.0.1", doc="address of the metrics endpoint, whatever --host is")
-    metrics_auth: bool = setting(False, action="store_true",
-                                 doc="the metrics endpoint requires the --auth-token-file token too")
-    tls_cert: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
-                                    doc="PEM certificate chain; with --tls-key the gRPC and HTTP ports speak TLS only")
-    tls_key: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
-                                   doc="PEM private key of --tls-cert, for the gRPC and HTTP ports")
-    tls_client_ca: Path | None = setting(None, parse=Path, protocols=BOTH_PORTS,
-                                         doc="PEM CA bundle: the gRPC and HTTP ports require client certificates it "
-                                             "signed")
-    auth_token: str | None = setting(None, flag="--auth-token-file", parse=Path, to_setting=read_token, metavar="FILE",
-                                     protocols=BOTH_PORTS,
-                                     doc="a file holding one token: every gRPC call and HTTP request must carry "
-                                         "'authorization: Bearer <token>'")
-    health_without_auth: bool = setting(False, action="store_true", protocols=BOTH_PORTS,
-                                        doc="leave health open for probes when a token is required: gRPC "
-                                            "grpc.health.v1.Health and HTTP /v2/health/live and /v2/health/ready")
-    monitor_sample_rate: float = setting(0.25, doc="fraction of requests whose inputs feed the drift monitor "
-                                                   "(0: off)")
-    monitor_window: int = setting(256, doc="samples per drift window, as the manifest's thresholds were calibrated")
-    monitor_max_share: float = setting(0.1, doc="keep the monitor's model time under this fraction of the served "
-                                                "model's compute time (0: no limit); sampled requests beyond it are "
-                                                "skipped")
-    capture_dir: Path | None = setting(None, parse=Path,
-                                       doc="append sampled request inputs to DIR/NAME/VERSION/*.npz (for bnserve "
-                                           "export --stats adapt:DIR/NAME/VERSION)")
+    host: str = setting(
+        "127.0.0.1", doc="address the gRPC and HTTP ports listen on", protocols=BOTH_PORTS
+    )
+    grpc_port: int = setting(
+        8500,
+        doc="gRPC port (KServe v2, TensorFlow Serving, health, reflection); 0 picks a "
+        "free port, logged as 'listening on HOST:PORT'",
+        protocols=("gRPC",),
+    )
+    http_port: int = setting(
+        8501,
+        doc="HTTP port: KServe v2 REST and TensorFlow Serving REST, the same data plane as "
+        "gRPC; 0: no HTTP",
+        protocols=("HTTP",),
+    )
+    backend: str = setting(
+        "onnx",
+        choices=BACKENDS,
+        doc="onnx: ONNX Runtime on model.onnx; tf: TensorFlow on the SavedModel",
+    )
+    device: str = setting(
+        "auto",
+        choices=DEVICES,
+        doc="auto: the GPU when usable, else the CPU; gpu: stop at start-up without a usable GPU; cpu",
+    )
+    max_batch_size: int = setting(
+        BatchingOptions.max_batch_size,
+        doc="largest batch one request may carry and one model call may run "
+        "(ModelConfig max_batch_size)",
+    )
+    dynamic_batching: bool = setting(
+        BatchingOptions.coalesce,
+        choices=("on", "off"),
+        flag_default="on",
+        to_setting=lambda text: text == "on",
+        doc="coalesce concurrent requests into one model call; off: every request runs alone",
+    )
+    max_queue_delay_us: int = setting(
+        BatchingOptions.max_queue_delay_us,
+        doc="longest a batch waits for companions after its oldest request arrived, "
+        "only while recent concurrency says they are coming (bnserve.server."
+        "batching); 0: run as soon as an instance is free",
+    )
+    max_queue_size: int = setting(
+        BatchingOptions.max_queue_size,
+        doc="requests waiting per model version; beyond it RESOURCE_EXHAUSTED at once",
+    )
+    instances: int = setting(
+        BatchingOptions.instances, doc="model calls per version that may run at the same time"
+    )
+    inline_compute_us: int = setting(
+        BatchingOptions.inline_compute_us,
+        doc="model calls measured to take at most this many microseconds run on the "
+        "event loop, without the thread hand-off; 0: always on model threads",
+    )
+    model_options: dict[str, dict] = setting(
+        factory=dict,
+        flag="--model-option",
+        action="append",
+        flag_default=[],
+        parse=str,
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        to_setting=model_options_from,
+        doc="per-model batching overrides (repeatable), keys: "
+        + ", ".join(k if k != "dynamic_batching" else k + "=on|off" for k in MODEL_OPTION_KEYS),
+    )
+    version_policy: VersionPolicy = setting(
+        factory=VersionPolicy,
+        flag_default=str(VersionPolicy()),
+        to_setting=VersionPolicy.parse,
+        doc="which versions of each model to serve: latest:N, all or specific:V1,V2",
+    )
+    intra_op_threads: int = setting(
+        0,
+        doc="ONNX Runtime intra-op threads per session; 0: one for a model whose "
+        "one-row call takes at most 100 us on one thread, else ONNX Runtime's "
+        "default, kept on the cores this process may use",
+    )
+    max_message_bytes: int = setting(
+        64 * 1024 * 1024,
+        protocols=BOTH_PORTS,
+        doc="largest gRPC message received or sent, and largest HTTP request body",
+    )
+    grace_seconds: float = setting(
+        5.0,
+        protocols=BOTH_PORTS,
+        doc="time in-flight gRPC and HTTP requests get to finish after SIGTERM/SIGINT, or "
+        "after their version was superseded",
+    )
+    poll_seconds: float = setting(
+        2.0,
+        doc="interval between repository scans (new, removed, repaired versions); 0: no polling",
+    )
+    max_connections: int = setting(
+        1000,
+        protocols=BOTH_PORTS,
+        doc="connections each port (gRPC, HTTP) holds at once; more are refused at accept "
+        "(the open-file limit is raised to fit when the hard limit allows)",
+    )
+    connection_idle_seconds: float = setting(
+        300.0,
+        protocols=BOTH_PORTS,
+        doc="close a gRPC (GOAWAY) or HTTP (keep-alive) connection without calls "
+        "for this long; clients reconnect on their next call",
+    )
+    handshake_seconds: float = setting(
+        10.0,
+        protocols=BOTH_PORTS,
+        doc="close a connection that has not completed its HTTP/2 (gRPC) or TLS "
+        "(HTTPS) handshake in this time",
+    )
+    model_control: str = setting(
+        "poll",
+        choices=MODEL_CONTROL_MODES,
+        doc="Triton's model control modes. poll: follow the repository every "
+        "--poll-seconds; none: load it at start only; explicit: load it at start, then "
+        "only RepositoryModelLoad/Unload change it (those calls are refused otherwise)",
+    )
+    share_port: bool = setting(
+        False,
+        action="store_true",
+        hidden=True,
+        protocols=BOTH_PORTS,
+        doc="bind the gRPC and HTTP ports with SO_REUSEPORT (set by --workers for its "
+        "processes only); otherwise a port another process holds stops the start",
+    )
+    metrics_port: int | None = setting(
+        None, parse=int, doc="serve Prometheus metrics on METRICS_HOST:PORT/metrics (0: any port)"
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", doc="address of the metrics endpoint, whatever --host is"
+    )
+    metrics_auth: bool = setting(
+        False,
+        action="store_true",
+        doc="the metrics endpoint requires the --auth-token-file token too",
+    )
+    tls_cert: Path | None = setting(
+        None,
+        parse=Path,
+        protocols=BOTH_PORTS,
+        doc="PEM certificate chain; with --tls-key the gRPC and HTTP ports speak TLS only",
+    )
+    tls_key: Path | None = setting(
+        None,
+        parse=Path,
+        protocols=BOTH_PORTS,
+        doc="PEM private key of --tls-cert, for the gRPC and HTTP ports",
+    )
+    tls_client_ca: Path | None = setting(
+        None,
+        parse=Path,
+        protocols=BOTH_PORTS,
+        doc="PEM CA bundle: the gRPC and HTTP ports require client certificates it signed",
+    )
+    auth_token: str | None = setting(
+        None,
+        flag="--auth-token-file",
+        parse=Path,
+        to_setting=read_token,
+        metavar="FILE",
+        protocols=BOTH_PORTS,
+        doc="a file holding one token: every gRPC call and HTTP request must carry "
+        "'authorization: Bearer <token>'",
+    )
+    health_without_auth: bool = setting(
+        False,
+        action="store_true",
+        protocols=BOTH_PORTS,
+        doc="leave health open for probes when a token is required: gRPC "
+        "grpc.health.v1.Health and HTTP /v2/health/live and /v2/health/ready",
+    )
+    monitor_sample_rate: float = setting(
+        0.25, doc="fraction of requests whose inputs feed the drift monitor (0: off)"
+    )
+    monitor_window: int = setting(
+        256, doc="samples per drift window, as the manifest's thresholds were calibrated"
+    )
+    monitor_max_share: float = setting(
+        0.1,
+        doc="keep the monitor's model time under this fraction of the served "
+        "model's compute time (0: no limit); sampled requests beyond it are "
+        "skipped",
+    )
+    capture_dir: Path | None = setting(
+        None,
+        parse=Path,
+        doc="append sampled request inputs to DIR/NAME/VERSION/*.npz (for bnserve "
+        "export --stats adapt:DIR/NAME/VERSION)",
+    )
     capture_rate: float = setting(0.0, doc="fraction of requests captured (with --capture-dir)")
-    capture_max_bytes: int = setting(1 << 30, doc="keep --capture-dir under this size, oldest shards first")
+    capture_max_bytes: int = setting(
+        1 << 30, doc="keep --capture-dir under this size, oldest shards first"
+    )
 
     def __post_init__(self):
         if not self.repository.is_dir():
@@ -291,8 +441,14 @@ class ServerSettings:
             raise UserError(f"--grpc-port {self.grpc_port}: expected 0 to 65535")
         if not 0 <= self.http_port <= 65535:
             raise UserError(f"--http-port {self.http_port}: expected 1 to 65535, or 0 for no HTTP")
-        check_batching("--", self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
-                       self.inline_compute_us)
+        check_batching(
+            "--",
+            self.max_batch_size,
+            self.max_queue_delay_us,
+            self.max_queue_size,
+            self.instances,
+            self.inline_compute_us,
+        )
         for name in self.model_options:
             self.batching_options(name)
         if self.intra_op_threads < 0:
@@ -302,42 +458,70 @@ class ServerSettings:
         if self.grace_seconds < 0:
             raise UserError(f"--grace-seconds {self.grace_seconds}: expected >= 0")
         if self.poll_seconds < 0:
-            raise UserError(f"--poll-seconds {self.poll_seconds}: expected >= 0 (0 turns polling off)")
+            raise UserError(
+                f"--poll-seconds {self.poll_seconds}: expected >= 0 (0 turns polling off)"
+            )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise UserError(f"--metrics-port {self.metrics_port}: expected 0 to 65535")
         if self.max_connections < 1:
-            raise UserError(f"--max-connections {self.max_connections}: expected a positive integer")
-        for flag, value in (("--connection-idle-seconds", self.connection_idle_seconds),
-                            ("--handshake-seconds", self.handshake_seconds)):
+            raise UserError(
+                f"--max-connections {self.max_connections}: expected a positive integer"
+            )
+        for flag, value in (
+            ("--connection-idle-seconds", self.connection_idle_seconds),
+            ("--handshake-seconds", self.handshake_seconds),
+        ):
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{flag} {value}: expected a positive number of seconds")
         if self.model_control not in MODEL_CONTROL_MODES:
-            raise UserError(f"--model-control {self.model_control!r}: expected one of {', '.join(MODEL_CONTROL_MODES)}")
+            raise UserError(
+                f"--model-control {self.model_control!r}: expected one of {', '.join(MODEL_CONTROL_MODES)}"
+            )
         if self.metrics_auth and not self.auth_token:
-            raise UserError("--metrics-auth: needs --auth-token-file (the metrics endpoint checks the same token)")
+            raise UserError(
+                "--metrics-auth: needs --auth-token-file (the metrics endpoint checks the same token)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UserError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise UserError("--tls-client-ca: needs --tls-cert and --tls-key")
-        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                           ("--tls-client-ca", self.tls_client_ca)):
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+        ):
             if path is not None and not path.is_file():
                 raise UserError(f"{flag} {str(path)!r}: no such file")
         if self.tls_cert is not None:
             check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
-        for flag, value in (("--monitor-sample-rate", self.monitor_sample_rate), ("--capture-rate", self.capture_rate)):
+        for flag, value in (
+            ("--monitor-sample-rate", self.monitor_sample_rate),
+            ("--capture-rate", self.capture_rate),
+        ):
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise UserError(f"{flag} {value}: expected a fraction from 0 to 1")
         if not (math.isfinite(self.monitor_max_share) and self.monitor_max_share >= 0):
-            raise UserError(f"--monitor-max-share {self.monitor_max_share}: expected a fraction >= 0 (0: no limit)")
+            raise UserError(
+                f"--monitor-max-share {self.monitor_max_share}: expected a fraction >= 0 (0: no limit)"
+            )
         if self.monitor_window < 16:
             raise UserError(f"--monitor-window {self.monitor_window}: expected at least 16 samples")
         if (self.capture_dir is None) != (self.capture_rate == 0):
-            raise UserError("--capture-dir and --capture-rate: expected both (capture on) or neither")
+            raise UserError(
+                "--capture-dir and --capture-rate: expected both (capture on) or neither"
+            )
         if self.capture_max_bytes < 1 << 20:
-            raise UserError(f"--capture-max-bytes {self.capture_max_bytes}: expected at least 1048576 (1 MiB)")
-        if self.capture_dir is not None and self.capture_dir.exists() and not self.capture_dir.is_dir():
-            raise UserError(f"--capture-dir {str(self.capture_dir)!r}: exists and is not a directory")
+            raise UserError(
+                f"--capture-max-bytes {self.capture_max_bytes}: expected at least 1048576 (1 MiB)"
+            )
+        if (
+            self.capture_dir is not None
+            and self.capture_dir.exists()
+            and not self.capture_dir.is_dir()
+        ):
+            raise UserError(
+                f"--capture-dir {str(self.capture_dir)!r}: exists and is not a directory"
+            )
 
     @property
     def polling(self) -> bool:
@@ -345,13 +529,25 @@ class ServerSettings:
 
     def batching_options(self, model: str = "") -> BatchingOptions:
         """The server-wide batching settings with ``model``'s --model-option overrides applied."""
-        options = BatchingOptions(self.max_batch_size, self.max_queue_delay_us, self.max_queue_size, self.instances,
-                                  coalesce=self.dynamic_batching, inline_compute_us=self.inline_compute_us)
+        options = BatchingOptions(
+            self.max_batch_size,
+            self.max_queue_delay_us,
+            self.max_queue_size,
+            self.instances,
+            coalesce=self.dynamic_batching,
+            inline_compute_us=self.inline_compute_us,
+        )
         overrides = self.model_options.get(model, {})
         if overrides:
             options = replace(options, **overrides)
-            check_batching(f"--model-option {model}:", options.max_batch_size, options.max_queue_delay_us,
-                           options.max_queue_size, options.instances, options.inline_compute_us)
+            check_batching(
+                f"--model-option {model}:",
+                options.max_batch_size,
+                options.max_queue_delay_us,
+                options.max_queue_size,
+                options.instances,
+                options.inline_compute_us,
+            )
         return options
 
     def server_credentials(self):
@@ -363,7 +559,8 @@ class ServerSettings:
         return grpc.ssl_server_credentials(
             [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())],
             root_certificates=self.tls_client_ca.read_bytes() if self.tls_client_ca else None,
-            require_client_auth=self.tls_client_ca is not None)
+            require_client_auth=self.tls_client_ca is not None,
+        )
 
 
 def flag_of(setting_field: dataclasses.Field) -> str:
@@ -391,13 +588,18 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ServerSettings field, from the field's own declaration (``setting``)."""
     for setting_field in dataclasses.fields(ServerSettings):
         meta = setting_field.metadata
-        options: dict[str, Any] = {"dest": setting_field.name,
-                                   "help": argparse.SUPPRESS if meta["hidden"] else help_text(setting_field)}
+        options: dict[str, Any] = {
+            "dest": setting_field.name,
+            "help": argparse.SUPPRESS if meta["hidden"] else help_text(setting_field),
+        }
         if meta["action"] == "store_true":
             options["action"] = "store_true"
         else:
             default = flag_default(setting_field)
-            if setting_field.default is dataclasses.MISSING and setting_field.default_factory is dataclasses.MISSING:
+            if (
+                setting_field.default is dataclasses.MISSING
+                and setting_field.default_factory is dataclasses.MISSING
+            ):
                 options["required"] = True
             else:
                 options["default"] = default
@@ -417,5 +619,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     for setting_field in dataclasses.fields(ServerSettings):
         value = getattr(args, setting_field.name)
         convert = setting_field.metadata["to_setting"]
-        values[setting_field.name] = convert(value) if convert is not None and value is not None else value
+        values[setting_field.name] = (
+            convert(value) if convert is not None and value is not None else value
+        )
     return ServerSettings(**values)

@@ -40,7 +40,9 @@ class VersionStatistics:
     last_inference_ms: int = 0
     batches: dict[int, BatchDurations] = field(default_factory=dict)
 
-    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+    def record_execution(
+        self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000

@@ -35,15 +35,21 @@ def chart(history: list[float], threshold: float) -> str:
         position = math.log10(max(value, bottom) / bottom) / span
         return CHART_HEIGHT - 4 - (CHART_HEIGHT - 8) * min(position, 1.0)
 
-    parts = [f'<svg width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" '
-             f'aria-label="shift over the last {len(history)} windows against threshold {threshold:.3g} (log scale)">']
+    parts = [
+        f'<svg width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" '
+        f'aria-label="shift over the last {len(history)} windows against threshold {threshold:.3g} (log scale)">'
+    ]
     if finite:
-        parts.append(f'<line class="threshold" x1="0" x2="{CHART_WIDTH}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
-                     'stroke="#c62828" stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<line class="threshold" x1="0" x2="{CHART_WIDTH}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+            'stroke="#c62828" stroke-dasharray="4 3"/>'
+        )
     if history:
         step = (CHART_WIDTH - 8) / max(len(history) - 1, 1)
         points = " ".join(f"{4 + i * step:.1f},{y(v):.1f}" for i, v in enumerate(history))
-        parts.append(f'<polyline class="shift" points="{points}" fill="none" stroke="#1f5fbf" stroke-width="1.5"/>')
+        parts.append(
+            f'<polyline class="shift" points="{points}" fill="none" stroke="#1f5fbf" stroke-width="1.5"/>'
+        )
         for i, v in enumerate(history):
             color = "#c62828" if finite and v > threshold else "#1f5fbf"
             parts.append(f'<circle cx="{4 + i * step:.1f}" cy="{y(v):.1f}" r="2" fill="{color}"/>')
@@ -56,13 +62,28 @@ def version_section(dataplane: DataPlane, model) -> str:
     bn = manifest.batch_normalization
     parity = manifest.parity or {}
     golden = model.golden
-    rows = [("backend", f"{model.backend.platform} on {model.backend.device}"),
-            ("held-out accuracy", ", ".join(f"{k} {v:.4f}" for k, v in manifest.heldout_accuracy.items())),
-            ("BN statistics", f"{bn.statistics} (decay {bn.decay:g}, warm-up {'on' if bn.warmup else 'off'}, "
-                              f"{bn.ema_updates} EMA updates, eps {bn.epsilon:g}); folded: {', '.join(bn.folded)}"),
-            ("export parity", f"{'passed' if parity.get('passed') else 'FAILED'} at tolerance {parity.get('tolerance', '?')}"),
-            ("load-time golden check", "not available (exported without golden samples)" if golden is None else
-             f"max |error| {golden.max_abs_error:.3g} within {golden.tolerance:g} on {golden.samples} samples")]
+    rows = [
+        ("backend", f"{model.backend.platform} on {model.backend.device}"),
+        (
+            "held-out accuracy",
+            ", ".join(f"{k} {v:.4f}" for k, v in manifest.heldout_accuracy.items()),
+        ),
+        (
+            "BN statistics",
+            f"{bn.statistics} (decay {bn.decay:g}, warm-up {'on' if bn.warmup else 'off'}, "
+            f"{bn.ema_updates} EMA updates, eps {bn.epsilon:g}); folded: {', '.join(bn.folded)}",
+        ),
+        (
+            "export parity",
+            f"{'passed' if parity.get('passed') else 'FAILED'} at tolerance {parity.get('tolerance', '?')}",
+        ),
+        (
+            "load-time golden check",
+            "not available (exported without golden samples)"
+            if golden is None
+            else f"max |error| {golden.max_abs_error:.3g} within {golden.tolerance:g} on {golden.samples} samples",
+        ),
+    ]
     if bn.source:
         rows.append(("statistics source", ", ".join(f"{k} {v}" for k, v in bn.source.items())))
     parts = [f'<h3 id="{escape(model.name)}-{model.version}">version {model.version}</h3><table>']
@@ -73,16 +94,22 @@ def version_section(dataplane: DataPlane, model) -> str:
         parts.append(f'<p class="muted">drift monitor: {escape(drift.reason)}</p>')
         return "".join(parts)
     state = '<span class="bad">ALARM</span>' if drift.alarm else '<span class="ok">ok</span>'
-    parts.append(f'<p>drift: {state} &middot; {drift.windows} windows of {drift.window} samples '
-                 f'(sample rate {drift.sample_rate:g}), {drift.samples_in_window} samples in the open window</p>')
-    parts.append("<table><tr><th>layer</th><th>name</th><th>last shift</th><th>threshold</th>"
-                 "<th>last windows (log scale; dashed: threshold)</th></tr>")
+    parts.append(
+        f"<p>drift: {state} &middot; {drift.windows} windows of {drift.window} samples "
+        f"(sample rate {drift.sample_rate:g}), {drift.samples_in_window} samples in the open window</p>"
+    )
+    parts.append(
+        "<table><tr><th>layer</th><th>name</th><th>last shift</th><th>threshold</th>"
+        "<th>last windows (log scale; dashed: threshold)</th></tr>"
+    )
     for layer in drift.layers:
         score = "no window yet" if layer.score is None else f"{layer.score:.4g}"
         css = "bad" if layer.alarm else ""
-        parts.append(f'<tr class="layer"><td>{layer.layer}</td><td>{escape(layer.name)}</td>'
-                     f'<td class="{css}">{escape(score)}</td><td>{layer.threshold:.4g}</td>'
-                     f'<td>{chart(list(layer.history), layer.threshold)}</td></tr>')
+        parts.append(
+            f'<tr class="layer"><td>{layer.layer}</td><td>{escape(layer.name)}</td>'
+            f'<td class="{css}">{escape(score)}</td><td>{layer.threshold:.4g}</td>'
+            f"<td>{chart(list(layer.history), layer.threshold)}</td></tr>"
+        )
     parts.append("</table>")
     return "".join(parts)
 
@@ -90,20 +117,26 @@ def version_section(dataplane: DataPlane, model) -> str:
 def render(dataplane: DataPlane) -> str:
     name, version, _ = dataplane.server_metadata()
     ready = dataplane.server_ready()
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>bnserve status</title>",
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>{escape(name)} {escape(version)}: "
-             f"{'<span class=ok>ready</span>' if ready else '<span class=bad>not ready</span>'}</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>bnserve status</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{escape(name)} {escape(version)}: "
+        f"{'<span class=ok>ready</span>' if ready else '<span class=bad>not ready</span>'}</h1>",
+    ]
     states = dataplane.index()
     models = sorted({s.name for s in states})
     if not models:
         parts.append("<p>The repository holds no model.</p>")
     for model_name in models:
-        parts.append(f"<h2>{escape(model_name)}</h2><table><tr><th>version</th><th>state</th><th>reason</th></tr>")
+        parts.append(
+            f"<h2>{escape(model_name)}</h2><table><tr><th>version</th><th>state</th><th>reason</th></tr>"
+        )
         for s in (s for s in states if s.name == model_name):
             css = "ok" if s.state == "READY" else "bad"
-            parts.append(f'<tr><td>{escape(s.version or "")}</td><td class="{css}">{escape(s.state)}</td>'
-                         f"<td>{escape(s.reason)}</td></tr>")
+            parts.append(
+                f'<tr><td>{escape(s.version or "")}</td><td class="{css}">{escape(s.state)}</td>'
+                f"<td>{escape(s.reason)}</td></tr>"
+            )
         parts.append("</table>")
         for served in dataplane.served(model_name):
             parts.append(version_section(dataplane, served))

@@ -8,25 +8,60 @@ from bnserve.server.errors import InvalidInput
 
 # KServe v2 datatype -> NumPy dtype (little-endian, as the protocol specifies for raw contents).
 V2_TO_NUMPY = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
 
 # InferTensorContents field holding each datatype in typed form.
 V2_CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
 }
 
 # tensorflow.DataType numbers -> NumPy dtype, and TensorProto's typed field for each.
-TF_TO_NUMPY = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<u1"), 5: np.dtype("<i2"),
-               6: np.dtype("<i1"), 9: np.dtype("<i8"), 10: np.dtype(np.bool_), 19: np.dtype("<f2")}
+TF_TO_NUMPY = {
+    1: np.dtype("<f4"),
+    2: np.dtype("<f8"),
+    3: np.dtype("<i4"),
+    4: np.dtype("<u1"),
+    5: np.dtype("<i2"),
+    6: np.dtype("<i1"),
+    9: np.dtype("<i8"),
+    10: np.dtype(np.bool_),
+    19: np.dtype("<f2"),
+}
 NUMPY_TO_TF = {dtype: number for number, dtype in TF_TO_NUMPY.items()}
-TF_VALUES_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
-                   9: "int64_val", 10: "bool_val", 19: "half_val"}
+TF_VALUES_FIELD = {
+    1: "float_val",
+    2: "double_val",
+    3: "int_val",
+    4: "int_val",
+    5: "int_val",
+    6: "int_val",
+    9: "int64_val",
+    10: "bool_val",
+    19: "half_val",
+}
 
 # A dimension beyond this is refused before any allocation.
 MAX_ELEMENTS = 1 << 28
@@ -47,14 +82,18 @@ def array_from_raw(raw: bytes, dtype: np.dtype, shape, field: str) -> np.ndarray
     """A read-only view of ``raw`` as ``shape``; the byte length must match exactly."""
     expected = element_count(shape, field) * dtype.itemsize
     if len(raw) != expected:
-        raise InvalidInput(f"{field}: {len(raw)} bytes, expected {expected} for shape {list(shape)} of {dtype.name}")
+        raise InvalidInput(
+            f"{field}: {len(raw)} bytes, expected {expected} for shape {list(shape)} of {dtype.name}"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def array_from_values(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
     expected = element_count(shape, field)
     if len(values) != expected:
-        raise InvalidInput(f"{field}: {len(values)} values, expected {expected} for shape {list(shape)}")
+        raise InvalidInput(
+            f"{field}: {len(values)} values, expected {expected} for shape {list(shape)}"
+        )
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
@@ -73,32 +112,54 @@ def array_from_json(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
     try:
         array = np.array(values)
     except (ValueError, OverflowError):
-        expected = "equal-length nested lists" if shape is None else f"a flat or row-major nested list for shape {list(shape)}"
-        raise InvalidInput(f"{field}: nested lists of unequal length, or numbers out of range; expected "
-                           f"{expected} of numbers") from None
+        expected = (
+            "equal-length nested lists"
+            if shape is None
+            else f"a flat or row-major nested list for shape {list(shape)}"
+        )
+        raise InvalidInput(
+            f"{field}: nested lists of unequal length, or numbers out of range; expected "
+            f"{expected} of numbers"
+        ) from None
     kind = array.dtype.kind
     if dtype.kind == "b":
         if kind != "b" and array.size:
-            raise InvalidInput(f"{field}: expected true/false values for BOOL, got {json_kind(array)}")
+            raise InvalidInput(
+                f"{field}: expected true/false values for BOOL, got {json_kind(array)}"
+            )
     elif kind not in "iuf" and array.size:
         raise InvalidInput(f"{field}: expected numbers, got {json_kind(array)}")
     elif dtype.kind in "iu" and kind == "f":
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise InvalidInput(f"{field}: expected integers for {NUMPY_TO_V2[dtype]}, got fractional numbers")
+            raise InvalidInput(
+                f"{field}: expected integers for {NUMPY_TO_V2[dtype]}, got fractional numbers"
+            )
     elif dtype == np.float32 and kind == "f" and array.size and np.abs(array).max() > FP32_MAX:
         raise InvalidInput(f"{field}: a value is beyond the FP32 range (±{FP32_MAX:.6g})")
     if dtype.kind in "iu" and array.size and kind in "iu":
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"{field}: a value is outside the {NUMPY_TO_V2[dtype]} range")
-    return array_from_values(array.reshape(-1), dtype, array.shape if shape is None else shape, field)
+    return array_from_values(
+        array.reshape(-1), dtype, array.shape if shape is None else shape, field
+    )
 
 
 def json_type(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def json_kind(array: np.ndarray) -> str:
-    return {"b": "booleans", "U": "strings", "O": "mixed values (strings, objects, nulls or huge integers)"}.get(
-        array.dtype.kind, array.dtype.name)
+    return {
+        "b": "booleans",
+        "U": "strings",
+        "O": "mixed values (strings, objects, nulls or huge integers)",
+    }.get(array.dtype.kind, array.dtype.name)

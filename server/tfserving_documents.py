@@ -32,5 +32,12 @@ reports a version that does not serve."""
 
 
 def version_statuses(states: list[VersionState]) -> list[TfVersionStatus]:
-    return [TfVersionStatus(s.version, TF_STATES.get(s.state, "END"), "UNKNOWN" if s.state == UNAVAILABLE else "OK",
-                            s.reason) for s in states]
+    return [
+        TfVersionStatus(
+            s.version,
+            TF_STATES.get(s.state, "END"),
+            "UNKNOWN" if s.state == UNAVAILABLE else "OK",
+            s.reason,
+        )
+        for s in states
+    ]

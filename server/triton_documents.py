@@ -17,20 +17,42 @@ def to_model_config(model: ServedVersion, settings: ServerSettings) -> pb.ModelC
     on_gpu = model.backend.device == "gpu"
     instance_kind = pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
     options = settings.batching_options(model.name)
-    batching = (pb.ModelDynamicBatching(max_queue_delay_microseconds=options.max_queue_delay_us)
-                if options.coalesce else None)
+    batching = (
+        pb.ModelDynamicBatching(max_queue_delay_microseconds=options.max_queue_delay_us)
+        if options.coalesce
+        else None
+    )
     return pb.ModelConfig(
-        dynamic_batching=batching, max_batch_size=options.max_batch_size,
+        dynamic_batching=batching,
+        max_batch_size=options.max_batch_size,
         version_policy=version_policy_proto(settings.version_policy),
-        name=model.name, platform=model.backend.platform,
+        name=model.name,
+        platform=model.backend.platform,
         backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
-        input=[pb.ModelInput(name=model.input.name, data_type=CONFIG_TYPES[model.input.datatype],
-                             format=pb.ModelInput.FORMAT_NHWC, dims=model.input.shape[1:])],
-        output=[pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:])
-                for o in model.outputs],
-        instance_group=[pb.ModelInstanceGroup(name=f"{model.name}_0", kind=instance_kind, count=options.instances,
-                                              gpus=[0] if on_gpu else [])],
-        parameters={key: pb.ModelParameter(string_value=value) for key, value in parity_parameters(model).items()},
+        input=[
+            pb.ModelInput(
+                name=model.input.name,
+                data_type=CONFIG_TYPES[model.input.datatype],
+                format=pb.ModelInput.FORMAT_NHWC,
+                dims=model.input.shape[1:],
+            )
+        ],
+        output=[
+            pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:])
+            for o in model.outputs
+        ],
+        instance_group=[
+            pb.ModelInstanceGroup(
+                name=f"{model.name}_0",
+                kind=instance_kind,
+                count=options.instances,
+                gpus=[0] if on_gpu else [],
+            )
+        ],
+        parameters={
+            key: pb.ModelParameter(string_value=value)
+            for key, value in parity_parameters(model).items()
+        },
     )
 
 
@@ -39,10 +61,14 @@ def parity_parameters(model: ServedVersion) -> dict[str, str]:
     check = model.golden
     if check is None:
         return {"parity_status": "unverified"}
-    return {"parity_status": "verified", "parity_max_abs_error": f"{check.max_abs_error:.6g}",
-            "parity_tolerance": f"{check.tolerance:g}", "parity_samples": str(check.samples),
-            "parity_worst": f"output {check.output} set {check.input_set} row {check.row} column {check.column}",
-            "parity_backend": f"{model.backend.platform} on {model.backend.device}"}
+    return {
+        "parity_status": "verified",
+        "parity_max_abs_error": f"{check.max_abs_error:.6g}",
+        "parity_tolerance": f"{check.tolerance:g}",
+        "parity_samples": str(check.samples),
+        "parity_worst": f"output {check.output} set {check.input_set} row {check.row} column {check.column}",
+        "parity_backend": f"{model.backend.platform} on {model.backend.device}",
+    }
 
 
 def version_policy_proto(policy: VersionPolicy) -> pb.ModelVersionPolicy:
@@ -60,13 +86,26 @@ def duration(value: Duration) -> pb.StatisticDuration:
 def to_model_statistics(model: ServedVersion) -> pb.ModelStatistics:
     stats: VersionStatistics = model.statistics
     return pb.ModelStatistics(
-        name=model.name, version=str(model.version), last_inference=stats.last_inference_ms,
-        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        name=model.name,
+        version=str(model.version),
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
         inference_stats=pb.InferStatistics(
-            success=duration(stats.success), fail=duration(stats.fail), queue=duration(stats.queue),
-            compute_input=duration(stats.compute_input), compute_infer=duration(stats.compute_infer),
-            compute_output=duration(stats.compute_output)),
-        batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_input=duration(d.compute_input),
-                                             compute_infer=duration(d.compute_infer),
-                                             compute_output=duration(d.compute_output))
-                     for size, d in sorted(stats.batches.items())])
+            success=duration(stats.success),
+            fail=duration(stats.fail),
+            queue=duration(stats.queue),
+            compute_input=duration(stats.compute_input),
+            compute_infer=duration(stats.compute_infer),
+            compute_output=duration(stats.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=duration(d.compute_input),
+                compute_infer=duration(d.compute_infer),
+                compute_output=duration(d.compute_output),
+            )
+            for size, d in sorted(stats.batches.items())
+        ],
+    )

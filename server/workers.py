@@ -31,7 +31,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 REPLACED = ("--workers", "--grpc-port", "--metrics-port", "--http-port")
 
 
-def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int | None, http_port: int = 0) -> list[str]:
+def worker_arguments(
+    argv: list[str], port: int, index: int, metrics_port: int | None, http_port: int = 0
+) -> list[str]:
     """Worker ``index``'s serve arguments: the reserved gRPC and HTTP ports, and metrics on port + index
     (each process has its own counters; with port 0 each picks a free one)."""
     kept, skip = [], False
@@ -45,7 +47,15 @@ def worker_arguments(argv: list[str], port: int, index: int, metrics_port: int |
         if argument.startswith(tuple(f"{flag}=" for flag in REPLACED)):
             continue
         kept.append(argument)
-    kept += ["--grpc-port", str(port), "--http-port", str(http_port), "--workers", "1", "--share-port"]
+    kept += [
+        "--grpc-port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--workers",
+        "1",
+        "--share-port",
+    ]
     if metrics_port is not None:
         kept += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
     return kept
@@ -58,8 +68,14 @@ STABLE_AFTER_S = 60.0
 EXIT_USER_ERROR = 2
 
 
-def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_port: int | None = None,
-                http_port: int = 0) -> int:
+def run_workers(
+    host: str,
+    port: int,
+    workers: int,
+    argv: list[str],
+    metrics_port: int | None = None,
+    http_port: int = 0,
+) -> int:
     """Start the workers, restart any that dies (delay doubling from 1 s up to 30 s), pass SIGTERM/SIGINT on.
 
     A worker that exits with status 2 (a user error, e.g. a port it cannot bind) is not restarted: every
@@ -68,24 +84,40 @@ def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_por
     try:
         reservation = reserve_port(host, port)
     except OSError as exc:
-        raise UserError(f"--grpc-port {port}: port {port} is in use on {host} ({exc.strerror})") from None
+        raise UserError(
+            f"--grpc-port {port}: port {port} is in use on {host} ({exc.strerror})"
+        ) from None
     port = reservation.getsockname()[1]
     http_reservation = None
     if http_port:
         try:
             http_reservation = reserve_port(host, http_port)
         except OSError as exc:
-            raise UserError(f"--http-port {http_port}: port {http_port} is in use on {host} ({exc.strerror})") from None
+            raise UserError(
+                f"--http-port {http_port}: port {http_port} is in use on {host} ({exc.strerror})"
+            ) from None
 
     def start(index: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "bnserve.cli",
-                                 *worker_arguments(argv, port, index, metrics_port, http_port)])
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bnserve.cli",
+                *worker_arguments(argv, port, index, metrics_port, http_port),
+            ]
+        )
 
     children = [start(i) for i in range(workers)]
     started = [time.monotonic()] * workers
     delays = [RESTART_DELAY_S] * workers
     restart_at: dict[int, float] = {}
-    log.info("started %d workers on %s:%d (pids %s)", workers, host, port, ", ".join(str(c.pid) for c in children))
+    log.info(
+        "started %d workers on %s:%d (pids %s)",
+        workers,
+        host,
+        port,
+        ", ".join(str(c.pid) for c in children),
+    )
     stopping = []
 
     def forward(signum, frame):
@@ -104,14 +136,23 @@ def run_workers(host: str, port: int, workers: int, argv: list[str], metrics_por
             if code is None or stopping or index in restart_at:
                 continue
             if code == EXIT_USER_ERROR:
-                log.error("worker %d (pid %d) refused to start (exit status 2): stopping every worker", index, child.pid)
+                log.error(
+                    "worker %d (pid %d) refused to start (exit status 2): stopping every worker",
+                    index,
+                    child.pid,
+                )
                 user_error = True
                 forward(signal.SIGTERM, None)
                 break
             if now - started[index] > STABLE_AFTER_S:
                 delays[index] = RESTART_DELAY_S
-            log.error("worker %d (pid %d) died with exit status %s; restarting it in %.0f s", index, child.pid, code,
-                      delays[index])
+            log.error(
+                "worker %d (pid %d) died with exit status %s; restarting it in %.0f s",
+                index,
+                child.pid,
+                code,
+                delays[index],
+            )
             restart_at[index] = now + delays[index]
         for index, when in list(restart_at.items()):
             if stopping:

@@ -37,7 +37,9 @@ def exported(digits_run, tmp_path_factory):
 
     run_dir, _ = digits_run
     repository = tmp_path_factory.mktemp("repository")
-    version, path, manifest = export(ExportRequest(run_dir, repository, "digits"), log=lambda line: None)
+    version, path, manifest = export(
+        ExportRequest(run_dir, repository, "digits"), log=lambda line: None
+    )
     assert version == 1 and manifest.name == "digits" and manifest.version == 1
     # The tests read the file format itself: manifest.json as JSON.
     return repository, path, json.loads((path / "manifest.json").read_text())
@@ -64,7 +66,9 @@ def serving_repository(exported, tmp_path_factory):
 def server(request, serving_repository):
     from tests.servers import start_server
 
-    process = start_server(serving_repository, "--backend", request.param, "--model-control", "explicit")
+    process = start_server(
+        serving_repository, "--backend", request.param, "--model-control", "explicit"
+    )
     process.backend = request.param
     yield process
     assert process.stop() == 0, "\n".join(process.log)

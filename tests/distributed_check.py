@@ -25,14 +25,24 @@ from bnserve.trainer.bn import ShadowBatchNormalization  # noqa: E402
 from bnserve.trainer.model import ModelConfig, build_model  # noqa: E402
 from bnserve.trainer.train import make_distributed_train_step, make_train_step  # noqa: E402
 
-CONFIG = ModelConfig(input_shape=(8, 8, 1), num_classes=10, input_mean=(4.0,), input_std=(5.0,), widths=(6, 8),
-                     strides=(1, 2), decay=0.9)
+CONFIG = ModelConfig(
+    input_shape=(8, 8, 1),
+    num_classes=10,
+    input_mean=(4.0,),
+    input_std=(5.0,),
+    widths=(6, 8),
+    strides=(1, 2),
+    decay=0.9,
+)
 
 
 def batches():
     rng = np.random.default_rng(1)
     for size in (16, 16, 15, 9):  # 15 and 9 split unevenly over 2 replicas
-        yield rng.uniform(0, 16, (size, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, size).astype(np.int64)
+        yield (
+            rng.uniform(0, 16, (size, 8, 8, 1)).astype(np.float32),
+            rng.integers(0, 10, size).astype(np.int64),
+        )
 
 
 def train(strategy):
@@ -61,28 +71,51 @@ def equivalence():
     single_losses, single = train(tf.distribute.OneDeviceStrategy(devices[0]))
     mirrored_losses, mirrored = train(tf.distribute.MirroredStrategy(devices))
     # Relative to each tensor's scale (tests/tolerance.py): |a - b| / max|a|.
-    differences = {key: float(np.max(np.abs(single[key] - mirrored[key])) / max(np.max(np.abs(single[key])), 1e-30))
-                   for key in single}
-    moved = {key: float(np.max(np.abs(single[key] - (0.0 if "mean" in key else 1.0))))
-             for key in single if "shadow" in key}
-    return {"replicas": len(devices), "max_difference": differences, "shadow_movement": moved,
-            "losses": [single_losses, mirrored_losses]}
+    differences = {
+        key: float(
+            np.max(np.abs(single[key] - mirrored[key])) / max(np.max(np.abs(single[key])), 1e-30)
+        )
+        for key in single
+    }
+    moved = {
+        key: float(np.max(np.abs(single[key] - (0.0 if "mean" in key else 1.0))))
+        for key in single
+        if "shadow" in key
+    }
+    return {
+        "replicas": len(devices),
+        "max_difference": differences,
+        "shadow_movement": moved,
+        "losses": [single_losses, mirrored_losses],
+    }
 
 
 def moments():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices)
     rng = np.random.default_rng(3)
-    parts = [rng.normal(2.0, 3.0, (5, 4, 4, 3)).astype(np.float32), rng.normal(-1.0, 0.5, (2, 4, 4, 3)).astype(np.float32)]
+    parts = [
+        rng.normal(2.0, 3.0, (5, 4, 4, 3)).astype(np.float32),
+        rng.normal(-1.0, 0.5, (2, 4, 4, 3)).astype(np.float32),
+    ]
     with strategy.scope():
         layer = ShadowBatchNormalization()
         layer.build((None, 4, 4, 3))
-    values = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group]))
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])
+    )
     per_replica = strategy.run(tf.function(layer.batch_moments), args=(values,))
-    local = [[t.numpy().tolist() for t in strategy.experimental_local_results(part)] for part in per_replica]
+    local = [
+        [t.numpy().tolist() for t in strategy.experimental_local_results(part)]
+        for part in per_replica
+    ]
     together = np.concatenate(parts).astype(np.float64)
-    return {"replica_means": local[0], "replica_variances": local[1],
-            "numpy_mean": together.mean(axis=(0, 1, 2)).tolist(), "numpy_variance": together.var(axis=(0, 1, 2)).tolist()}
+    return {
+        "replica_means": local[0],
+        "replica_variances": local[1],
+        "numpy_mean": together.mean(axis=(0, 1, 2)).tolist(),
+        "numpy_variance": together.var(axis=(0, 1, 2)).tolist(),
+    }
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ import numpy as np
 def batch_norm_inference(x, mean, variance, gamma, beta, epsilon):
     """y = gamma * (x - mean) / sqrt(variance + epsilon) + beta, per channel (last axis)."""
     x = np.asarray(x, np.float64)
-    return np.asarray(gamma, np.float64) * (x - mean) / np.sqrt(np.asarray(variance, np.float64) + epsilon) + beta
+    return (
+        np.asarray(gamma, np.float64)
+        * (x - mean)
+        / np.sqrt(np.asarray(variance, np.float64) + epsilon)
+        + beta
+    )
 
 
 def batch_moments(x):

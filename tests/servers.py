@@ -46,12 +46,28 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(repository: Path, *flags: str, timeout: float = 120, http: bool = False) -> ServerProcess:
+def start_server(
+    repository: Path, *flags: str, timeout: float = 120, http: bool = False
+) -> ServerProcess:
     """`bnserve serve` on 127.0.0.1, gRPC port 0; with ``http`` the HTTP port too (a free one), else no HTTP
     (its default, 8501, would collide between servers)."""
     http_port = free_port() if http else 0
-    server = start_listening([sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
-                              "--grpc-port", "0", "--http-port", str(http_port), *flags], timeout)
+    server = start_listening(
+        [
+            sys.executable,
+            "-m",
+            "bnserve.cli",
+            "serve",
+            "--repository",
+            str(repository),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            str(http_port),
+            *flags,
+        ],
+        timeout,
+    )
     server.http_port = http_port or None
     return server
 

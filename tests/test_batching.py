@@ -75,7 +75,10 @@ def test_requests_are_coalesced_up_to_the_limit_in_order(executor):
 
     async def scenario():
         first = await occupy(batcher, model)
-        rest = [asyncio.create_task(batcher.submit(sample(v), ["double", "total"])) for v in range(1, 11)]
+        rest = [
+            asyncio.create_task(batcher.submit(sample(v), ["double", "total"]))
+            for v in range(1, 11)
+        ]
         await wait_until(lambda: batcher.queued == 10)
         model.gate.set()
         return await first, await asyncio.gather(*rest)
@@ -96,7 +99,10 @@ def test_requests_of_several_samples_are_never_split(executor):
     async def scenario():
         held = await occupy(batcher, model)
         sizes = [3, 3, 2, 5]
-        tasks = [asyncio.create_task(batcher.submit(sample(i, n), ["double"])) for i, n in enumerate(sizes)]
+        tasks = [
+            asyncio.create_task(batcher.submit(sample(i, n), ["double"]))
+            for i, n in enumerate(sizes)
+        ]
         await wait_until(lambda: batcher.queued == 4)
         model.gate.set()
         await held
@@ -145,7 +151,9 @@ def test_concurrent_traffic_waits_for_companions_up_to_the_delay(executor):
         started = time.monotonic()
         for _ in range(3):
             await concurrent_traffic(batcher, model, 8)
-        burst_s = (time.monotonic() - started) / 3  # this machine's time for a burst of 8: the baseline
+        burst_s = (
+            time.monotonic() - started
+        ) / 3  # this machine's time for a burst of 8: the baseline
         assert batcher.concurrency > 3  # recent arrivals found several requests inside
         model.calls.clear()
         started = time.monotonic()
@@ -319,7 +327,10 @@ def test_a_call_measured_above_the_budget_stays_on_the_model_threads(executor):
             await batcher.submit(sample(value), ["double"])
 
     asyncio.run(scenario())
-    assert all(name.startswith("bnserve-model") for name in model.threads) and batcher.inline_calls == 0
+    assert (
+        all(name.startswith("bnserve-model") for name in model.threads)
+        and batcher.inline_calls == 0
+    )
     assert batcher.compute_times.expected_ns(1) >= 0.02e9
 
 
@@ -332,6 +343,10 @@ def test_inline_execution_can_be_turned_off_and_is_seeded_per_batch_size(executo
     asyncio.run(batcher.submit(sample(1), ["double"]))
     assert batcher.inline_calls == 0
     times = ComputeTimes({1: 1_000, 64: 9_000_000})
-    assert times.expected_ns(1) == 1_000 and times.expected_ns(40) == 9_000_000 and times.expected_ns(8) is None
+    assert (
+        times.expected_ns(1) == 1_000
+        and times.expected_ns(40) == 9_000_000
+        and times.expected_ns(8) is None
+    )
     times.record(1, 5_000)
     assert times.expected_ns(1) == 2_000  # 1000 + (5000 - 1000) / 4

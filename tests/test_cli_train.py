@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from tests.helpers.cli import assert_user_error, bnserve
 
 
@@ -20,20 +21,61 @@ GOOD_Y = np.arange(20) % 2
     "make_data, fragments",
     [
         (lambda d: d / "absent.npz", ["absent.npz", "no such file"]),
-        (lambda d: (d / "junk.npz").write_text("not a zip") and d / "junk.npz", ["not a readable .npz"]),
+        (
+            lambda d: (d / "junk.npz").write_text("not a zip") and d / "junk.npz",
+            ["not a readable .npz"],
+        ),
         (lambda d: write_npz(d / "noy.npz", x=GOOD_X), ["missing array 'y'"]),
-        (lambda d: write_npz(d / "rank.npz", x=np.zeros((20, 4, 4)), y=GOOD_Y), ["'x' must have rank 4", "[20, 4, 4]"]),
-        (lambda d: write_npz(d / "yrank.npz", x=GOOD_X, y=GOOD_Y.reshape(20, 1)), ["'y' must have rank 1"]),
-        (lambda d: write_npz(d / "count.npz", x=GOOD_X, y=GOOD_Y[:5]), ["20 samples but 'y' has 5"]),
-        (lambda d: write_npz(d / "labels.npz", x=GOOD_X, y=np.r_[GOOD_Y[:-1], 5], labels=np.array(["a", "b", "c"])),
-         ["y[19] = 5 is outside [0, 3)"]),
-        (lambda d: write_npz(d / "negative.npz", x=GOOD_X, y=np.r_[-1, GOOD_Y[1:]]), ["y[0] = -1 is outside"]),
-        (lambda d: write_npz(d / "float_y.npz", x=GOOD_X, y=GOOD_Y.astype(np.float32)), ["integer class ids"]),
-        (lambda d: write_npz(d / "nan.npz", x=np.where(np.arange(320).reshape(20, 4, 4, 1) == 7, np.nan, 0.0), y=GOOD_Y),
-         ["1 NaN or infinite"]),
+        (
+            lambda d: write_npz(d / "rank.npz", x=np.zeros((20, 4, 4)), y=GOOD_Y),
+            ["'x' must have rank 4", "[20, 4, 4]"],
+        ),
+        (
+            lambda d: write_npz(d / "yrank.npz", x=GOOD_X, y=GOOD_Y.reshape(20, 1)),
+            ["'y' must have rank 1"],
+        ),
+        (
+            lambda d: write_npz(d / "count.npz", x=GOOD_X, y=GOOD_Y[:5]),
+            ["20 samples but 'y' has 5"],
+        ),
+        (
+            lambda d: write_npz(
+                d / "labels.npz",
+                x=GOOD_X,
+                y=np.r_[GOOD_Y[:-1], 5],
+                labels=np.array(["a", "b", "c"]),
+            ),
+            ["y[19] = 5 is outside [0, 3)"],
+        ),
+        (
+            lambda d: write_npz(d / "negative.npz", x=GOOD_X, y=np.r_[-1, GOOD_Y[1:]]),
+            ["y[0] = -1 is outside"],
+        ),
+        (
+            lambda d: write_npz(d / "float_y.npz", x=GOOD_X, y=GOOD_Y.astype(np.float32)),
+            ["integer class ids"],
+        ),
+        (
+            lambda d: write_npz(
+                d / "nan.npz",
+                x=np.where(np.arange(320).reshape(20, 4, 4, 1) == 7, np.nan, 0.0),
+                y=GOOD_Y,
+            ),
+            ["1 NaN or infinite"],
+        ),
     ],
-    ids=["missing", "malformed", "missing-y", "x-rank", "y-rank", "count", "label-range", "negative-label",
-         "float-labels", "nan"],
+    ids=[
+        "missing",
+        "malformed",
+        "missing-y",
+        "x-rank",
+        "y-rank",
+        "count",
+        "label-range",
+        "negative-label",
+        "float-labels",
+        "nan",
+    ],
 )
 def test_bad_data_is_a_one_line_error_without_run_json(tmp_path, make_data, fragments):
     data = make_data(tmp_path)
@@ -71,8 +113,21 @@ def test_bad_flags_are_one_line_errors(tmp_path, flags, fragments):
 
 def test_a_diverging_run_stops_with_an_error_and_a_failed_status(tmp_path):
     """A finite but absurd learning rate: the loss overflows, the run stops there instead of completing on NaN."""
-    result = bnserve("train", "--out", tmp_path / "run", "--learning-rate", "1e30", "--optimizer", "sgd",
-                     "--widths", "4", "--strides", "1", "--epochs", "3")
+    result = bnserve(
+        "train",
+        "--out",
+        tmp_path / "run",
+        "--learning-rate",
+        "1e30",
+        "--optimizer",
+        "sgd",
+        "--widths",
+        "4",
+        "--strides",
+        "1",
+        "--epochs",
+        "3",
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]  # TensorFlow's own start-up lines come first
     assert last.startswith("error: training diverged: the loss is ") and "at epoch 1" in last, last
@@ -91,7 +146,9 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
 
 
 def test_resume_without_a_run_is_an_error(tmp_path):
-    assert_user_error(bnserve("train", "--out", tmp_path / "nothing", "--resume"), "not a training run")
+    assert_user_error(
+        bnserve("train", "--out", tmp_path / "nothing", "--resume"), "not a training run"
+    )
 
 
 def test_resume_of_a_run_that_never_finished_an_epoch_is_an_error(tmp_path, digits_run):
@@ -136,7 +193,9 @@ def test_unusable_checkpoints_are_one_line_errors_for_export_and_resume(tmp_path
     import shutil
 
     for name, width in (("four", "4"), ("eight", "8")):
-        result = bnserve("train", "--out", tmp_path / name, "--epochs", "1", "--widths", width, "--strides", "1")
+        result = bnserve(
+            "train", "--out", tmp_path / name, "--epochs", "1", "--widths", width, "--strides", "1"
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     foreign = tmp_path / "foreign"  # the run of width 8 with the checkpoints of width 4
     shutil.copytree(tmp_path / "eight", foreign)
@@ -146,16 +205,27 @@ def test_unusable_checkpoints_are_one_line_errors_for_export_and_resume(tmp_path
     shutil.copytree(tmp_path / "four", truncated)
     data = next((truncated / "checkpoints").glob("ckpt-1.data-*"))
     data.write_bytes(data.read_bytes()[:100])
-    for run, cause in ((foreign, "incompatible tensor with shape (4,)"), (truncated, "Read less bytes than requested")):
-        for command in (["export", run, "--repository", tmp_path / "repo", "--name", "x"],
-                        ["train", "--out", run, "--resume", "--epochs", "2"]):
-            assert_last_line_error(bnserve(*command), f"checkpoint '{run / 'checkpoints' / 'ckpt-1'}' cannot be "
-                                   "restored into this run's model: it is truncated or was written by another "
-                                   "architecture", cause)
+    for run, cause in (
+        (foreign, "incompatible tensor with shape (4,)"),
+        (truncated, "Read less bytes than requested"),
+    ):
+        for command in (
+            ["export", run, "--repository", tmp_path / "repo", "--name", "x"],
+            ["train", "--out", run, "--resume", "--epochs", "2"],
+        ):
+            assert_last_line_error(
+                bnserve(*command),
+                f"checkpoint '{run / 'checkpoints' / 'ckpt-1'}' cannot be "
+                "restored into this run's model: it is truncated or was written by another "
+                "architecture",
+                cause,
+            )
     assert not (tmp_path / "repo" / "x").exists()
 
 
 def test_a_synthetic_data_set_too_large_to_generate_is_refused(tmp_path):
     result = bnserve("train", "--out", tmp_path / "run", "--data", "synthetic:100000x100000x3")
-    assert_user_error(result, "--data synthetic:100000x100000x3", "GiB to generate", "use smaller images")
+    assert_user_error(
+        result, "--data synthetic:100000x100000x3", "GiB to generate", "use smaller images"
+    )
     assert not (tmp_path / "run").exists()

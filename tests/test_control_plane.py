@@ -13,9 +13,16 @@ import pytest
 from tritonclient.grpc import service_pb2 as v2
 
 from tests.certs import make_certificates
-from tests.servers import start_server
 from tests.helpers.cli import assert_user_error, bnserve
-from tests.helpers.serving import index, infer_request, publish_copy, served_versions, stub_for, wait_for
+from tests.helpers.serving import (
+    index,
+    infer_request,
+    publish_copy,
+    served_versions,
+    stub_for,
+    wait_for,
+)
+from tests.servers import start_server
 
 
 def test_a_second_server_on_a_busy_port_stops_with_exit_2(repository):
@@ -23,10 +30,17 @@ def test_a_second_server_on_a_busy_port_stops_with_exit_2(repository):
     try:
         result = bnserve("serve", "--repository", repository, "--grpc-port", server.port)
         assert result.returncode == 2
-        assert result.stderr.strip().splitlines()[-1] == (f"error: --grpc-port {server.port}: port {server.port} is in "
-                                                          "use on 127.0.0.1 (or this address cannot be bound)")
-        result = bnserve("serve", "--repository", repository, "--grpc-port", server.port, "--workers", "2")
-        assert result.returncode == 2 and f"port {server.port} is in use" in result.stderr.strip().splitlines()[-1]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: --grpc-port {server.port}: port {server.port} is in "
+            "use on 127.0.0.1 (or this address cannot be bound)"
+        )
+        result = bnserve(
+            "serve", "--repository", repository, "--grpc-port", server.port, "--workers", "2"
+        )
+        assert (
+            result.returncode == 2
+            and f"port {server.port} is in use" in result.stderr.strip().splitlines()[-1]
+        )
         channel, stub = stub_for(server.url)
         for _ in range(20):  # every new connection still reaches the one server that holds the port
             assert stub.ModelInfer(infer_request()).model_version == "1"
@@ -40,14 +54,18 @@ def test_load_and_unload_are_refused_unless_model_control_is_explicit(repository
     server = start_server(repository, "--model-control", mode)
     channel, stub = stub_for(server.url)
     try:
-        for call, message in ((stub.RepositoryModelUnload, v2.RepositoryModelUnloadRequest),
-                              (stub.RepositoryModelLoad, v2.RepositoryModelLoadRequest)):
+        for call, message in (
+            (stub.RepositoryModelUnload, v2.RepositoryModelUnloadRequest),
+            (stub.RepositoryModelLoad, v2.RepositoryModelLoadRequest),
+        ):
             with pytest.raises(grpc.RpcError) as caught:
                 call(message(model_name="m"))
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert caught.value.details() == (f"explicit model load / unload is not allowed: the server runs with "
-                                              f"--model-control {mode} (start it with --model-control explicit to "
-                                              "manage models by RPC)")
+            assert caught.value.details() == (
+                f"explicit model load / unload is not allowed: the server runs with "
+                f"--model-control {mode} (start it with --model-control explicit to "
+                "manage models by RPC)"
+            )
         assert served_versions(stub) == ["1"]  # nothing was unloaded
     finally:
         channel.close()
@@ -76,10 +94,20 @@ def scrape(port, token=None):
 def test_metrics_with_a_token_and_on_loopback_by_default(repository, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    server = start_server(repository, "--host", "127.0.0.1", "--metrics-port", "0", "--auth-token-file", str(token_file),
-                          "--metrics-auth")
+    server = start_server(
+        repository,
+        "--host",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--auth-token-file",
+        str(token_file),
+        "--metrics-auth",
+    )
     try:
-        port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1))
+        port = int(
+            re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1)
+        )
         for token in (None, "wrong"):
             with pytest.raises(urllib.error.HTTPError) as caught:
                 scrape(port, token)
@@ -87,19 +115,40 @@ def test_metrics_with_a_token_and_on_loopback_by_default(repository, tmp_path):
         assert "bnserve_loaded_versions" in scrape(port, "s3cret").read().decode()
     finally:
         assert server.stop() == 0
-    assert_user_error(bnserve("serve", "--repository", repository, "--metrics-port", "0", "--metrics-auth"),
-                      "--metrics-auth: needs --auth-token-file")
+    assert_user_error(
+        bnserve("serve", "--repository", repository, "--metrics-port", "0", "--metrics-auth"),
+        "--metrics-auth: needs --auth-token-file",
+    )
 
 
 def test_a_dead_worker_is_restarted_and_shutdown_exits_0(repository):
     server = start_server(repository, "--workers", "2")
     try:
-        wait_for(lambda: sum("listening on" in line for line in server.log) >= 2, timeout=60, what="two workers")
-        pids = [int(m) for m in re.findall(r"started 2 workers on .* \(pids (\d+), (\d+)\)", "\n".join(server.log))[0]]
+        wait_for(
+            lambda: sum("listening on" in line for line in server.log) >= 2,
+            timeout=60,
+            what="two workers",
+        )
+        pids = [
+            int(m)
+            for m in re.findall(
+                r"started 2 workers on .* \(pids (\d+), (\d+)\)", "\n".join(server.log)
+            )[0]
+        ]
         os.kill(pids[0], signal.SIGKILL)
-        wait_for(lambda: any(f"worker 0 (pid {pids[0]}) died with exit status -9; restarting it" in line
-                             for line in server.log), timeout=30, what="the death logged")
-        wait_for(lambda: sum("listening on" in line for line in server.log) >= 3, timeout=60, what="the restart")
+        wait_for(
+            lambda: any(
+                f"worker 0 (pid {pids[0]}) died with exit status -9; restarting it" in line
+                for line in server.log
+            ),
+            timeout=30,
+            what="the death logged",
+        )
+        wait_for(
+            lambda: sum("listening on" in line for line in server.log) >= 3,
+            timeout=60,
+            what="the restart",
+        )
         assert any("restarted worker 0" in line for line in server.log)
         channel, stub = stub_for(server.url)
         assert stub.ModelInfer(infer_request()).model_version == "1"
@@ -116,12 +165,23 @@ def test_bad_or_mismatched_tls_files_are_one_line_errors(repository, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
     cases = [
-        (["--tls-cert", first.server_cert, "--tls-key", second.server_key], "not a PEM certificate chain and the "
-                                                                              "private key that belongs to it"),
+        (
+            ["--tls-cert", first.server_cert, "--tls-key", second.server_key],
+            "not a PEM certificate chain and the private key that belongs to it",
+        ),
         (["--tls-cert", first.server_cert, "--tls-key", junk], "not a PEM certificate chain"),
         (["--tls-cert", junk, "--tls-key", first.server_key], "not a PEM certificate chain"),
-        (["--tls-cert", first.server_cert, "--tls-key", first.server_key, "--tls-client-ca", junk],
-         "--tls-client-ca"),
+        (
+            [
+                "--tls-cert",
+                first.server_cert,
+                "--tls-key",
+                first.server_key,
+                "--tls-client-ca",
+                junk,
+            ],
+            "--tls-client-ca",
+        ),
     ]
     for flags, fragment in cases:
         result = bnserve("serve", "--repository", repository, "--grpc-port", "0", *map(str, flags))
@@ -132,7 +192,9 @@ def test_bare_connections_are_capped_and_closed_after_the_handshake_time(reposit
     """Sockets that send only the HTTP/2 preface can neither exhaust descriptors nor stay for free."""
     import socket
 
-    server = start_server(repository, "--model-control", "none", "--max-connections", "8", "--handshake-seconds", "1")
+    server = start_server(
+        repository, "--model-control", "none", "--max-connections", "8", "--handshake-seconds", "1"
+    )
 
     def descriptors():
         return len(os.listdir(f"/proc/{server.process.pid}/fd"))

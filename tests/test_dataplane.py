@@ -24,7 +24,9 @@ def dataplane(serving_repository):
 
 def request(rows, outputs=()):
     images = np.zeros((rows, 8, 8, 1), np.float32)
-    return InferenceRequest("other", inputs=(InferInput("images", "FP32", images),), outputs=tuple(outputs))
+    return InferenceRequest(
+        "other", inputs=(InferInput("images", "FP32", images),), outputs=tuple(outputs)
+    )
 
 
 def test_a_response_larger_than_the_message_limit_is_refused_before_compute(dataplane):
@@ -42,8 +44,10 @@ def test_a_response_larger_than_the_message_limit_is_refused_before_compute(data
 
     fits, error, only_logits = asyncio.run(scenario())
     assert [o.data.shape for o in fits.outputs] == [(48, 10), (48, 10)]
-    assert str(error) == ("outputs: the response would take 4176 bytes, more than --max-message-bytes 4096; "
-                          "request fewer rows or outputs")
+    assert str(error) == (
+        "outputs: the response would take 4176 bytes, more than --max-message-bytes 4096; "
+        "request fewer rows or outputs"
+    )
     assert only_logits.outputs[0].data.shape == (49, 10)
     # Counted as a failed request, and nothing was computed for it: two executions of 48 and 49 rows.
     assert model.statistics.inference_count == 97 and model.statistics.execution_count == 2

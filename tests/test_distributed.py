@@ -39,8 +39,12 @@ def few_step_data(tmp_path):
 
 
 def check(kind: str) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "distributed_check.py"), kind],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "distributed_check.py"), kind],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -79,18 +83,46 @@ def start_workers(run_dir, epochs, timeout_s="20", extra=()):
     ports = free_ports(2)
     workers = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        command = [sys.executable, "-m", "bnserve.cli", "train", "--out", str(run_dir), "--strategy", "multiworker",
-                   "--epochs", str(epochs), "--collective-timeout-seconds", timeout_s, *SMALL, *extra]
-        workers.append(subprocess.Popen(command, env=os.environ | {"TF_CONFIG": json.dumps(tf_config)},
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "bnserve.cli",
+            "train",
+            "--out",
+            str(run_dir),
+            "--strategy",
+            "multiworker",
+            "--epochs",
+            str(epochs),
+            "--collective-timeout-seconds",
+            timeout_s,
+            *SMALL,
+            *extra,
+        ]
+        workers.append(
+            subprocess.Popen(
+                command,
+                env=os.environ | {"TF_CONFIG": json.dumps(tf_config)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return workers
 
 
 def checkpoint_weights(run_dir):
     from tests.test_training_run import checkpoint_values
 
-    return {key: value for key, value in checkpoint_values(run_dir).items() if not key.startswith("optimizer/")}
+    return {
+        key: value
+        for key, value in checkpoint_values(run_dir).items()
+        if not key.startswith("optimizer/")
+    }
 
 
 def heldout_of(run_dir):
@@ -109,8 +141,12 @@ def assert_weights_agree(run_a, run_b):
 
 
 def train_single(run_dir, *flags):
-    result = subprocess.run([sys.executable, "-m", "bnserve.cli", "train", "--out", str(run_dir), *flags],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "bnserve.cli", "train", "--out", str(run_dir), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -128,7 +164,9 @@ def test_two_worker_processes_take_the_same_steps_as_one_process(tmp_path):
     data = few_step_data(tmp_path)
     train_two_workers(tmp_path / "multi", *data, *SGD)
     train_single(tmp_path / "single", "--epochs", "2", *SMALL, *data, *SGD)
-    assert json.loads((tmp_path / "multi" / "run.json").read_text())["final"]["optimizer_steps"] == 6
+    assert (
+        json.loads((tmp_path / "multi" / "run.json").read_text())["final"]["optimizer_steps"] == 6
+    )
     assert_weights_agree(tmp_path / "single", tmp_path / "multi")
 
 
@@ -144,21 +182,31 @@ def test_a_two_worker_run_predicts_like_a_one_process_run(tmp_path):
     heldout = heldout_of(tmp_path / "single")
     logits = {}
     for name in ("multi", "single"):
-        _, path, _ = export(ExportRequest(tmp_path / name, tmp_path / "repo", name), log=lambda line: None)
-        session = onnxruntime.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+        _, path, _ = export(
+            ExportRequest(tmp_path / name, tmp_path / "repo", name), log=lambda line: None
+        )
+        session = onnxruntime.InferenceSession(
+            str(path / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
         logits[name] = session.run(["logits"], {"images": heldout.images})[0]
     figures = assert_same_predictions(logits["multi"], logits["single"], heldout.labels)
-    assert figures["accuracy_a"] >= 0.4, figures  # 63% here, 10% by guessing: the agreement is not of guessers
+    assert figures["accuracy_a"] >= 0.4, (
+        figures
+    )  # 63% here, 10% by guessing: the agreement is not of guessers
 
 
 @pytest.mark.timeout(600)
 def test_a_dead_worker_makes_the_chief_fail_with_a_clear_error(tmp_path):
     chief, worker = start_workers(tmp_path / "run", epochs=1000, timeout_s="10")
     deadline = time.monotonic() + 240
-    while not (tmp_path / "run" / "checkpoints" / "checkpoint").exists():  # an epoch is done: training runs
+    while not (
+        tmp_path / "run" / "checkpoints" / "checkpoint"
+    ).exists():  # an epoch is done: training runs
         assert time.monotonic() < deadline and chief.poll() is None, chief.stderr.read()[-2000:]
         time.sleep(0.2)
-    first_epoch_s = time.monotonic() - (deadline - 240)  # start-up and one epoch on this machine: the baseline
+    first_epoch_s = time.monotonic() - (
+        deadline - 240
+    )  # start-up and one epoch on this machine: the baseline
     worker.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     _, stderr = chief.communicate(timeout=180)
@@ -168,7 +216,10 @@ def test_a_dead_worker_makes_the_chief_fail_with_a_clear_error(tmp_path):
     # and first epoch took on this machine.
     assert time.monotonic() - killed < 10 + 3 * first_epoch_s + 10, first_epoch_s
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: worker 0 of 2: training stopped in epoch") and "stopped answering" in last, last
+    assert (
+        last.startswith("error: worker 0 of 2: training stopped in epoch")
+        and "stopped answering" in last
+    ), last
 
 
 def test_a_run_resumes_under_another_strategy(tmp_path):
@@ -176,8 +227,20 @@ def test_a_run_resumes_under_another_strategy(tmp_path):
     data = few_step_data(tmp_path)
     train_single(tmp_path / "straight", "--epochs", "2", *SMALL, *data, *SGD)
     train_single(tmp_path / "switched", "--epochs", "1", *SMALL, *data, *SGD)
-    train_single(tmp_path / "switched", "--resume", "--epochs", "2", "--strategy", "mirrored", "--cpu-replicas", "2")
+    train_single(
+        tmp_path / "switched",
+        "--resume",
+        "--epochs",
+        "2",
+        "--strategy",
+        "mirrored",
+        "--cpu-replicas",
+        "2",
+    )
     record = json.loads((tmp_path / "switched" / "run.json").read_text())
-    assert record["distribution"]["replicas"] == 2 and [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert record["distribution"]["replicas"] == 2 and [e["epoch"] for e in record["epochs"]] == [
+        1,
+        2,
+    ]
     assert record["config"]["optimizer"] == "sgd"  # the resumed run kept the run-defining settings
     assert_weights_agree(tmp_path / "straight", tmp_path / "switched")

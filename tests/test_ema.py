@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.reference import ema_decay, ema_update
 from bnserve.trainer.bn import ShadowBatchNormalization
+from tests.reference import ema_decay, ema_update
 
 
 def batch_with_variance(variance: float) -> np.ndarray:
@@ -40,7 +40,9 @@ def test_shadows_start_at_initial_values_and_move_only_on_assign():
     np.testing.assert_array_equal(layer.shadow_mean.numpy(), np.zeros(3))
     np.testing.assert_array_equal(layer.shadow_variance.numpy(), np.ones(3))
     layer(np.full((4, 2, 2, 3), 5.0, np.float32), training=True)
-    np.testing.assert_array_equal(layer.shadow_mean.numpy(), np.zeros(3))  # forward pass alone: no move
+    np.testing.assert_array_equal(
+        layer.shadow_mean.numpy(), np.zeros(3)
+    )  # forward pass alone: no move
     np.testing.assert_array_equal(layer.batch_mean.numpy(), np.full(3, 5.0))
 
 

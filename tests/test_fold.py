@@ -9,7 +9,9 @@ from tests.reference import batch_norm_inference
 
 
 def conv(x, kernel, bias):
-    y = tf.nn.conv2d(x.astype(np.float64), kernel.astype(np.float64), strides=1, padding="SAME").numpy()
+    y = tf.nn.conv2d(
+        x.astype(np.float64), kernel.astype(np.float64), strides=1, padding="SAME"
+    ).numpy()
     return y if bias is None else y + bias
 
 
@@ -33,9 +35,17 @@ def test_fold_matches_conv_then_reference_bn(case, with_bias, with_gamma):
     variance = rng.uniform(case["variance_low"], case["variance_high"], size=5)
     gamma = rng.normal(size=5) if with_gamma else None
     beta = rng.normal(size=5)
-    expected = batch_norm_inference(conv(x, kernel, bias), mean, variance,
-                                    1.0 if gamma is None else gamma, beta, case["epsilon"])
-    folded_kernel, folded_bias = fold_conv_bn(kernel, bias, mean, variance, case["epsilon"], gamma, beta)
+    expected = batch_norm_inference(
+        conv(x, kernel, bias),
+        mean,
+        variance,
+        1.0 if gamma is None else gamma,
+        beta,
+        case["epsilon"],
+    )
+    folded_kernel, folded_bias = fold_conv_bn(
+        kernel, bias, mean, variance, case["epsilon"], gamma, beta
+    )
     assert folded_kernel.dtype == np.float32 and folded_bias.dtype == np.float32
     actual = conv(x, folded_kernel, folded_bias)
     # float32 weights: compare relative to the size of the largest term the BN output is made of.
@@ -46,10 +56,19 @@ def test_fold_matches_conv_then_reference_bn(case, with_bias, with_gamma):
 def test_standalone_bn_is_a_multiply_add():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 3, 3, 4))
-    mean, variance, gamma, beta = rng.normal(size=4), rng.uniform(0.1, 2, 4), rng.normal(size=4), rng.normal(size=4)
+    mean, variance, gamma, beta = (
+        rng.normal(size=4),
+        rng.uniform(0.1, 2, 4),
+        rng.normal(size=4),
+        rng.normal(size=4),
+    )
     scale, shift = bn_scale_shift(mean, variance, 1e-3, gamma, beta)
-    np.testing.assert_allclose(x * scale + shift, batch_norm_inference(x, mean, variance, gamma, beta, 1e-3),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        x * scale + shift,
+        batch_norm_inference(x, mean, variance, gamma, beta, 1e-3),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize(

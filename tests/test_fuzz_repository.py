@@ -9,17 +9,44 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as v2
 
-from tests.servers import start_server
 from tests.helpers.serving import index, infer_request, publish_copy, served_versions, stub_for
+from tests.servers import start_server
 
-ODD_NAMES = ["a b", "tab\tname", "-dash", ".hidden", "ünï", "x" * 200, "semi;colon", "new\nline", "..x", "ok.name"]
+ODD_NAMES = [
+    "a b",
+    "tab\tname",
+    "-dash",
+    ".hidden",
+    "ünï",
+    "x" * 200,
+    "semi;colon",
+    "new\nline",
+    "..x",
+    "ok.name",
+]
 ODD_VERSIONS = ["01", "+2", " 3", "٤", "5.0", "0", "-6", "7x", "99999999999999999999"]
 
 
 def corrupt(rng: np.random.Generator, directory, repository, outside) -> str:
     """One random defect in a copied version directory; returns its kind."""
-    kind = str(rng.choice(["fifo", "dangling", "link-out", "junk-manifest", "manifest-types", "truncate", "empty",
-                           "dir-link", "unlisted", "huge-size", "missing", "flip"]))
+    kind = str(
+        rng.choice(
+            [
+                "fifo",
+                "dangling",
+                "link-out",
+                "junk-manifest",
+                "manifest-types",
+                "truncate",
+                "empty",
+                "dir-link",
+                "unlisted",
+                "huge-size",
+                "missing",
+                "flip",
+            ]
+        )
+    )
     victim = directory / str(rng.choice(["model.onnx", "golden.npz", "manifest.json"]))
     manifest = directory / "manifest.json"
     if kind == "fifo":
@@ -76,11 +103,15 @@ def test_fuzzed_repository_entries_never_stop_the_server(exported, tmp_path):
         shutil.copytree(source, repository / odd / "1")
     for odd in ODD_VERSIONS:
         shutil.copytree(source, repository / "oddversions" / odd)
-    server = start_server(repository, "--model-control", "poll", "--poll-seconds", "0.3", timeout=90)
+    server = start_server(
+        repository, "--model-control", "poll", "--poll-seconds", "0.3", timeout=90
+    )
     channel, stub = stub_for(server.url)
     try:
         states = index(stub)
-        assert served_versions(stub, "good") == ["1"] and stub.ModelInfer(infer_request(model="good"))
+        assert served_versions(stub, "good") == ["1"] and stub.ModelInfer(
+            infer_request(model="good")
+        )
         for name, kind in kinds.items():
             state, reason = states.get((name, "1"), ("absent", ""))
             # Every defect changes what the manifest certifies (or how it can be read): never READY.
@@ -98,8 +129,12 @@ def test_fuzzed_repository_entries_never_stop_the_server(exported, tmp_path):
     assert "Traceback" not in "\n".join(server.log)
 
 
-CONTROL_ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
-                   grpc.StatusCode.INTERNAL}
+CONTROL_ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.INTERNAL,
+}
 
 
 def test_fuzzed_control_plane_calls_get_clean_answers(exported, tmp_path):
@@ -135,13 +170,22 @@ def test_fuzzed_control_plane_calls_get_clean_answers(exported, tmp_path):
                 code = grpc.StatusCode.OK
             except grpc.RpcError as exc:
                 code = exc.code()
-                assert code in CONTROL_ALLOWED and exc.details(), (case, call, name, version, code, exc.details())
+                assert code in CONTROL_ALLOWED and exc.details(), (
+                    case,
+                    call,
+                    name,
+                    version,
+                    code,
+                    exc.details(),
+                )
                 # INTERNAL is what Triton answers when a load finds no loadable version; nothing else may be.
                 assert code != grpc.StatusCode.INTERNAL or call == 0, (case, call, exc.details())
             codes[code] = codes.get(code, 0) + 1
         stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="m"))
         assert stub.ModelInfer(infer_request()).model_version == "1"
-        assert codes.get(grpc.StatusCode.OK, 0) > 50 and codes.get(grpc.StatusCode.NOT_FOUND, 0) > 50, codes
+        assert (
+            codes.get(grpc.StatusCode.OK, 0) > 50 and codes.get(grpc.StatusCode.NOT_FOUND, 0) > 50
+        ), codes
     finally:
         channel.close()
         assert server.stop() == 0

@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from tests.onnx_models import projection_model, slow_model
-from tests.servers import start_server
 from tests.helpers.serving import infer_request, metric, publish_copy, stub_for
 from tests.helpers.versions import with_slow_model
+from tests.onnx_models import projection_model, slow_model
+from tests.servers import start_server
 
 
 def test_a_slow_model_never_stalls_health_checks_or_other_models(exported, tmp_path):
@@ -49,7 +49,10 @@ def test_a_slow_model_never_stalls_health_checks_or_other_models(exported, tmp_p
         waits = []
         for _ in range(20):
             started = time.monotonic()
-            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service="")).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
             assert stub.ModelInfer(infer_request(model="fast")).model_version == "1"
             waits.append(time.monotonic() - started)
         # Had the slow model run on the event loop, a check would wait for the call in progress: up to a
@@ -76,10 +79,16 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
         batches = (1,) * 24 + (2, 3)
         for batch in batches:
             assert stub.ModelInfer(infer_request(batch=batch)).model_version == "1"
-        stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m", version="1")).model_stats[0]
+        stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="m", version="1")).model_stats[
+            0
+        ]
         assert stats.inference_count == sum(batches) and stats.execution_count == len(batches)
-        port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1))
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        port = int(
+            re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1)
+        )
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
         inline = metric(text, "bnserve_model_calls_total", model="m", version="1", place="inline")
         thread = metric(text, "bnserve_model_calls_total", model="m", version="1", place="thread")
         # Batch size 1 was measured at load (warm-up, golden samples): inline, whenever no other callback was
@@ -89,7 +98,6 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
     finally:
         channel.close()
         assert server.stop() == 0
-
 
 
 ENCODING_CHECK = """
@@ -113,13 +121,23 @@ print(checked)
 
 def test_the_preserialized_answer_parses_as_the_response_message():
     # In a process of its own: the project's inference messages clash with tritonclient's in one process.
-    result = subprocess.run([sys.executable, "-c", ENCODING_CHECK], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", ENCODING_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0 and result.stdout.split() == ["9"], result.stderr
 
 
 def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_pool(tmp_path):
-    from bnserve.server.backends.onnx import LIGHT_CALL_S, OnnxBackend, cpu_pool_threads, one_row_call_seconds
+    from bnserve.server.backends.onnx import (
+        LIGHT_CALL_S,
+        OnnxBackend,
+        cpu_pool_threads,
+        one_row_call_seconds,
+    )
 
     light, heavy = tmp_path / "light", tmp_path / "heavy"
     light.mkdir()
@@ -129,9 +147,19 @@ def test_a_light_model_keeps_one_onnx_runtime_thread_and_a_heavy_one_gets_the_po
     chosen = OnnxBackend(light, "cpu")
     assert chosen.intra_op_threads == 1 and one_row_call_seconds(chosen.session) <= LIGHT_CALL_S
     chosen = OnnxBackend(heavy, "cpu")
-    pool = cpu_pool_threads()  # 0 (ONNX Runtime's default) unless this run is held to some of the cores
-    assert chosen.intra_op_threads == pool and chosen.session.get_session_options().intra_op_num_threads == pool
-    assert OnnxBackend(light, "cpu", intra_op_threads=2).session.get_session_options().intra_op_num_threads == 2
+    pool = (
+        cpu_pool_threads()
+    )  # 0 (ONNX Runtime's default) unless this run is held to some of the cores
+    assert (
+        chosen.intra_op_threads == pool
+        and chosen.session.get_session_options().intra_op_num_threads == pool
+    )
+    assert (
+        OnnxBackend(light, "cpu", intra_op_threads=2)
+        .session.get_session_options()
+        .intra_op_num_threads
+        == 2
+    )
 
 
 CPU_SET_CHECK = """
@@ -159,7 +187,14 @@ def test_a_model_that_gets_the_pool_keeps_its_threads_on_the_cores_the_process_m
         pytest.skip("needs taskset and two cores to hold the process to one of them")
     slow_model(tmp_path / "model.onnx", copies=16)
     core = str(allowed[0])
-    result = subprocess.run(["taskset", "-c", core, sys.executable, "-c", CPU_SET_CHECK, str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        ["taskset", "-c", core, sys.executable, "-c", CPU_SET_CHECK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", core], result.stdout  # one thread, and every thread on that core
+    assert result.stdout.split() == ["1", core], (
+        result.stdout
+    )  # one thread, and every thread on that core

@@ -15,8 +15,20 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from tests.certs import make_certificates
+from tests.helpers.serving import (
+    POLL,
+    index,
+    infer_request,
+    metric,
+    publish_copy,
+    rss_mb,
+    scrape,
+    served_versions,
+    stub_for,
+    wait_for,
+)
 from tests.servers import start_server
-from tests.helpers.serving import POLL, index, infer_request, metric, publish_copy, rss_mb, scrape, served_versions, stub_for, wait_for
+
 
 def test_a_new_version_takes_over_and_the_old_one_is_released(repository, source):
     server = start_server(repository, "--poll-seconds", POLL)
@@ -52,10 +64,14 @@ def test_truncated_and_tampered_versions_are_refused_while_the_previous_serves(r
     try:
         publish_copy(source, repository, "m", 2, mutate=truncate_onnx)
         publish_copy(source, repository, "m", 3, mutate=flip_a_byte)
-        wait_for(lambda: index(stub).get(("m", "3"), ("",))[0] == "UNAVAILABLE", what="version 3 refused")
+        wait_for(
+            lambda: index(stub).get(("m", "3"), ("",))[0] == "UNAVAILABLE", what="version 3 refused"
+        )
         states = index(stub)
         assert states[("m", "2")][0] == "UNAVAILABLE"
-        assert re.search(r"'model\.onnx' has \d+ bytes, the manifest says \d+", states[("m", "2")][1])
+        assert re.search(
+            r"'model\.onnx' has \d+ bytes, the manifest says \d+", states[("m", "2")][1]
+        )
         assert "'model.onnx' has sha256" in states[("m", "3")][1]
         assert served_versions(stub) == ["1"]
         assert stub.ModelInfer(infer_request()).model_version == "1"
@@ -73,8 +89,13 @@ def test_a_half_copied_directory_is_loaded_only_once_complete(repository, source
     try:
         partial = repository / "m" / "2"
         partial.mkdir()
-        shutil.copy(source / "manifest.json", partial / "manifest.json")  # a copy in progress, not a publication
-        wait_for(lambda: index(stub).get(("m", "2"), ("",))[0] == "UNAVAILABLE", what="partial version refused")
+        shutil.copy(
+            source / "manifest.json", partial / "manifest.json"
+        )  # a copy in progress, not a publication
+        wait_for(
+            lambda: index(stub).get(("m", "2"), ("",))[0] == "UNAVAILABLE",
+            what="partial version refused",
+        )
         assert "missing" in index(stub)[("m", "2")][1]
         assert served_versions(stub) == ["1"]
         for entry in source.iterdir():  # the rest of the copy arrives
@@ -136,7 +157,9 @@ def test_soak_publishing_and_removing_under_load(repository, source):
             time.sleep(2.0)
             publish_copy(source, repository, "m", version)
             published[version] = time.monotonic()
-            wait_for(lambda: served_versions(stub) == [str(version)], what=f"version {version} serving")
+            wait_for(
+                lambda: served_versions(stub) == [str(version)], what=f"version {version} serving"
+            )
             if version >= 4:  # remove a superseded version while the clients keep going
                 old = version - 3
                 removed[old] = time.monotonic()
@@ -150,7 +173,9 @@ def test_soak_publishing_and_removing_under_load(repository, source):
         assert server.stop() == 0
     assert not failures, failures[:5]
     # Traffic flowed through every transition: each published version answered (no throughput claim).
-    assert {version for _, _, version in answers} == set(published), sorted({v for _, _, v in answers})
+    assert {version for _, _, version in answers} == set(published), sorted(
+        {v for _, _, v in answers}
+    )
     for sent, received, version in answers:
         assert published[version] <= received, (version, received)
         assert version not in removed or sent < removed[version], (version, sent)
@@ -164,7 +189,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(repository):
     async def burst():
         async with grpc.aio.insecure_channel(server.url) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
-            return await asyncio.gather(*(stub.ModelInfer(r) for r in samples), return_exceptions=True)
+            return await asyncio.gather(
+                *(stub.ModelInfer(r) for r in samples), return_exceptions=True
+            )
 
     for _ in range(3):  # concurrent traffic: batches now wait up to 3 s for companions
         assert all(isinstance(r, v2.ModelInferResponse) for r in asyncio.run(burst()))
@@ -193,8 +220,12 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(repository):
     assert server.process.wait(timeout=30) == 0
 
 
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-           grpc.StatusCode.RESOURCE_EXHAUSTED}
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 DATATYPES = ["FP32", "FP64", "INT32", "UINT8", "BOOL", "BYTES", "FP16", "", "fp32", "INT64"]
 
 
@@ -231,7 +262,9 @@ def fuzz_request(rng: np.random.Generator) -> v2.ModelInferRequest:
         request.model_version = ["", "0", "-1", "../1", "99", "1e3"][rng.integers(0, 6)]
     if kind == 10:
         del request.raw_input_contents[:]
-        request.inputs[0].contents.fp32_contents.extend(values[: int(rng.integers(0, len(values) + 2))].tolist())
+        request.inputs[0].contents.fp32_contents.extend(
+            values[: int(rng.integers(0, len(values) + 2))].tolist()
+        )
     if kind == 11:
         request.raw_input_contents.append(b"extra")
     return request
@@ -267,8 +300,18 @@ def test_fuzzed_requests_get_clean_status_codes(repository):
         assert server.stop() == 0
 
 
-@pytest.mark.parametrize("name, version", [("../m", ""), ("m/../m", ""), ("..", ""), ("m", "../1"), ("m", "1/../1"),
-                                           ("/etc", ""), ("m", "0x1")])
+@pytest.mark.parametrize(
+    "name, version",
+    [
+        ("../m", ""),
+        ("m/../m", ""),
+        ("..", ""),
+        ("m", "../1"),
+        ("m", "1/../1"),
+        ("/etc", ""),
+        ("m", "0x1"),
+    ],
+)
 def test_names_and_versions_cannot_reach_the_file_system(repository, name, version):
     server = start_server(repository, "--model-control", "explicit")
     channel, stub = stub_for(server.url)
@@ -288,18 +331,33 @@ def test_names_and_versions_cannot_reach_the_file_system(repository, name, versi
 
 def test_tls_with_client_certificates(repository, tmp_path):
     certs = make_certificates(tmp_path)
-    server = start_server(repository, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-                          "--tls-client-ca", str(certs.ca), "--poll-seconds", "0")
-    good = grpc.ssl_channel_credentials(certs.ca.read_bytes(), certs.client_key.read_bytes(),
-                                        certs.client_cert.read_bytes())
+    server = start_server(
+        repository,
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        "--tls-client-ca",
+        str(certs.ca),
+        "--poll-seconds",
+        "0",
+    )
+    good = grpc.ssl_channel_credentials(
+        certs.ca.read_bytes(), certs.client_key.read_bytes(), certs.client_cert.read_bytes()
+    )
     try:
         channel, stub = stub_for(server.url, good)
         assert stub.ModelInfer(infer_request()).model_version == "1"
         channel.close()
-        for credentials in (grpc.ssl_channel_credentials(certs.ca.read_bytes()),  # no client certificate
-                            grpc.ssl_channel_credentials(certs.other_ca.read_bytes(), certs.client_key.read_bytes(),
-                                                         certs.client_cert.read_bytes()),  # server not trusted
-                            None):  # plaintext
+        for credentials in (
+            grpc.ssl_channel_credentials(certs.ca.read_bytes()),  # no client certificate
+            grpc.ssl_channel_credentials(
+                certs.other_ca.read_bytes(),
+                certs.client_key.read_bytes(),
+                certs.client_cert.read_bytes(),
+            ),  # server not trusted
+            None,
+        ):  # plaintext
             channel, stub = stub_for(server.url, credentials)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ServerLive(v2.ServerLiveRequest(), timeout=5)
@@ -311,8 +369,15 @@ def test_tls_with_client_certificates(repository, tmp_path):
 
 def test_tls_without_client_certificates(repository, tmp_path):
     certs = make_certificates(tmp_path)
-    server = start_server(repository, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-                          "--poll-seconds", "0")
+    server = start_server(
+        repository,
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        "--poll-seconds",
+        "0",
+    )
     try:
         channel, stub = stub_for(server.url, grpc.ssl_channel_credentials(certs.ca.read_bytes()))
         assert stub.ServerLive(v2.ServerLiveRequest()).live
@@ -325,27 +390,46 @@ def test_tls_without_client_certificates(repository, tmp_path):
 def test_bearer_token_authentication(repository, tmp_path, health_open):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    flags = ["--auth-token-file", str(token_file), "--poll-seconds", "0"] + (["--health-without-auth"] if health_open else [])
+    flags = ["--auth-token-file", str(token_file), "--poll-seconds", "0"] + (
+        ["--health-without-auth"] if health_open else []
+    )
     server = start_server(repository, *flags)
     channel, stub = stub_for(server.url)
     health = health_pb2_grpc.HealthStub(channel)
     try:
-        assert stub.ModelInfer(infer_request(), metadata=[("authorization", "Bearer s3cret-token")]).model_version == "1"
-        for metadata, message in (([], "missing 'authorization' metadata"),
-                                  ([("authorization", "Bearer wrong")], "invalid bearer token"),
-                                  ([("authorization", "s3cret-token")], "invalid bearer token")):
+        assert (
+            stub.ModelInfer(
+                infer_request(), metadata=[("authorization", "Bearer s3cret-token")]
+            ).model_version
+            == "1"
+        )
+        for metadata, message in (
+            ([], "missing 'authorization' metadata"),
+            ([("authorization", "Bearer wrong")], "invalid bearer token"),
+            ([("authorization", "s3cret-token")], "invalid bearer token"),
+        ):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(infer_request(), metadata=metadata)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED and message in caught.value.details()
+            assert (
+                caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                and message in caught.value.details()
+            )
         if health_open:
-            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest()).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         else:
             with pytest.raises(grpc.RpcError) as caught:
                 health.Check(health_pb2.HealthCheckRequest())
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert health.Check(health_pb2.HealthCheckRequest(),
-                                metadata=[("authorization", "Bearer s3cret-token")]).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(
+                    health_pb2.HealthCheckRequest(),
+                    metadata=[("authorization", "Bearer s3cret-token")],
+                ).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         channel.close()
         assert server.stop() == 0
@@ -363,10 +447,15 @@ def test_metrics_show_the_requests_and_batches_of_this_test(repository):
             stub.ModelInfer(bad)
         text = scrape(server)
         assert metric(text, "bnserve_requests_total", model="m", version="1", code="OK") == 5
-        assert metric(text, "bnserve_requests_total", model="m", version="1", code="INVALID_ARGUMENT") == 1
+        assert (
+            metric(text, "bnserve_requests_total", model="m", version="1", code="INVALID_ARGUMENT")
+            == 1
+        )
         assert metric(text, "bnserve_batch_size_count", model="m", version="1") == 5
         assert metric(text, "bnserve_batch_size_sum", model="m", version="1") == 15
-        assert metric(text, "bnserve_request_seconds_count", model="m", version="1") == 5  # decoded requests
+        assert (
+            metric(text, "bnserve_request_seconds_count", model="m", version="1") == 5
+        )  # decoded requests
         assert metric(text, "bnserve_compute_seconds_count", model="m", version="1") == 5
         assert metric(text, "bnserve_queue_seconds_count", model="m", version="1") == 5
         assert metric(text, "bnserve_loaded_versions", model="m") == 1

@@ -16,8 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("trainer", "exporter", "server", "protos")
 # What a user of each installed part imports first; the digits data set is package data of bnserve.trainer.
-PROBE = ("import bnserve.server.app, bnserve.protos.inference_pb2, bnserve.exporter.fold, bnserve.trainer.data as d; "
-         "import bnserve.server as s; print(s.__file__); print(d.load_dataset('digits').images.shape)")
+PROBE = (
+    "import bnserve.server.app, bnserve.protos.inference_pb2, bnserve.exporter.fold, bnserve.trainer.data as d; "
+    "import bnserve.server as s; print(s.__file__); print(d.load_dataset('digits').images.shape)"
+)
 
 
 def run(command, cwd, env=None):
@@ -27,10 +29,36 @@ def run(command, cwd, env=None):
 def build_wheel(out: Path) -> Path:
     # From a copy: setuptools builds in place, and a build/ left in the checkout would carry deleted modules.
     source = out.parent / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
-                                                                "models", ".bench", "__pycache__", ".pytest_cache"))
-    result = run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                  "--wheel-dir", str(out), str(source)], source)
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "*.egg-info",
+            "runs",
+            "models",
+            ".bench",
+            "__pycache__",
+            ".pytest_cache",
+        ),
+    )
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        source,
+    )
     assert result.returncode == 0, result.stderr
     (wheel,) = out.glob("bnserve-*.whl")
     return wheel
@@ -40,16 +68,36 @@ def test_the_wheel_installs_one_top_level_package_into_a_fresh_venv(tmp_path):
     wheel = build_wheel(tmp_path / "dist")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert {name.split("/")[0] for name in names} == {"bnserve", "bnserve-0.1.0.dist-info"}, sorted(names)[:20]
-    for path in ("bnserve/server/app.py", "bnserve/server/backends/onnx.py", "bnserve/protos/inference_pb2.py",
-                 "bnserve/protos/inference.proto", "bnserve/trainer/data/digits.npz", "bnserve/exporter/fold.py"):
+    assert {name.split("/")[0] for name in names} == {"bnserve", "bnserve-0.1.0.dist-info"}, sorted(
+        names
+    )[:20]
+    for path in (
+        "bnserve/server/app.py",
+        "bnserve/server/backends/onnx.py",
+        "bnserve/protos/inference_pb2.py",
+        "bnserve/protos/inference.proto",
+        "bnserve/trainer/data/digits.npz",
+        "bnserve/exporter/fold.py",
+    ):
         assert path in names, path
 
     venv = tmp_path / "venv"
     assert run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path).returncode == 0
     python = venv / "bin" / "python"
-    result = run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                  str(wheel)], tmp_path)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(wheel),
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (site,) = venv.glob("lib/python3*/site-packages")
     top_level = {p.name for p in site.iterdir() if not p.name.startswith(("_", "."))}
@@ -59,11 +107,16 @@ def test_the_wheel_installs_one_top_level_package_into_a_fresh_venv(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]])}
     result = run([str(python), "-c", PROBE], tmp_path, env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [str(site / "bnserve" / "server" / "__init__.py"), "(1797, 8, 8, 1)"]
+    assert result.stdout.splitlines() == [
+        str(site / "bnserve" / "server" / "__init__.py"),
+        "(1797, 8, 8, 1)",
+    ]
 
 
 def test_the_editable_install_maps_the_folders_into_the_namespace(tmp_path):
-    result = run([sys.executable, "-c", PROBE], tmp_path)  # outside the checkout: only the install can answer
+    result = run(
+        [sys.executable, "-c", PROBE], tmp_path
+    )  # outside the checkout: only the install can answer
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(ROOT / "server" / "__init__.py")
     for name in FOLDERS:
@@ -78,7 +131,18 @@ def test_no_module_imports_a_folder_by_its_bare_name():
     for folder in ("bnserve", *FOLDERS, "tests", "bench"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-                offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] in FOLDERS]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else (
+                        [node.module]
+                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                        else []
+                    )
+                )
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {name}"
+                    for name in names
+                    if name.split(".")[0] in FOLDERS
+                ]
     assert not offenders, offenders

@@ -12,13 +12,23 @@ from tritonclient.grpc import service_pb2 as v2
 
 from bnserve.core.golden import GOLDEN, read_golden
 from bnserve.core.repository import MANIFEST, ONNX_MODEL
+from tests.helpers.cli import bnserve
+from tests.helpers.serving import (
+    POLL,
+    index,
+    infer_request,
+    publish_copy,
+    served_versions,
+    stub_for,
+    wait_for,
+)
+from tests.helpers.versions import rehash, without_golden
 from tests.servers import start_server
 from tests.tolerance import assert_same_function
-from tests.helpers.cli import bnserve
-from tests.helpers.serving import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
-from tests.helpers.versions import rehash, without_golden
 
-LOGIT_SHIFT = 1e-3  # ten times the certificate's tolerance, far below anything a hash-free eye would notice
+LOGIT_SHIFT = (
+    1e-3  # ten times the certificate's tolerance, far below anything a hash-free eye would notice
+)
 
 
 def retune(version_dir):
@@ -26,7 +36,9 @@ def retune(version_dir):
     the probabilities not at all (softmax ignores a common shift), and the hashes are made to match."""
     model = onnx.load(str(version_dir / ONNX_MODEL))
     bias = next(t for t in model.graph.initializer if list(t.dims) == [10])
-    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(LOGIT_SHIFT), bias.name))
+    bias.CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(LOGIT_SHIFT), bias.name)
+    )
     onnx.save(model, str(version_dir / ONNX_MODEL))
     rehash(version_dir)
 
@@ -35,15 +47,23 @@ def test_every_exported_version_carries_golden_samples(exported, reference):
     _, version_dir, manifest = exported
     assert GOLDEN in manifest["files"] and manifest["golden"]["file"] == GOLDEN
     golden = read_golden(version_dir / GOLDEN)
-    assert {key: len(images) for key, images in golden.inputs.items()} == manifest["golden"]["sets"] == {
-        "heldout": 32, "random_batch_1": 1, "random_batch_64": 64}
+    assert (
+        {key: len(images) for key, images in golden.inputs.items()}
+        == manifest["golden"]["sets"]
+        == {"heldout": 32, "random_batch_1": 1, "random_batch_64": 64}
+    )
     assert golden.tolerance == manifest["parity"]["tolerance"] == 1e-4
     model, heldout = reference
     np.testing.assert_array_equal(golden.inputs["heldout"], heldout.images[:32])
-    for key, images in golden.inputs.items():  # the unfolded model in inference mode is the reference
+    for (
+        key,
+        images,
+    ) in golden.inputs.items():  # the unfolded model in inference mode is the reference
         logits = model(images, training=False).numpy()
         assert_same_function(golden.outputs["logits"][key], logits, err_msg=key)
-        np.testing.assert_allclose(golden.outputs["probabilities"][key].sum(axis=1), 1.0, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            golden.outputs["probabilities"][key].sum(axis=1), 1.0, rtol=0, atol=1e-6
+        )
 
 
 @pytest.fixture
@@ -58,8 +78,10 @@ def parity_repository(exported, tmp_path):
     return repository
 
 
-GOLDEN_REFUSAL = re.compile(r"golden check: output 'logits' differs by at most (\S+) from the reference \(set '(\w+)', "
-                            r"row \d+, column \d+\), above the tolerance 0\.0001")
+GOLDEN_REFUSAL = re.compile(
+    r"golden check: output 'logits' differs by at most (\S+) from the reference \(set '(\w+)', "
+    r"row \d+, column \d+\), above the tolerance 0\.0001"
+)
 
 
 def assert_refused_by_golden(reason):
@@ -70,12 +92,22 @@ def assert_refused_by_golden(reason):
 
 
 @pytest.mark.parametrize("backend", ["onnx", "tf"])
-def test_a_version_that_differs_from_its_golden_samples_is_refused_at_startup(parity_repository, backend):
+def test_a_version_that_differs_from_its_golden_samples_is_refused_at_startup(
+    parity_repository, backend
+):
     if backend == "tf":  # the TF backend serves the SavedModel: forge that one's numbers instead
         forged = parity_repository / "forged" / "1"
         shutil.rmtree(forged)
-        publish_copy(parity_repository / "good" / "1", parity_repository, "forged", 1, mutate=forge_saved_model)
-    server = start_server(parity_repository, "--backend", backend, "--poll-seconds", "0", "--metrics-port", "0")
+        publish_copy(
+            parity_repository / "good" / "1",
+            parity_repository,
+            "forged",
+            1,
+            mutate=forge_saved_model,
+        )
+    server = start_server(
+        parity_repository, "--backend", backend, "--poll-seconds", "0", "--metrics-port", "0"
+    )
     channel, stub = stub_for(server.url)
     try:
         states = index(stub)
@@ -91,11 +123,23 @@ def test_a_version_that_differs_from_its_golden_samples_is_refused_at_startup(pa
         assert 0 <= measured <= 1e-4 and parameters["parity_tolerance"].string_value == "0.0001"
         assert parameters["parity_samples"].string_value == "97"
         old = stub.ModelConfig(v2.ModelConfigRequest(name="old")).config.parameters
-        assert old["parity_status"].string_value == "unverified" and "parity_max_abs_error" not in old
-        metrics_port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1))
-        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-        gauge = re.search(r'bnserve_parity_max_abs_error\{model="good",version="1"\} (\S+)', scraped)
-        assert gauge and abs(float(gauge.group(1)) - measured) <= 1e-6 * max(measured, 1e-6) + 1e-12, scraped[-2000:]
+        assert (
+            old["parity_status"].string_value == "unverified" and "parity_max_abs_error" not in old
+        )
+        metrics_port = int(
+            re.search(r"metrics on http://127\.0\.0\.1:(\d+)", "\n".join(server.log)).group(1)
+        )
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        gauge = re.search(
+            r'bnserve_parity_max_abs_error\{model="good",version="1"\} (\S+)', scraped
+        )
+        assert (
+            gauge and abs(float(gauge.group(1)) - measured) <= 1e-6 * max(measured, 1e-6) + 1e-12
+        ), scraped[-2000:]
         assert 'bnserve_parity_max_abs_error{model="forged"' not in scraped
         assert 'bnserve_parity_max_abs_error{model="old"' not in scraped
     finally:
@@ -117,7 +161,9 @@ def forge_saved_model(version_dir):
     rehash(version_dir)
 
 
-def test_a_forged_version_published_while_serving_is_refused_and_the_previous_keeps_serving(exported, tmp_path):
+def test_a_forged_version_published_while_serving_is_refused_and_the_previous_keeps_serving(
+    exported, tmp_path
+):
     _, version_dir, _ = exported
     repository = tmp_path / "repo"
     publish_copy(version_dir, repository, "m", 1)
@@ -144,9 +190,22 @@ def test_verify_reproduces_the_certificate_on_each_runtime(exported, runtime):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("files: ok (")
-    assert lines[1].split() == ["artifact", "samples", "max", "abs", "max", "rel", "argmax", "batch", "inv", "verdict"]
+    assert lines[1].split() == [
+        "artifact",
+        "samples",
+        "max",
+        "abs",
+        "max",
+        "rel",
+        "argmax",
+        "batch",
+        "inv",
+        "verdict",
+    ]
     row = lines[2].split()
-    assert row[0] == f"{runtime}/cpu" and row[1] == "97" and float(row[2]) <= 1e-4 and row[-1] == "ok"
+    assert (
+        row[0] == f"{runtime}/cpu" and row[1] == "97" and float(row[2]) <= 1e-4 and row[-1] == "ok"
+    )
     assert lines[-1] == f"verified: {runtime} on cpu reproduces digits version 1 within 0.0001"
 
 

@@ -33,28 +33,52 @@ def surfaces(server, model="m") -> dict:
     with grpc.insecure_channel(server.url) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        status_call = channel.unary_unary("/tensorflow.serving.ModelService/GetModelStatus",
-                                          request_serializer=tfs.GetModelStatusRequest.SerializeToString,
-                                          response_deserializer=tfs.GetModelStatusResponse.FromString)
-        tf_grpc = status_call(tfs.GetModelStatusRequest(model_spec=tfs.ModelSpec(name=model)), timeout=10)
+        status_call = channel.unary_unary(
+            "/tensorflow.serving.ModelService/GetModelStatus",
+            request_serializer=tfs.GetModelStatusRequest.SerializeToString,
+            response_deserializer=tfs.GetModelStatusResponse.FromString,
+        )
+        tf_grpc = status_call(
+            tfs.GetModelStatusRequest(model_spec=tfs.ModelSpec(name=model)), timeout=10
+        )
         answers = {
             "grpc ServerReady": stub.ServerReady(v2.ServerReadyRequest(), timeout=10).ready,
-            "health ''": health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == SERVING,
-            "http /v2/health/ready": requests.get(f"{server.http_url}/v2/health/ready", timeout=10).status_code == 200,
-            "status page": "<span class=ok>ready</span>" in requests.get(f"{server.http_url}/", timeout=10).text,
+            "health ''": health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+            == SERVING,
+            "http /v2/health/ready": requests.get(
+                f"{server.http_url}/v2/health/ready", timeout=10
+            ).status_code
+            == 200,
+            "status page": "<span class=ok>ready</span>"
+            in requests.get(f"{server.http_url}/", timeout=10).text,
             "grpc ModelReady": stub.ModelReady(v2.ModelReadyRequest(name=model), timeout=10).ready,
-            "health model": health.Check(health_pb2.HealthCheckRequest(service=model), timeout=10).status == SERVING,
-            "http model ready": requests.get(f"{server.http_url}/v2/models/{model}/ready", timeout=10).status_code == 200,
+            "health model": health.Check(
+                health_pb2.HealthCheckRequest(service=model), timeout=10
+            ).status
+            == SERVING,
+            "http model ready": requests.get(
+                f"{server.http_url}/v2/models/{model}/ready", timeout=10
+            ).status_code
+            == 200,
         }
-    tf_rest = requests.get(f"{server.http_url}/v1/models/{model}", timeout=10).json()["model_version_status"]
-    answers["tf grpc"] = {s.version: tfs.ModelVersionStatus.State.Name(s.state) for s in tf_grpc.model_version_status}
+    tf_rest = requests.get(f"{server.http_url}/v1/models/{model}", timeout=10).json()[
+        "model_version_status"
+    ]
+    answers["tf grpc"] = {
+        s.version: tfs.ModelVersionStatus.State.Name(s.state) for s in tf_grpc.model_version_status
+    }
     answers["tf rest"] = {int(s["version"]): s["state"] for s in tf_rest}
     return answers
 
 
 def assert_all(answers: dict, server_ready: bool, model_ready: bool, tf_states: dict) -> None:
-    expected = {key: server_ready for key in ("grpc ServerReady", "health ''", "http /v2/health/ready", "status page")}
-    expected |= {key: model_ready for key in ("grpc ModelReady", "health model", "http model ready")}
+    expected = {
+        key: server_ready
+        for key in ("grpc ServerReady", "health ''", "http /v2/health/ready", "status page")
+    }
+    expected |= {
+        key: model_ready for key in ("grpc ModelReady", "health model", "http model ready")
+    }
     expected |= {"tf grpc": tf_states, "tf rest": tf_states}
     assert answers == expected
 
@@ -67,8 +91,13 @@ def test_every_surface_gives_the_same_answer_through_reload_refusal_and_drain(re
 
         # Hot reload: version 2 takes over, version 1 is no longer chosen by latest:1.
         publish_copy(source, repository, "m", 2)
-        wait_for(lambda: served_versions(v2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.url))) == ["2"],
-                 what="version 2 served")
+        wait_for(
+            lambda: (
+                served_versions(v2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.url)))
+                == ["2"]
+            ),
+            what="version 2 served",
+        )
         assert_all(surfaces(server), True, True, {1: "END", 2: "AVAILABLE"})
 
         # A model whose only version is refused: the server is not ready (strict), m still is; and the
@@ -84,18 +113,27 @@ def test_every_surface_gives_the_same_answer_through_reload_refusal_and_drain(re
         async def slow_requests():
             async with grpc.aio.insecure_channel(server.url) as channel:
                 stub = v2_grpc.GRPCInferenceServiceStub(channel)
-                return await asyncio.gather(*(stub.ModelInfer(infer_request(batch=8, model="slow")) for _ in range(4)),
-                                            return_exceptions=True)
+                return await asyncio.gather(
+                    *(stub.ModelInfer(infer_request(batch=8, model="slow")) for _ in range(4)),
+                    return_exceptions=True,
+                )
 
-        in_flight = threading.Thread(target=lambda: answers.update(results=asyncio.run(slow_requests())))
+        in_flight = threading.Thread(
+            target=lambda: answers.update(results=asyncio.run(slow_requests()))
+        )
         in_flight.start()
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
-        assert in_flight.is_alive(), ("the slow requests finished before the drain could be observed", answers)
+        assert in_flight.is_alive(), (
+            "the slow requests finished before the drain could be observed",
+            answers,
+        )
         assert_all(surfaces(server), False, False, {1: "END", 2: "UNLOADING"})
         in_flight.join(timeout=30)
-        assert all(isinstance(r, v2.ModelInferResponse) for r in answers["results"]), answers["results"]
+        assert all(isinstance(r, v2.ModelInferResponse) for r in answers["results"]), answers[
+            "results"
+        ]
         assert server.process.wait(timeout=30) == 0
     finally:
         server.stop()

@@ -9,9 +9,17 @@ import time
 import pytest
 
 from bnserve.core.repository import version_dirs
+from tests.helpers.serving import (
+    POLL,
+    index,
+    infer_request,
+    publish_copy,
+    served_versions,
+    stub_for,
+    wait_for,
+)
 from tests.onnx_models import projection_model
 from tests.servers import start_server
-from tests.helpers.serving import POLL, index, infer_request, publish_copy, served_versions, stub_for, wait_for
 
 
 def bad_entries(repository, source, outside):
@@ -23,9 +31,16 @@ def bad_entries(repository, source, outside):
     def extra(name, make):
         def mutate(directory):
             make(directory / name)
+
         return mutate
 
-    publish_copy(source, repository, "dangling", 1, mutate=extra("extra.bin", lambda p: p.symlink_to("/nonexistent/x")))
+    publish_copy(
+        source,
+        repository,
+        "dangling",
+        1,
+        mutate=extra("extra.bin", lambda p: p.symlink_to("/nonexistent/x")),
+    )
     expected[("dangling", "1")] = "'extra.bin' is a dangling or looping symbolic link"
     publish_copy(source, repository, "fifo", 1, mutate=extra("extra.bin", os.mkfifo))
     expected[("fifo", "1")] = "'extra.bin' is not a regular file (a FIFO)"
@@ -42,7 +57,9 @@ def bad_entries(repository, source, outside):
         (directory / "model.onnx").symlink_to("/dev/zero")
 
     publish_copy(source, repository, "device", 1, mutate=device_model)
-    expected[("device", "1")] = "'model.onnx' is a link leading outside the repository (to '/dev/zero')"
+    expected[("device", "1")] = (
+        "'model.onnx' is a link leading outside the repository (to '/dev/zero')"
+    )
 
     def endless_inside(directory):
         # A link that stays inside the repository, to a FIFO: a reader opening it would wait forever.
@@ -76,25 +93,36 @@ def test_every_bad_entry_is_refused_with_its_reason_and_the_rest_serves(exported
     outside.mkdir()
     publish_copy(source, repository, "m", 1)
     expected = bad_entries(repository, source, outside)
-    server = start_server(repository, "--poll-seconds", POLL, timeout=60)  # starts at all: nothing blocked the scan
+    server = start_server(
+        repository, "--poll-seconds", POLL, timeout=60
+    )  # starts at all: nothing blocked the scan
     channel, stub = stub_for(server.url)
     try:
         states = index(stub)
         for key, fragment in expected.items():
             assert key in states and states[key][0] == "UNAVAILABLE", (key, states.get(key))
             assert fragment in states[key][1], (key, states[key][1])
-        assert served_versions(stub) == ["1"] and stub.ModelInfer(infer_request()).model_version == "1"
-        assert served_versions(stub, "odd") == ["2"] and sorted(v for (m, v) in states if m == "odd") == ["2"]
+        assert (
+            served_versions(stub) == ["1"] and stub.ModelInfer(infer_request()).model_version == "1"
+        )
+        assert served_versions(stub, "odd") == ["2"] and sorted(
+            v for (m, v) in states if m == "odd"
+        ) == ["2"]
         # Polling goes on over the bad entries: a new version elsewhere is picked up, a new bad entry refused.
         publish_copy(source, repository, "m", 2)
         publish_copy(source, repository, "later", 1, mutate=lambda d: os.mkfifo(d / "extra.bin"))
         wait_for(lambda: served_versions(stub) == ["2"], what="m/2 served past the bad entries")
-        wait_for(lambda: index(stub).get(("later", "1"), ("",))[0] == "UNAVAILABLE", what="later/1 refused")
+        wait_for(
+            lambda: index(stub).get(("later", "1"), ("",))[0] == "UNAVAILABLE",
+            what="later/1 refused",
+        )
     finally:
         channel.close()
         stopping = time.monotonic()
         assert server.stop(timeout=30) == 0
-    assert time.monotonic() - stopping < 15  # the 5 s grace and a little: nothing the repository holds blocks it
+    assert (
+        time.monotonic() - stopping < 15
+    )  # the 5 s grace and a little: nothing the repository holds blocks it
     log = "\n".join(server.log)
     assert "ignored repository entry 'a b': not a valid model name" in log
     assert "Traceback" not in log, log[-3000:]
@@ -130,18 +158,28 @@ def test_a_version_rewritten_in_place_is_verified_again(exported, tmp_path):
     try:
         assert served_versions(stub) == ["2"]
         flip_model_byte(repository / "m" / "2")  # the immutable version changes under the server
-        wait_for(lambda: index(stub)[("m", "2")][0] == "UNAVAILABLE", what="rewritten version refused")
+        wait_for(
+            lambda: index(stub)[("m", "2")][0] == "UNAVAILABLE", what="rewritten version refused"
+        )
         reason = index(stub)[("m", "2")][1]
-        assert reason.startswith("changed on disk after it was loaded, no longer served: ") and "sha256" in reason
+        assert (
+            reason.startswith("changed on disk after it was loaded, no longer served: ")
+            and "sha256" in reason
+        )
         wait_for(lambda: served_versions(stub) == ["1"], what="fallback to version 1")
         assert stub.ModelInfer(infer_request()).model_version == "1"
-        flip_model_byte(repository / "m" / "2")  # flipped back: the same bytes as certified, served again
+        flip_model_byte(
+            repository / "m" / "2"
+        )  # flipped back: the same bytes as certified, served again
         wait_for(lambda: served_versions(stub) == ["2"], what="version 2 restored")
     finally:
         channel.close()
         assert server.stop() == 0
     log = "\n".join(server.log)
-    assert "model 'm' version 2 changed on disk after it was loaded (versions are immutable): verifying it again" in log
+    assert (
+        "model 'm' version 2 changed on disk after it was loaded (versions are immutable): verifying it again"
+        in log
+    )
 
 
 def test_a_request_for_a_non_canonical_version_is_not_found(exported, tmp_path):
@@ -158,8 +196,10 @@ def test_a_request_for_a_non_canonical_version_is_not_found(exported, tmp_path):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(infer_request(version=version))
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND, version
-            assert caught.value.details() == (f"model 'm' version {version!r} not found: versions are canonical "
-                                              "positive decimal integers (1, 2, ...)"), caught.value.details()
+            assert caught.value.details() == (
+                f"model 'm' version {version!r} not found: versions are canonical "
+                "positive decimal integers (1, 2, ...)"
+            ), caught.value.details()
     finally:
         channel.close()
         assert server.stop() == 0
@@ -194,15 +234,21 @@ def test_a_version_serves_what_it_declares_or_is_refused(exported, tmp_path):
     publish_copy(source, repository, "good", 1)
     publish_copy(source, repository, "other", 1, mutate=substitute([3, 5]))
     publish_copy(source, repository, "fp16", 1, mutate=declare_fp16)
-    publish_copy(source, repository, "rowless", 1, mutate=substitute([-1, 8, 8, 1], slice_rows=True))
+    publish_copy(
+        source, repository, "rowless", 1, mutate=substitute([-1, 8, 8, 1], slice_rows=True)
+    )
     server = start_server(repository, "--model-control", "none")
     channel, stub = stub_for(server.url)
     try:
         states = index(stub)
-        assert states[("other", "1")] == ("UNAVAILABLE", "model.onnx input 'images' has shape [3, 5], the manifest "
-                                                         "declares [-1, 8, 8, 1]")
-        assert states[("fp16", "1")] == ("UNAVAILABLE", "manifest: 'images' is declared FP16; this server serves "
-                                                        "FP32 tensors only")
+        assert states[("other", "1")] == (
+            "UNAVAILABLE",
+            "model.onnx input 'images' has shape [3, 5], the manifest declares [-1, 8, 8, 1]",
+        )
+        assert states[("fp16", "1")] == (
+            "UNAVAILABLE",
+            "manifest: 'images' is declared FP16; this server serves FP32 tensors only",
+        )
         # Its declared shapes match and one row gives one row, so it loads (unverified: no golden samples);
         # every batch of more rows fails whole instead of being split wrongly.
         assert states[("rowless", "1")][0] == "READY" and states[("good", "1")][0] == "READY"
@@ -210,8 +256,10 @@ def test_a_version_serves_what_it_declares_or_is_refused(exported, tmp_path):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(infer_request(batch=rows, model="rowless"))
             assert caught.value.code() == grpc.StatusCode.INTERNAL
-            assert caught.value.details() == (f"the model returned 1 rows of output 'logits' for a batch of {rows} "
-                                              "input rows; the batch failed")
+            assert caught.value.details() == (
+                f"the model returned 1 rows of output 'logits' for a batch of {rows} "
+                "input rows; the batch failed"
+            )
         assert stub.ModelInfer(infer_request(model="good", batch=3)).model_version == "1"
     finally:
         channel.close()

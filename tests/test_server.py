@@ -10,8 +10,8 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
-from tests.tolerance import assert_same_function
 
+from tests.tolerance import assert_same_function
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,14 @@ def in_process(serving_repository, server):
     if server.backend == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-        return lambda x: dict(zip(["logits", "probabilities"], session.run(["logits", "probabilities"], {"images": x})))
+        session = onnxruntime.InferenceSession(
+            str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        return lambda x: dict(
+            zip(
+                ["logits", "probabilities"], session.run(["logits", "probabilities"], {"images": x})
+            )
+        )
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(version_dir / "saved_model")).signatures["serving_default"]
@@ -57,17 +63,28 @@ def test_liveness_readiness_and_server_metadata(client):
     assert client.is_model_ready("digits") and client.is_model_ready("digits", "1")
     assert not client.is_model_ready("digits", "2") and not client.is_model_ready("absent")
     metadata = client.get_server_metadata()
-    assert metadata.name == "bnserve" and {"model_configuration", "statistics", "model_repository"} <= set(metadata.extensions)
+    assert metadata.name == "bnserve" and {
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    } <= set(metadata.extensions)
 
 
 def test_model_metadata_and_config(client, server):
     metadata = client.get_model_metadata("digits")
     assert metadata.versions == ["1"]
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("images", "FP32", [-1, 8, 8, 1])]
-    assert [(t.name, list(t.shape)) for t in metadata.outputs] == [("logits", [-1, 10]), ("probabilities", [-1, 10])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        ("images", "FP32", [-1, 8, 8, 1])
+    ]
+    assert [(t.name, list(t.shape)) for t in metadata.outputs] == [
+        ("logits", [-1, 10]),
+        ("probabilities", [-1, 10]),
+    ]
     config = client.get_model_config("digits").config
     assert config.max_batch_size == 64 and list(config.input[0].dims) == [8, 8, 1]
-    assert config.platform == ("onnxruntime_onnx" if server.backend == "onnx" else "tensorflow_savedmodel")
+    assert config.platform == (
+        "onnxruntime_onnx" if server.backend == "onnx" else "tensorflow_savedmodel"
+    )
     assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
     assert [o.name for o in config.output] == ["logits", "probabilities"]
 
@@ -90,9 +107,17 @@ def test_requested_output_subset(client):
 
 def test_typed_contents_are_accepted(raw_stub, in_process):
     x = images(3, seed=9)
-    request = v2.ModelInferRequest(model_name="digits", inputs=[
-        v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[3, 8, 8, 1],
-                                              contents=v2.InferTensorContents(fp32_contents=x.ravel().tolist()))])
+    request = v2.ModelInferRequest(
+        model_name="digits",
+        inputs=[
+            v2.ModelInferRequest.InferInputTensor(
+                name="images",
+                datatype="FP32",
+                shape=[3, 8, 8, 1],
+                contents=v2.InferTensorContents(fp32_contents=x.ravel().tolist()),
+            )
+        ],
+    )
     response = raw_stub.ModelInfer(request)
     assert [o.name for o in response.outputs] == ["logits", "probabilities"]
     logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(3, 10)
@@ -139,7 +164,9 @@ def test_repository_index_reports_the_tampered_version(client):
     assert index[("digits", "1")].state == "READY" and index[("other", "1")].state == "READY"
     refused = index[("digits", "2")]
     assert refused.state == "UNAVAILABLE" and "'model.onnx' has sha256" in refused.reason
-    with pytest.raises(InferenceServerException, match="version 2 not found: unavailable: .*sha256"):
+    with pytest.raises(
+        InferenceServerException, match="version 2 not found: unavailable: .*sha256"
+    ):
         infer(client, images(1), version="2")
     infer(client, images(1), model="other")  # everything else keeps serving
 
@@ -148,52 +175,108 @@ def raw_request(**overrides):
     x = images(2)
     tensor = dict(name="images", datatype="FP32", shape=[2, 8, 8, 1])
     tensor.update(overrides.pop("tensor", {}))
-    request = dict(model_name="digits", inputs=[v2.ModelInferRequest.InferInputTensor(**tensor)],
-                   raw_input_contents=[x.tobytes()])
+    request = dict(
+        model_name="digits",
+        inputs=[v2.ModelInferRequest.InferInputTensor(**tensor)],
+        raw_input_contents=[x.tobytes()],
+    )
     request.update(overrides)
     return v2.ModelInferRequest(**request)
 
 
 ERRORS = {
     "unknown-model": (dict(model_name="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
-    "unknown-version": (dict(model_version="7"), grpc.StatusCode.NOT_FOUND, "model 'digits' version 7 not found"),
-    "input-name": (dict(tensor=dict(name="pixels")), grpc.StatusCode.INVALID_ARGUMENT,
-                   "inputs[0].name: unknown input 'pixels'; expected 'images'"),
-    "datatype": (dict(tensor=dict(datatype="FP64", shape=[1, 8, 8, 1])), grpc.StatusCode.INVALID_ARGUMENT,
-                 "inputs[0].datatype: got FP64, expected FP32"),
-    "unknown-datatype": (dict(tensor=dict(datatype="FLOAT")), grpc.StatusCode.INVALID_ARGUMENT,
-                         "inputs[0].datatype: unknown datatype 'FLOAT'"),
-    "rank": (dict(tensor=dict(shape=[2, 64])), grpc.StatusCode.INVALID_ARGUMENT,
-             "inputs[0].shape: got [2, 64] (rank 2), expected rank 4 [-1, 8, 8, 1]"),
-    "dims": (dict(tensor=dict(shape=[2, 8, 1, 8])), grpc.StatusCode.INVALID_ARGUMENT,
-             "inputs[0].shape: got [2, 8, 1, 8], expected [-1, 8, 8, 1]"),
-    "byte-length": (dict(tensor=dict(shape=[3, 8, 8, 1])), grpc.StatusCode.INVALID_ARGUMENT,
-                    "raw_input_contents[0]: 512 bytes, expected 768 for shape [3, 8, 8, 1] of float32"),
-    "batch-over-limit": (dict(tensor=dict(shape=[65, 8, 8, 1]), raw_input_contents=[images(65).tobytes()]),
-                         grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].shape: batch size 65, expected 1 to max_batch_size 64"),
-    "empty": (dict(inputs=[], raw_input_contents=[]), grpc.StatusCode.INVALID_ARGUMENT,
-              "inputs: the request has no input; expected one named 'images'"),
-    "duplicate": (dict(inputs=[v2.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 8, 8, 1])] * 2,
-                       raw_input_contents=[images(1).tobytes()] * 2), grpc.StatusCode.INVALID_ARGUMENT,
-                  "inputs[1].name: duplicate input 'images'"),
-    "unknown-output": (dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="embedding")]),
-                       grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name: unknown output 'embedding'"),
-    "duplicate-output": (dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="logits")] * 2),
-                         grpc.StatusCode.INVALID_ARGUMENT,
-                         "outputs[1].name: duplicate output 'logits'; request each output once"),
-    "raw-and-typed": (dict(tensor=dict(contents=v2.InferTensorContents(fp32_contents=[0.0] * 128))),
-                      grpc.StatusCode.INVALID_ARGUMENT,
-                      "inputs[0].contents: the request carries raw_input_contents too; send each input either raw or "
-                      "typed, not both"),
-    "non-canonical-version": (dict(model_version="01"), grpc.StatusCode.NOT_FOUND,
-                              "model 'digits' version '01' not found: versions are canonical positive decimal"),
-    "huge-dims": (dict(tensor=dict(shape=[2, 1 << 20, 1 << 20, 1])), grpc.StatusCode.INVALID_ARGUMENT,
-                  "more than 268435456 elements"),
+    "unknown-version": (
+        dict(model_version="7"),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' version 7 not found",
+    ),
+    "input-name": (
+        dict(tensor=dict(name="pixels")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].name: unknown input 'pixels'; expected 'images'",
+    ),
+    "datatype": (
+        dict(tensor=dict(datatype="FP64", shape=[1, 8, 8, 1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].datatype: got FP64, expected FP32",
+    ),
+    "unknown-datatype": (
+        dict(tensor=dict(datatype="FLOAT")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].datatype: unknown datatype 'FLOAT'",
+    ),
+    "rank": (
+        dict(tensor=dict(shape=[2, 64])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].shape: got [2, 64] (rank 2), expected rank 4 [-1, 8, 8, 1]",
+    ),
+    "dims": (
+        dict(tensor=dict(shape=[2, 8, 1, 8])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].shape: got [2, 8, 1, 8], expected [-1, 8, 8, 1]",
+    ),
+    "byte-length": (
+        dict(tensor=dict(shape=[3, 8, 8, 1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents[0]: 512 bytes, expected 768 for shape [3, 8, 8, 1] of float32",
+    ),
+    "batch-over-limit": (
+        dict(tensor=dict(shape=[65, 8, 8, 1]), raw_input_contents=[images(65).tobytes()]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].shape: batch size 65, expected 1 to max_batch_size 64",
+    ),
+    "empty": (
+        dict(inputs=[], raw_input_contents=[]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: the request has no input; expected one named 'images'",
+    ),
+    "duplicate": (
+        dict(
+            inputs=[
+                v2.ModelInferRequest.InferInputTensor(
+                    name="images", datatype="FP32", shape=[1, 8, 8, 1]
+                )
+            ]
+            * 2,
+            raw_input_contents=[images(1).tobytes()] * 2,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[1].name: duplicate input 'images'",
+    ),
+    "unknown-output": (
+        dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="embedding")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outputs[0].name: unknown output 'embedding'",
+    ),
+    "duplicate-output": (
+        dict(outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name="logits")] * 2),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outputs[1].name: duplicate output 'logits'; request each output once",
+    ),
+    "raw-and-typed": (
+        dict(tensor=dict(contents=v2.InferTensorContents(fp32_contents=[0.0] * 128))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].contents: the request carries raw_input_contents too; send each input either raw or "
+        "typed, not both",
+    ),
+    "non-canonical-version": (
+        dict(model_version="01"),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' version '01' not found: versions are canonical positive decimal",
+    ),
+    "huge-dims": (
+        dict(tensor=dict(shape=[2, 1 << 20, 1 << 20, 1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "more than 268435456 elements",
+    ),
 }
 
 
 @pytest.mark.parametrize("overrides, code, message", ERRORS.values(), ids=ERRORS.keys())
-def test_bad_requests_get_precise_errors_and_the_next_request_works(raw_stub, client, overrides, code, message):
+def test_bad_requests_get_precise_errors_and_the_next_request_works(
+    raw_stub, client, overrides, code, message
+):
     with pytest.raises(grpc.RpcError) as caught:
         raw_stub.ModelInfer(raw_request(**overrides))
     assert caught.value.code() == code
@@ -213,9 +296,14 @@ def test_unload_and_load_through_the_repository_api(client):
 
 
 def test_tensorflow_serving_client(server, in_process):
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                         predict_pb2, prediction_service_pb2_grpc)
     import tensorflow as tf
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     with grpc.insecure_channel(server.url) as channel:
         prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -229,7 +317,9 @@ def test_tensorflow_serving_client(server, in_process):
         assert list(response.outputs) == ["logits"] and response.model_spec.version.value == 1
         assert_same_function(tf.make_ndarray(response.outputs["logits"]), in_process(x)["logits"])
 
-        metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["signature_def"]
+        )
         metadata_request.model_spec.name = "digits"
         metadata = prediction.GetModelMetadata(metadata_request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
@@ -243,7 +333,10 @@ def test_tensorflow_serving_client(server, in_process):
         status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request)
         states = {s.version: s for s in status.model_version_status}
         assert states[1].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        assert states[2].state == get_model_status_pb2.ModelVersionStatus.END and "sha256" in states[2].status.error_message
+        assert (
+            states[2].state == get_model_status_pb2.ModelVersionStatus.END
+            and "sha256" in states[2].status.error_message
+        )
 
         request.model_spec.name = "absent"
         with pytest.raises(grpc.RpcError) as caught:
@@ -257,7 +350,10 @@ def test_health_overall_and_per_model(server):
     with grpc.insecure_channel(server.url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "digits", "other"):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         with pytest.raises(grpc.RpcError) as caught:
             health.Check(health_pb2.HealthCheckRequest(service="absent"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -268,10 +364,18 @@ def test_reflection_lists_the_services(server):
 
     with grpc.insecure_channel(server.url) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         services = {s.name for r in responses for s in r.list_services_response.service}
-    assert services == {"inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                        "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService", "bnserve.Monitor"}
+    assert services == {
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+        "bnserve.Monitor",
+    }
 
 
 def test_tensorflow_is_imported_only_by_the_tensorflow_backend(server):
@@ -280,8 +384,26 @@ def test_tensorflow_is_imported_only_by_the_tensorflow_backend(server):
 
 def test_predict_command(server, tmp_path):
     np.save(tmp_path / "two.npy", images(2))
-    result = subprocess.run([sys.executable, "-m", "bnserve.cli", "predict", "--url", server.url, "--model", "digits",
-                             str(tmp_path / "two.npy")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnserve.cli",
+            "predict",
+            "--url",
+            server.url,
+            "--model",
+            "digits",
+            str(tmp_path / "two.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "model digits version 1" and lines[1].startswith("sample 0: class ") and len(lines) == 3
+    assert (
+        lines[0] == "model digits version 1"
+        and lines[1].startswith("sample 0: class ")
+        and len(lines) == 3
+    )

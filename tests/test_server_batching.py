@@ -38,8 +38,15 @@ def batching_server(exported, tmp_path_factory):
 
     repository = tmp_path_factory.mktemp("batching")
     publish_copy(exported[1], repository, "digits", 1, mutate=slow)
-    process = start_server(repository, "--max-queue-delay-us", "20000", "--max-batch-size", "32",
-                           "--model-control", "none")
+    process = start_server(
+        repository,
+        "--max-queue-delay-us",
+        "20000",
+        "--max-batch-size",
+        "32",
+        "--model-control",
+        "none",
+    )
     process.repository = repository
     yield process
     assert process.stop() == 0, "\n".join(process.log)
@@ -54,20 +61,32 @@ def test_concurrent_requests_are_batched_and_answered_exactly(batching_server):
             return await asyncio.gather(*(stub.ModelInfer(request(x)) for x in samples))
 
     responses = asyncio.run(send_all())
-    session = onnxruntime.InferenceSession(str(batching_server.repository / "digits" / "1" / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(batching_server.repository / "digits" / "1" / "model.onnx"),
+        providers=["CPUExecutionProvider"],
+    )
     for x, response in zip(samples, responses):
         # The server ran x inside a batch of others, the session alone: other batch sizes may take other
         # kernels, so the two agree to rounding (tests/README.md), not bit for bit.
         assert_same_function(logits(response), session.run(["logits"], {"images": x})[0])
     with grpc.insecure_channel(batching_server.url) as channel:
-        stats = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            v2.ModelStatisticsRequest(name="digits", version="1")).model_stats[0]
+        stats = (
+            v2_grpc.GRPCInferenceServiceStub(channel)
+            .ModelStatistics(v2.ModelStatisticsRequest(name="digits", version="1"))
+            .model_stats[0]
+        )
     assert stats.inference_count == 32 and stats.execution_count < 32
     assert max(b.batch_size for b in stats.batch_stats) > 1
     with grpc.insecure_channel(batching_server.url) as channel:
-        config = v2_grpc.GRPCInferenceServiceStub(channel).ModelConfig(v2.ModelConfigRequest(name="digits")).config
-    assert config.dynamic_batching.max_queue_delay_microseconds == 20000 and config.max_batch_size == 32
+        config = (
+            v2_grpc.GRPCInferenceServiceStub(channel)
+            .ModelConfig(v2.ModelConfigRequest(name="digits"))
+            .config
+        )
+    assert (
+        config.dynamic_batching.max_queue_delay_microseconds == 20000
+        and config.max_batch_size == 32
+    )
 
 
 def test_an_expired_request_is_dropped_before_compute(serving_repository):
@@ -79,7 +98,10 @@ def test_an_expired_request_is_dropped_before_compute(serving_repository):
         """``backlog`` full batches queued first, then one request with a deadline that cannot wait that long."""
         async with grpc.aio.insecure_channel(url) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
-            ahead = [asyncio.ensure_future(stub.ModelInfer(request(full, model="other"))) for _ in range(backlog)]
+            ahead = [
+                asyncio.ensure_future(stub.ModelInfer(request(full, model="other")))
+                for _ in range(backlog)
+            ]
             await asyncio.sleep(0)
             lone = stub.ModelInfer(request(full[:1], model="other"), timeout=deadline_s)
             results = await asyncio.gather(*ahead, lone, return_exceptions=True)
@@ -91,14 +113,24 @@ def test_an_expired_request_is_dropped_before_compute(serving_repository):
             started = time.monotonic()
             for _ in range(5):
                 stub.ModelInfer(request(full, model="other"))
-            batch_s = (time.monotonic() - started) / 5  # this machine's time for one full batch: the baseline
+            batch_s = (
+                time.monotonic() - started
+            ) / 5  # this machine's time for one full batch: the baseline
             # Enough full batches ahead of it to take ten times its deadline on this machine.
             backlog = min(500, max(20, int(10 * deadline_s / batch_s)))
             ahead, lone = asyncio.run(backlog_then_lone(server.url, backlog))
-            assert all(isinstance(r, v2.ModelInferResponse) for r in ahead), [r for r in ahead if isinstance(r, Exception)][:2]
-            assert isinstance(lone, grpc.RpcError) and lone.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (lone, backlog)
-            time.sleep(0.2 + 10 * batch_s)  # the lone request was next in the queue: the server has decided on it
-            stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="other", version="1")).model_stats[0]
+            assert all(isinstance(r, v2.ModelInferResponse) for r in ahead), [
+                r for r in ahead if isinstance(r, Exception)
+            ][:2]
+            assert (
+                isinstance(lone, grpc.RpcError) and lone.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            ), (lone, backlog)
+            time.sleep(
+                0.2 + 10 * batch_s
+            )  # the lone request was next in the queue: the server has decided on it
+            stats = stub.ModelStatistics(
+                v2.ModelStatisticsRequest(name="other", version="1")
+            ).model_stats[0]
             # Dropped in the queue, never computed: its row is not among those inferred. (It counts as a failure
             # when the server's deadline check sees it first, as nothing when the client's cancel arrives first.)
             assert stats.inference_count == 64 * (5 + backlog), (stats.inference_count, backlog)
@@ -118,8 +150,12 @@ def test_two_workers_both_answer_and_stop_on_sigterm(serving_repository):
         for _ in range(30):
             # A channel of its own (no shared subchannel) is a new TCP connection, which the kernel
             # hands to either worker.
-            with grpc.insecure_channel(server.url, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-                _, call = v2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata.with_call(v2.ServerMetadataRequest())
+            with grpc.insecure_channel(
+                server.url, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                _, call = v2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata.with_call(
+                    v2.ServerMetadataRequest()
+                )
                 pids.add(dict(call.trailing_metadata())["bnserve-worker-pid"])
         assert len(pids) == 2
     finally:
@@ -128,8 +164,13 @@ def test_two_workers_both_answer_and_stop_on_sigterm(serving_repository):
 
 
 def test_batching_options_per_model(serving_repository):
-    server = start_server(serving_repository, "--model-option", "other:max_batch_size=4,dynamic_batching=off,instances=2",
-                          "--poll-seconds", "0")
+    server = start_server(
+        serving_repository,
+        "--model-option",
+        "other:max_batch_size=4,dynamic_batching=off,instances=2",
+        "--poll-seconds",
+        "0",
+    )
     try:
         with grpc.insecure_channel(server.url) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)

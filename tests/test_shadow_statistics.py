@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.reference import batch_moments, ema_decay, ema_update
 from bnserve.trainer.model import ModelConfig, build_model
 from bnserve.trainer.train import make_train_step
+from tests.reference import batch_moments, ema_decay, ema_update
 
 STEPS = 6
 DECAY = 0.9
@@ -15,16 +15,27 @@ DECAY = 0.9
 
 def small_model(warmup: bool, decay: float = DECAY):
     keras.utils.set_random_seed(7)
-    config = ModelConfig(input_shape=(8, 8, 2), num_classes=3, input_mean=(0.5, -0.5), input_std=(2.0, 1.0),
-                         widths=(4, 5), strides=(1, 2), decay=decay, epsilon=1e-3, warmup=warmup)
+    config = ModelConfig(
+        input_shape=(8, 8, 2),
+        num_classes=3,
+        input_mean=(0.5, -0.5),
+        input_std=(2.0, 1.0),
+        widths=(4, 5),
+        strides=(1, 2),
+        decay=decay,
+        epsilon=1e-3,
+        warmup=warmup,
+    )
     return build_model(config)
 
 
 def batches(count: int, size: int = 16):
     rng = np.random.default_rng(3)
     for _ in range(count):
-        yield (rng.normal(1.0, 2.0, size=(size, 8, 8, 2)).astype(np.float32),
-               rng.integers(0, 3, size=size).astype(np.int64))
+        yield (
+            rng.normal(1.0, 2.0, size=(size, 8, 8, 2)).astype(np.float32),
+            rng.integers(0, 3, size=size).astype(np.int64),
+        )
 
 
 def bn_inputs(model, images):
@@ -62,8 +73,10 @@ def test_shadows_equal_numpy_ema_of_each_steps_moments(warmup):
         decay = ema_decay(DECAY, t if warmup else None)
         for layer, z in enumerate(inputs_before):
             mean, variance = batch_moments(z)
-            expected[layer] = (ema_update(expected[layer][0], mean, decay),
-                               ema_update(expected[layer][1], variance, decay))
+            expected[layer] = (
+                ema_update(expected[layer][0], mean, decay),
+                ema_update(expected[layer][1], variance, decay),
+            )
             np.testing.assert_allclose(actual[layer][0], expected[layer][0], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(actual[layer][1], expected[layer][1], rtol=1e-5, atol=1e-6)
 
@@ -75,8 +88,12 @@ def test_shadows_equal_keras_batch_normalization_moving_statistics():
     for inputs_before, _, actual in history:
         for layer, (oracle, z) in enumerate(zip(oracles, inputs_before)):
             oracle(z, training=True)
-            np.testing.assert_allclose(actual[layer][0], oracle.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(actual[layer][1], oracle.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                actual[layer][0], oracle.moving_mean.numpy(), rtol=1e-5, atol=1e-6
+            )
+            np.testing.assert_allclose(
+                actual[layer][1], oracle.moving_variance.numpy(), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_update_of_step_t_uses_step_t_moments_after_the_optimizer_step():
@@ -88,7 +105,10 @@ def test_update_of_step_t_uses_step_t_moments_after_the_optimizer_step():
     model, history = train_and_record(warmup=True)
     right = wrong_n = wrong_moments = np.zeros(4)
     for t, (inputs_before, inputs_after, actual) in enumerate(history, start=1):
-        mean_before, mean_after = batch_moments(inputs_before[0])[0], batch_moments(inputs_after[0])[0]
+        mean_before, mean_after = (
+            batch_moments(inputs_before[0])[0],
+            batch_moments(inputs_after[0])[0],
+        )
         right = ema_update(right, mean_before, ema_decay(DECAY, t))
         wrong_n = ema_update(wrong_n, mean_before, ema_decay(DECAY, t - 1))
         wrong_moments = ema_update(wrong_moments, mean_after, ema_decay(DECAY, t))

@@ -6,18 +6,33 @@ import subprocess
 
 import numpy as np
 
-from tests.servers import start_server
 from tests.helpers.drift import send, window_after
+from tests.servers import start_server
 
 
 def rendered(url: str, screenshot=None) -> str:
     chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--window-size=1100,1000"]
+    assert chromium, (
+        "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    )
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,1000",
+    ]
     if screenshot:
-        subprocess.run([*command, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
-    result = subprocess.run([*command, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [*command, f"--screenshot={screenshot}", url],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    result = subprocess.run(
+        [*command, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -26,10 +41,21 @@ def visible_text(dom: str) -> str:
     return " ".join(re.sub(r"<style>.*?</style>|<[^>]+>", " ", dom, flags=re.S).split())
 
 
-def test_the_status_page_shows_models_versions_parity_provenance_and_drift(repository, reference, tmp_path):
+def test_the_status_page_shows_models_versions_parity_provenance_and_drift(
+    repository, reference, tmp_path
+):
     _, heldout = reference
     (repository / "broken" / "1").mkdir(parents=True)
-    server = start_server(repository, "--model-control", "none", "--monitor-sample-rate", "1", "--monitor-max-share", "0", http=True)
+    server = start_server(
+        repository,
+        "--model-control",
+        "none",
+        "--monitor-sample-rate",
+        "1",
+        "--monitor-max-share",
+        "0",
+        http=True,
+    )
     try:
         clean = heldout.images[:256].astype(np.float32)
         send(server, clean)
@@ -49,5 +75,7 @@ def test_the_status_page_shows_models_versions_parity_provenance_and_drift(repos
     assert "drift: ALARM · 2 windows of 256 samples" in text
     layers = re.findall(r'<tr class="layer">', dom)
     assert len(layers) >= 2 and text.count("conv0+bn0") >= 2
-    assert dom.count('class="shift"') == len(layers) and dom.count('class="threshold"') == len(layers)
+    assert dom.count('class="shift"') == len(layers) and dom.count('class="threshold"') == len(
+        layers
+    )
     assert (tmp_path / "status.png").stat().st_size > 10_000  # Chromium drew something

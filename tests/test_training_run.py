@@ -28,7 +28,10 @@ def test_run_json_records_config_dataset_and_both_modes_per_epoch(digits_run):
     assert record["dataset"]["train_samples"] + record["dataset"]["heldout_samples"] == 1797
     assert [e["epoch"] for e in record["epochs"]] == list(range(1, config.epochs + 1))
     for epoch in record["epochs"]:
-        assert 0 <= epoch["heldout_inference_accuracy"] <= 1 and 0 <= epoch["heldout_batch_stats_accuracy"] <= 1
+        assert (
+            0 <= epoch["heldout_inference_accuracy"] <= 1
+            and 0 <= epoch["heldout_batch_stats_accuracy"] <= 1
+        )
     assert record["model"]["decay"] == 0.99 and record["model"]["warmup"] is True
 
 
@@ -46,7 +49,9 @@ def test_restored_model_reproduces_the_reported_accuracy(digits_run):
     run_dir, record = digits_run
     model, _, checkpoint = restore_trained_model(run_dir)
     assert checkpoint.endswith(f"ckpt-{record.config['epochs']}")
-    _, heldout = split(load_dataset("digits"), record.config["seed"], record.config["heldout_fraction"])
+    _, heldout = split(
+        load_dataset("digits"), record.config["seed"], record.config["heldout_fraction"]
+    )
     logits = model(heldout.images, training=False).numpy()
     accuracy = float(np.mean(np.argmax(logits, axis=1) == heldout.labels))
     assert abs(accuracy - record.final["heldout_inference_accuracy"]) < 1e-9
@@ -56,8 +61,11 @@ def test_restored_model_reproduces_the_reported_accuracy(digits_run):
 
 def checkpoint_values(run_dir):
     reader = tf.train.load_checkpoint(str(run_dir / "checkpoints"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith(("weights/", "shadows/", "optimizer/"))}
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.startswith(("weights/", "shadows/", "optimizer/"))
+    }
 
 
 def test_resume_gives_the_same_weights_and_shadows_as_a_straight_run(tmp_path):
@@ -66,9 +74,14 @@ def test_resume_gives_the_same_weights_and_shadows_as_a_straight_run(tmp_path):
     train(replace(config, epochs=1), tmp_path / "resumed")
     record = train(config, tmp_path / "resumed", resume=True)
     assert [e.epoch for e in record.epochs] == [1, 2]
-    straight, resumed = checkpoint_values(tmp_path / "straight"), checkpoint_values(tmp_path / "resumed")
+    straight, resumed = (
+        checkpoint_values(tmp_path / "straight"),
+        checkpoint_values(tmp_path / "resumed"),
+    )
     assert straight.keys() == resumed.keys()
-    assert any(key.startswith("shadows/") for key in straight) and any(key.startswith("optimizer/") for key in straight)
+    assert any(key.startswith("shadows/") for key in straight) and any(
+        key.startswith("optimizer/") for key in straight
+    )
     # The same code on the same machine with op determinism on: both runs execute identical ops on identical
     # values (the checkpoint stores every variable exactly), so they must round identically. Bitwise.
     for key, value in straight.items():

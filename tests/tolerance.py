@@ -28,7 +28,9 @@ MAX_ACCURACY_GAP = 0.03
 """Whole training runs on two code paths: largest held-out accuracy difference (3 points of ~360 samples)."""
 
 
-def assert_same_function(actual, expected, rtol: float = FLOAT32_PATHS_RTOL, err_msg: str = "") -> None:
+def assert_same_function(
+    actual, expected, rtol: float = FLOAT32_PATHS_RTOL, err_msg: str = ""
+) -> None:
     """Assert ``actual`` equals ``expected`` to rounding: rtol relative, plus rtol times max|expected|."""
     expected = np.asarray(expected)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
@@ -42,8 +44,14 @@ def assert_same_predictions(logits_a, logits_b, labels, err_msg: str = "") -> di
     so two correct runs end with different weights; what must agree is what users see.
     """
     predicted_a, predicted_b = np.argmax(logits_a, axis=1), np.argmax(logits_b, axis=1)
-    figures = {"agreement": float(np.mean(predicted_a == predicted_b)),
-               "accuracy_a": float(np.mean(predicted_a == labels)), "accuracy_b": float(np.mean(predicted_b == labels))}
+    figures = {
+        "agreement": float(np.mean(predicted_a == predicted_b)),
+        "accuracy_a": float(np.mean(predicted_a == labels)),
+        "accuracy_b": float(np.mean(predicted_b == labels)),
+    }
     assert figures["agreement"] >= MIN_ARGMAX_AGREEMENT, (err_msg, figures)
-    assert abs(figures["accuracy_a"] - figures["accuracy_b"]) <= MAX_ACCURACY_GAP, (err_msg, figures)
+    assert abs(figures["accuracy_a"] - figures["accuracy_b"]) <= MAX_ACCURACY_GAP, (
+        err_msg,
+        figures,
+    )
     return figures

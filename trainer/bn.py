@@ -55,14 +55,34 @@ class ShadowBatchNormalization(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma") if self.scale else None
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta") if self.center else None
+        self.gamma = (
+            self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+            if self.scale
+            else None
+        )
+        self.beta = (
+            self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+            if self.center
+            else None
+        )
         # Under tf.distribute every replica assigns the same all-reduced moments: keep the first.
-        self.batch_mean = self.add_weight(shape=(channels,), initializer="zeros", trainable=False,
-                                          aggregation="only_first_replica", name="batch_mean")
-        self.batch_variance = self.add_weight(shape=(channels,), initializer="ones", trainable=False,
-                                              aggregation="only_first_replica", name="batch_variance")
-        self.ema = tf.train.ExponentialMovingAverage(self.decay, num_updates=self._num_updates, name=f"{self.name}_ema")
+        self.batch_mean = self.add_weight(
+            shape=(channels,),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="batch_mean",
+        )
+        self.batch_variance = self.add_weight(
+            shape=(channels,),
+            initializer="ones",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="batch_variance",
+        )
+        self.ema = tf.train.ExponentialMovingAverage(
+            self.decay, num_updates=self._num_updates, name=f"{self.name}_ema"
+        )
         # The first apply creates the shadows equal to the variables' current values; the update it
         # also performs moves nothing (value == shadow). init_scope keeps them out of any tf.function.
         with tf.init_scope():
@@ -97,7 +117,9 @@ class ShadowBatchNormalization(keras.layers.Layer):
             return tf.nn.moments(x, axes=axes)
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
         total, squares, count = context.all_reduce(
-            tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count])
+            tf.distribute.ReduceOp.SUM,
+            [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count],
+        )
         mean = total / count
         return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
 

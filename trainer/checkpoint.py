@@ -14,8 +14,11 @@ from bnserve.trainer.model import ModelConfig, ShadowBNConvNet, build_model
 from bnserve.trainer.rundir import CHECKPOINTS, read_run_record
 
 
-def training_checkpoint(model: ShadowBNConvNet, optimizer: keras.optimizers.Optimizer | None,
-                        completed_epochs: tf.Variable) -> tf.train.Checkpoint:
+def training_checkpoint(
+    model: ShadowBNConvNet,
+    optimizer: keras.optimizers.Optimizer | None,
+    completed_epochs: tf.Variable,
+) -> tf.train.Checkpoint:
     """Weights, optimizer slots and step, the EMA shadows and their step, and the completed epochs.
 
     Variables are keyed by their Keras path without its first part, which Keras may uniquify
@@ -48,7 +51,9 @@ def restore_trained_model(run_dir: Path) -> tuple[ShadowBNConvNet, RunRecord, st
         raise UserError(f"{str(run_dir)!r}: the run has no checkpoint yet")
     epochs = tf.Variable(0, dtype=tf.int64)
     with readable_checkpoint(latest):
-        training_checkpoint(model, None, epochs).read(latest).expect_partial().assert_existing_objects_matched()
+        training_checkpoint(model, None, epochs).read(
+            latest
+        ).expect_partial().assert_existing_objects_matched()
     return model, record, latest
 
 
@@ -63,5 +68,7 @@ def readable_checkpoint(path: str):
         # The half-restored checkpoint object warns about every unrestored value when it is collected:
         # noise after the one line that says what is wrong.
         tf.get_logger().setLevel("ERROR")
-        raise UserError(f"checkpoint {path!r} cannot be restored into this run's model: it is truncated or was "
-                        f"written by another architecture ({type(exc).__name__}: {detail})") from None
+        raise UserError(
+            f"checkpoint {path!r} cannot be restored into this run's model: it is truncated or was "
+            f"written by another architecture ({type(exc).__name__}: {detail})"
+        ) from None

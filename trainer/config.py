@@ -48,23 +48,53 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "--epochs", f"a positive integer, got {self.epochs}"),
             (self.batch_size >= 1, "--batch-size", f"a positive integer, got {self.batch_size}"),
-            (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning-rate",
-             f"a finite positive number, got {self.learning_rate}"),
-            (self.optimizer in ("adam", "sgd"), "--optimizer", f"one of adam, sgd, got {self.optimizer!r}"),
-            (0 < self.heldout_fraction < 1, "--heldout-fraction", f"a number in (0, 1), got {self.heldout_fraction}"),
+            (
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                "--learning-rate",
+                f"a finite positive number, got {self.learning_rate}",
+            ),
+            (
+                self.optimizer in ("adam", "sgd"),
+                "--optimizer",
+                f"one of adam, sgd, got {self.optimizer!r}",
+            ),
+            (
+                0 < self.heldout_fraction < 1,
+                "--heldout-fraction",
+                f"a number in (0, 1), got {self.heldout_fraction}",
+            ),
             (0 <= self.decay <= 1, "--decay", f"a number in [0, 1], got {self.decay}"),
-            (math.isfinite(self.epsilon) and self.epsilon > 0, "--epsilon",
-             f"a finite positive number, got {self.epsilon}"),
-            (len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "--widths",
-             f"one or more positive integers, got {list(self.widths)}"),
-            (len(self.strides) == len(self.widths) and all(s >= 1 for s in self.strides), "--strides",
-             f"{len(self.widths)} positive integers (one per width), got {list(self.strides)}"),
-            (self.strategy in ("default", "mirrored", "multiworker"), "--strategy",
-             f"one of default, mirrored, multiworker, got {self.strategy!r}"),
-            (self.cpu_replicas >= 0 and (self.cpu_replicas == 0 or self.strategy == "mirrored"), "--cpu-replicas",
-             f"a count >= 0, and only with --strategy mirrored, got {self.cpu_replicas} with {self.strategy}"),
-            (math.isfinite(self.collective_timeout_seconds) and self.collective_timeout_seconds > 0, "--collective-timeout-seconds",
-             f"a positive number, got {self.collective_timeout_seconds}"),
+            (
+                math.isfinite(self.epsilon) and self.epsilon > 0,
+                "--epsilon",
+                f"a finite positive number, got {self.epsilon}",
+            ),
+            (
+                len(self.widths) >= 1 and all(w >= 1 for w in self.widths),
+                "--widths",
+                f"one or more positive integers, got {list(self.widths)}",
+            ),
+            (
+                len(self.strides) == len(self.widths) and all(s >= 1 for s in self.strides),
+                "--strides",
+                f"{len(self.widths)} positive integers (one per width), got {list(self.strides)}",
+            ),
+            (
+                self.strategy in ("default", "mirrored", "multiworker"),
+                "--strategy",
+                f"one of default, mirrored, multiworker, got {self.strategy!r}",
+            ),
+            (
+                self.cpu_replicas >= 0 and (self.cpu_replicas == 0 or self.strategy == "mirrored"),
+                "--cpu-replicas",
+                f"a count >= 0, and only with --strategy mirrored, got {self.cpu_replicas} with {self.strategy}",
+            ),
+            (
+                math.isfinite(self.collective_timeout_seconds)
+                and self.collective_timeout_seconds > 0,
+                "--collective-timeout-seconds",
+                f"a positive number, got {self.collective_timeout_seconds}",
+            ),
         ]
         for ok, flag, expected in checks:
             if not ok:
@@ -97,12 +127,16 @@ def tf_config() -> dict:
     """The TF_CONFIG of a multi-worker run, checked for a cluster and this task's place in it."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise UserError("--strategy multiworker: TF_CONFIG is not set (see README: one TF_CONFIG per worker)")
+        raise UserError(
+            "--strategy multiworker: TF_CONFIG is not set (see README: one TF_CONFIG per worker)"
+        )
     try:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         cluster[task["type"]][int(task["index"])]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UserError('TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
-                        f'"index": i}}}} ({type(exc).__name__}: {exc})') from None
+        raise UserError(
+            'TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+            f'"index": i}}}} ({type(exc).__name__}: {exc})'
+        ) from None
     return config

@@ -66,7 +66,9 @@ def load_dataset(spec: str) -> Dataset:
     if match:
         return synthetic_dataset(*(int(g) for g in match.groups()))
     if spec.startswith("synthetic"):
-        raise UserError(f"--data {spec!r}: expected synthetic:HxWxC with positive integers, e.g. synthetic:32x32x3")
+        raise UserError(
+            f"--data {spec!r}: expected synthetic:HxWxC with positive integers, e.g. synthetic:32x32x3"
+        )
     return load_npz(Path(spec), name=Path(spec).name)
 
 
@@ -84,20 +86,30 @@ def load_npz(path: Path, name: str) -> Dataset:
         raise UserError(f"--data {str(path)!r}: not a readable .npz archive ({exc})") from None
     for key in ("x", "y"):
         if key not in arrays:
-            raise UserError(f"--data {str(path)!r}: missing array {key!r} (found: {sorted(arrays) or 'none'})")
+            raise UserError(
+                f"--data {str(path)!r}: missing array {key!r} (found: {sorted(arrays) or 'none'})"
+            )
     x, y = arrays["x"], arrays["y"]
     if x.ndim != 4:
-        raise UserError(f"--data {str(path)!r}: array 'x' must have rank 4 [N,H,W,C], got shape {list(x.shape)}")
+        raise UserError(
+            f"--data {str(path)!r}: array 'x' must have rank 4 [N,H,W,C], got shape {list(x.shape)}"
+        )
     if y.ndim != 1:
-        raise UserError(f"--data {str(path)!r}: array 'y' must have rank 1 [N], got shape {list(y.shape)}")
+        raise UserError(
+            f"--data {str(path)!r}: array 'y' must have rank 1 [N], got shape {list(y.shape)}"
+        )
     if x.shape[0] != y.shape[0]:
-        raise UserError(f"--data {str(path)!r}: 'x' has {x.shape[0]} samples but 'y' has {y.shape[0]}")
+        raise UserError(
+            f"--data {str(path)!r}: 'x' has {x.shape[0]} samples but 'y' has {y.shape[0]}"
+        )
     if x.shape[0] == 0 or 0 in x.shape[1:]:
         raise UserError(f"--data {str(path)!r}: array 'x' is empty, shape {list(x.shape)}")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise UserError(f"--data {str(path)!r}: array 'x' must hold numbers, got dtype {x.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"--data {str(path)!r}: array 'y' must hold integer class ids, got dtype {y.dtype}")
+        raise UserError(
+            f"--data {str(path)!r}: array 'y' must hold integer class ids, got dtype {y.dtype}"
+        )
     images = x.astype(np.float32)
     if not np.all(np.isfinite(images)):
         bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
@@ -122,13 +134,17 @@ def load_npz(path: Path, name: str) -> Dataset:
 def synthetic_dataset(height: int, width: int, channels: int) -> Dataset:
     """Deterministic class-conditional images: a fixed random template per class plus unit noise."""
     if min(height, width, channels) < 1:
-        raise UserError(f"--data synthetic:{height}x{width}x{channels}: every dimension must be >= 1")
+        raise UserError(
+            f"--data synthetic:{height}x{width}x{channels}: every dimension must be >= 1"
+        )
     # Generated in float64 (noise, templates, their sum) before the float32 copy: ~3 x 8 bytes a value.
     needed = 3 * 8 * (SYNTHETIC_SAMPLES + SYNTHETIC_CLASSES) * height * width * channels
     if needed > MAX_SYNTHETIC_BYTES:
-        raise UserError(f"--data synthetic:{height}x{width}x{channels}: {SYNTHETIC_SAMPLES} images of that size need "
-                        f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
-                        "allowed; use smaller images")
+        raise UserError(
+            f"--data synthetic:{height}x{width}x{channels}: {SYNTHETIC_SAMPLES} images of that size need "
+            f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
+            "allowed; use smaller images"
+        )
     rng = np.random.default_rng(SYNTHETIC_DATA_SEED)
     templates = rng.normal(0.0, 1.0, size=(SYNTHETIC_CLASSES, height, width, channels))
     labels = rng.integers(0, SYNTHETIC_CLASSES, size=SYNTHETIC_SAMPLES)
@@ -148,7 +164,9 @@ def split(dataset: Dataset, seed: int, heldout_fraction: float) -> tuple[Dataset
             " expected at least 1 and fewer than all"
         )
     order = np.random.default_rng(seed).permutation(count)
-    return dataset.subset(np.sort(order[heldout_count:])), dataset.subset(np.sort(order[:heldout_count]))
+    return dataset.subset(np.sort(order[heldout_count:])), dataset.subset(
+        np.sort(order[:heldout_count])
+    )
 
 
 def epoch_order(train_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -29,7 +29,9 @@ class Cluster:
 def configure_cpu_replicas(count: int) -> None:
     """Split the CPU into ``count`` logical devices (must run before TensorFlow executes any op)."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
 
 
 def make_cluster(config: TrainConfig) -> Cluster:
@@ -45,10 +47,17 @@ def make_cluster(config: TrainConfig) -> Cluster:
         return Cluster(tf.distribute.MirroredStrategy(devices), True, "single process")
     cluster = tf_config()  # validated by TrainConfig before TensorFlow was imported
     task = cluster["task"]
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=config.collective_timeout_seconds)
-    workers = sum(len(hosts) for kind, hosts in cluster["cluster"].items() if kind in ("chief", "worker"))
-    return Cluster(tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), config.chief,
-                   f"{task['type']} {task['index']} of {workers}")
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=config.collective_timeout_seconds
+    )
+    workers = sum(
+        len(hosts) for kind, hosts in cluster["cluster"].items() if kind in ("chief", "worker")
+    )
+    return Cluster(
+        tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
+        config.chief,
+        f"{task['type']} {task['index']} of {workers}",
+    )
 
 
 def split_batch(strategy: tf.distribute.Strategy, array: np.ndarray):
@@ -57,7 +66,9 @@ def split_batch(strategy: tf.distribute.Strategy, array: np.ndarray):
         return array
 
     def rows(context):
-        indices = np.array_split(np.arange(len(array)), context.num_replicas_in_sync)[context.replica_id_in_sync_group]
+        indices = np.array_split(np.arange(len(array)), context.num_replicas_in_sync)[
+            context.replica_id_in_sync_group
+        ]
         return tf.constant(array[indices])
 
     return strategy.experimental_distribute_values_from_function(rows)

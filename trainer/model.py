@@ -39,8 +39,13 @@ class ModelConfig:
 
     def __post_init__(self):
         if len(self.widths) != len(self.strides):
-            raise ValueError(f"widths {self.widths} and strides {self.strides} must have the same length")
-        if len(self.input_mean) != self.input_shape[-1] or len(self.input_std) != self.input_shape[-1]:
+            raise ValueError(
+                f"widths {self.widths} and strides {self.strides} must have the same length"
+            )
+        if (
+            len(self.input_mean) != self.input_shape[-1]
+            or len(self.input_std) != self.input_shape[-1]
+        ):
             raise ValueError("input_mean and input_std need one value per input channel")
 
     def to_json(self) -> dict:
@@ -61,10 +66,18 @@ class InputStandardization(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.mean = self.add_weight(shape=(channels,), initializer=keras.initializers.Constant(self._mean),
-                                    trainable=False, name="mean")
-        self.std = self.add_weight(shape=(channels,), initializer=keras.initializers.Constant(self._std),
-                                   trainable=False, name="std")
+        self.mean = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.Constant(self._mean),
+            trainable=False,
+            name="mean",
+        )
+        self.std = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.Constant(self._std),
+            trainable=False,
+            name="std",
+        )
 
     def call(self, x):
         return (x - self.mean) / self.std
@@ -77,18 +90,37 @@ class ShadowBNConvNet(keras.Model):
         super().__init__(name="shadow_bn_convnet")
         self.config = config
         # n in the warm-up decay: the optimizer steps whose batch moments the shadows have consumed.
-        self.shadow_step = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
-                                           aggregation="only_first_replica", name="shadow_step")
+        self.shadow_step = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="shadow_step",
+        )
         num_updates = self.shadow_step.value if config.warmup else None
-        self.standardize = InputStandardization(config.input_mean, config.input_std, name="standardize")
+        self.standardize = InputStandardization(
+            config.input_mean, config.input_std, name="standardize"
+        )
         self.convs = [
-            keras.layers.Conv2D(width, config.kernel_size, strides=stride, padding="same",
-                                use_bias=config.conv_bias, name=f"conv{i}")
+            keras.layers.Conv2D(
+                width,
+                config.kernel_size,
+                strides=stride,
+                padding="same",
+                use_bias=config.conv_bias,
+                name=f"conv{i}",
+            )
             for i, (width, stride) in enumerate(zip(config.widths, config.strides))
         ]
         self.norms = [
-            ShadowBatchNormalization(config.decay, config.epsilon, scale=config.bn_scale,
-                                     num_updates=num_updates, name=f"bn{i}")
+            ShadowBatchNormalization(
+                config.decay,
+                config.epsilon,
+                scale=config.bn_scale,
+                num_updates=num_updates,
+                name=f"bn{i}",
+            )
             for i in range(len(config.widths))
         ]
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
@@ -119,27 +151,44 @@ class ShadowBNConvNet(keras.Model):
 
     def shadow_variables(self) -> dict[str, dict[str, tf.Variable]]:
         """{bn layer name: {"mean": shadow, "variance": shadow}}; EMA objects are not tracked by checkpoints."""
-        return {norm.name: {"mean": norm.shadow_mean, "variance": norm.shadow_variance} for norm in self.norms}
+        return {
+            norm.name: {"mean": norm.shadow_mean, "variance": norm.shadow_variance}
+            for norm in self.norms
+        }
 
     def parameters(self) -> "NetworkParameters":
         """Everything folding needs, as NumPy arrays: the one view of the network the exporter reads."""
         blocks = []
         for conv, norm, stride in zip(self.convs, self.norms, self.config.strides):
-            blocks.append(BlockParameters(
-                conv=conv.name, bn=norm.name, kernel=conv.kernel.numpy(),
-                bias=conv.bias.numpy() if conv.use_bias else None, stride=int(stride),
-                gamma=norm.gamma.numpy() if norm.gamma is not None else None,
-                beta=norm.beta.numpy() if norm.beta is not None else None, epsilon=float(norm.epsilon),
-                shadow_mean=norm.shadow_mean.numpy(), shadow_variance=norm.shadow_variance.numpy()))
+            blocks.append(
+                BlockParameters(
+                    conv=conv.name,
+                    bn=norm.name,
+                    kernel=conv.kernel.numpy(),
+                    bias=conv.bias.numpy() if conv.use_bias else None,
+                    stride=int(stride),
+                    gamma=norm.gamma.numpy() if norm.gamma is not None else None,
+                    beta=norm.beta.numpy() if norm.beta is not None else None,
+                    epsilon=float(norm.epsilon),
+                    shadow_mean=norm.shadow_mean.numpy(),
+                    shadow_variance=norm.shadow_variance.numpy(),
+                )
+            )
         return NetworkParameters(
-            input_shape=tuple(self.config.input_shape), input_mean=self.standardize.mean.numpy(),
-            input_std=self.standardize.std.numpy(), blocks=tuple(blocks),
-            dense_kernel=self.head.kernel.numpy(), dense_bias=self.head.bias.numpy(),
-            ema_updates=int(self.shadow_step.numpy()))
+            input_shape=tuple(self.config.input_shape),
+            input_mean=self.standardize.mean.numpy(),
+            input_std=self.standardize.std.numpy(),
+            blocks=tuple(blocks),
+            dense_kernel=self.head.kernel.numpy(),
+            dense_bias=self.head.bias.numpy(),
+            ema_updates=int(self.shadow_step.numpy()),
+        )
 
     def batch_moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{bn layer name: (mean, biased variance)} of the last batch seen in training mode."""
-        return {norm.name: (norm.batch_mean.numpy(), norm.batch_variance.numpy()) for norm in self.norms}
+        return {
+            norm.name: (norm.batch_mean.numpy(), norm.batch_variance.numpy()) for norm in self.norms
+        }
 
     def set_statistics(self, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """Point the shadows at ``statistics`` (e.g. precise BN); the checkpoint on disk is not touched."""
@@ -184,7 +233,9 @@ class NetworkParameters:
 def make_predict(model: ShadowBNConvNet, use_batch_statistics: bool):
     """``logits = predict(images)``: inference mode (shadows) or normalised with each batch's own moments."""
     signature = [tf.TensorSpec([None, *model.config.input_shape], tf.float32)]
-    return tf.function(lambda images: model(images, training=use_batch_statistics), input_signature=signature)
+    return tf.function(
+        lambda images: model(images, training=use_batch_statistics), input_signature=signature
+    )
 
 
 def build_model(config: ModelConfig) -> ShadowBNConvNet:

@@ -1,8 +1,8 @@
 """The layout of a training run directory and its ``run.json`` record.
 
-    RUN_DIR/run.json         config, data set, per-epoch and final metrics, status
-    RUN_DIR/checkpoints/     tf.train.CheckpointManager files (weights, optimizer, EMA shadows, epoch)
-    RUN_DIR/logs/            TensorBoard event files
+RUN_DIR/run.json         config, data set, per-epoch and final metrics, status
+RUN_DIR/checkpoints/     tf.train.CheckpointManager files (weights, optimizer, EMA shadows, epoch)
+RUN_DIR/logs/            TensorBoard event files
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def read_run_record(run_dir: Path) -> RunRecord:
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run never lands in a non-empty directory: nothing is silently overwritten."""
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UserError(f"--out {str(run_dir)!r}: already exists and is not an empty directory;"
-                        " pass --resume to continue that run or choose a new --out")
+        raise UserError(
+            f"--out {str(run_dir)!r}: already exists and is not an empty directory;"
+            " pass --resume to continue that run or choose a new --out"
+        )
 
 
 def check_has_checkpoint(run_dir: Path) -> None:

@@ -24,19 +24,32 @@ class OnnxModel(Model):
 
     def load(self) -> bool:
         options = onnxruntime.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as bnserve: fair to the loop
-        self.session = onnxruntime.InferenceSession(f"{self.model_dir}/model.onnx", options,
-                                                    providers=["CPUExecutionProvider"])
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "0"
+        )  # as bnserve: fair to the loop
+        self.session = onnxruntime.InferenceSession(
+            f"{self.model_dir}/model.onnx", options, providers=["CPUExecutionProvider"]
+        )
         self.ready = True
         return self.ready
 
-    def predict(self, payload: InferRequest | dict, headers=None, response_headers=None) -> InferResponse | dict:
-        if isinstance(payload, dict):  # KServe's v1 protocol: TensorFlow Serving's REST :predict, row format
-            images = np.asarray([row["images"] if isinstance(row, dict) else row for row in payload["instances"]],
-                                np.float32)
+    def predict(
+        self, payload: InferRequest | dict, headers=None, response_headers=None
+    ) -> InferResponse | dict:
+        if isinstance(
+            payload, dict
+        ):  # KServe's v1 protocol: TensorFlow Serving's REST :predict, row format
+            images = np.asarray(
+                [row["images"] if isinstance(row, dict) else row for row in payload["instances"]],
+                np.float32,
+            )
             logits, probabilities = self.session.run(OUTPUTS, {"images": images})
-            return {"predictions": [{"logits": l, "probabilities": p}
-                                    for l, p in zip(logits.tolist(), probabilities.tolist())]}
+            return {
+                "predictions": [
+                    {"logits": row, "probabilities": p}
+                    for row, p in zip(logits.tolist(), probabilities.tolist())
+                ]
+            }
         images = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
         results = self.session.run(OUTPUTS, {"images": images})
         outputs = []
@@ -45,7 +58,9 @@ class OnnxModel(Model):
             output.set_data_from_numpy(array, binary_data=True)
             outputs.append(output)
         # A REST request without "id" has id None, which KServe's response model refuses.
-        return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=outputs)
+        return InferResponse(
+            response_id=payload.id or "", model_name=self.name, infer_outputs=outputs
+        )
 
 
 if __name__ == "__main__":
@@ -57,5 +72,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     model = OnnxModel(args.name, args.model_dir)
     print(f"listening on 127.0.0.1:{args.grpc_port}", file=sys.stderr, flush=True)
-    ModelServer(grpc_port=args.grpc_port, http_port=args.http_port, workers=1,
-                enable_latency_logging=False).start([model])
+    ModelServer(
+        grpc_port=args.grpc_port, http_port=args.http_port, workers=1, enable_latency_logging=False
+    ).start([model])

@@ -17,12 +17,18 @@ class OnnxRuntime(MLModel):
     async def load(self) -> bool:
         options = onnxruntime.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(self.settings.parameters.uri, options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
+        )
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         images = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
         results = self.session.run(OUTPUTS, {"images": images})
-        return InferenceResponse(model_name=self.name, id=payload.id,
-                                 outputs=[NumpyCodec.encode_output(name, array) for name, array in zip(OUTPUTS, results)])
+        return InferenceResponse(
+            model_name=self.name,
+            id=payload.id,
+            outputs=[
+                NumpyCodec.encode_output(name, array) for name, array in zip(OUTPUTS, results)
+            ],
+        )

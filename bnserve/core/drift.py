@@ -65,13 +65,24 @@ class MonitoredLayer:
     threshold: float = float("inf")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "scale": list(self.scale), "shift": list(self.shift), "mean": list(self.mean),
-                "variance": list(self.variance), "epsilon": self.epsilon, "threshold": self.threshold}
+        return {
+            "name": self.name,
+            "scale": list(self.scale),
+            "shift": list(self.shift),
+            "mean": list(self.mean),
+            "variance": list(self.variance),
+            "epsilon": self.epsilon,
+            "threshold": self.threshold,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "MonitoredLayer":
-        return cls(str(data["name"]), *(tuple(float(v) for v in data[key]) for key in ("scale", "shift", "mean", "variance")),
-                   float(data["epsilon"]), float(data["threshold"]))
+        return cls(
+            str(data["name"]),
+            *(tuple(float(v) for v in data[key]) for key in ("scale", "shift", "mean", "variance")),
+            float(data["epsilon"]),
+            float(data["threshold"]),
+        )
 
 
 def layer_shift(mean_y: np.ndarray, mean_square_y: np.ndarray, layer: MonitoredLayer) -> float:
@@ -84,7 +95,7 @@ def layer_shift(mean_y: np.ndarray, mean_square_y: np.ndarray, layer: MonitoredL
     mean_y = np.asarray(mean_y, np.float64)[informative]
     mean_square_y = np.asarray(mean_square_y, np.float64)[informative]
     live_mean = (mean_y - np.asarray(layer.shift, np.float64)[informative]) / scale
-    live_variance = np.maximum(mean_square_y - mean_y ** 2, 0.0) / scale ** 2
+    live_variance = np.maximum(mean_square_y - mean_y**2, 0.0) / scale**2
     frozen_mean = np.asarray(layer.mean, np.float64)[informative]
     frozen_variance = np.asarray(layer.variance, np.float64)[informative] + layer.epsilon
     ratio = (live_variance + layer.epsilon) / frozen_variance
@@ -97,14 +108,25 @@ def window_shifts(moments: dict[str, np.ndarray], layers: list[MonitoredLayer]) 
     shifts = []
     for index, layer in enumerate(layers):
         mean_name, square_name = output_names(index)
-        shifts.append(layer_shift(moments[mean_name].mean(axis=0, dtype=np.float64),
-                                  moments[square_name].mean(axis=0, dtype=np.float64), layer))
+        shifts.append(
+            layer_shift(
+                moments[mean_name].mean(axis=0, dtype=np.float64),
+                moments[square_name].mean(axis=0, dtype=np.float64),
+                layer,
+            )
+        )
     return shifts
 
 
-def calibrate_thresholds(moments: dict[str, np.ndarray], layers: list[MonitoredLayer], window: int = DEFAULT_WINDOW,
-                         windows: int = CLEAN_WINDOWS, quantile: float = DEFAULT_QUANTILE,
-                         margin: float = DEFAULT_MARGIN, seed: int = 0) -> tuple[list[MonitoredLayer], np.ndarray]:
+def calibrate_thresholds(
+    moments: dict[str, np.ndarray],
+    layers: list[MonitoredLayer],
+    window: int = DEFAULT_WINDOW,
+    windows: int = CLEAN_WINDOWS,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+    seed: int = 0,
+) -> tuple[list[MonitoredLayer], np.ndarray]:
     """Thresholds from ``windows`` clean windows of ``window`` samples drawn with replacement from ``moments``
     (per-sample monitor outputs of clean data): margin x quantile of each layer's scores. Returns the layers with
     their thresholds and the clean scores [windows, layers]."""
@@ -113,10 +135,22 @@ def calibrate_thresholds(moments: dict[str, np.ndarray], layers: list[MonitoredL
     scores = np.empty((windows, len(layers)))
     for row in range(windows):
         chosen = rng.integers(0, samples, window)
-        scores[row] = window_shifts({name: values[chosen] for name, values in moments.items()}, layers)
+        scores[row] = window_shifts(
+            {name: values[chosen] for name, values in moments.items()}, layers
+        )
     limits = margin * np.quantile(scores, quantile, axis=0)
-    calibrated = [MonitoredLayer(layer.name, layer.scale, layer.shift, layer.mean, layer.variance, layer.epsilon,
-                                 float(limit)) for layer, limit in zip(layers, limits)]
+    calibrated = [
+        MonitoredLayer(
+            layer.name,
+            layer.scale,
+            layer.shift,
+            layer.mean,
+            layer.variance,
+            layer.epsilon,
+            float(limit),
+        )
+        for layer, limit in zip(layers, limits)
+    ]
     return calibrated, scores
 
 
@@ -133,12 +167,24 @@ class MonitorSpec:
     layers: tuple[MonitoredLayer, ...]
 
     def to_json(self) -> dict:
-        return {"file": self.file, "window": self.window, "margin": self.margin, "quantile": self.quantile,
-                "clean_windows": self.clean_windows, "clean_samples": self.clean_samples,
-                "layers": [layer.to_json() for layer in self.layers]}
+        return {
+            "file": self.file,
+            "window": self.window,
+            "margin": self.margin,
+            "quantile": self.quantile,
+            "clean_windows": self.clean_windows,
+            "clean_samples": self.clean_samples,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "MonitorSpec":
-        return cls(str(data["file"]), int(data["window"]), float(data["margin"]), float(data["quantile"]),
-                   int(data["clean_windows"]), int(data["clean_samples"]),
-                   tuple(MonitoredLayer.from_json(layer) for layer in data["layers"]))
+        return cls(
+            str(data["file"]),
+            int(data["window"]),
+            float(data["margin"]),
+            float(data["quantile"]),
+            int(data["clean_windows"]),
+            int(data["clean_samples"]),
+            tuple(MonitoredLayer.from_json(layer) for layer in data["layers"]),
+        )

@@ -53,7 +53,10 @@ class Golden:
 
 def golden_inputs(parity_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The certificate's input sets, with the held-out set cut to its first HELDOUT_SAMPLES rows."""
-    return {key: (images[:HELDOUT_SAMPLES] if key == "heldout" else images) for key, images in parity_inputs.items()}
+    return {
+        key: (images[:HELDOUT_SAMPLES] if key == "heldout" else images)
+        for key, images in parity_inputs.items()
+    }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,7 +65,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_golden(path: Path, inputs: dict[str, np.ndarray], logits: dict[str, np.ndarray], tolerance: float) -> None:
+def write_golden(
+    path: Path, inputs: dict[str, np.ndarray], logits: dict[str, np.ndarray], tolerance: float
+) -> None:
     arrays = {"tolerance": np.float64(tolerance)}
     for key, images in inputs.items():
         arrays[f"input/{key}"] = images.astype(np.float32)
@@ -76,25 +81,37 @@ def read_golden(path: Path) -> Golden:
     """Read and check golden.npz (no pickles, bounded size); a bad file raises UserError naming what is wrong."""
     try:
         if path.stat().st_size > MAX_GOLDEN_BYTES:
-            raise UserError(f"{GOLDEN}: {path.stat().st_size} bytes, more than the {MAX_GOLDEN_BYTES} allowed")
+            raise UserError(
+                f"{GOLDEN}: {path.stat().st_size} bytes, more than the {MAX_GOLDEN_BYTES} allowed"
+            )
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"{GOLDEN}: unreadable ({exc})") from None
-    if "tolerance" not in arrays or arrays["tolerance"].shape != () or not np.isfinite(arrays["tolerance"]):
+    if (
+        "tolerance" not in arrays
+        or arrays["tolerance"].shape != ()
+        or not np.isfinite(arrays["tolerance"])
+    ):
         raise UserError(f"{GOLDEN}: expected a finite scalar 'tolerance'")
-    inputs = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("input/")}
+    inputs = {
+        key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("input/")
+    }
     if not inputs:
         raise UserError(f"{GOLDEN}: no input sets")
     outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in OUTPUT_NAMES}
     for key, images in inputs.items():
         if images.dtype != np.float32 or images.ndim != 4 or len(images) == 0:
-            raise UserError(f"{GOLDEN}: input/{key}: expected non-empty FP32 [n, H, W, C], got {images.dtype} "
-                            f"{list(images.shape)}")
+            raise UserError(
+                f"{GOLDEN}: input/{key}: expected non-empty FP32 [n, H, W, C], got {images.dtype} "
+                f"{list(images.shape)}"
+            )
         for name in OUTPUT_NAMES:
             expected = arrays.get(f"{name}/{key}")
             if expected is None or expected.ndim != 2 or len(expected) != len(images):
-                raise UserError(f"{GOLDEN}: {name}/{key}: expected [{len(images)}, K] reference outputs")
+                raise UserError(
+                    f"{GOLDEN}: {name}/{key}: expected [{len(images)}, K] reference outputs"
+                )
             outputs[name][key] = expected
     return Golden(inputs, outputs, float(arrays["tolerance"]))
 
@@ -117,9 +134,11 @@ class GoldenCheck:
 
     def describe(self) -> str:
         verdict = "within" if self.passed else "above"
-        return (f"golden check: output {self.output!r} differs by at most {self.max_abs_error:.4g} from the reference "
-                f"(set {self.input_set!r}, row {self.row}, column {self.column}), {verdict} the tolerance "
-                f"{self.tolerance:g} ({self.samples} samples)")
+        return (
+            f"golden check: output {self.output!r} differs by at most {self.max_abs_error:.4g} from the reference "
+            f"(set {self.input_set!r}, row {self.row}, column {self.column}), {verdict} the tolerance "
+            f"{self.tolerance:g} ({self.samples} samples)"
+        )
 
 
 def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None) -> GoldenCheck:
@@ -129,21 +148,32 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
     worst = None
     for key, images in golden.inputs.items():
         step = max_batch_size or len(images)
-        chunks = [run(images[start:start + step]) for start in range(0, len(images), step)]
+        chunks = [run(images[start : start + step]) for start in range(0, len(images), step)]
         for name in OUTPUT_NAMES:
             expected = golden.outputs[name][key]
             parts = [chunk[name] for chunk in chunks]
             for start, part in zip(range(0, len(images), step), parts):
                 rows = min(step, len(images) - start)
                 if part.shape != (rows, expected.shape[1]):
-                    raise UserError(f"golden check: output {name!r} has shape {list(part.shape)} for {rows} input "
-                                    f"rows of set {key!r}, expected [{rows}, {expected.shape[1]}]")
+                    raise UserError(
+                        f"golden check: output {name!r} has shape {list(part.shape)} for {rows} input "
+                        f"rows of set {key!r}, expected [{rows}, {expected.shape[1]}]"
+                    )
             error = np.abs(np.concatenate(parts).astype(np.float64) - expected)
             if not np.all(np.isfinite(error)):
                 row, column = np.argwhere(~np.isfinite(error))[0]
-                return GoldenCheck(float("inf"), name, key, int(row), int(column), golden.tolerance, golden.samples)
+                return GoldenCheck(
+                    float("inf"), name, key, int(row), int(column), golden.tolerance, golden.samples
+                )
             row, column = np.unravel_index(int(np.argmax(error)), error.shape)
             if worst is None or error[row, column] > worst.max_abs_error:
-                worst = GoldenCheck(float(error[row, column]), name, key, int(row), int(column), golden.tolerance,
-                                    golden.samples)
+                worst = GoldenCheck(
+                    float(error[row, column]),
+                    name,
+                    key,
+                    int(row),
+                    int(column),
+                    golden.tolerance,
+                    golden.samples,
+                )
     return worst

@@ -34,7 +34,9 @@ class ArtifactParity:
         return self.max_abs <= tolerance and self.batch_invariance <= tolerance
 
 
-def parity_inputs(heldout: np.ndarray, low: float, high: float, seed: int = 0) -> dict[str, np.ndarray]:
+def parity_inputs(
+    heldout: np.ndarray, low: float, high: float, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Held-out images plus uniform random images in [low, high] at batch sizes 1 and 64."""
     rng = np.random.default_rng(seed)
     shape = heldout.shape[1:]
@@ -45,8 +47,13 @@ def parity_inputs(heldout: np.ndarray, low: float, high: float, seed: int = 0) -
     }
 
 
-def measure(name: str, run: Callable[[np.ndarray], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
-            expected_logits: dict[str, np.ndarray], heldout_limit: int | None = None) -> ArtifactParity:
+def measure(
+    name: str,
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    inputs: dict[str, np.ndarray],
+    expected_logits: dict[str, np.ndarray],
+    heldout_limit: int | None = None,
+) -> ArtifactParity:
     """Compare ``run`` (images -> {"logits", "probabilities"}) with the reference logits of every input
     set (``expected_logits[key]`` for ``inputs[key]``, computed once for all artifacts)."""
     errors, scales, agreements, row_sums, samples = [], [], [], [], 0
@@ -58,25 +65,44 @@ def measure(name: str, run: Callable[[np.ndarray], dict[str, np.ndarray]], input
         errors.append(np.max(np.abs(outputs["logits"] - expected)))
         scales.append(np.max(np.abs(expected)))
         agreements.append(np.argmax(outputs["logits"], 1) == np.argmax(expected, 1))
-        row_sums.append(np.max(np.abs(outputs["probabilities"].astype(np.float64).sum(axis=1) - 1.0)))
+        row_sums.append(
+            np.max(np.abs(outputs["probabilities"].astype(np.float64).sum(axis=1) - 1.0))
+        )
         samples += len(images)
     batch = inputs["random_batch_64"]
     together = run(batch)["logits"]
-    invariance = max(float(np.max(np.abs(run(batch[i:i + 1])["logits"][0] - together[i]))) for i in INVARIANCE_POSITIONS)
+    invariance = max(
+        float(np.max(np.abs(run(batch[i : i + 1])["logits"][0] - together[i])))
+        for i in INVARIANCE_POSITIONS
+    )
     max_abs = float(max(errors))
-    return ArtifactParity(name, samples, max_abs, max_abs / max(float(max(scales)), 1e-12),
-                          float(np.mean(np.concatenate(agreements))), invariance, float(max(row_sums)))
+    return ArtifactParity(
+        name,
+        samples,
+        max_abs,
+        max_abs / max(float(max(scales)), 1e-12),
+        float(np.mean(np.concatenate(agreements))),
+        invariance,
+        float(max(row_sums)),
+    )
 
 
 def certificate(results: list[ArtifactParity], tolerance: float) -> dict:
-    return {"tolerance": tolerance, "passed": all(r.passes(tolerance) for r in results),
-            "artifacts": {r.artifact: asdict(r) for r in results}}
+    return {
+        "tolerance": tolerance,
+        "passed": all(r.passes(tolerance) for r in results),
+        "artifacts": {r.artifact: asdict(r) for r in results},
+    }
 
 
 def format_table(results: list[ArtifactParity], tolerance: float) -> str:
-    lines = [f"{'artifact':<16} {'samples':>7} {'max abs':>10} {'max rel':>10} {'argmax':>7} {'batch inv':>10}  verdict"]
+    lines = [
+        f"{'artifact':<16} {'samples':>7} {'max abs':>10} {'max rel':>10} {'argmax':>7} {'batch inv':>10}  verdict"
+    ]
     for r in results:
         verdict = "ok" if r.passes(tolerance) else f"FAIL (> {tolerance:g})"
-        lines.append(f"{r.artifact:<16} {r.samples:>7} {r.max_abs:>10.2e} {r.max_rel:>10.2e} "
-                     f"{100 * r.argmax_agreement:>6.1f}% {r.batch_invariance:>10.2e}  {verdict}")
+        lines.append(
+            f"{r.artifact:<16} {r.samples:>7} {r.max_abs:>10.2e} {r.max_rel:>10.2e} "
+            f"{100 * r.argmax_agreement:>6.1f}% {r.batch_invariance:>10.2e}  {verdict}"
+        )
     return "\n".join(lines)

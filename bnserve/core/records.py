@@ -69,10 +69,19 @@ class RunRecord:
             object.__setattr__(self, key, json.loads(json.dumps(getattr(self, key))))
 
     def to_json(self) -> dict:
-        data = {"format": self.format, "status": self.status, "config": self.config, "model": self.model,
-                "dataset": asdict(self.dataset) | {"image_shape": list(self.dataset.image_shape),
-                                                   "class_names": list(self.dataset.class_names)},
-                "distribution": self.distribution, "epochs": [asdict(e) for e in self.epochs]}
+        data = {
+            "format": self.format,
+            "status": self.status,
+            "config": self.config,
+            "model": self.model,
+            "dataset": asdict(self.dataset)
+            | {
+                "image_shape": list(self.dataset.image_shape),
+                "class_names": list(self.dataset.class_names),
+            },
+            "distribution": self.distribution,
+            "epochs": [asdict(e) for e in self.epochs],
+        }
         if self.checkpoint is not None:
             data["checkpoint"] = self.checkpoint
         if self.final is not None:
@@ -86,14 +95,27 @@ class RunRecord:
             raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != RUN_FORMAT:
             raise UserError(f"{where}: format {data.get('format')!r}, expected {RUN_FORMAT!r}")
-        for key, kind in (("config", dict), ("model", dict), ("dataset", dict), ("epochs", list), ("status", str)):
+        for key, kind in (
+            ("config", dict),
+            ("model", dict),
+            ("dataset", dict),
+            ("epochs", list),
+            ("status", str),
+        ):
             if not isinstance(data.get(key), kind):
                 raise UserError(f"{where}: field {key!r} is missing or not a JSON {kind.__name__}")
         if data["status"] not in STATUSES:
-            raise UserError(f"{where}: field 'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}")
+            raise UserError(
+                f"{where}: field 'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}"
+            )
         try:
-            dataset = DatasetInfo(**{**data["dataset"], "image_shape": tuple(data["dataset"]["image_shape"]),
-                                     "class_names": tuple(data["dataset"]["class_names"])})
+            dataset = DatasetInfo(
+                **{
+                    **data["dataset"],
+                    "image_shape": tuple(data["dataset"]["image_shape"]),
+                    "class_names": tuple(data["dataset"]["class_names"]),
+                }
+            )
         except (TypeError, KeyError) as exc:
             raise UserError(f"{where}: field 'dataset': {exc}") from None
         epochs = []
@@ -102,5 +124,13 @@ class RunRecord:
                 epochs.append(EpochMetrics(**epoch))
             except TypeError as exc:
                 raise UserError(f"{where}: field 'epochs[{position}]': {exc}") from None
-        return cls(data["config"], data["model"], dataset, data.get("distribution", {}), tuple(epochs), data["status"],
-                   data.get("checkpoint"), data.get("final"))
+        return cls(
+            data["config"],
+            data["model"],
+            dataset,
+            data.get("distribution", {}),
+            tuple(epochs),
+            data["status"],
+            data.get("checkpoint"),
+            data.get("final"),
+        )

@@ -84,12 +84,25 @@ class BatchNormProvenance:
 
 # Manifest fields: name -> (JSON types accepted, required). Readers get a Manifest, never this dict.
 MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "format": ((str,), True), "inputs": ((list,), True), "outputs": ((list,), True),
-    "class_labels": ((list,), True), "input_values": ((str,), True), "batch_normalization": ((dict,), True),
-    "heldout_accuracy": ((dict,), True), "parity": ((dict,), True), "signature": ((str,), False),
-    "input_range": ((list,), False), "golden": ((dict,), False), "source": ((dict,), False),
-    "onnx_opset": ((int,), False), "versions": ((dict,), False), "created": ((str,), False),
-    "name": ((str,), False), "version": ((int,), False), "files": ((dict,), False), "sizes": ((dict,), False),
+    "format": ((str,), True),
+    "inputs": ((list,), True),
+    "outputs": ((list,), True),
+    "class_labels": ((list,), True),
+    "input_values": ((str,), True),
+    "batch_normalization": ((dict,), True),
+    "heldout_accuracy": ((dict,), True),
+    "parity": ((dict,), True),
+    "signature": ((str,), False),
+    "input_range": ((list,), False),
+    "golden": ((dict,), False),
+    "source": ((dict,), False),
+    "onnx_opset": ((int,), False),
+    "versions": ((dict,), False),
+    "created": ((str,), False),
+    "name": ((str,), False),
+    "version": ((int,), False),
+    "files": ((dict,), False),
+    "sizes": ((dict,), False),
     "monitor": ((dict,), False),
 }
 
@@ -140,16 +153,29 @@ class Manifest:
 
     def to_json(self) -> dict:
         data = {
-            "format": self.format, "signature": self.signature,
-            "inputs": [spec.to_json() for spec in self.inputs], "outputs": [spec.to_json() for spec in self.outputs],
-            "class_labels": list(self.class_labels), "input_values": self.input_values,
-            "batch_normalization": self.batch_normalization.to_json(), "heldout_accuracy": dict(self.heldout_accuracy),
-            "parity": self.parity, "source": self.source, "versions": self.versions, "created": self.created,
-            "files": self.files, "sizes": self.sizes,
+            "format": self.format,
+            "signature": self.signature,
+            "inputs": [spec.to_json() for spec in self.inputs],
+            "outputs": [spec.to_json() for spec in self.outputs],
+            "class_labels": list(self.class_labels),
+            "input_values": self.input_values,
+            "batch_normalization": self.batch_normalization.to_json(),
+            "heldout_accuracy": dict(self.heldout_accuracy),
+            "parity": self.parity,
+            "source": self.source,
+            "versions": self.versions,
+            "created": self.created,
+            "files": self.files,
+            "sizes": self.sizes,
         }
-        optional = {"input_range": list(self.input_range) if self.input_range else None, "golden": self.golden,
-                    "monitor": self.monitor.to_json() if self.monitor else None,
-                    "onnx_opset": self.onnx_opset, "name": self.name or None, "version": self.version or None}
+        optional = {
+            "input_range": list(self.input_range) if self.input_range else None,
+            "golden": self.golden,
+            "monitor": self.monitor.to_json() if self.monitor else None,
+            "onnx_opset": self.onnx_opset,
+            "name": self.name or None,
+            "version": self.version or None,
+        }
         return data | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
@@ -165,12 +191,16 @@ class Manifest:
                     raise UserError(f"{where}: field {key!r} is missing")
                 continue
             if not isinstance(data[key], types) or (int in types and isinstance(data[key], bool)):
-                raise UserError(f"{where}: field {key!r} must be a JSON {types[0].__name__}, got "
-                                f"{type(data[key]).__name__}")
+                raise UserError(
+                    f"{where}: field {key!r} must be a JSON {types[0].__name__}, got "
+                    f"{type(data[key]).__name__}"
+                )
         files, sizes = data.get("files", {}), data.get("sizes", {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise UserError(f"{where}: field 'files' must map relative paths to sha256 hex digests")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()
+        ):
             raise UserError(f"{where}: field 'sizes' must map relative paths to byte counts")
         inputs = tensor_specs(data["inputs"], f"{where}: field 'inputs'")
         outputs = tensor_specs(data["outputs"], f"{where}: field 'outputs'")
@@ -181,22 +211,44 @@ class Manifest:
             raise UserError(f"{where}: field 'batch_normalization': {exc}") from None
         statistics = provenance.statistics
         if statistics not in data["heldout_accuracy"]:
-            raise UserError(f"{where}: field 'heldout_accuracy' has no entry for the folded statistics {statistics!r}")
+            raise UserError(
+                f"{where}: field 'heldout_accuracy' has no entry for the folded statistics {statistics!r}"
+            )
         input_range = data.get("input_range")
-        if input_range is not None and (len(input_range) != 2 or not all(isinstance(v, (int, float)) for v in input_range)):
+        if input_range is not None and (
+            len(input_range) != 2 or not all(isinstance(v, (int, float)) for v in input_range)
+        ):
             raise UserError(f"{where}: field 'input_range' must be [min, max]")
         monitor = None
         if "monitor" in data:
             try:
                 monitor = MonitorSpec.from_json(data["monitor"])
             except (TypeError, KeyError, ValueError) as exc:
-                raise UserError(f"{where}: field 'monitor': expected file, window, margin, quantile, clean_windows, "
-                                f"clean_samples and layers ({type(exc).__name__}: {exc})") from None
-        return cls(inputs, outputs, tuple(str(label) for label in data["class_labels"]), data["input_values"],
-                   provenance, data["heldout_accuracy"], data["parity"], data.get("signature", SIGNATURE),
-                   tuple(input_range) if input_range is not None else None, data.get("golden"), data.get("source", {}),
-                   data.get("onnx_opset"), data.get("versions", {}), data.get("created", ""), data.get("name", ""),
-                   data.get("version", 0), files, sizes, monitor=monitor)
+                raise UserError(
+                    f"{where}: field 'monitor': expected file, window, margin, quantile, clean_windows, "
+                    f"clean_samples and layers ({type(exc).__name__}: {exc})"
+                ) from None
+        return cls(
+            inputs,
+            outputs,
+            tuple(str(label) for label in data["class_labels"]),
+            data["input_values"],
+            provenance,
+            data["heldout_accuracy"],
+            data["parity"],
+            data.get("signature", SIGNATURE),
+            tuple(input_range) if input_range is not None else None,
+            data.get("golden"),
+            data.get("source", {}),
+            data.get("onnx_opset"),
+            data.get("versions", {}),
+            data.get("created", ""),
+            data.get("name", ""),
+            data.get("version", 0),
+            files,
+            sizes,
+            monitor=monitor,
+        )
 
 
 def tensor_specs(items: list, where: str) -> tuple[TensorSpec, ...]:
@@ -205,7 +257,9 @@ def tensor_specs(items: list, where: str) -> tuple[TensorSpec, ...]:
         try:
             spec = TensorSpec.from_json(item)
         except (TypeError, KeyError, ValueError) as exc:
-            raise UserError(f"{where}[{position}]: expected {{name, datatype, shape}} ({type(exc).__name__}: {exc})") from None
+            raise UserError(
+                f"{where}[{position}]: expected {{name, datatype, shape}} ({type(exc).__name__}: {exc})"
+            ) from None
         if not isinstance(spec.name, str) or not isinstance(spec.datatype, str):
             raise UserError(f"{where}[{position}]: name and datatype must be strings")
         specs.append(spec)
@@ -215,8 +269,10 @@ def tensor_specs(items: list, where: str) -> tuple[TensorSpec, ...]:
 def validate_model_name(name: str) -> str:
     """Names become directory names: letters, digits, ``_ . -``, starting with a letter or digit."""
     if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise UserError(f"--name {name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -, starting with a"
-                        " letter or digit, without '..'")
+        raise UserError(
+            f"--name {name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -, starting with a"
+            " letter or digit, without '..'"
+        )
     return name
 
 
@@ -233,8 +289,11 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
         entries = list(os.scandir(model_dir))
     except OSError:
         return {}
-    return {version: Path(entry.path) for entry in entries
-            if (version := parse_version(entry.name)) is not None and is_directory(entry)}
+    return {
+        version: Path(entry.path)
+        for entry in entries
+        if (version := parse_version(entry.name)) is not None and is_directory(entry)
+    }
 
 
 def is_directory(entry: os.DirEntry) -> bool:
@@ -256,7 +315,9 @@ def open_regular(path: Path, limit: int) -> int:
         if not stat.S_ISREG(status.st_mode):
             raise UserError(f"{path.name!r} is not a regular file ({file_kind(status.st_mode)})")
         if status.st_size > limit:
-            raise UserError(f"{path.name!r} has {status.st_size} bytes, more than the {limit} allowed")
+            raise UserError(
+                f"{path.name!r} has {status.st_size} bytes, more than the {limit} allowed"
+            )
     except BaseException:
         os.close(descriptor)
         raise
@@ -273,8 +334,14 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 
 def file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a link")):
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a link"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
@@ -287,7 +354,9 @@ def sha256_of(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             read += len(block)
             if read > limit:
-                raise UserError(f"{path.name!r} grew beyond the {limit} bytes allowed while being hashed")
+                raise UserError(
+                    f"{path.name!r} grew beyond the {limit} bytes allowed while being hashed"
+                )
             digest.update(block)
     return digest.hexdigest()
 
@@ -302,7 +371,9 @@ def version_files(version_dir: Path, root: Path) -> dict[str, os.stat_result]:
     except (OSError, RuntimeError) as exc:
         raise UserError(f"the version directory cannot be resolved ({exc})") from None
     if not resolved.is_relative_to(root):
-        raise UserError(f"the version directory leads outside the repository (to {str(resolved)!r})")
+        raise UserError(
+            f"the version directory leads outside the repository (to {str(resolved)!r})"
+        )
 
     def refuse(error: OSError):
         raise UserError(f"cannot list {error.filename!r} ({error.strerror})")
@@ -318,10 +389,14 @@ def version_files(version_dir: Path, root: Path) -> dict[str, os.stat_result]:
             except (OSError, RuntimeError):
                 raise UserError(f"{relative!r} is a dangling or looping symbolic link") from None
             if not target.is_relative_to(root):
-                raise UserError(f"{relative!r} is a link leading outside the repository (to {str(target)!r})")
+                raise UserError(
+                    f"{relative!r} is a link leading outside the repository (to {str(target)!r})"
+                )
             if stat.S_ISDIR(status.st_mode):
                 if path.is_symlink():
-                    raise UserError(f"{relative!r} is a link to a directory (versions hold plain directories)")
+                    raise UserError(
+                        f"{relative!r} is a link to a directory (versions hold plain directories)"
+                    )
             elif stat.S_ISREG(status.st_mode):
                 files[relative] = status
             else:
@@ -331,8 +406,11 @@ def version_files(version_dir: Path, root: Path) -> dict[str, os.stat_result]:
 
 def file_digests(version_dir: Path) -> dict[str, str]:
     """{relative POSIX path: sha256} of every file of a version except the manifest."""
-    return {p.relative_to(version_dir).as_posix(): sha256_of(p)
-            for p in sorted(version_dir.rglob("*")) if p.is_file() and p != version_dir / MANIFEST}
+    return {
+        p.relative_to(version_dir).as_posix(): sha256_of(p)
+        for p in sorted(version_dir.rglob("*"))
+        if p.is_file() and p != version_dir / MANIFEST
+    }
 
 
 def read_manifest(version_dir: Path) -> Manifest:
@@ -359,18 +437,26 @@ def verify_files(version_dir: Path, manifest: Manifest, root: Path | None = None
         raise UserError(f"{str(version_dir)!r}: {exc}") from None
     for relative, digest in expected.items():
         if relative not in actual:
-            raise UserError(f"{str(version_dir)!r}: file {relative!r} listed in the manifest is missing")
+            raise UserError(
+                f"{str(version_dir)!r}: file {relative!r} listed in the manifest is missing"
+            )
         declared = sizes.get(relative)
         if declared is not None and actual[relative].st_size != declared:
-            raise UserError(f"{str(version_dir)!r}: file {relative!r} has {actual[relative].st_size} bytes, "
-                            f"the manifest says {declared}")
+            raise UserError(
+                f"{str(version_dir)!r}: file {relative!r} has {actual[relative].st_size} bytes, "
+                f"the manifest says {declared}"
+            )
         try:
-            found = sha256_of(version_dir / relative, declared if declared is not None else MAX_FILE_BYTES)
+            found = sha256_of(
+                version_dir / relative, declared if declared is not None else MAX_FILE_BYTES
+            )
         except UserError as exc:
             raise UserError(f"{str(version_dir)!r}: file {relative!r}: {exc}") from None
         if found != digest:
-            raise UserError(f"{str(version_dir)!r}: file {relative!r} has sha256 {found[:12]}..., "
-                            f"the manifest says {digest[:12]}...")
+            raise UserError(
+                f"{str(version_dir)!r}: file {relative!r} has sha256 {found[:12]}..., "
+                f"the manifest says {digest[:12]}..."
+            )
     unlisted = sorted(set(actual) - set(expected) - {MANIFEST})
     if unlisted:
         raise UserError(f"{str(version_dir)!r}: file {unlisted[0]!r} is not listed in the manifest")
@@ -392,8 +478,10 @@ def check_new_version(repository: Path, name: str, version: int | None) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--repository {str(repository)!r}: {str(existing)!r} is not writable")
     if version is not None and (repository / name / str(version)).exists():
-        raise UserError(f"--version {version}: {str(repository / name / str(version))!r} already exists;"
-                        " versions are never overwritten")
+        raise UserError(
+            f"--version {version}: {str(repository / name / str(version))!r} already exists;"
+            " versions are never overwritten"
+        )
 
 
 STALE_STAGING_SECONDS = 3600
@@ -412,7 +500,9 @@ def staging_dir(repository: Path) -> Path:
                 shutil.rmtree(leftover, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=staging, prefix="version-"))
     except OSError as exc:
-        raise UserError(f"--repository {str(repository)!r}: cannot write ({exc.strerror})") from None
+        raise UserError(
+            f"--repository {str(repository)!r}: cannot write ({exc.strerror})"
+        ) from None
 
 
 def publish(built: Path, repository: Path, name: str, version: int | None) -> tuple[int, Path]:
@@ -426,17 +516,26 @@ def publish(built: Path, repository: Path, name: str, version: int | None) -> tu
     target_version = version if version is not None else max(version_dirs(model_dir), default=0) + 1
     target = model_dir / str(target_version)
     if target.exists():
-        raise UserError(f"--version {target_version}: {str(target)!r} already exists; versions are never overwritten")
+        raise UserError(
+            f"--version {target_version}: {str(target)!r} already exists; versions are never overwritten"
+        )
     manifest_path = built / MANIFEST
     files = file_digests(built)
-    manifest = replace(Manifest.from_json(json.loads(manifest_path.read_text())), name=name, version=target_version,
-                       files=files, sizes={relative: (built / relative).stat().st_size for relative in files})
+    manifest = replace(
+        Manifest.from_json(json.loads(manifest_path.read_text())),
+        name=name,
+        version=target_version,
+        files=files,
+        sizes={relative: (built / relative).stat().st_size for relative in files},
+    )
     write_json(manifest_path, manifest.to_json())
     fsync_tree(built)
     try:
         os.rename(built, target)
     except OSError as exc:
-        raise UserError(f"--version {target_version}: could not publish {str(target)!r} ({exc.strerror})") from None
+        raise UserError(
+            f"--version {target_version}: could not publish {str(target)!r} ({exc.strerror})"
+        ) from None
     fsync_directory(model_dir)
     return target_version, target
 

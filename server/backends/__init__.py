@@ -29,24 +29,37 @@ class Backend(Protocol):
         ...
 
 
-def check_signature(declared_inputs: list[TensorSpec], declared_outputs: list[TensorSpec], backend: Backend,
-                    artifact: str) -> None:
+def check_signature(
+    declared_inputs: list[TensorSpec],
+    declared_outputs: list[TensorSpec],
+    backend: Backend,
+    artifact: str,
+) -> None:
     """The manifest's tensors are the model's: same names, datatypes and shapes (a dynamic dimension of
     the model matches -1 only). Raises UserError naming the first difference."""
     inputs, outputs = backend.signature()
-    for kind, declared, actual in (("input", declared_inputs, inputs), ("output", declared_outputs, outputs)):
+    for kind, declared, actual in (
+        ("input", declared_inputs, inputs),
+        ("output", declared_outputs, outputs),
+    ):
         found = {spec.name: spec for spec in actual}
         if sorted(found) != sorted(spec.name for spec in declared):
-            raise UserError(f"{artifact} has {kind}s {sorted(found)}, the manifest declares "
-                            f"{sorted(spec.name for spec in declared)}")
+            raise UserError(
+                f"{artifact} has {kind}s {sorted(found)}, the manifest declares "
+                f"{sorted(spec.name for spec in declared)}"
+            )
         for spec in declared:
             model = found[spec.name]
             if model.datatype != spec.datatype:
-                raise UserError(f"{artifact} {kind} {spec.name!r} is {model.datatype}, the manifest declares "
-                                f"{spec.datatype}")
+                raise UserError(
+                    f"{artifact} {kind} {spec.name!r} is {model.datatype}, the manifest declares "
+                    f"{spec.datatype}"
+                )
             if list(model.shape) != list(spec.shape):
-                raise UserError(f"{artifact} {kind} {spec.name!r} has shape {list(model.shape)}, the manifest "
-                                f"declares {list(spec.shape)}")
+                raise UserError(
+                    f"{artifact} {kind} {spec.name!r} has shape {list(model.shape)}, the manifest "
+                    f"declares {list(spec.shape)}"
+                )
 
 
 def load_backend(kind: str, version_dir: Path, device: str, intra_op_threads: int = 0) -> Backend:

@@ -12,8 +12,16 @@ import onnxruntime
 from bnserve.core.repository import INPUT_NAME, ONNX_MODEL, TensorSpec
 from bnserve.server.errors import StartupError
 
-ONNX_TO_V2 = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-              "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
+ONNX_TO_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -54,7 +62,9 @@ def one_row_call_seconds(session: onnxruntime.InferenceSession) -> float:
     """The fastest of 5 calls on one zero row, after one warm-up call. Raises what ONNX Runtime raises for a
     model that cannot take such a row (the signature check then names the difference)."""
     model_input = session.get_inputs()[0]
-    images = np.zeros([1, *(d if isinstance(d, int) and d > 0 else 1 for d in model_input.shape[1:])], np.float32)
+    images = np.zeros(
+        [1, *(d if isinstance(d, int) and d > 0 else 1 for d in model_input.shape[1:])], np.float32
+    )
     names = [output.name for output in session.get_outputs()]
     session.run(names, {model_input.name: images})
     best = float("inf")
@@ -74,21 +84,28 @@ class OnnxBackend:
         cores). Waking a pool thread (spinning is off) costs tens of microseconds and a core that the event loop
         and gRPC's poller want too: more than a light model's whole call (README, "intra-op-threads", for the
         measurement)."""
-        providers = [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
+        providers = (
+            [CUDA, CPU] if device in ("auto", "gpu") and cuda_provider_available() else [CPU]
+        )
         path = str(version_dir / ONNX_MODEL)
         on_cpu = providers == [CPU]
         self.intra_op_threads = 1 if on_cpu and intra_op_threads == 0 else intra_op_threads
-        self.session = onnxruntime.InferenceSession(path, session_options(self.intra_op_threads), providers=providers)
+        self.session = onnxruntime.InferenceSession(
+            path, session_options(self.intra_op_threads), providers=providers
+        )
         if on_cpu and intra_op_threads == 0 and not self._light():
             self.intra_op_threads = cpu_pool_threads()
             if self.intra_op_threads != 1:
-                self.session = onnxruntime.InferenceSession(path, session_options(self.intra_op_threads),
-                                                            providers=providers)
+                self.session = onnxruntime.InferenceSession(
+                    path, session_options(self.intra_op_threads), providers=providers
+                )
         # ONNX Runtime silently falls back to the CPU when CUDA cannot start: check what it picked.
         self.device = "gpu" if self.session.get_providers()[0] == CUDA else "cpu"
         if device == "gpu" and self.device != "gpu":
-            raise StartupError(f"--device gpu: ONNX Runtime has no usable CUDA provider (available: "
-                               f"{', '.join(onnxruntime.get_available_providers())}); install bnserve[gpu]")
+            raise StartupError(
+                f"--device gpu: ONNX Runtime has no usable CUDA provider (available: "
+                f"{', '.join(onnxruntime.get_available_providers())}); install bnserve[gpu]"
+            )
 
     def _light(self) -> bool:
         """Whether a one-row call takes at most LIGHT_CALL_S on this one-thread session; True when the model cannot
@@ -104,6 +121,10 @@ class OnnxBackend:
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         def spec(node) -> TensorSpec:
             datatype = ONNX_TO_V2.get(node.type, node.type)
-            return TensorSpec(node.name, datatype, tuple(d if isinstance(d, int) else -1 for d in node.shape))
+            return TensorSpec(
+                node.name, datatype, tuple(d if isinstance(d, int) else -1 for d in node.shape)
+            )
 
-        return [spec(n) for n in self.session.get_inputs()], [spec(n) for n in self.session.get_outputs()]
+        return [spec(n) for n in self.session.get_inputs()], [
+            spec(n) for n in self.session.get_outputs()
+        ]

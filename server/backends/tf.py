@@ -15,8 +15,16 @@ def tensorflow_gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-TF_TO_V2 = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-            "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+TF_TO_V2 = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int8": "INT8",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+}
 
 
 class TensorFlowBackend:
@@ -34,11 +42,15 @@ class TensorFlowBackend:
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         def spec(name, tensor) -> TensorSpec:
             datatype = TF_TO_V2.get(tensor.dtype.name, tensor.dtype.name)
-            return TensorSpec(name, datatype, tuple(-1 if d is None else int(d) for d in tensor.shape))
+            return TensorSpec(
+                name, datatype, tuple(-1 if d is None else int(d) for d in tensor.shape)
+            )
 
         _, inputs = self._signature.structured_input_signature
-        return ([spec(name, t) for name, t in inputs.items()],
-                [spec(name, t) for name, t in self._signature.structured_outputs.items()])
+        return (
+            [spec(name, t) for name, t in inputs.items()],
+            [spec(name, t) for name, t in self._signature.structured_outputs.items()],
+        )
 
     def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
         with tf.device(self._device_name):

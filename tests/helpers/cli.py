@@ -5,8 +5,14 @@ import sys
 
 
 def bnserve(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bnserve.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
 
 def assert_user_error(result, *fragments):
     assert result.returncode == 2, result.stderr

@@ -10,11 +10,16 @@ from tests.requests import v2_json_body
 def drift_status(server, model="m"):
     return requests.get(f"{server.http_url}/v2/models/{model}/drift", timeout=30).json()
 
+
 def send(server, images: np.ndarray, model="m"):
     for start in range(0, len(images), 32):
-        response = requests.post(f"{server.http_url}/v2/models/{model}/infer",
-                                 json=v2_json_body(images[start:start + 32]), timeout=30)
+        response = requests.post(
+            f"{server.http_url}/v2/models/{model}/infer",
+            json=v2_json_body(images[start : start + 32]),
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
+
 
 def window_after(server, windows: int) -> dict:
     wait_for(lambda: drift_status(server)["windows"] >= windows, what=f"drift window {windows}")

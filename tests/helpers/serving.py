@@ -31,12 +31,19 @@ def publish_copy(source: Path, repository: Path, name: str, version: int, mutate
     staging.rename(target)
     return target
 
+
 def infer_request(batch=1, model="m", version=""):
     return v2_request(random_images(batch), model, version)
 
+
 def stub_for(url, credentials=None, options=()):
-    channel = grpc.secure_channel(url, credentials, options) if credentials else grpc.insecure_channel(url, options)
+    channel = (
+        grpc.secure_channel(url, credentials, options)
+        if credentials
+        else grpc.insecure_channel(url, options)
+    )
     return channel, v2_grpc.GRPCInferenceServiceStub(channel)
+
 
 def wait_for(condition, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
@@ -44,24 +51,36 @@ def wait_for(condition, timeout=30.0, what="condition"):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
+
 def served_versions(stub, model="m"):
     try:
         return list(stub.ModelMetadata(v2.ModelMetadataRequest(name=model)).versions)
     except grpc.RpcError:
         return []
 
+
 def index(stub):
-    return {(m.name, m.version): (m.state, m.reason) for m in stub.RepositoryIndex(v2.RepositoryIndexRequest()).models}
+    return {
+        (m.name, m.version): (m.state, m.reason)
+        for m in stub.RepositoryIndex(v2.RepositoryIndexRequest()).models
+    }
+
 
 def rss_mb(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
+
 def scrape(server) -> str:
-    port = next(int(m.group(1)) for line in server.log if (m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)", line)))
+    port = next(
+        int(m.group(1))
+        for line in server.log
+        if (m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)", line))
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.read().decode()
+
 
 def metric(text: str, name: str, **labels) -> float:
     for line in text.splitlines():

@@ -11,8 +11,11 @@ def rehash(version_dir):
     """Rewrite the manifest's sha256 list to match the files as they now are (what a careful forger does)."""
     manifest = json.loads((version_dir / MANIFEST).read_text())
     manifest["files"] = file_digests(version_dir)
-    manifest["sizes"] = {relative: (version_dir / relative).stat().st_size for relative in manifest["files"]}
+    manifest["sizes"] = {
+        relative: (version_dir / relative).stat().st_size for relative in manifest["files"]
+    }
     (version_dir / MANIFEST).write_text(json.dumps(manifest))
+
 
 def without_golden(version_dir):
     """A version as exported before golden samples existed."""
