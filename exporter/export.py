@@ -28,7 +28,7 @@ from bnserve.core.drift import (
     MonitorSpec,
     calibrate_thresholds,
 )
-from bnserve.core.errors import BnserveError
+from bnserve.core.errors import BnserveError, UserError
 from bnserve.core.golden import GOLDEN, golden_inputs, write_golden
 from bnserve.core.parity import (
     REFERENCE_EVALUATOR_SAMPLES,
@@ -55,6 +55,13 @@ from bnserve.core.repository import (
     staging_dir,
     write_json,
 )
+from bnserve.exporter.adapt import (
+    RANGE_FACTOR,
+    Screened,
+    adapted_refusal,
+    refuse,
+    screen_samples,
+)
 from bnserve.exporter.artifacts import (
     assert_no_batch_norm,
     write_monitor_onnx,
@@ -64,7 +71,13 @@ from bnserve.exporter.artifacts import (
 )
 from bnserve.exporter.fold import bn_scale_shift
 from bnserve.exporter.folded import FoldedModule, MonitorModule, fold_network
-from bnserve.exporter.options import check_export_options, load_adapt_data, statistics_kind
+from bnserve.exporter.options import (
+    MIN_ADAPT_SAMPLES,
+    AdaptData,
+    check_export_options,
+    load_adapt_data,
+    statistics_kind,
+)
 from bnserve.trainer.checkpoint import restore_trained_model
 from bnserve.trainer.data import Dataset, load_dataset, split
 from bnserve.trainer.model import NetworkParameters, make_predict
@@ -118,6 +131,93 @@ def precise_statistics(
         name: (total_mean / samples, total_variance / samples)
         for name, (total_mean, total_variance) in sums.items()
     }
+
+
+def screen_adapt_data(statistics_flag: str, adapt: AdaptData, config: dict) -> Screened:
+    """The adapt inputs without the samples that are not finite or lie far outside the training range
+    (bnserve.exporter.adapt.screen_samples); refused when fewer than MIN_ADAPT_SAMPLES are left."""
+    train, _ = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
+    train_range = (float(train.images.min()), float(train.images.max()))
+    screened = screen_samples(adapt.images, adapt.labels, train_range)
+    if len(screened.images) < MIN_ADAPT_SAMPLES:
+        raise UserError(
+            f"--stats {statistics_flag!r}: {len(screened.images)} of {len(adapt.images)} samples are "
+            f"usable ({screened.non_finite} hold NaN or infinite values, {screened.out_of_range} lie "
+            f"beyond {RANGE_FACTOR:g} x the training range {train_range[0]:g}..{train_range[1]:g} "
+            f"past either end); expected at least {MIN_ADAPT_SAMPLES}"
+        )
+    return screened
+
+
+def adapted_statistics(
+    request: ExportRequest,
+    model,
+    adapt: AdaptData,
+    screened: Screened,
+    frozen: dict[str, tuple[np.ndarray, np.ndarray]],
+    heldout: Dataset,
+    batch_size: int,
+    accuracies: dict[str, float],
+    log: Callable[[str], None],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """``--stats adapt:PATH``: re-estimate the statistics on the screened target inputs, and refuse them
+    when a guard says so (bnserve.exporter.adapt); returns them and their manifest provenance."""
+    for skipped in adapt.skipped:
+        log(f"warning: --stats {request.statistics!r}: skipped the shard {skipped}")
+    dropped = screened.non_finite + screened.out_of_range
+    if dropped:
+        log(
+            f"adapt inputs: dropped {dropped} of {len(adapt.images)} samples ({screened.non_finite} not "
+            f"finite, {screened.out_of_range} beyond {RANGE_FACTOR:g} x the training range past either "
+            "end)"
+        )
+    images, labels = screened.images, screened.labels
+    frozen_predictions = predicted_classes(model, images)
+    before = labelled_accuracy(model, images, labels) if labels is not None else None
+    with progress(f"re-estimating BN statistics on {len(images)} target inputs", log):
+        statistics = precise_statistics(model, images, batch_size)
+        model.set_statistics(statistics)
+    after = labelled_accuracy(model, images, labels) if labels is not None else None
+    reason = adapted_refusal(
+        frozen, statistics, frozen_predictions, predicted_classes(model, images), before, after
+    )
+    if reason is not None:
+        raise refuse(request.statistics, reason)
+    accuracies["adapt"] = heldout_accuracy(model, heldout)
+    log(
+        f"held-out accuracy on the training distribution: {accuracies['ema']:.4f} with the frozen "
+        f"statistics, {accuracies['adapt']:.4f} adapted"
+    )
+    if accuracies["adapt"] < accuracies["ema"] - TRAINING_DISTRIBUTION_DROP:
+        log(
+            "warning: the adapted statistics lose accuracy on the training distribution, as expected "
+            "when the target data really shifted; serve this version only for the shifted traffic"
+        )
+    source = dict(adapt.source) | {
+        "dropped_non_finite": screened.non_finite,
+        "dropped_out_of_range": screened.out_of_range,
+        "skipped_shards": list(adapt.skipped),
+    }
+    if before is not None:
+        source |= {"accuracy_before": before, "accuracy_after": after}
+        log(
+            f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
+            f"{after:.4f} adapted"
+        )
+    return statistics, source
+
+
+TRAINING_DISTRIBUTION_DROP = 0.05
+"""A held-out accuracy this much below the frozen statistics' is worth a warning, never a refusal."""
+
+
+def predicted_classes(model, images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [
+            np.argmax(model(images[i : i + 512], training=False).numpy(), axis=1)
+            for i in range(0, len(images), 512)
+        ]
+    )
 
 
 def heldout_accuracy(model, heldout: Dataset) -> float:
@@ -288,11 +388,15 @@ def export(
     check_has_checkpoint(request.run_dir)
     kind = statistics_kind(request.statistics)
     adapt = None
-    if kind == "adapt":  # the target data is checked before TensorFlow restores anything
+    screened = None
+    if (
+        kind == "adapt"
+    ):  # the target data is checked (and screened) before TensorFlow restores anything
         record = read_run_record(request.run_dir)
         adapt = load_adapt_data(
             request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"]
         )
+        screened = screen_adapt_data(request.statistics, adapt, record.config)
     with progress("restoring the checkpoint", log):
         model, record, checkpoint = restore_trained_model(request.run_dir)
         config = record.config
@@ -303,32 +407,23 @@ def export(
     network = model.parameters()
     statistics = network.shadow_statistics()
     statistics_source = None
-    if kind in ("precise", "adapt"):
-        images = train.images if kind == "precise" else adapt.images
-        before = (
-            labelled_accuracy(model, adapt.images, adapt.labels)
-            if adapt is not None and adapt.labels is not None
-            else None
-        )
-        with progress(
-            f"re-estimating BN statistics on {len(images)} {'training' if kind == 'precise' else 'target'} "
-            "inputs",
-            log,
-        ):
-            statistics = precise_statistics(model, images, config["batch_size"])
+    if kind == "precise":
+        with progress(f"re-estimating BN statistics on {len(train.images)} training inputs", log):
+            statistics = precise_statistics(model, train.images, config["batch_size"])
             model.set_statistics(statistics)
             accuracies[kind] = heldout_accuracy(model, heldout)
-        if adapt is not None:
-            statistics_source = dict(adapt.source)
-            if before is not None:
-                statistics_source |= {
-                    "accuracy_before": before,
-                    "accuracy_after": labelled_accuracy(model, adapt.images, adapt.labels),
-                }
-                log(
-                    f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
-                    f"{statistics_source['accuracy_after']:.4f} adapted"
-                )
+    if kind == "adapt":
+        statistics, statistics_source = adapted_statistics(
+            request,
+            model,
+            adapt,
+            screened,
+            statistics,
+            heldout,
+            config["batch_size"],
+            accuracies,
+            log,
+        )
     built = staging_dir(request.repository)
     try:
         folded = fold_network(network, statistics)

@@ -49,6 +49,8 @@ class AdaptData:
     labels: np.ndarray | None
     source: dict
     """{"path", "sha256", "samples"} for the manifest."""
+    skipped: tuple[str, ...] = ()
+    """Shards of a directory that could not be used, each "NAME: reason" (logged, and in the manifest)."""
 
 
 def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: int) -> AdaptData:
@@ -59,34 +61,23 @@ def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: 
     shards = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not shards:
         raise UserError(f"{flag}: the directory holds no .npz shards")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for shard in shards:
         try:
-            with np.load(shard, allow_pickle=False) as data:
-                if "x" not in data:
-                    raise UserError(
-                        f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})"
-                    )
-                images.append(np.asarray(data["x"]))
-                labels.append(np.asarray(data["y"]) if "y" in data and not path.is_dir() else None)
-        except UserError:
-            raise
-        except Exception as exc:  # not a zip, a pickled object array, a truncated shard ...
-            raise UserError(
-                f"{flag}: {shard.name} is not a readable .npz ({type(exc).__name__}: {exc})"
-            ) from None
-    for shard, x in zip(shards, images):
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape):
-            raise UserError(
-                f"{flag}: {shard.name}: x has shape {list(x.shape)}, expected [N, {', '.join(map(str, input_shape))}]"
-            )
-        if x.dtype.kind not in "fiu":
-            raise UserError(f"{flag}: {shard.name}: x holds {x.dtype}, expected numbers")
+            x, y = read_adapt_shard(shard, flag, input_shape)
+        except UserError as exc:
+            if not path.is_dir():
+                raise
+            # One bad shard of a capture directory is named and left out; the others still count.
+            skipped.append(f"{shard.name}: {str(exc).removeprefix(flag + ': ')}")
+            continue
+        images.append(x)
+        labels.append(y if not path.is_dir() else None)
+    if not images:
+        raise UserError(f"{flag}: none of the {len(shards)} shards is usable ({skipped[0]} ...)")
+    # Non-finite values and values far outside the training range are dropped sample by sample later,
+    # once the training range is known (bnserve.exporter.adapt.screen_samples).
     x = np.concatenate(images).astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise UserError(
-            f"{flag}: x holds NaN or infinite values ({int(np.sum(~np.isfinite(x)))} of {x.size})"
-        )
     if len(x) < MIN_ADAPT_SAMPLES:
         raise UserError(f"{flag}: {len(x)} samples, expected at least {MIN_ADAPT_SAMPLES}")
     y = labels[0] if len(labels) == 1 else None
@@ -105,5 +96,38 @@ def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: 
     if y is not None:
         digest.update(y.tobytes())
     return AdaptData(
-        x, y, {"path": str(path.resolve()), "sha256": digest.hexdigest(), "samples": int(len(x))}
+        x,
+        y,
+        {"path": str(path.resolve()), "sha256": digest.hexdigest(), "samples": int(len(x))},
+        tuple(skipped),
     )
+
+
+def read_adapt_shard(
+    shard: Path, flag: str, input_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One .npz's ``x`` (and ``y`` when present), or a UserError naming the shard and what is wrong."""
+    if not shard.is_file():  # a FIFO named *.npz would block the export forever
+        raise UserError(f"{flag}: {shard.name} is not a regular file")
+    try:
+        with np.load(shard, allow_pickle=False) as data:
+            if "x" not in data:
+                raise UserError(
+                    f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})"
+                )
+            x = np.asarray(data["x"])
+            y = np.asarray(data["y"]) if "y" in data else None
+    except UserError:
+        raise
+    except Exception as exc:  # not a zip, a pickled object array, a truncated shard ...
+        raise UserError(
+            f"{flag}: {shard.name} is not a readable .npz ({type(exc).__name__}: {exc})"
+        ) from None
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape):
+        raise UserError(
+            f"{flag}: {shard.name}: x has shape {list(x.shape)}, expected [N, "
+            f"{', '.join(map(str, input_shape))}]"
+        )
+    if x.dtype.kind not in "fiu":
+        raise UserError(f"{flag}: {shard.name}: x holds {x.dtype}, expected numbers")
+    return x, y

@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -17,6 +19,26 @@ from bnserve.server import metrics
 from bnserve.server.errors import RateLimitedLog
 
 log = logging.getLogger("bnserve.server")
+
+MARKER = ".bnserve-capture"
+"""A file in the capture directory holding the directory's marker: the servers that capture into it name
+their shards bnserve-capture-MARKER-..., and only files with such names are ever counted or deleted."""
+SHARD = re.compile(r"bnserve-capture-(?P<marker>[0-9a-f]{16})-\d{20}-\d+-\d{6}\.npz")
+
+
+def capture_marker(directory: Path) -> str:
+    """The directory's marker, made (atomically) the first time a server captures into it."""
+    path = directory / MARKER
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as stream:
+            stream.write(secrets.token_hex(8) + "\n")
+    except FileExistsError:
+        pass
+    marker = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{16}", marker):
+        raise OSError(f"{path} does not hold a capture marker (16 hexadecimal digits)")
+    return marker
 
 
 class Capture:
@@ -39,6 +61,8 @@ class Capture:
         self.started: dict[tuple[str, int], float] = {}
         self.sequence = 0
         self.failure_log = RateLimitedLog(log, 10.0, "failures")
+        self.root = directory.resolve()
+        self.marker: str | None = None
         self.shards: collections.deque | None = None
         """(path, bytes) of every shard under the directory, oldest first: scanned once, then kept up to date, so
         keeping the budget costs no directory walk per shard."""
@@ -64,10 +88,16 @@ class Capture:
         images = np.concatenate(arrays)
         target_dir = self.directory / key[0] / str(key[1])
         self.sequence += 1
-        # Sortable by time: the oldest shards go first when the directory is over its budget.
-        target = target_dir / f"{time.time_ns():020d}-{os.getpid()}-{self.sequence:06d}.npz"
         try:
+            if self.marker is None:
+                self.marker = capture_marker(self.directory)
+            # Sortable by time within the marker: the oldest shards go first when over the budget.
+            target = target_dir / (
+                f"bnserve-capture-{self.marker}-{time.time_ns():020d}-{os.getpid()}-{self.sequence:06d}.npz"
+            )
             target_dir.mkdir(parents=True, exist_ok=True)
+            if not self.inside(target_dir):
+                raise OSError(f"{target_dir} leads outside --capture-dir {self.directory} (a link)")
             needed = images.nbytes + 4096
             if shutil.disk_usage(target_dir).free < 2 * needed:
                 raise OSError(28, "not enough free space for the shard")
@@ -96,10 +126,28 @@ class Capture:
                 exc.strerror or exc,
             )
 
+    def inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root)
+
+    def own_shards(self) -> list[Path]:
+        """This directory's shards (its marker in their names), oldest first; files of any other name, and
+        anything behind a link that leaves the directory, are never counted or touched."""
+        found = []
+        for path in self.directory.glob("*/*/bnserve-capture-*.npz"):
+            match = SHARD.fullmatch(path.name)
+            if (
+                match
+                and match["marker"] == self.marker
+                and not path.is_symlink()
+                and self.inside(path)
+            ):
+                found.append(path)
+        return sorted(found, key=lambda p: p.name)
+
     def enforce_budget(self, written: Path) -> None:
-        """Remove the oldest shards (by name: time first) until the directory holds at most max_bytes."""
+        """Remove this directory's oldest shards until they hold at most max_bytes together."""
         if self.shards is None:  # shards left by an earlier run count too
-            found = sorted(self.directory.glob("*/*/*.npz"), key=lambda p: p.name)
+            found = self.own_shards()
             self.shards = collections.deque((p, p.stat().st_size) for p in found)
             self.total = sum(size for _, size in self.shards)
         else:

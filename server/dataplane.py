@@ -114,6 +114,16 @@ def validated_images(
     return tensor.data
 
 
+def check_finite(images: np.ndarray) -> None:
+    """InvalidInput when the input holds a NaN or an infinity (--reject-non-finite)."""
+    if not np.isfinite(images).all():
+        count = int(images.size - np.count_nonzero(np.isfinite(images)))
+        raise InvalidInput(
+            f"inputs[0]: {count} of {images.size} values are NaN or infinite; expected finite numbers "
+            "(the server runs with --reject-non-finite)"
+        )
+
+
 RESPONSE_OVERHEAD_BYTES = 256
 """Room for a response's names, shapes and framing beside its tensor bytes (a few hundred bytes here)."""
 
@@ -365,6 +375,8 @@ class DataPlane:
         try:
             batcher = self.batcher(model)
             images = validated_images(model, request, batcher.options.max_batch_size)
+            if self.settings.reject_non_finite:
+                check_finite(images)
             outputs = list(request.outputs) or model.output_names
             check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
             if self.sampler.active:

@@ -14,6 +14,7 @@
     bnserve_drift_alarm{model,version}                gauge: 1 while some layer's shift is above its threshold
     bnserve_monitor_dropped_samples_total{model,version}  sampled inputs dropped because the monitor was behind
     bnserve_monitor_skipped_samples_total{model,version}  sampled inputs skipped: the monitor was over --monitor-max-share
+    bnserve_monitor_non_finite_samples_total{model,version}  sampled inputs kept out of the moments (NaN/inf)
     bnserve_captured_samples_total{model,version}     inputs written to --capture-dir
     bnserve_capture_failures_total{model,version}     capture shards not written (disk full, unwritable)
 
@@ -135,6 +136,11 @@ SAMPLES_DROPPED = Counter(
 SAMPLES_SKIPPED = Counter(
     "bnserve_monitor_skipped_samples",
     "Sampled inputs not monitored: the monitor was over its --monitor-max-share budget",
+    ["model", "version"],
+)
+MONITOR_NON_FINITE = Counter(
+    "bnserve_monitor_non_finite_samples",
+    "Sampled inputs kept out of the drift moments: a NaN or infinity in the input or its moments",
     ["model", "version"],
 )
 CAPTURED_SAMPLES = Counter(

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import queue
 import random
 import threading
@@ -79,17 +80,28 @@ class DriftStatus:
     skipped: int = 0
     max_share: float = 0.0
     alarm: bool = False
+    non_finite: int = 0
+    """Sampled inputs kept out of the moments: a NaN or an infinity in the input or in its BN moments."""
+    unknown_windows: int = 0
+    """Windows whose score was not a number: they neither raise nor clear the alarm."""
     layers: tuple[LayerDrift, ...] = ()
     history_times: tuple[float, ...] = ()
     """time.time() at which each window of the history completed."""
 
     def to_json(self) -> dict:
-        """The drift endpoint's document (history_times stay on the server)."""
+        """The drift endpoint's document (history_times stay on the server). A score that is not finite
+        (an infinite shift of a channel whose live variance is 0) is null: NaN and Infinity are not JSON."""
         document = dataclasses.asdict(self)
         del document["history_times"]
         for layer in document["layers"]:
-            layer["history"] = list(layer["history"])
+            layer["history"] = [finite_or_none(v) for v in layer["history"]]
+            layer["score"] = finite_or_none(layer["score"])
+            layer["threshold"] = finite_or_none(layer["threshold"])
         return document
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass
@@ -116,6 +128,9 @@ class VersionMonitor:
     skipped: int = 0
     """Sampled inputs not monitored because spent_ns was over the budget (--monitor-max-share)."""
     skipped_counter: object = None
+    non_finite: int = 0
+    """Sampled inputs kept out of the moments because they, or their moments, were not finite."""
+    unknown_windows: int = 0
     alarm: bool = False
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY))
 
@@ -149,7 +164,18 @@ class VersionMonitor:
         return dict(zip(self.outputs, values))
 
     def add(self, images: np.ndarray, values: dict[str, np.ndarray]) -> list[WindowResult]:
-        """Fold the per-sample ``values`` of ``images`` into windows; returns the windows completed."""
+        """Fold the per-sample ``values`` of ``images`` into windows; returns the windows completed. A sample
+        that is not finite, or whose moments are not (a finite 1e30 squares to infinity in float32), is
+        counted in ``non_finite`` and kept out: one such sample would make every score of its window NaN."""
+        keep = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        for value in values.values():
+            keep &= np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        if not keep.all():
+            dropped = int((~keep).sum())
+            self.non_finite += dropped
+            metrics.MONITOR_NON_FINITE.labels(self.name, str(self.version)).inc(dropped)
+            images = images[keep]
+            values = {name: value[keep] for name, value in values.items()}
         finished = []
         start = 0
         while start < len(images):
@@ -173,8 +199,19 @@ class VersionMonitor:
             layer_shift(sums[0] / self.count, sums[1] / self.count, layer)
             for sums, layer in zip(self.sums, self.spec.layers)
         ]
-        alarm = any(shift > layer.threshold for shift, layer in zip(shifts, self.spec.layers))
         labels = (self.name, str(self.version))
+        if any(math.isnan(shift) for shift in shifts):
+            # Unknown: NaN > threshold is false, so such a window would clear any alarm. It changes nothing.
+            self.unknown_windows += 1
+            log.warning(
+                "drift window on model %r version %d has no score (not a number); the alarm stays %s",
+                self.name,
+                self.version,
+                "on" if self.alarm else "off",
+            )
+            self.reset()
+            return WindowResult(time.time(), shifts, self.alarm)
+        alarm = any(shift > layer.threshold for shift, layer in zip(shifts, self.spec.layers))
         for index, shift in enumerate(shifts):
             metrics.BN_SHIFT.labels(*labels, str(index)).set(shift)
         metrics.DRIFT_ALARM.labels(*labels).set(1 if alarm else 0)
@@ -233,6 +270,8 @@ class VersionMonitor:
             self.skipped,
             self.max_share,
             self.alarm,
+            self.non_finite,
+            self.unknown_windows,
             layers,
             tuple(window.finished for window in self.history),
         )

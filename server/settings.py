@@ -154,6 +154,13 @@ def parse_model_option(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def nonempty_path(text: str) -> Path:
+    """A path flag's value; an empty one would mean the working directory, which nobody asks for."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def model_options_from(texts: list[str]) -> dict[str, dict]:
     return dict(parse_model_option(text) for text in texts)
 
@@ -421,13 +428,22 @@ class ServerSettings:
     )
     capture_dir: Path | None = setting(
         None,
-        parse=Path,
+        parse=nonempty_path,
         doc="append sampled request inputs to DIR/NAME/VERSION/*.npz (for bnserve "
         "export --stats adapt:DIR/NAME/VERSION)",
     )
     capture_rate: float = setting(0.0, doc="fraction of requests captured (with --capture-dir)")
     capture_max_bytes: int = setting(
-        1 << 30, doc="keep --capture-dir under this size, oldest shards first"
+        1 << 30,
+        doc="keep the shards this server family wrote under --capture-dir under this size, oldest "
+        "first (no other file there is counted or deleted)",
+    )
+    reject_non_finite: bool = setting(
+        False,
+        action="store_true",
+        protocols=BOTH_PORTS,
+        doc="refuse an input holding a NaN or an infinity (gRPC INVALID_ARGUMENT, HTTP 400, naming "
+        "the tensor); off: it is served as the model computes it, and kept out of the drift moments",
     )
 
     def __post_init__(self):
@@ -522,6 +538,14 @@ class ServerSettings:
             raise UserError(
                 f"--capture-dir {str(self.capture_dir)!r}: exists and is not a directory"
             )
+        if self.capture_dir is not None:
+            capture, repository = self.capture_dir.resolve(), self.repository.resolve()
+            if capture.is_relative_to(repository) or repository.is_relative_to(capture):
+                raise UserError(
+                    f"--capture-dir {str(self.capture_dir)!r}: overlaps --repository "
+                    f"{str(self.repository)!r} (after resolving links); capture into a directory "
+                    "outside the repository, which it must never write into or delete from"
+                )
 
     @property
     def polling(self) -> bool:

@@ -25,14 +25,17 @@ def escape(value) -> str:
 
 def chart(history: list[float], threshold: float) -> str:
     """The shifts of the last windows (a polyline) under a dashed threshold line, on a log scale from threshold/100
-    to the larger of 10 x threshold and the largest shift: clean windows sit well below the line, shifts far above."""
+    to the larger of 10 x threshold and the largest shift: clean windows sit well below the line, shifts far above.
+    An infinite shift (a channel whose live variance is 0) is drawn at the top; a NaN is not drawn."""
+    history = [v for v in history if not math.isnan(v)]
+    scale = [v for v in history if math.isfinite(v)]
     finite = math.isfinite(threshold) and threshold > 0
-    bottom = threshold / 100 if finite else max(min([v for v in history if v > 0] or [1e-6]), 1e-12)
-    top = max([threshold * 10 if finite else bottom * 1e3, *history])
+    bottom = threshold / 100 if finite else max(min([v for v in scale if v > 0] or [1e-6]), 1e-12)
+    top = max([threshold * 10 if finite else bottom * 1e3, *scale])
     span = math.log10(top / bottom) or 1.0
 
     def y(value: float) -> float:
-        position = math.log10(max(value, bottom) / bottom) / span
+        position = math.log10(max(min(value, top), bottom) / bottom) / span
         return CHART_HEIGHT - 4 - (CHART_HEIGHT - 8) * min(position, 1.0)
 
     parts = [

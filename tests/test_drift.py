@@ -497,7 +497,7 @@ def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_a
         ),
         (
             lambda p: np.savez(p, x=np.full((64, 8, 8, 1), np.nan, np.float32)),
-            "x holds NaN or infinite values",
+            "0 of 64 samples are usable (64 hold NaN or infinite values, 0 lie beyond 4 x the training",
         ),
         (
             lambda p: np.savez(p, x=np.zeros((8, 8, 8, 1), np.float32)),
