@@ -146,7 +146,9 @@ def test_an_adapted_version_that_loses_accuracy_on_the_adapt_labels_is_refused(
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --stats 'adapt:{target}': the adapted version is refused"), last
-    assert "accuracy on the adapt set's labels falls from 1.0000 (frozen statistics) to" in last, last
+    assert "accuracy on the adapt set's labels falls from 1.0000 (frozen statistics) to" in last, (
+        last
+    )
     assert not (repository / "d").exists()
 
 

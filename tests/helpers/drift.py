@@ -1,5 +1,7 @@
 """The drift endpoint of a running server: send traffic, wait for windows."""
 
+import json
+
 import numpy as np
 import requests
 
@@ -8,7 +10,13 @@ from tests.requests import v2_json_body
 
 
 def drift_status(server, model="m"):
-    return requests.get(f"{server.http_url}/v2/models/{model}/drift", timeout=30).json()
+    """The drift document, parsed strictly: a NaN or Infinity token (not JSON) fails the test."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    text = requests.get(f"{server.http_url}/v2/models/{model}/drift", timeout=30).text
+    return json.loads(text, parse_constant=refuse)
 
 
 def send(server, images: np.ndarray, model="m"):
