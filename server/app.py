@@ -173,7 +173,9 @@ async def serve(settings: ServerSettings) -> None:
     # Handlers first: whoever saw the "listening" line may send SIGTERM at once and expect a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (the terminal went away, or an operator's habit) is a graceful stop too: the repository is
+    # followed by polling, so there is nothing to reload.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     if running.metrics_port is not None:

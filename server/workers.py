@@ -2,13 +2,22 @@
 
 The parent binds the port with SO_REUSEPORT (choosing one when --grpc-port is 0) and holds it, so no
 other program can take it, but never listens: the kernel spreads new connections over the workers,
-which bind the same port with gRPC's default SO_REUSEPORT. SIGINT/SIGTERM are passed on to every
-worker; the parent exits 0 when all of them did.
+which bind the same port with gRPC's default SO_REUSEPORT. SO_REUSEPORT alone would also let a second
+``--workers`` family of the same user join the port (the kernel then splits connections between two
+repositories), so the parent also holds a lock named after each port (an abstract Unix socket, freed by
+the kernel when the process dies): a second family stops with "port in use".
+
+SIGINT, SIGTERM and SIGHUP (a terminal that closed) all mean a graceful stop, passed on to every worker
+as SIGTERM; the parent exits 0 when all of them did. Workers die with their parent: each asks the kernel
+for SIGTERM when the parent goes (PR_SET_PDEATHSIG), so even ``kill -9`` of the parent leaves no server
+behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -26,6 +35,24 @@ def reserve_port(host: str, port: int) -> socket.socket:
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     reservation.bind((host, port))
     return reservation
+
+
+def lock_port(port: int) -> socket.socket:
+    """A lock that only one ``--workers`` family can hold for ``port`` (OSError when another holds it)."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lock.bind(f"\0bnserve-workers-port-{port}")
+    return lock
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In the worker before it runs: SIGTERM when the parent dies; exits at once if it already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 REPLACED = ("--workers", "--grpc-port", "--metrics-port", "--http-port")
@@ -81,21 +108,24 @@ def run_workers(
     A worker that exits with status 2 (a user error, e.g. a port it cannot bind) is not restarted: every
     worker is stopped and the parent exits 2. On shutdown the parent exits 0 when every worker did.
     """
-    try:
-        reservation = reserve_port(host, port)
-    except OSError as exc:
-        raise UserError(
-            f"--grpc-port {port}: port {port} is in use on {host} ({exc.strerror})"
-        ) from None
-    port = reservation.getsockname()[1]
-    http_reservation = None
-    if http_port:
+    held = []
+    for flag, wanted in (("--grpc-port", port), ("--http-port", http_port)):
+        if flag == "--http-port" and not wanted:
+            continue
         try:
-            http_reservation = reserve_port(host, http_port)
+            reservation = reserve_port(host, wanted)
+            held.append(reservation)
+            bound = reservation.getsockname()[1]
+            held.append(lock_port(bound))
         except OSError as exc:
+            for sock in held:
+                sock.close()
             raise UserError(
-                f"--http-port {http_port}: port {http_port} is in use on {host} ({exc.strerror})"
+                f"{flag} {wanted}: port {wanted} is in use on {host} ({exc.strerror or exc})"
             ) from None
+        if flag == "--grpc-port":
+            port = bound
+    parent = os.getpid()
 
     def start(index: int) -> subprocess.Popen:
         return subprocess.Popen(
@@ -104,7 +134,8 @@ def run_workers(
                 "-m",
                 "bnserve.cli",
                 *worker_arguments(argv, port, index, metrics_port, http_port),
-            ]
+            ],
+            preexec_fn=lambda: die_with_parent(parent),
         )
 
     children = [start(i) for i in range(workers)]
@@ -124,10 +155,10 @@ def run_workers(
         stopping.append(signum)
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     user_error = False
     while True:
         now = time.monotonic()
@@ -167,9 +198,8 @@ def run_workers(
             break
         time.sleep(0.1)
     codes = [child.wait() for child in children]
-    reservation.close()
-    if http_reservation is not None:
-        http_reservation.close()
+    for sock in held:
+        sock.close()
     log.info("all workers stopped (exit codes %s)", codes)
     if user_error:
         return EXIT_USER_ERROR

@@ -216,3 +216,55 @@ def test_bare_connections_are_capped_and_closed_after_the_handshake_time(reposit
         for sock in sockets:
             sock.close()
         assert server.stop() == 0
+
+
+def worker_pids(server) -> list[int]:
+    wait_for(
+        lambda: sum("listening on" in line for line in server.log) >= 2,
+        timeout=60,
+        what="two workers",
+    )
+    found = re.findall(r"started 2 workers on .* \(pids (\d+), (\d+)\)", "\n".join(server.log))
+    return [int(pid) for pid in found[0]]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_second_worker_family_cannot_share_the_port(repository, tmp_path):
+    """SO_REUSEPORT would let a second --workers family of the same user join the port, and the kernel would
+    split connections between two repositories."""
+    other = tmp_path / "other"
+    other.mkdir()
+    publish_copy(repository / "m" / "1", other, "x", 1)
+    server = start_server(repository, "--workers", "2", http=True)
+    try:
+        worker_pids(server)
+        for flags in (["--grpc-port", str(server.port)], ["--http-port", str(server.http_port)]):
+            result = bnserve("serve", "--repository", other, "--workers", "2", "--grpc-port", "0",
+                             "--http-port", "0", *flags)  # fmt: skip
+            port = flags[1]
+            assert result.returncode == 2, result.stderr
+            assert (
+                f"{flags[0]} {port}: port {port} is in use"
+                in result.stderr.strip().splitlines()[-1]
+            )
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
+def test_workers_never_outlive_their_parent(repository, signum):
+    server = start_server(repository, "--workers", "2", "--grace-seconds", "1")
+    pids = worker_pids(server)
+    server.process.send_signal(signum)
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30, what="the workers to stop")
+    code = server.process.wait(timeout=30)
+    assert code == (-9 if signum == signal.SIGKILL else 0)
+    if signum == signal.SIGHUP:  # a graceful stop, as SIGTERM
+        assert any("all workers stopped (exit codes [0, 0])" in line for line in server.log)
