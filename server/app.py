@@ -89,6 +89,12 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     health = ReadinessHealth(dataplane)
     controller = RepositoryController(settings, registry, dataplane, health)
     controller.load_at_start()
+    for name in sorted(set(settings.model_options) - set(registry.model_names())):
+        log.warning(
+            "--model-option %s: the repository has no model %r (yet); the option applies when it appears",
+            name,
+            name,
+        )
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -18,6 +18,8 @@ from bnserve.server.json_codec import expect, optional_object, parse_json
 from bnserve.server.tensors import V2_TO_NUMPY, array_from_json, array_from_raw, element_count
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_TIMEOUT_US = 10**15
+"""About 31 years: any longer timeout cannot be held as a float of seconds without losing meaning."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,12 @@ def parse_infer(
     timeout_us = parameters.get("timeout")
     if timeout_us is not None:
         expect(timeout_us, int, "parameters.timeout", "microseconds as an integer")
-        if timeout_us < 0:
-            raise InvalidInput(f"parameters.timeout: {timeout_us}, expected microseconds >= 0")
+        if not 0 <= timeout_us <= MAX_TIMEOUT_US:
+            digits = len(str(abs(timeout_us)))
+            shown = timeout_us if digits <= 20 else f"an integer of {digits} digits"
+            raise InvalidInput(
+                f"parameters.timeout: {shown}, expected microseconds from 0 to {MAX_TIMEOUT_US}"
+            )
         timeout_s = timeout_us / 1e6 if timeout_s is None else min(timeout_s, timeout_us / 1e6)
     if "inputs" not in document:
         raise InvalidInput("inputs: missing; expected a list of input tensors")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bnserve.core.errors import UserError
+from bnserve.core.repository import validate_model_name
 
 BACKENDS = ("onnx", "tf")
 """Execution backends: ONNX Runtime on model.onnx, TensorFlow on the SavedModel."""
@@ -105,6 +106,44 @@ MODEL_OPTION_KEYS = {
 """--model-option keys and the BatchingOptions field each one sets."""
 
 
+BOUNDS: dict[str, tuple[float, float]] = {
+    "grpc_port": (0, 65535),
+    "http_port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "max_batch_size": (1, 65536),
+    "max_queue_delay_us": (0, 60_000_000),
+    "max_queue_size": (1, 1_000_000),
+    "instances": (1, 256),
+    "inline_compute_us": (0, 10_000_000),
+    "intra_op_threads": (0, 1024),
+    # gRPC takes message sizes as a C int.
+    "max_message_bytes": (1024, 2**31 - 1),
+    "grace_seconds": (0, 86_400),
+    "poll_seconds": (0, 86_400),
+    "max_connections": (1, 1_000_000),
+    # gRPC takes both as int milliseconds (under 2^31); below 0.1 s no call could finish on an idle
+    # connection's first request.
+    "connection_idle_seconds": (0.1, 2_000_000),
+    "handshake_seconds": (0.1, 3_600),
+    "monitor_sample_rate": (0, 1),
+    "monitor_window": (16, 1_000_000),
+    "monitor_max_share": (0, 1_000),
+    "capture_rate": (0, 1),
+    "capture_max_bytes": (1 << 20, 1 << 50),
+}
+"""Every numeric setting's range, inclusive: the one table behind the flags and --model-option. A value outside
+it, NaN or infinity is refused before anything starts."""
+
+
+def check_bound(flag: str, key: str, value) -> None:
+    low, high = BOUNDS[key]
+    if value is None:
+        return
+    if not (math.isfinite(value) and low <= value <= high):
+        kind = "an integer" if isinstance(value, int) else "a number"
+        raise UserError(f"{flag} {value}: expected {kind} from {low:g} to {high:g}")
+
+
 def check_batching(
     prefix: str,
     max_batch_size: int,
@@ -121,9 +160,10 @@ def check_batching(
         ("instances", instances, 1),
         ("inline-compute-us", inline_compute_us, 0),
     ):
+        name = key if prefix == "--" else key.replace("-", "_")
         if value < low:
-            name = key if prefix == "--" else key.replace("-", "_")
             raise UserError(f"{prefix}{name} {value}: expected an integer >= {low}")
+        check_bound(f"{prefix}{name}", key.replace("-", "_"), value)
 
 
 def parse_model_option(text: str) -> tuple[str, dict]:
@@ -131,6 +171,13 @@ def parse_model_option(text: str) -> tuple[str, dict]:
     name, _, assignments = text.partition(":")
     if not name or not assignments:
         raise UserError(f"--model-option {text!r}: expected NAME:key=value[,key=value]")
+    try:
+        validate_model_name(name)
+    except UserError:
+        raise UserError(
+            f"--model-option {text!r}: {name!r} is not a model name (1-128 characters from A-Z a-z "
+            "0-9 _ . -, starting with a letter or digit, without '..')"
+        ) from None
     overrides = {}
     for assignment in assignments.split(","):
         key, _, value = assignment.partition("=")
@@ -538,6 +585,8 @@ class ServerSettings:
             raise UserError(
                 f"--capture-dir {str(self.capture_dir)!r}: exists and is not a directory"
             )
+        for key in BOUNDS:  # after the checks above, whose messages say more about the lower ends
+            check_bound(flag_of(SETTING_FIELDS[key]), key, getattr(self, key))
         if self.capture_dir is not None:
             capture, repository = self.capture_dir.resolve(), self.repository.resolve()
             if capture.is_relative_to(repository) or repository.is_relative_to(capture):
@@ -585,6 +634,11 @@ class ServerSettings:
             root_certificates=self.tls_client_ca.read_bytes() if self.tls_client_ca else None,
             require_client_auth=self.tls_client_ca is not None,
         )
+
+
+SETTING_FIELDS = {
+    setting_field.name: setting_field for setting_field in dataclasses.fields(ServerSettings)
+}
 
 
 def flag_of(setting_field: dataclasses.Field) -> str:

@@ -1003,3 +1003,14 @@ def test_a_stalled_tls_handshake_on_http_is_closed_after_handshake_seconds(repos
         ).json() == {"live": True}
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("timeout", [10**400, -1, 10**15 + 1])
+def test_a_timeout_the_server_cannot_hold_is_a_400_naming_the_field(server, timeout):
+    body = json.dumps(v2_json_body(random_images(1)) | {"parameters": {"timeout": timeout}})
+    response = requests.post(f"{server.http_url}/v2/models/digits/infer", data=body, timeout=30)
+    assert response.status_code == 400, response.text
+    shown = "an integer of 401 digits" if timeout == 10**400 else str(timeout)
+    assert response.json() == {
+        "error": f"parameters.timeout: {shown}, expected microseconds from 0 to 1000000000000000"
+    }

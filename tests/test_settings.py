@@ -2,23 +2,29 @@
 and the help names every port a setting governs."""
 
 import dataclasses
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bnserve.cli import build_parser
+from bnserve.core.errors import UserError
 from bnserve.server.settings import (
     BACKENDS,
+    BOUNDS,
     DEVICES,
     MODEL_CONTROL_MODES,
     MODEL_OPTION_KEYS,
     PROTOCOLS,
+    SETTING_FIELDS,
     ServerSettings,
     flag_of,
     help_text,
     settings_from_args,
 )
+from tests.helpers.cli import assert_user_error, bnserve
 
 
 def serve_parser():
@@ -104,3 +110,87 @@ def test_building_every_parser_imports_neither_grpc_nor_prometheus():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+HOSTILE_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e-9", "1e12", "2147483648", "1" + "0" * 20, "abc",
+                   "", "0x10", "1_000", " 5", "3.5", "-0", "65536", "1e400"]  # fmt: skip
+
+
+def numeric_flags() -> list[str]:
+    return sorted(flag_of(SETTING_FIELDS[key]) for key in BOUNDS)
+
+
+def test_a_seeded_fuzz_of_the_numeric_flags_either_refuses_in_one_line_or_stays_in_the_table(
+    tmp_path,
+):
+    """600 cases: every value a flag accepts lies in BOUNDS (finite); everything else is one `error:` line."""
+    rng = np.random.default_rng(0)
+    flags = numeric_flags()
+    refused = accepted = 0
+    for case in range(600):
+        flag = flags[case % len(flags)]
+        pick = rng.integers(0, 3)
+        if pick == 0:
+            value = HOSTILE_NUMBERS[rng.integers(0, len(HOSTILE_NUMBERS))]
+        elif pick == 1:
+            value = str(int(rng.integers(-5, 5)) * 10 ** int(rng.integers(0, 22)))
+        else:
+            value = repr(float(rng.normal()) * 10 ** float(rng.uniform(-12, 12)))
+        argv = ["serve", "--repository", str(tmp_path), flag, value]
+        if flag == "--capture-rate":
+            argv += ["--capture-dir", str(tmp_path.parent / "capture-fuzz")]
+        try:
+            settings = settings_from_args(build_parser().parse_args(argv))
+        except UserError as exc:
+            assert "\n" not in str(exc) and "Traceback" not in str(exc), (flag, value, str(exc))
+            refused += 1
+            continue
+        accepted += 1
+        for key, (low, high) in BOUNDS.items():
+            held = getattr(settings, key)
+            assert held is None or (math.isfinite(held) and low <= held <= high), (
+                flag,
+                value,
+                key,
+                held,
+            )
+    assert refused > 100 and accepted > 50, (refused, accepted)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("m:max_batch_size=1099511627776", "--model-option m:max_batch_size 1099511627776: expected an integer from 1 to 65536"),
+        ("m:max_batch_size=2**40", "max_batch_size expects an integer, got '2**40'"),
+        ("../x:instances=2", "'../x' is not a model name"),
+        ("m:instances=100000", "expected an integer from 1 to 256"),
+    ],
+)  # fmt: skip
+def test_model_options_are_bounded_by_the_same_table(tmp_path, option, message):
+    with pytest.raises(UserError) as caught:
+        settings_from_args(
+            build_parser().parse_args(
+                ["serve", "--repository", str(tmp_path), "--model-option", option]
+            )
+        )
+    assert message in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-message-bytes", "2147483648"], "--max-message-bytes 2147483648: expected an integer from 1024 to 2.14748e+09"),
+        (["--max-connections", "1000000000000"], "--max-connections 1000000000000: expected an integer from 1 to 1e+06"),
+        (["--connection-idle-seconds", "1e12"], "--connection-idle-seconds 1000000000000.0: expected a number from 0.1 to 2e+06"),
+        (["--connection-idle-seconds", "1e-9"], "expected a number from 0.1 to 2e+06"),
+        (["--handshake-seconds", "1e12"], "--handshake-seconds 1000000000000.0: expected a number from 0.1 to 3600"),
+        (["--grace-seconds", "nan"], "--grace-seconds nan: expected a number from 0 to 86400"),
+        (["--poll-seconds", "nan"], "--poll-seconds nan: expected a number from 0 to 86400"),
+        (["--max-batch-size", "100000000000000000000"], "expected an integer from 1 to 65536"),
+    ],
+)  # fmt: skip
+def test_the_numbers_of_the_probe_are_refused_in_one_line(repository, flags, message):
+    result = bnserve(
+        "serve", "--repository", repository, "--grpc-port", "0", "--http-port", "0", *flags
+    )
+    assert_user_error(result, message)
