@@ -4,16 +4,18 @@ context, and start-up. The routes and handlers are bnserve.server.rest."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from bnserve.core.errors import UserError
 from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane
 from bnserve.server.errors import RateLimitedLog
-from bnserve.server.rest import HttpFront
+from bnserve.server.rest import JSON, HttpFront
 from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger("bnserve.server")
@@ -29,6 +31,39 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
         context.load_verify_locations(cafile=settings.tls_client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's protocol of one connection, with the errors aiohttp raises itself (a request line or header
+    it cannot parse, before any handler runs) answered like every other error, JSON ``{"error": ...}``, and
+    logged in one line at most once a second instead of a traceback each (a client can send them at will)."""
+
+    parse_errors = RateLimitedLog(log, 1.0, "unparsable requests")
+
+    def log_exception(self, *args, **kwargs) -> None:
+        exc = kwargs.get("exc_info")
+        self.parse_errors.log(logging.INFO, "HTTP: a request could not be read (%s)", describe(exc))
+
+    def handle_error(self, request, status=500, exc=None, message=None) -> web.StreamResponse:
+        super().handle_error(
+            request, status, exc, message
+        )  # logs (above); raises if bytes were sent
+        text = "internal error" if status == 500 else f"request: cannot be read ({describe(exc)})"
+        response = web.Response(
+            body=json.dumps({"error": text}).encode(), status=status, content_type=JSON
+        )
+        response.force_close()
+        return response
+
+
+def describe(exc: BaseException | None) -> str:
+    """aiohttp's multi-line parser messages ("400, message:\n  Bad status line ...") on one line."""
+    if exc is None:
+        return "no details"
+    return (
+        " ".join(str(exc).replace(f"{getattr(exc, 'code', '')}, message:", "").split())
+        or type(exc).__name__
+    )
 
 
 class RefusedConnection(asyncio.Protocol):
@@ -70,7 +105,8 @@ class CappedSite(web.BaseSite):
                 self.refused,
             )
             return RefusedConnection()
-        return server()
+        # As web.Server() makes its handler, with the error answers above (aiohttp < 4 is pinned).
+        return JsonErrorRequestHandler(server, loop=server._loop, **server._kwargs)
 
     async def start(self) -> None:
         await super().start()

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -1014,3 +1015,27 @@ def test_a_timeout_the_server_cannot_hold_is_a_400_naming_the_field(server, time
     assert response.json() == {
         "error": f"parameters.timeout: {shown}, expected microseconds from 0 to 1000000000000000"
     }
+
+
+def test_requests_aiohttp_cannot_parse_get_json_errors_and_a_bounded_log(repository):
+    """200 bad request lines once gave 1,800 traceback lines and plain-text 400s."""
+    server = start_server(repository, "--model-control", "none", http=True)
+    try:
+        bodies = []
+        for number in range(200):
+            with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+                sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n" if number % 2
+                             else b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")  # fmt: skip
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.split(b" ")[1] == b"400" and b"application/json" in head, reply
+            bodies.append(json.loads(body))
+        assert all(b["error"].startswith("request: cannot be read (") for b in bodies), bodies[:2]
+        assert requests.get(f"{server.http_url}/v2/health/live", timeout=10).status_code == 200
+    finally:
+        assert server.stop() == 0
+    noted = [line for line in server.log if "could not be read" in line]
+    assert 1 <= len(noted) <= 10, noted
+    assert not any("Traceback" in line for line in server.log)
