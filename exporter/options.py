@@ -110,7 +110,13 @@ def read_adapt_shard(
     if not shard.is_file():  # a FIFO named *.npz would block the export forever
         raise UserError(f"{flag}: {shard.name} is not a regular file")
     try:
-        with np.load(shard, allow_pickle=False) as data:
+        loaded = np.load(shard, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy (one array) named .npz
+            raise UserError(
+                f"{flag}: {shard.name} is a single .npy array, not an .npz archive; save it with "
+                "np.savez(path, x=images)"
+            )
+        with loaded as data:
             if "x" not in data:
                 raise UserError(
                     f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})"

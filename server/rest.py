@@ -128,7 +128,8 @@ class HttpFront:
             if exc.status < 400:
                 raise
             if exc.status == 404:
-                message = f"no such endpoint: {request.method} {request.path}"
+                # The path as sent: /v2/health%2Fready is not /v2/health/ready, whatever it decodes to.
+                message = f"no such endpoint: {request.method} {request.raw_path.split('?')[0]}"
             elif exc.status == 405:
                 message = f"{request.method} is not allowed on {request.path}; expected {exc.headers.get('Allow')}"
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -215,9 +216,11 @@ def model_options_from(texts: list[str]) -> dict[str, dict]:
 def read_token(path: Path) -> str:
     """The bearer token of --auth-token-file: one word, surrounding whitespace ignored."""
     try:
-        token = path.read_text().strip()
+        token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise UserError(f"--auth-token-file {str(path)!r}: unreadable ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--auth-token-file {str(path)!r}: not UTF-8 text") from None
     if not token or any(c.isspace() for c in token):
         raise UserError(f"--auth-token-file {str(path)!r}: expected one token without spaces")
     return token
@@ -496,6 +499,12 @@ class ServerSettings:
     def __post_init__(self):
         if not self.repository.is_dir():
             raise UserError(f"--repository {str(self.repository)!r}: no such directory")
+        for flag, host in (("--host", self.host), ("--metrics-host", self.metrics_host)):
+            try:  # before anything loads: an unresolvable name is not a busy port
+                socket.getaddrinfo(host, None)
+            except (socket.gaierror, UnicodeError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                raise UserError(f"{flag} {host!r}: the name does not resolve ({reason})") from None
         if self.backend not in BACKENDS:
             raise UserError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.device not in DEVICES:

@@ -298,3 +298,40 @@ def test_the_status_page_has_no_nan_in_its_charts():
 
     svg = chart([0.1, float("inf"), float("nan"), 0.2], 0.5)
     assert "nan" not in svg and "inf" not in svg and svg.count("<circle") == 3
+
+
+# -- messages that say what is wrong ---------------------------------------------------------------------
+
+
+def test_an_unresolvable_host_is_named_as_such(repository):
+    result = bnserve(
+        "serve", "--repository", repository, "--host", "no.such.host.invalid", "--grpc-port", "0"
+    )
+    assert_user_error(result, "--host 'no.such.host.invalid': the name does not resolve")
+
+
+def test_a_token_file_that_is_not_text_is_one_line(repository, tmp_path):
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe\x00secret")
+    result = bnserve("serve", "--repository", repository, "--auth-token-file", token)
+    assert_user_error(result, f"--auth-token-file {str(token)!r}: not UTF-8 text")
+
+
+def test_an_npy_named_npz_is_named_as_such(digits_run, tmp_path):
+    run_dir, _ = digits_run
+    target = tmp_path / "target.npz"
+    with open(target, "wb") as stream:
+        np.save(stream, np.zeros((64, 8, 8, 1), np.float32))
+    result = bnserve("export", run_dir, "--repository", tmp_path / "repo", "--name", "d",
+                     "--stats", f"adapt:{target}")  # fmt: skip
+    assert_user_error(result, "target.npz is a single .npy array, not an .npz archive")
+
+
+def test_an_encoded_slash_is_not_the_route_it_decodes_to(repository):
+    server = start_server(repository, "--model-control", "none", http=True)
+    try:
+        response = requests.get(f"{server.http_url}/v2/health%2Fready", timeout=10)
+        assert response.status_code == 404
+        assert response.json() == {"error": "no such endpoint: GET /v2/health%2Fready"}
+    finally:
+        assert server.stop() == 0
