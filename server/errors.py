@@ -39,6 +39,13 @@ class InvalidInput(ServingError):
     http_status = 400
 
 
+class BodyTimeout(ServingError):
+    """An HTTP body that did not arrive whole within --body-seconds: 408, and the connection is closed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 408
+
+
 class ModelLoadFailed(ServingError):
     """No version of the model could be loaded (Triton answers INTERNAL here too)."""
 

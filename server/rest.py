@@ -27,7 +27,7 @@ from bnserve.server import rest_tfserving, rest_v2
 from bnserve.server.auth import BearerToken
 from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane
-from bnserve.server.errors import ErrorLogLimiter, InvalidInput, ServingError
+from bnserve.server.errors import BodyTimeout, ErrorLogLimiter, InvalidInput, ServingError
 from bnserve.server.json_codec import expect, message_json, parse_json
 from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
@@ -37,6 +37,7 @@ log = logging.getLogger("bnserve.server")
 limiter = ErrorLogLimiter()
 
 JSON = "application/json"
+LINGERING_SECONDS = 2.0
 BINARY = "application/octet-stream"
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 ACCEPTED_BODY_TYPES = ("", JSON, BINARY, "application/x-www-form-urlencoded")
@@ -73,7 +74,10 @@ class HttpFront:
         app = web.Application(
             middlewares=[self.guard],
             client_max_size=self.settings.max_message_bytes,
-            handler_args={"max_field_size": 16384},
+            # lingering_time: after an early answer (413, 408) aiohttp keeps reading the unread body this long
+            # so that the client sees the answer rather than a reset; its default, 10 s, would let a client
+            # that never finishes hold the connection that much longer.
+            handler_args={"max_field_size": 16384, "lingering_time": LINGERING_SECONDS},
         )
         add = app.router.add_route
         # The v2 routes. /v2/models/stats is listed before /v2/models/{model}: routes match in order.
@@ -117,7 +121,12 @@ class HttpFront:
             return await handler(request)
         except ServingError as exc:
             limiter.log(f"HTTP {request.method} {request.path}", exc.code, exc.message)
-            return error_response(exc.http_status, exc.message)
+            response = error_response(exc.http_status, exc.message)
+            if isinstance(
+                exc, BodyTimeout
+            ):  # the rest of the body may still come: no next request here
+                response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             response = error_response(
                 413, f"body: more than --max-message-bytes {self.settings.max_message_bytes} bytes"
@@ -164,7 +173,12 @@ class HttpFront:
                 f"Content-Type: got {declared!r}, expected {JSON} (or {BINARY} with "
                 f"{HEADER_LENGTH})"
             )
-        return await request.read()
+        try:
+            return await asyncio.wait_for(request.read(), self.settings.body_seconds)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"body: not received whole within --body-seconds {self.settings.body_seconds:g}"
+            ) from None
 
     async def status_page(self, request):
         from bnserve.server.status_page import render

@@ -126,6 +126,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     # connection's first request.
     "connection_idle_seconds": (0.1, 2_000_000),
     "handshake_seconds": (0.1, 3_600),
+    "body_seconds": (0.1, 3_600),
     "monitor_sample_rate": (0, 1),
     "monitor_window": (16, 1_000_000),
     "monitor_max_share": (0, 1_000),
@@ -402,6 +403,12 @@ class ServerSettings:
         protocols=BOTH_PORTS,
         doc="close a connection that has not completed its HTTP/2 (gRPC) or TLS "
         "(HTTPS) handshake in this time",
+    )
+    body_seconds: float = setting(
+        30.0,
+        protocols=("HTTP",),
+        doc="an HTTP request body not received whole in this time gets 408 and its connection is "
+        "closed, so clients that never finish a body cannot hold the --max-connections slots",
     )
     model_control: str = setting(
         "poll",

@@ -1039,3 +1039,28 @@ def test_requests_aiohttp_cannot_parse_get_json_errors_and_a_bounded_log(reposit
     noted = [line for line in server.log if "could not be read" in line]
     assert 1 <= len(noted) <= 10, noted
     assert not any("Traceback" in line for line in server.log)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_that_never_finishes_gets_408_and_frees_its_connection(repository, chunked):
+    """Twenty such clients once held a --max-connections 20 server for as long as they liked."""
+    server = start_server(repository, "--model-control", "none", "--body-seconds", "1",
+                          "--connection-idle-seconds", "3", http=True)  # fmt: skip
+    try:
+        framing = b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"inputs\"" if chunked else (
+            b"Content-Length: 1000\r\n\r\n{\"inputs\"")  # fmt: skip
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + framing
+            )
+            reply = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                reply += chunk
+        assert time.monotonic() - started < 10
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"408", reply
+        assert json.loads(body) == {"error": "body: not received whole within --body-seconds 1"}
+    finally:
+        assert server.stop() == 0
