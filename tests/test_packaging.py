@@ -5,13 +5,14 @@ maps them to bnserve.trainer, bnserve.exporter, bnserve.server and bnserve.proto
 them as top-level packages would silently replace PyPI's own ``trainer``, ``exporter`` or ``protos``.
 """
 
-import ast
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from tests.helpers.imports import absolute_imports
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("trainer", "exporter", "server", "protos")
@@ -130,19 +131,9 @@ def test_no_module_imports_a_folder_by_its_bare_name():
     offenders = []
     for folder in ("bnserve", *FOLDERS, "tests", "bench"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = (
-                    [a.name for a in node.names]
-                    if isinstance(node, ast.Import)
-                    else (
-                        [node.module]
-                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
-                        else []
-                    )
-                )
-                offenders += [
-                    f"{path.relative_to(ROOT)}: {name}"
-                    for name in names
-                    if name.split(".")[0] in FOLDERS
-                ]
+            offenders += [
+                f"{path.relative_to(ROOT)}: {name}"
+                for name in absolute_imports(path)
+                if name.split(".")[0] in FOLDERS
+            ]
     assert not offenders, offenders

@@ -9,6 +9,7 @@ import pytest
 from bnserve.core.errors import UserError
 from bnserve.core.records import RunRecord
 from bnserve.trainer.rundir import read_run_record
+from tests.helpers.imports import absolute_imports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,19 +54,9 @@ def test_an_old_or_foreign_run_record_gets_a_precise_error(digits_run, tmp_path,
 def imported_packages(path: Path) -> set[str]:
     """Top-level project modules a file imports (bnserve.core, bnserve.cli ... count as their own layer)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = (
-            [alias.name for alias in node.names]
-            if isinstance(node, ast.Import)
-            else (
-                [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
-                else []
-            )
-        )
-        for name in names:
-            parts = name.split(".")
-            found.add(".".join(parts[:2]) if parts[0] == "bnserve" else parts[0])
+    for name in absolute_imports(path):
+        parts = name.split(".")
+        found.add(".".join(parts[:2]) if parts[0] == "bnserve" else parts[0])
     return found
 
 
