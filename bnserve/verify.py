@@ -85,6 +85,10 @@ def onnx_reference_runner(version_dir: Path, device: str) -> Runner:
     )
 
 
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
 RUNNERS = {
     "onnxruntime": onnxruntime_runner,
     "tf": tensorflow_runner,
@@ -114,10 +118,35 @@ def verify(
             f"{version_dir}: no {GOLDEN}: this version was exported before golden samples "
             "existed, so its numbers cannot be checked here (export it again)"
         )
-    golden = read_golden(version_dir / GOLDEN)
-    run = RUNNERS[runtime](version_dir, device)
-    check = check_golden(run, golden)
-    parity = measure(f"{runtime}/{device}", run, golden.inputs, golden.outputs["logits"])
+    try:  # the files are the published ones, so what is wrong with them is the version's fault: exit 1
+        golden = read_golden(version_dir / GOLDEN)
+        expected = [spec.shape[1:] for spec in manifest.inputs]
+        for key, images in golden.inputs.items():
+            if [list(images.shape[1:])] != [list(shape) for shape in expected]:
+                raise UserError(
+                    f"{GOLDEN}: input/{key} has shape {list(images.shape)}, the manifest declares "
+                    f"[n, {', '.join(map(str, expected[0]))}]"
+                )
+    except UserError as exc:
+        raise VerificationFailed(f"{version_dir}: {exc}") from None
+    artifact = SAVED_MODEL if runtime == "tf" else ONNX_MODEL
+    try:
+        run = RUNNERS[runtime](version_dir, device)
+    except (
+        UserError
+    ):  # a flag this machine cannot honour (--device gpu without one, a missing extra)
+        raise
+    except Exception as exc:  # a runtime that cannot load the file: the version fails, in one line
+        raise VerificationFailed(
+            f"{version_dir}: {runtime} cannot load {artifact} ({one_line(exc)})"
+        ) from None
+    try:
+        check = check_golden(run, golden)
+        parity = measure(f"{runtime}/{device}", run, golden.inputs, golden.outputs["logits"])
+    except Exception as exc:
+        raise VerificationFailed(
+            f"{version_dir}: {runtime} cannot run {artifact} ({one_line(exc)})"
+        ) from None
     print(format_table([parity], golden.tolerance), file=out)
     print(check.describe(), file=out)
     if not (check.passed and parity.passes(golden.tolerance)):

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from bnserve.core.errors import UserError
+from bnserve.core.npz import check_declared_size, declared_arrays
 
 # tf2onnx 1.17 (pinned in pyproject.toml) emits opsets up to 18; its README: "We support and test
 # ONNX opset-14 to opset-18". tests/test_export.py fails if the installed tf2onnx disagrees.
 SUPPORTED_OPSETS = range(14, 19)
 STATISTICS = ("ema", "precise", "adapt:PATH")
 MIN_ADAPT_SAMPLES = 32
+MAX_SHARD_BYTES = 1 << 30
+"""Arrays one adapt file or shard may declare, decompressed (a capture shard holds 256 samples)."""
 """Fewer unlabeled samples than this cannot estimate a variance per channel worth folding."""
 
 
@@ -109,6 +112,18 @@ def read_adapt_shard(
     """One .npz's ``x`` (and ``y`` when present), or a UserError naming the shard and what is wrong."""
     if not shard.is_file():  # a FIFO named *.npz would block the export forever
         raise UserError(f"{flag}: {shard.name} is not a regular file")
+    with open(shard, "rb") as stream:
+        is_zip = stream.read(4) == b"PK\x03\x04"
+    if is_zip:  # the declared shape of x, before anything is decompressed
+        declared = declared_arrays(shard, f"{flag}: {shard.name}")
+        if "x" in declared:
+            shape, _ = declared["x"]
+            if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
+                raise UserError(
+                    f"{flag}: {shard.name}: x has shape {list(shape)}, expected [N, "
+                    f"{', '.join(map(str, input_shape))}]"
+                )
+        check_declared_size(declared, MAX_SHARD_BYTES, f"{flag}: {shard.name}")
     try:
         loaded = np.load(shard, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy (one array) named .npz

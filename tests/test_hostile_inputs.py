@@ -335,3 +335,78 @@ def test_an_encoded_slash_is_not_the_route_it_decodes_to(repository):
         assert response.json() == {"error": "no such endpoint: GET /v2/health%2Fready"}
     finally:
         assert server.stop() == 0
+
+
+# -- verify and golden files: declared sizes, and the version's faults as exit 1 --------------------------
+
+
+def hostile_npz(path, shape=(2_000_000, 8, 8, 1)):
+    """A zip whose input/random member declares ``shape`` but holds a few bytes: 659 kB once declared 2M
+    samples and held a server at 1.43 GB for 36 s."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("input/random.npy", header.getvalue() + b"\0" * 64)
+        tolerance = io.BytesIO()
+        np.save(tolerance, np.float32(1e-4))
+        archive.writestr("tolerance.npy", tolerance.getvalue())
+
+
+def published_copy(exported, tmp_path, change):
+    import shutil
+
+    from tests.helpers.versions import rehash
+
+    target = tmp_path / "m" / "1"
+    shutil.copytree(exported[1], target)
+    change(target)
+    rehash(target)
+    return target
+
+
+def rewrite_golden(directory, **changes):
+    with np.load(directory / "golden.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays.update(changes)
+    np.savez(directory / "golden.npz", **arrays)
+
+
+@pytest.mark.parametrize(
+    "change, runtime, message",
+    [
+        (lambda d: (d / "model.onnx").write_bytes(b"\x8a" * 4096), "onnxruntime", "onnxruntime cannot load model.onnx"),
+        (lambda d: rewrite_golden(d, tolerance=np.array("abc")), "onnxruntime", "expected a finite scalar 'tolerance'"),
+        (lambda d: rewrite_golden(d, **{"input/random_batch_1": np.zeros((1, 4, 4, 1), np.float32)}), "onnxruntime",
+         "input/random_batch_1 has shape [1, 4, 4, 1], the manifest declares [n, 8, 8, 1]"),
+        (lambda d: hostile_npz(d / "golden.npz"), "onnxruntime", "refused before decompressing"),
+        (lambda d: __import__("shutil").rmtree(d / "saved_model"), "tf", "tf cannot load saved_model"),
+    ],
+)  # fmt: skip
+def test_verify_says_in_one_line_why_a_version_fails_with_exit_1(
+    exported, tmp_path, change, runtime, message
+):
+    version = published_copy(exported, tmp_path, change)
+    result = bnserve("verify", version, "--runtime", runtime)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_an_adapt_shard_declaring_more_than_it_may_is_refused_before_decompressing(
+    digits_run, tmp_path
+):
+    run_dir, _ = digits_run
+    target = tmp_path / "big.npz"
+    hostile_npz(target, shape=(50_000_000, 8, 8, 1))
+    import zipfile
+
+    with zipfile.ZipFile(target, "a") as archive:  # the member adapt reads is x
+        archive.writestr("x.npy", zipfile.ZipFile(target).read("input/random.npy"))
+    result = bnserve("export", run_dir, "--repository", tmp_path / "repo", "--name", "d",
+                     "--stats", f"adapt:{target}")  # fmt: skip
+    assert_user_error(result, "big.npz: declares", "refused before decompressing")

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from bnserve.core.errors import UserError
+from bnserve.core.npz import check_declared_size, declared_arrays
 from bnserve.core.repository import OUTPUT_NAMES
 
 GOLDEN = "golden.npz"
@@ -84,13 +85,16 @@ def read_golden(path: Path) -> Golden:
             raise UserError(
                 f"{GOLDEN}: {path.stat().st_size} bytes, more than the {MAX_GOLDEN_BYTES} allowed"
             )
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        content = path.read_bytes()
+        check_declared_size(declared_arrays(io.BytesIO(content), GOLDEN), MAX_GOLDEN_BYTES, GOLDEN)
+        with np.load(io.BytesIO(content), allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"{GOLDEN}: unreadable ({exc})") from None
     if (
         "tolerance" not in arrays
         or arrays["tolerance"].shape != ()
+        or arrays["tolerance"].dtype.kind != "f"
         or not np.isfinite(arrays["tolerance"])
     ):
         raise UserError(f"{GOLDEN}: expected a finite scalar 'tolerance'")
