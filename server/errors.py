@@ -46,6 +46,13 @@ class BodyTimeout(ServingError):
     http_status = 408
 
 
+class BodyTooLarge(ServingError):
+    """An HTTP body over its limit, found before or while reading it: 413, and the connection is closed."""
+
+    http_status = 413
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ModelLoadFailed(ServingError):
     """No version of the model could be loaded (Triton answers INTERNAL here too)."""
 

@@ -27,7 +27,13 @@ from bnserve.server import rest_tfserving, rest_v2
 from bnserve.server.auth import BearerToken
 from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane
-from bnserve.server.errors import BodyTimeout, ErrorLogLimiter, InvalidInput, ServingError
+from bnserve.server.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    ErrorLogLimiter,
+    InvalidInput,
+    ServingError,
+)
 from bnserve.server.json_codec import expect, message_json, parse_json
 from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
@@ -167,6 +173,9 @@ class HttpFront:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=self.settings.max_message_bytes, actual_size=request.content_length
             )
+        json_body = HEADER_LENGTH not in request.headers
+        if json_body and (request.content_length or 0) > self.settings.max_json_bytes:
+            raise self.json_too_large(request.content_length)
         declared = request.headers.get("Content-Type", "")
         if request.content_type not in ACCEPTED_BODY_TYPES and declared:
             raise InvalidInput(
@@ -174,11 +183,23 @@ class HttpFront:
                 f"{HEADER_LENGTH})"
             )
         try:
-            return await asyncio.wait_for(request.read(), self.settings.body_seconds)
+            body = await asyncio.wait_for(request.read(), self.settings.body_seconds)
         except TimeoutError:
             raise BodyTimeout(
                 f"body: not received whole within --body-seconds {self.settings.body_seconds:g}"
             ) from None
+        if (
+            json_body and len(body) > self.settings.max_json_bytes
+        ):  # chunked: no length was declared
+            raise self.json_too_large(len(body))
+        return body
+
+    def json_too_large(self, size: int) -> BodyTooLarge:
+        return BodyTooLarge(
+            f"body: {size} bytes of JSON, more than --max-json-bytes {self.settings.max_json_bytes}; "
+            f"send tensors in binary ({HEADER_LENGTH}, up to --max-message-bytes "
+            f"{self.settings.max_message_bytes})"
+        )
 
     async def status_page(self, request):
         from bnserve.server.status_page import render

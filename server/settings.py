@@ -119,6 +119,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "intra_op_threads": (0, 1024),
     # gRPC takes message sizes as a C int.
     "max_message_bytes": (1024, 2**31 - 1),
+    "max_json_bytes": (1024, 2**31 - 1),
     "grace_seconds": (0, 86_400),
     "poll_seconds": (0, 86_400),
     "max_connections": (1, 1_000_000),
@@ -375,6 +376,12 @@ class ServerSettings:
         64 * 1024 * 1024,
         protocols=BOTH_PORTS,
         doc="largest gRPC message received or sent, and largest HTTP request body",
+    )
+    max_json_bytes: int = setting(
+        16 * 1024 * 1024,
+        protocols=("HTTP",),
+        doc="largest HTTP body sent as JSON (KServe v2 JSON, TensorFlow Serving REST): JSON is parsed "
+        "on the event loop (~0.3 s for 16 MiB here), binary tensors take up to --max-message-bytes",
     )
     grace_seconds: float = setting(
         5.0,

@@ -1064,3 +1064,23 @@ def test_a_body_that_never_finishes_gets_408_and_frees_its_connection(repository
         assert json.loads(body) == {"error": "body: not received whole within --body-seconds 1"}
     finally:
         assert server.stop() == 0
+
+
+def test_json_bodies_have_their_own_smaller_limit_and_binary_keeps_the_larger_one(repository):
+    server = start_server(repository, "--model-control", "none", "--max-json-bytes", str(1 << 20),
+                          "--max-batch-size", "8192", http=True)  # fmt: skip
+    try:
+        images = random_images(4096)  # 1 MiB of float32, ~2.5 MiB as JSON
+        url = f"{server.http_url}/v2/models/m/infer"
+        expected = "bytes of JSON, more than --max-json-bytes 1048576; send tensors in binary"
+        sized = requests.post(url, data=json.dumps(v2_json_body(images)), timeout=60)
+        assert sized.status_code == 413 and expected in sized.json()["error"], sized.text
+        chunked = requests.post(
+            url, data=iter([json.dumps(v2_json_body(images)).encode()]), timeout=60
+        )
+        assert chunked.status_code == 413 and expected in chunked.json()["error"], chunked.text
+        body, headers = v2_binary_body(images)
+        binary = requests.post(url, data=body, headers=headers, timeout=60)
+        assert binary.status_code == 200, binary.text
+    finally:
+        assert server.stop() == 0
