@@ -42,9 +42,10 @@ def capture_marker(directory: Path) -> str:
 
 
 class Capture:
-    """Appends sampled request inputs to DIR/NAME/VERSION/*.npz shards (each written aside and renamed into
-    place), keeping the directory under ``max_bytes`` by removing the oldest shards; a shard that would not fit
-    on the disk is dropped with a log line and bnserve_capture_failures_total."""
+    """Appends sampled request inputs to DIR/NAME/VERSION/bnserve-capture-MARKER-*.npz shards (each written
+    aside and renamed into place), keeping the shards bearing DIR's marker under ``max_bytes`` by removing
+    the oldest of them (no other file is counted or touched); a shard that cannot be written (full disk, a
+    link out of DIR) is dropped with a log line and bnserve_capture_failures_total."""
 
     def __init__(
         self,
@@ -95,9 +96,13 @@ class Capture:
             target = target_dir / (
                 f"bnserve-capture-{self.marker}-{time.time_ns():020d}-{os.getpid()}-{self.sequence:06d}.npz"
             )
-            target_dir.mkdir(parents=True, exist_ok=True)
-            if not self.inside(target_dir):
-                raise OSError(f"{target_dir} leads outside --capture-dir {self.directory} (a link)")
+            # Checked before mkdir too: a DIR/NAME link must not even get a directory made behind it.
+            for _ in range(2):
+                if not self.inside(target_dir):
+                    raise OSError(
+                        f"{target_dir} leads outside --capture-dir {self.directory} (a link)"
+                    )
+                target_dir.mkdir(parents=True, exist_ok=True)
             needed = images.nbytes + 4096
             if shutil.disk_usage(target_dir).free < 2 * needed:
                 raise OSError(28, "not enough free space for the shard")

@@ -194,8 +194,10 @@ def test_the_capture_never_follows_a_link_out_of_its_directory(tmp_path):
     (directory / "m").symlink_to(outside)
     capture = Capture(directory, max_bytes=1 << 20, shard_samples=8)
     capture.add("m", 1, np.ones((8, 8, 8, 1), np.float32))
+    capture.add("m", 2, np.ones((8, 8, 8, 1), np.float32))  # no directory is made out there either
     capture.flush_due(force=True)
     assert sorted(p.name for p in (outside / "1").iterdir()) == ["keep.npz"]
+    assert sorted(p.name for p in outside.iterdir()) == ["1"]
 
 
 @pytest.mark.parametrize("where", ["repository", "inside", "parent"])
