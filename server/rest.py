@@ -35,6 +35,7 @@ from bnserve.server.errors import (
     ServingError,
 )
 from bnserve.server.json_codec import expect, message_json, parse_json
+from bnserve.server.json_offload import JsonDecoder
 from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
@@ -75,6 +76,7 @@ class HttpFront:
         self.settings = settings
         self._token = BearerToken(settings.auth_token) if settings.auth_token else None
         self._open_paths = HEALTH_PATHS if settings.health_without_auth else ()
+        self.json = JsonDecoder()
 
     def application(self) -> web.Application:
         app = web.Application(
@@ -85,6 +87,7 @@ class HttpFront:
             # that never finishes hold the connection that much longer.
             handler_args={"max_field_size": 16384, "lingering_time": LINGERING_SECONDS},
         )
+        app.on_cleanup.append(self.close)
         add = app.router.add_route
         # The v2 routes. /v2/models/stats is listed before /v2/models/{model}: routes match in order.
         add("GET", "/", self.status_page)
@@ -112,6 +115,9 @@ class HttpFront:
             add("GET", prefix + "/metadata", self.tf_metadata)
             add("POST", prefix + ":{method}", self.tf_predict)
         return app
+
+    async def close(self, app: web.Application) -> None:
+        self.json.close()
 
     # -- cross-cutting: authentication, and every error as JSON with its status ------------------------------
 
@@ -250,8 +256,11 @@ class HttpFront:
             name, version, "http"
         ):  # refused while draining, before the body is read
             body = await self.body(request)
-            domain, encoding = rest_v2.parse_infer(
-                body, request.headers.get(HEADER_LENGTH), name, version
+            header_length = request.headers.get(HEADER_LENGTH)
+            # With the binary extension the JSON is only the header: the tensors are viewed, not parsed.
+            size = int(header_length) if (header_length or "").isdigit() else len(body)
+            domain, encoding = await self.json.decode(
+                size, rest_v2.parse_infer, body, header_length, name, version
             )
         answer = await self.dataplane.infer(domain, "http")
         content, header_length = rest_v2.encode_infer(answer, encoding)
@@ -342,8 +351,9 @@ class HttpFront:
                 )
             version = self.tf_version(request)
             model = self.dataplane.model(name, version)
-            domain, row_format = rest_tfserving.parse_predict(
-                await self.body(request), model, version
+            body = await self.body(request)
+            domain, row_format = await self.json.decode(
+                len(body), rest_tfserving.parse_predict, body, model.name, model.input, version
             )
         answer = await self.dataplane.infer(domain, "http")
         return json_response(rest_tfserving.encode_predict(answer, row_format))

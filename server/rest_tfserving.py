@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnserve.core.repository import TensorSpec
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
 from bnserve.server.json_codec import expect, parse_json
@@ -36,17 +37,22 @@ def label_refused(label: str) -> InvalidInput:
 
 
 def parse_predict(
-    body: bytes, model: ServedVersion, model_version: str, timeout_s: float | None = None
+    body: bytes,
+    model_name: str,
+    input_spec: TensorSpec,
+    model_version: str,
+    timeout_s: float | None = None,
 ) -> tuple[InferenceRequest, bool]:
-    """A ``:predict`` body -> the domain request, and whether it used the row format."""
+    """A ``:predict`` body -> the domain request, and whether it used the row format (``input_spec``: the
+    model's input, so that this runs in a decoding process without the served version)."""
     document = expect(parse_json(body), dict, "body", 'a JSON object with "instances" or "inputs"')
     check_signature(document)
     if ("instances" in document) == ("inputs" in document):
         raise InvalidInput(
             'body: expected exactly one of "instances" (row format) or "inputs" (columnar format)'
         )
-    input_name = model.input.name
-    dtype = V2_TO_NUMPY[model.input.datatype]
+    input_name = input_spec.name
+    dtype = V2_TO_NUMPY[input_spec.datatype]
     row_format = "instances" in document
     if row_format:
         instances = expect(
@@ -79,10 +85,10 @@ def parse_predict(
             inputs = inputs[input_name]
         data = json_array(inputs, dtype, "inputs")
     request = InferenceRequest(
-        model.name,
+        model_name,
         model_version,
         "",
-        (InferInput(input_name, model.input.datatype, data),),
+        (InferInput(input_name, input_spec.datatype, data),),
         (),
         timeout_s,
     )

@@ -20,9 +20,10 @@ import pytest
 import requests
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.grpc import service_pb2 as v2
 
 from tests.certs import make_certificates
-from tests.helpers.serving import metric, publish_copy, scrape, wait_for
+from tests.helpers.serving import metric, publish_copy, scrape, stub_for, wait_for
 from tests.helpers.versions import with_slow_model
 from tests.requests import (
     random_images,
@@ -1083,4 +1084,39 @@ def test_json_bodies_have_their_own_smaller_limit_and_binary_keeps_the_larger_on
         binary = requests.post(url, data=body, headers=headers, timeout=60)
         assert binary.status_code == 200, binary.text
     finally:
+        assert server.stop() == 0
+
+
+def test_health_answers_within_50_ms_while_a_large_json_body_is_decoded(repository):
+    """One 63 MiB JSON body once held every client of the port, gRPC ServerLive included, for 3.9 s."""
+    server = start_server(repository, "--model-control", "none", "--max-json-bytes", str(64 << 20),
+                          http=True)  # fmt: skip
+    channel, stub = stub_for(server.url)
+    values = np.random.default_rng(0).uniform(0, 16, 4_000_000).round(4)
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [62_500, 8, 8, 1],
+                                   "data": values.tolist()}]}).encode()  # fmt: skip
+    del values
+    try:
+        stub.ServerLive(v2.ServerLiveRequest(), timeout=10)
+        latencies, answer, done = [], {}, threading.Event()
+
+        def post():
+            response = requests.post(f"{server.http_url}/v2/models/m/infer", data=body, timeout=120)
+            answer.update(status=response.status_code, error=response.json().get("error", ""))
+            done.set()
+
+        sender = threading.Thread(target=post)
+        sender.start()
+        while not done.is_set():
+            started = time.perf_counter()
+            stub.ServerLive(v2.ServerLiveRequest(), timeout=10)
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.01)
+        sender.join()
+        # The body was decoded (by the decoding process) and then refused for its batch size.
+        assert answer["status"] == 400 and "batch size 62500" in answer["error"], answer
+        assert len(latencies) >= 20, latencies
+        assert max(latencies) < 0.05, sorted(latencies)[-5:]
+    finally:
+        channel.close()
         assert server.stop() == 0
