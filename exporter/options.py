@@ -109,46 +109,34 @@ def load_adapt_data(statistics: str, input_shape: tuple[int, ...], num_classes: 
 def read_adapt_shard(
     shard: Path, flag: str, input_shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One .npz's ``x`` (and ``y`` when present), or a UserError naming the shard and what is wrong."""
+    """One .npz's ``x`` (and ``y`` when present), or a UserError naming the shard and what is wrong. What
+    the archive declares (names, shapes, dtypes, bytes) is checked before anything is decompressed."""
+    label = f"{flag}: {shard.name}"
     if not shard.is_file():  # a FIFO named *.npz would block the export forever
-        raise UserError(f"{flag}: {shard.name} is not a regular file")
+        raise UserError(f"{label} is not a regular file")
     with open(shard, "rb") as stream:
-        is_zip = stream.read(4) == b"PK\x03\x04"
-    if is_zip:  # the declared shape of x, before anything is decompressed
-        declared = declared_arrays(shard, f"{flag}: {shard.name}")
-        if "x" in declared:
-            shape, _ = declared["x"]
-            if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
-                raise UserError(
-                    f"{flag}: {shard.name}: x has shape {list(shape)}, expected [N, "
-                    f"{', '.join(map(str, input_shape))}]"
-                )
-        check_declared_size(declared, MAX_SHARD_BYTES, f"{flag}: {shard.name}")
+        magic = stream.read(6)
+    if magic == b"\x93NUMPY":  # never loaded: an .npy header would be unchecked
+        raise UserError(
+            f"{label} is a single .npy array, not an .npz archive; save it with np.savez(path, x=images)"
+        )
+    if not magic.startswith(b"PK\x03\x04"):
+        raise UserError(f"{label} is not a readable .npz (not a zip archive)")
+    declared = declared_arrays(shard, label)
+    if "x" not in declared:
+        raise UserError(f"{label} has no array 'x' (found {', '.join(declared) or 'none'})")
+    shape, dtype = declared["x"]
+    if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
+        raise UserError(
+            f"{label}: x has shape {list(shape)}, expected [N, {', '.join(map(str, input_shape))}]"
+        )
+    if dtype.kind not in "fiu":
+        raise UserError(f"{label}: x holds {dtype}, expected numbers")
+    check_declared_size(declared, MAX_SHARD_BYTES, label)
     try:
-        loaded = np.load(shard, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy (one array) named .npz
-            raise UserError(
-                f"{flag}: {shard.name} is a single .npy array, not an .npz archive; save it with "
-                "np.savez(path, x=images)"
-            )
-        with loaded as data:
-            if "x" not in data:
-                raise UserError(
-                    f"{flag}: {shard.name} has no array 'x' (found {', '.join(data.files) or 'none'})"
-                )
+        with np.load(shard, allow_pickle=False) as data:
             x = np.asarray(data["x"])
             y = np.asarray(data["y"]) if "y" in data else None
-    except UserError:
-        raise
-    except Exception as exc:  # not a zip, a pickled object array, a truncated shard ...
-        raise UserError(
-            f"{flag}: {shard.name} is not a readable .npz ({type(exc).__name__}: {exc})"
-        ) from None
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape):
-        raise UserError(
-            f"{flag}: {shard.name}: x has shape {list(x.shape)}, expected [N, "
-            f"{', '.join(map(str, input_shape))}]"
-        )
-    if x.dtype.kind not in "fiu":
-        raise UserError(f"{flag}: {shard.name}: x holds {x.dtype}, expected numbers")
+    except Exception as exc:  # a truncated member, a pickled y, bad compressed data ...
+        raise UserError(f"{label} is not a readable .npz ({type(exc).__name__}: {exc})") from None
     return x, y
