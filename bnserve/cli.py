@@ -231,10 +231,16 @@ def run_train(args) -> int:
 
 def add_export_parser(commands) -> None:
     parser = commands.add_parser(
-        "export", help="fold the frozen BN statistics, verify and publish a model version"
+        "export",
+        help="fold the frozen BN statistics, verify and publish a model version (a run, or your own "
+        "Keras model)",
     )
     parser.add_argument(
-        "run_dir", type=Path, metavar="RUN_DIR", help="a directory written by bnserve train"
+        "source",
+        type=Path,
+        metavar="RUN_DIR|MODEL",
+        help="a directory written by bnserve train, or a Keras 3 model file (.keras, .h5) with one "
+        "channels-last image input and one output",
     )
     parser.add_argument("--repository", required=True, type=Path, help="model repository root")
     parser.add_argument("--name", required=True, help="model name (letters, digits, _ . -)")
@@ -252,46 +258,64 @@ def add_export_parser(commands) -> None:
         "--stats",
         default="ema",
         metavar="ema|precise|adapt:PATH",
-        help="BN statistics to fold: EMA shadows (default), precise re-estimation over the training "
-        "data, or re-estimation over unlabeled target inputs (an .npz with x, or a capture "
-        "directory) with the weights frozen",
+        help="BN statistics to fold: the stored ones (EMA shadows, or a Keras BN's moving mean and "
+        "variance; default), precise re-estimation over the training data (a run's, or --data), or "
+        "re-estimation over unlabeled target inputs (an .npz with x, or a capture directory) with the "
+        "weights frozen",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="D.npz",
+        help="MODEL only: inputs x [N, H, W, C] (optional integer labels y and class names labels) "
+        "for the certificate, golden samples, drift calibration, --stats precise and the accuracy",
+    )
+    parser.add_argument(
+        "--input-range",
+        metavar="LO,HI",
+        help="MODEL only: the raw values the model takes; required without --data (random inputs "
+        "over it certify the export, and no drift monitor is written)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="MODEL only: batch size of the --stats precise|adapt pass (default 64)",
     )
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args) -> int:
-    from bnserve.core.repository import check_new_version
-    from bnserve.exporter.options import check_export_options
-    from bnserve.trainer.rundir import check_has_checkpoint
-
     with needs_extra("train", "bnserve export"):  # first: a missing extra is the first thing to say
         import_tensorflow(args.verbose)
-
-    check_export_options(args.opset, args.stats, args.tolerance)
-    check_new_version(args.repository, args.name, args.version)
-    if not args.run_dir.is_dir():
-        raise UserError(f"RUN_DIR {str(args.run_dir)!r}: no such directory")
-    check_has_checkpoint(args.run_dir)
+    if not 1 <= args.batch_size <= 65536:
+        raise UserError(f"--batch-size {args.batch_size}: expected 1 to 65536")
     with needs_extra("train", "bnserve export"):
         from bnserve.exporter.export import (  # TensorFlow loads only once the input is known to be good
             ExportRequest,
+            check_request,
             export,
         )
-
-    version, path, manifest = export(
-        ExportRequest(
-            args.run_dir,
-            args.repository,
-            args.name,
-            args.version,
-            args.opset,
-            args.tolerance,
-            args.stats,
-        )
+    request = ExportRequest(
+        args.source,
+        args.repository,
+        args.name,
+        args.version,
+        args.opset,
+        args.tolerance,
+        args.stats,
+        data=args.data,
+        input_range=args.input_range,
+        batch_size=args.batch_size,
     )
-    print(
-        f"published {args.name} version {version} at {path} (held-out accuracy {manifest.accuracy:.4f})"
+    check_request(request)
+    version, path, manifest = export(request)
+    accuracy = (
+        f"held-out accuracy {manifest.accuracy:.4f}"
+        if manifest.accuracy is not None
+        else "no labels, so no accuracy"
     )
+    print(f"published {args.name} version {version} at {path} ({accuracy})")
     return 0
 
 

@@ -74,6 +74,7 @@ def onnx_metadata(manifest: Manifest) -> dict[str, str]:
         "bnserve.outputs": json.dumps({o.name: list(o.shape) for o in manifest.outputs}),
         "bnserve.batch_normalization": json.dumps(manifest.batch_normalization.to_json()),
         "bnserve.heldout_accuracy": json.dumps(manifest.heldout_accuracy),
+        "bnserve.logits": json.dumps(manifest.source.get("logits", "model output")),
         "bnserve.core.parity": json.dumps(
             {
                 "tolerance": manifest.parity["tolerance"],
@@ -92,8 +93,9 @@ def onnx_doc_string(manifest: Manifest) -> str:
     return (
         f"A batch-normalised conv net exported by bnserve {manifest.versions['bnserve']}: input {spec.name!r} "
         f"FP32 {list(spec.shape)} (NHWC) of raw values in [{low:g}, {high:g}] ({manifest.input_values}); outputs "
-        f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Its {bn.layers} BN layers are folded "
-        f"into the convolutions with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
+        f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Of its {bn.layers} BN calls, "
+        f"{len(bn.folded)} are folded into the layer next to them and {len(bn.multiply_add)} are one "
+        f"per-channel multiply-add, with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
         f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {bn.epsilon}), so the graph holds no "
         f"BatchNormalization op. Certified against the unfolded model in inference mode to "
         f"{manifest.parity['tolerance']:g} (max abs logit error); metadata_props hold the details."

@@ -37,7 +37,6 @@ from bnserve.core.parity import (
     measure,
     parity_inputs,
 )
-from bnserve.core.records import RunRecord
 from bnserve.core.repository import (
     INPUT_NAME,
     MANIFEST,
@@ -69,8 +68,21 @@ from bnserve.exporter.artifacts import (
     write_onnx_metadata,
     write_saved_model,
 )
-from bnserve.exporter.fold import bn_scale_shift
-from bnserve.exporter.folded import FoldedModule, MonitorModule, fold_network
+from bnserve.exporter.folded import (
+    FoldedModule,
+    FoldPlan,
+    MonitorModule,
+    ReferenceModule,
+    batch_norm_layers,
+    check_layers,
+    monitored_layers,
+    never_updated,
+    plan_folding,
+    precise_statistics,
+    set_statistics,
+    stored_statistics,
+)
+from bnserve.exporter.graph import LayerGraph, layer_graph
 from bnserve.exporter.options import (
     MIN_ADAPT_SAMPLES,
     AdaptData,
@@ -78,10 +90,14 @@ from bnserve.exporter.options import (
     load_adapt_data,
     statistics_kind,
 )
-from bnserve.trainer.checkpoint import restore_trained_model
-from bnserve.trainer.data import Dataset, load_dataset, split
-from bnserve.trainer.model import NetworkParameters, make_predict
-from bnserve.trainer.rundir import check_has_checkpoint, read_run_record
+from bnserve.exporter.source import (
+    ModelSource,
+    is_keras_file,
+    keras_source,
+    parse_input_range,
+    run_source,
+)
+from bnserve.trainer.rundir import check_has_checkpoint
 
 
 class ParityError(BnserveError):
@@ -90,15 +106,23 @@ class ParityError(BnserveError):
 
 @dataclass(frozen=True)
 class ExportRequest:
-    run_dir: Path
+    source: Path
+    """A run directory written by ``bnserve train``, or a Keras 3 model file (.keras, .h5)."""
     repository: Path
     name: str
     version: int | None = None
     opset: int = 17
     tolerance: float = 1e-4
     statistics: str = "ema"
-    """"ema": the shadow averages; "precise": the mean of batch moments over one pass of the training data;
-    "adapt:PATH": the same over unlabeled target inputs (bnserve.exporter.options.load_adapt_data)."""
+    """"ema": the stored statistics (EMA shadows, or Keras's moving mean and variance); "precise": the
+    mean of batch moments over one pass of the training data (a run's, or --data); "adapt:PATH": the
+    same over unlabeled target inputs (bnserve.exporter.options.load_adapt_data)."""
+    data: Path | None = None
+    """A Keras file's --data D.npz (x, optional y and labels); a run has its own data."""
+    input_range: str | None = None
+    """A Keras file's --input-range LO,HI, required without --data."""
+    batch_size: int = 64
+    """Batch size of a Keras file's --stats precise|adapt pass (a run uses its training batch size)."""
 
 
 @contextmanager
@@ -109,35 +133,9 @@ def progress(step: str, log: Callable[[str], None]):
     log(f"{step}: done in {time.perf_counter() - started:.1f} s")
 
 
-def precise_statistics(
-    model, images_all: np.ndarray, batch_size: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Population statistics re-estimated with frozen weights ("precise BN"; on target data, AdaBN).
-
-    One pass over ``images_all`` in batches of ``batch_size`` in training mode; per BN layer,
-    mean = sum_b n_b m_b / N and variance = sum_b n_b v_b / N, with m_b, v_b batch b's moments.
-    """
-    forward = make_predict(model, use_batch_statistics=True)
-    sums: dict[str, list] = {}
-    samples = len(images_all)
-    for start in range(0, samples, batch_size):
-        images = images_all[start : start + batch_size]
-        forward(images)
-        for name, (mean, variance) in model.batch_moments().items():
-            total = sums.setdefault(name, [0.0, 0.0])
-            total[0] += len(images) * mean.astype(np.float64)
-            total[1] += len(images) * variance.astype(np.float64)
-    return {
-        name: (total_mean / samples, total_variance / samples)
-        for name, (total_mean, total_variance) in sums.items()
-    }
-
-
-def screen_adapt_data(statistics_flag: str, adapt: AdaptData, config: dict) -> Screened:
+def screen_adapt_data(statistics_flag: str, adapt: AdaptData, train_range) -> Screened:
     """The adapt inputs without the samples that are not finite or lie far outside the training range
     (bnserve.exporter.adapt.screen_samples); refused when fewer than MIN_ADAPT_SAMPLES are left."""
-    train, _ = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
-    train_range = (float(train.images.min()), float(train.images.max()))
     screened = screen_samples(adapt.images, adapt.labels, train_range)
     if len(screened.images) < MIN_ADAPT_SAMPLES:
         raise UserError(
@@ -149,14 +147,37 @@ def screen_adapt_data(statistics_flag: str, adapt: AdaptData, config: dict) -> S
     return screened
 
 
+TRAINING_DISTRIBUTION_DROP = 0.05
+"""A held-out accuracy this much below the frozen statistics' is worth a warning, never a refusal."""
+
+
+class Predictor:
+    """The unfolded model in inference mode (bnserve.exporter.folded.ReferenceModule): its logits, classes
+    and accuracy, in batches of 512, with whatever statistics its BN layers hold at the call."""
+
+    def __init__(self, plan_or_graph):
+        self.module = ReferenceModule(plan_or_graph)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [self.module.logits(images[i : i + 512]).numpy() for i in range(0, len(images), 512)]
+        )
+
+    def classes(self, images: np.ndarray) -> np.ndarray:
+        return np.argmax(self.logits(images), axis=1)
+
+    def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        return float(np.mean(self.classes(images) == labels))
+
+
 def adapted_statistics(
     request: ExportRequest,
-    model,
+    graph: LayerGraph,
+    predictor: Predictor,
+    source: ModelSource,
     adapt: AdaptData,
     screened: Screened,
     frozen: dict[str, tuple[np.ndarray, np.ndarray]],
-    heldout: Dataset,
-    batch_size: int,
     accuracies: dict[str, float],
     log: Callable[[str], None],
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
@@ -172,107 +193,50 @@ def adapted_statistics(
             "end)"
         )
     images, labels = screened.images, screened.labels
-    frozen_predictions = predicted_classes(model, images)
-    before = labelled_accuracy(model, images, labels) if labels is not None else None
+    frozen_predictions = predictor.classes(images)
+    before = predictor.accuracy(images, labels) if labels is not None else None
     with progress(f"re-estimating BN statistics on {len(images)} target inputs", log):
-        statistics = precise_statistics(model, images, batch_size)
-        model.set_statistics(statistics)
-    after = labelled_accuracy(model, images, labels) if labels is not None else None
+        statistics = precise_statistics(graph, images, source.batch_size)
+        set_statistics(graph, statistics)
+    after = predictor.accuracy(images, labels) if labels is not None else None
     reason = adapted_refusal(
-        frozen, statistics, frozen_predictions, predicted_classes(model, images), before, after
+        frozen, statistics, frozen_predictions, predictor.classes(images), before, after
     )
     if reason is not None:
         raise refuse(request.statistics, reason)
-    accuracies["adapt"] = heldout_accuracy(model, heldout)
-    log(
-        f"held-out accuracy on the training distribution: {accuracies['ema']:.4f} with the frozen "
-        f"statistics, {accuracies['adapt']:.4f} adapted"
-    )
-    if accuracies["adapt"] < accuracies["ema"] - TRAINING_DISTRIBUTION_DROP:
+    if source.heldout_labels is not None:
+        accuracies["adapt"] = predictor.accuracy(source.heldout, source.heldout_labels)
         log(
-            "warning: the adapted statistics lose accuracy on the training distribution, as expected "
-            "when the target data really shifted; serve this version only for the shifted traffic"
+            f"held-out accuracy on the training distribution: {accuracies['ema']:.4f} with the frozen "
+            f"statistics, {accuracies['adapt']:.4f} adapted"
         )
-    source = dict(adapt.source) | {
+        if accuracies["adapt"] < accuracies["ema"] - TRAINING_DISTRIBUTION_DROP:
+            log(
+                "warning: the adapted statistics lose accuracy on the training distribution, as "
+                "expected when the target data really shifted; serve this version only for the "
+                "shifted traffic"
+            )
+    provenance = dict(adapt.source) | {
         "dropped_non_finite": screened.non_finite,
         "dropped_out_of_range": screened.out_of_range,
         "skipped_shards": list(adapt.skipped),
     }
     if before is not None:
-        source |= {"accuracy_before": before, "accuracy_after": after}
+        provenance |= {"accuracy_before": before, "accuracy_after": after}
         log(
             f"accuracy on the target data's labels: {before:.4f} with the frozen statistics, "
             f"{after:.4f} adapted"
         )
-    return statistics, source
-
-
-TRAINING_DISTRIBUTION_DROP = 0.05
-"""A held-out accuracy this much below the frozen statistics' is worth a warning, never a refusal."""
-
-
-def predicted_classes(model, images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [
-            np.argmax(model(images[i : i + 512], training=False).numpy(), axis=1)
-            for i in range(0, len(images), 512)
-        ]
-    )
-
-
-def heldout_accuracy(model, heldout: Dataset) -> float:
-    return labelled_accuracy(model, heldout.images, heldout.labels)
-
-
-def labelled_accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
-    logits = np.concatenate(
-        [model(images[i : i + 512], training=False).numpy() for i in range(0, len(images), 512)]
-    )
-    return float(np.mean(np.argmax(logits, 1) == labels))
-
-
-def monitored_layers(network: NetworkParameters, statistics: dict) -> list[MonitoredLayer]:
-    """Layer 0 (the input standardisation: s = 1/std, t = -mean/std, frozen M = mean, V = std^2, with the first
-    BN's epsilon so that a constant input channel stays finite) and each folded block (s, t of its BN, frozen M, V
-    the folded statistics), as bnserve.core.drift defines them."""
-    mean, std = (
-        np.asarray(network.input_mean, np.float64),
-        np.asarray(network.input_std, np.float64),
-    )
-    first_epsilon = network.blocks[0].epsilon if network.blocks else 1e-3
-    layers = [
-        MonitoredLayer(
-            "input", tuple(1 / std), tuple(-mean / std), tuple(mean), tuple(std**2), first_epsilon
-        )
-    ]
-    for block in network.blocks:
-        bn_mean, bn_variance = statistics[block.bn]
-        scale, shift = bn_scale_shift(bn_mean, bn_variance, block.epsilon, block.gamma, block.beta)
-        layers.append(
-            MonitoredLayer(
-                f"{block.conv}+{block.bn}",
-                tuple(scale),
-                tuple(shift),
-                tuple(np.asarray(bn_mean, np.float64)),
-                tuple(np.asarray(bn_variance, np.float64)),
-                block.epsilon,
-            )
-        )
-    return layers
+    return statistics, provenance
 
 
 def write_monitor(
-    folded,
-    network: NetworkParameters,
-    statistics: dict,
-    built: Path,
-    opset: int,
-    clean: np.ndarray,
-    tolerance: float,
+    plan: FoldPlan, built: Path, opset: int, clean: np.ndarray, tolerance: float
 ) -> MonitorSpec:
     """monitor.onnx, checked against its TensorFlow function on ``clean`` (held-out) inputs, and the per-layer
-    alarm thresholds calibrated on clean windows of those inputs (bnserve.core.drift.calibrate_thresholds)."""
-    module = MonitorModule(folded)
+    alarm thresholds calibrated on clean windows of those inputs (bnserve.core.drift.calibrate_thresholds).
+    Layer 0's frozen moments are ``clean``'s per-channel mean and variance."""
+    module = MonitorModule(plan)
     write_monitor_onnx(module, built / MONITOR_MODEL, opset)
     session = onnxruntime.InferenceSession(
         str(built / MONITOR_MODEL), providers=["CPUExecutionProvider"]
@@ -280,16 +244,21 @@ def write_monitor(
     moments = dict(
         zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: clean}))
     )
-    reference = {name: value.numpy() for name, value in module.moments(tf.constant(clean)).items()}
+    reference = {
+        name: value.numpy() for name, value in module.moments(tf.constant(clean[:256])).items()
+    }
     for name, expected in reference.items():
         scale = max(1.0, float(np.max(np.abs(expected))))
-        error = float(np.max(np.abs(moments[name] - expected)))
+        error = float(np.max(np.abs(moments[name][: len(expected)] - expected)))
         if error > tolerance * scale:
             raise ParityError(
                 f"monitor.onnx output {name!r} differs by {error:.3g} from its TensorFlow function "
                 f"(tolerance {tolerance:g} x {scale:.3g}): nothing published"
             )
-    layers, _ = calibrate_thresholds(moments, monitored_layers(network, statistics))
+    axes = tuple(range(clean.ndim - 1))
+    input_mean = clean.mean(axis=axes, dtype=np.float64)
+    input_variance = clean.var(axis=axes, dtype=np.float64)
+    layers, _ = calibrate_thresholds(moments, monitored_layers(plan, input_mean, input_variance))
     return MonitorSpec(
         MONITOR_MODEL,
         DEFAULT_WINDOW,
@@ -325,46 +294,65 @@ def artifact_runners(version_dir: Path) -> dict[str, Callable[[np.ndarray], dict
     }
 
 
+def reference_agreement(
+    plan: FoldPlan, source: ModelSource, reference: np.ndarray, images: np.ndarray, tolerance
+) -> float:
+    """The certificate's reference (logits from the graph walk) against the original model's own output
+    in inference mode: equal logits, or, when the model ends in a softmax, equal probabilities. Guards the
+    reference itself: a walk that ran a layer differently from Keras fails here, before any artifact."""
+    original = np.asarray(source.inference(images))
+    mine = reference if plan.logits_from == "model output" else tf.nn.softmax(reference).numpy()
+    error = float(np.max(np.abs(mine - original)))
+    scale = max(1.0, float(np.max(np.abs(original))))
+    if error > tolerance * scale:
+        raise ParityError(
+            f"the certificate's reference differs by {error:.3g} from the Keras model's own output in "
+            f"inference mode (tolerance {tolerance:g} x {scale:.3g}): nothing published"
+        )
+    return error
+
+
 def build_manifest(
     request: ExportRequest,
-    network: NetworkParameters,
-    record: RunRecord,
-    checkpoint: str,
+    source: ModelSource,
+    plan: FoldPlan,
     accuracies: dict,
     parity: dict,
     golden: dict,
-    input_range: tuple[float, float],
-    monitor: MonitorSpec,
+    monitor: MonitorSpec | None,
     statistics_source: dict | None,
+    monitor_absent: str | None,
 ) -> Manifest:
-    config, dataset = record.model, record.dataset
-    height, width, channels = config["input_shape"]
-    classes = config["num_classes"]
+    height, width, channels = plan.graph.input_shape[1:]
+    classes = len(source.class_labels)
+    epsilons = sorted({call.epsilon for call in plan.calls})
+    extra = {"logits": plan.logits_from}
+    if monitor_absent:
+        extra["monitor_absent"] = monitor_absent
     return Manifest(
         inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, height, width, channels)),),
         outputs=tuple(TensorSpec(name, "FP32", (-1, classes)) for name in OUTPUT_NAMES),
-        class_labels=dataset.class_names,
-        input_values=f"raw values as stored in the data set {dataset.name!r}; normalisation is in the graph",
-        input_range=input_range,
+        class_labels=source.class_labels,
+        input_values=source.input_values,
+        input_range=source.input_range,
         batch_normalization=BatchNormProvenance(
             statistics=statistics_kind(request.statistics),
-            decay=config["decay"],
-            warmup=config["warmup"],
-            ema_updates=network.ema_updates,
-            epsilon=config["epsilon"],
-            layers=len(network.blocks),
-            folded=tuple(f"{block.conv}+{block.bn}" for block in network.blocks),
-            input_standardization="multiply-add (x * 1/std + -mean/std)",
+            decay=source.decay,
+            warmup=source.warmup,
+            ema_updates=source.ema_updates,
+            epsilon=epsilons[0] if len(epsilons) == 1 else (epsilons or [None])[0],
+            layers=len(plan.calls),
+            folded=plan.folded,
+            input_standardization="multiply-add (x * s + t per channel)"
+            if plan.preprocessing
+            else "none",
             source=statistics_source,
+            multiply_add=plan.multiply_adds,
         ),
         heldout_accuracy=accuracies,
         parity=parity,
         golden=golden,
-        source={
-            "run_dir": str(request.run_dir.resolve()),
-            "checkpoint": Path(checkpoint).name,
-            "dataset_sha256": dataset.sha256,
-        },
+        source=source.manifest_source | extra,
         onnx_opset=request.opset,
         versions={
             "bnserve": bnserve.__version__,
@@ -378,68 +366,124 @@ def build_manifest(
     )
 
 
+def check_request(request: ExportRequest) -> None:
+    """Everything the user can get wrong that is cheap to check, before TensorFlow restores anything."""
+    check_export_options(request.opset, request.statistics, request.tolerance)
+    check_new_version(request.repository, request.name, request.version)
+    if is_keras_file(request.source):
+        if not request.source.is_file():
+            raise UserError(f"MODEL {str(request.source)!r}: no such file")
+        parse_input_range(request.input_range)
+        if request.data is not None and not request.data.is_file():
+            raise UserError(f"--data {str(request.data)!r}: no such file")
+        if request.data is None and statistics_kind(request.statistics) == "precise":
+            raise UserError(
+                "--stats precise re-estimates the statistics from data: give --data D.npz"
+            )
+        return
+    if request.data is not None or request.input_range is not None:
+        raise UserError(
+            "--data and --input-range are for a Keras model file; a run directory has its own data"
+        )
+    if not request.source.is_dir():
+        raise UserError(
+            f"{str(request.source)!r}: neither a run directory nor a Keras model file "
+            f"(.keras, .h5)"
+        )
+    check_has_checkpoint(request.source)
+
+
+def load_source(request: ExportRequest) -> ModelSource:
+    if is_keras_file(request.source):
+        return keras_source(
+            request.source, request.data, parse_input_range(request.input_range), request.batch_size
+        )
+    return run_source(request.source)
+
+
 def export(
     request: ExportRequest, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
 ) -> tuple[int, Path, Manifest]:
     """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
-    # Everything the user can get wrong is checked before the slow work and before any write.
-    check_export_options(request.opset, request.statistics, request.tolerance)
-    check_new_version(request.repository, request.name, request.version)
-    check_has_checkpoint(request.run_dir)
+    check_request(request)
     kind = statistics_kind(request.statistics)
-    adapt = None
-    screened = None
-    if (
-        kind == "adapt"
-    ):  # the target data is checked (and screened) before TensorFlow restores anything
-        record = read_run_record(request.run_dir)
+    with progress(f"reading {request.source}", log):
+        source = load_source(request)
+        where = (
+            f"MODEL {request.source.name!r}" if is_keras_file(request.source) else "the run's model"
+        )
+        graph = layer_graph(source.model, where)
+        check_layers(graph, where)
+    if not batch_norm_layers(graph):
+        log(f"warning: {where} has no BatchNormalization layer: nothing to fold")
+    stale = never_updated(graph)
+    if stale and kind == "ema":
+        raise UserError(
+            f"{where}: BN layer {stale[0]!r}"
+            + (f" (and {len(stale) - 1} more)" if len(stale) > 1 else "")
+            + " still holds its initial statistics (moving mean all 0, variance all 1): the model was "
+            "never run with training=True while it learned, so inference mode would normalise with "
+            "nothing learned; re-estimate them from data with --stats precise"
+            + (" --data D.npz" if is_keras_file(request.source) else "")
+        )
+    adapt = screened = None
+    if kind == "adapt":
         adapt = load_adapt_data(
-            request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"]
+            request.statistics, tuple(graph.input_shape[1:]), len(source.class_labels)
         )
-        screened = screen_adapt_data(request.statistics, adapt, record.config)
-    with progress("restoring the checkpoint", log):
-        model, record, checkpoint = restore_trained_model(request.run_dir)
-        config = record.config
-        train, heldout = split(
-            load_dataset(config["data"]), config["seed"], config["heldout_fraction"]
-        )
-    accuracies = {"ema": heldout_accuracy(model, heldout)}
-    network = model.parameters()
-    statistics = network.shadow_statistics()
+        screened = screen_adapt_data(request.statistics, adapt, source.input_range)
+    predictor = Predictor(plan_folding(graph, _stored(graph)))
+    accuracies: dict[str, float] = {}
+    if source.heldout_labels is not None:
+        accuracies["ema"] = predictor.accuracy(source.heldout, source.heldout_labels)
+    statistics = _stored(graph)
     statistics_source = None
     if kind == "precise":
-        with progress(f"re-estimating BN statistics on {len(train.images)} training inputs", log):
-            statistics = precise_statistics(model, train.images, config["batch_size"])
-            model.set_statistics(statistics)
-            accuracies[kind] = heldout_accuracy(model, heldout)
+        if source.precise_images is None:
+            raise UserError("--stats precise re-estimates the statistics from data: give --data D.npz")
+        with progress(
+            f"re-estimating BN statistics on {len(source.precise_images)} inputs", log
+        ):
+            statistics = precise_statistics(graph, source.precise_images, source.batch_size)
+            set_statistics(graph, statistics)
+        if source.heldout_labels is not None:
+            accuracies[kind] = predictor.accuracy(source.heldout, source.heldout_labels)
     if kind == "adapt":
         statistics, statistics_source = adapted_statistics(
-            request,
-            model,
-            adapt,
-            screened,
-            statistics,
-            heldout,
-            config["batch_size"],
-            accuracies,
-            log,
+            request, graph, predictor, source, adapt, screened, statistics, accuracies, log
         )
     built = staging_dir(request.repository)
     try:
-        folded = fold_network(network, statistics)
-        module = FoldedModule(folded)
+        plan = plan_folding(graph, statistics)
+        log(
+            f"folding: {len(plan.calls)} BN calls, {len(plan.folded)} folded into a layer, "
+            f"{len(plan.multiply_adds)} kept as a per-channel multiply-add; logits: {plan.logits_from}"
+        )
+        module = FoldedModule(plan)
         with progress("writing the SavedModel", log):
             write_saved_model(module, built / SAVED_MODEL)
         with progress(f"converting to ONNX (opset {request.opset})", log):
             write_onnx(module, built / ONNX_MODEL, request.opset)
         assert_no_batch_norm(built / SAVED_MODEL, built / ONNX_MODEL)
+        low, high = source.input_range
         with progress("checking parity", log):
-            inputs = parity_inputs(
-                heldout.images, float(train.images.min()), float(train.images.max())
+            rng = np.random.default_rng(0)
+            heldout = (
+                source.heldout
+                if source.heldout is not None
+                else rng.uniform(low, high, (256, *graph.input_shape[1:])).astype(np.float32)
             )
+            inputs = parity_inputs(heldout, low, high)
+            reference = ReferenceModule(plan)
             expected = {
-                key: model(images, training=False).numpy() for key, images in inputs.items()
+                key: np.concatenate(
+                    [reference.logits(images[i : i + 512]).numpy() for i in range(0, len(images), 512)]
+                )
+                for key, images in inputs.items()
             }
+            agreement = reference_agreement(
+                plan, source, expected["random_batch_64"], inputs["random_batch_64"], request.tolerance
+            )
             results = [
                 measure(
                     name,
@@ -451,19 +495,21 @@ def export(
                 for name, run in artifact_runners(built).items()
             ]
         log(format_table(results, request.tolerance))
-        parity = certificate(results, request.tolerance)
+        parity = certificate(results, request.tolerance) | {
+            "reference_vs_keras_max_abs": agreement
+        }
         if not parity["passed"]:
             raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
-        with progress("writing and calibrating the drift monitor", log):
-            monitor = write_monitor(
-                folded,
-                network,
-                statistics,
-                built,
-                request.opset,
-                heldout.images.astype(np.float32),
-                request.tolerance,
+        monitor = None
+        monitor_absent = None
+        if source.heldout is not None:
+            with progress("writing and calibrating the drift monitor", log):
+                monitor = write_monitor(plan, built, request.opset, heldout, request.tolerance)
+        else:
+            monitor_absent = (
+                "no --data: the drift monitor's thresholds need clean inputs to calibrate on"
             )
+            log(f"published without a drift monitor: {monitor_absent}")
         golden_sets = golden_inputs(inputs)
         write_golden(
             built / GOLDEN,
@@ -473,9 +519,8 @@ def export(
         )
         manifest = build_manifest(
             request,
-            network,
-            record,
-            checkpoint,
+            source,
+            plan,
             accuracies,
             parity,
             golden={
@@ -483,9 +528,9 @@ def export(
                 "tolerance": request.tolerance,
                 "sets": {key: len(images) for key, images in golden_sets.items()},
             },
-            input_range=(float(train.images.min()), float(train.images.max())),
             monitor=monitor,
             statistics_source=statistics_source,
+            monitor_absent=monitor_absent,
         )
         write_onnx_metadata(built / ONNX_MODEL, manifest)
         write_json(built / MANIFEST, manifest.to_json())
@@ -494,3 +539,7 @@ def export(
         discard(built)
         raise
     return version, path, read_manifest(path)
+
+
+def _stored(graph: LayerGraph) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {name: stored_statistics(layer) for name, layer in batch_norm_layers(graph).items()}

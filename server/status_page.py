@@ -69,12 +69,16 @@ def version_section(dataplane: DataPlane, model) -> str:
         ("backend", f"{model.backend.platform} on {model.backend.device}"),
         (
             "held-out accuracy",
-            ", ".join(f"{k} {v:.4f}" for k, v in manifest.heldout_accuracy.items()),
+            ", ".join(f"{k} {v:.4f}" for k, v in manifest.heldout_accuracy.items())
+            or "not measured (exported without labels)",
         ),
         (
             "BN statistics",
-            f"{bn.statistics} (decay {bn.decay:g}, warm-up {'on' if bn.warmup else 'off'}, "
-            f"{bn.ema_updates} EMA updates, eps {bn.epsilon:g}); folded: {', '.join(bn.folded)}",
+            f"{bn.statistics} (decay {'n/a' if bn.decay is None else f'{bn.decay:g}'}, warm-up "
+            f"{'on' if bn.warmup else 'off'}, "
+            f"{'unrecorded' if bn.ema_updates is None else bn.ema_updates} EMA updates, eps "
+            f"{'n/a' if bn.epsilon is None else f'{bn.epsilon:g}'}); folded: {', '.join(bn.folded)}"
+            + (f"; multiply-add: {', '.join(bn.multiply_add)}" if bn.multiply_add else ""),
         ),
         (
             "export parity",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bnserve.trainer.config import TrainConfig
 
 
+@keras.saving.register_keras_serializable(package="bnserve")
 class ShadowBatchNormalization(keras.layers.Layer):
     """Per-channel batch normalisation (channels last) with EMA shadow statistics.
 
@@ -31,6 +33,10 @@ class ShadowBatchNormalization(keras.layers.Layer):
         d = min(decay, (1 + n) / (10 + n))         with n the value of the ``num_updates`` variable
 
     gamma is 1 when ``scale=False`` and beta is 0 when ``center=False``.
+
+    In a model of your own, pass ``warmup=True`` for the warm-up decay (the layer then counts its own
+    updates in the weight ``shadow_updates``) and add ``ShadowStatistics()`` to ``model.fit``'s callbacks,
+    which runs the assigner after every optimizer step. A .keras file saves the shadows with the weights.
     """
 
     def __init__(
@@ -40,6 +46,7 @@ class ShadowBatchNormalization(keras.layers.Layer):
         center: bool = True,
         scale: bool = True,
         num_updates: tf.Variable | None = None,
+        warmup: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -52,6 +59,17 @@ class ShadowBatchNormalization(keras.layers.Layer):
         self.center = center
         self.scale = scale
         self._num_updates = num_updates
+        self.warmup = bool(warmup or num_updates is not None)
+        self._own_counter = bool(warmup and num_updates is None)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {
+            "decay": self.decay,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "warmup": self.warmup,
+        }
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -80,6 +98,16 @@ class ShadowBatchNormalization(keras.layers.Layer):
             aggregation="only_first_replica",
             name="batch_variance",
         )
+        if self._own_counter:
+            self.shadow_updates = self.add_weight(
+                shape=(),
+                dtype="int64",
+                initializer="zeros",
+                trainable=False,
+                aggregation="only_first_replica",
+                name="shadow_updates",
+            )
+            self._num_updates = self.shadow_updates.value
         self.ema = tf.train.ExponentialMovingAverage(
             self.decay, num_updates=self._num_updates, name=f"{self.name}_ema"
         )
@@ -133,8 +161,55 @@ class ShadowBatchNormalization(keras.layers.Layer):
         return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
 
     def get_assigner(self) -> tf.Operation:
-        """The op moving the shadows towards the recorded batch moments (run it after the optimizer step)."""
-        return self.ema.apply(self._moment_variables())
+        """The op moving the shadows towards the recorded batch moments (run it after the optimizer step).
+        With its own counter (``warmup=True`` and no ``num_updates``) the counter is advanced first, so n is
+        the number of completed optimizer steps, as in the trainer."""
+        if not self._own_counter:
+            return self.ema.apply(self._moment_variables())
+        with tf.control_dependencies([self.shadow_updates.value.assign_add(1)]):
+            return self.ema.apply(self._moment_variables())
+
+    # Keras saves a layer's own weights only; the shadows are tf.train.ExponentialMovingAverage slots, so
+    # they are appended to what a .keras file stores for this layer and read back from there.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        offset = len(self.weights)
+        store[str(offset)] = self.shadow_mean.numpy()
+        store[str(offset + 1)] = self.shadow_variance.numpy()
+
+    def load_own_variables(self, store):
+        offset = len(self.weights)
+        shadows = [store[str(offset)], store[str(offset + 1)]] if str(offset) in store else None
+        own = {key: store[key] for key in store.keys() if int(key) < offset}
+        super().load_own_variables(own)
+        if shadows is not None:
+            self.shadow_mean.assign(np.asarray(shadows[0]))
+            self.shadow_variance.assign(np.asarray(shadows[1]))
+
+
+class ShadowStatistics(keras.callbacks.Callback):
+    """Moves every ShadowBatchNormalization's shadows after each optimizer step of ``model.fit``
+    (warm-up included when the layer has ``warmup=True``): ``fit`` runs the training step, which records
+    the batch moments, and this callback then runs each layer's assigner, as the trainer does."""
+
+    def on_train_begin(self, logs=None):
+        steps = getattr(self.model, "steps_per_execution", 1) or 1
+        if int(steps) != 1:
+            raise ValueError(
+                f"ShadowStatistics needs steps_per_execution=1 (got {steps}): with more, fit runs several "
+                "optimizer steps between callbacks and the shadows would miss their batch moments"
+            )
+        self._layers = [
+            layer
+            for layer in self.model._flatten_layers(include_self=False)
+            if isinstance(layer, ShadowBatchNormalization)
+        ]
+        if not self._layers:
+            raise ValueError("ShadowStatistics: the model has no ShadowBatchNormalization layer")
+
+    def on_train_batch_end(self, batch, logs=None):
+        for layer in self._layers:
+            layer.get_assigner()
 
     def compute_output_shape(self, input_shape):
         return input_shape

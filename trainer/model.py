@@ -143,6 +143,16 @@ class ShadowBNConvNet(keras.Model):
             hidden = tf.nn.relu(norm(conv(hidden), training=training))
         return self.head(self.pool(hidden))
 
+    def functional(self) -> keras.Model:
+        """The same network as a functional keras.Model over the same layer objects (so the same trained
+        variables and shadows): the layer graph that bnserve.exporter.folded folds, as it folds a user's
+        own model. ReLU is a layer there, since a functional graph records layers and Keras ops only."""
+        images = keras.Input(shape=self.config.input_shape, name="images")
+        hidden = self.standardize(images)
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            hidden = keras.layers.ReLU(name=f"relu{index}")(norm(conv(hidden)))
+        return keras.Model(images, self.head(self.pool(hidden)), name="shadow_bn_convnet")
+
     def update_shadow_statistics(self, completed_optimizer_steps) -> tf.Operation:
         """Move every BN layer's shadows towards its recorded batch moments, with n = completed steps."""
         self.shadow_step.assign(tf.cast(completed_optimizer_steps, tf.int64))

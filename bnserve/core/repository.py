@@ -64,21 +64,26 @@ class BatchNormProvenance:
     statistics: str
     """"ema" (the EMA shadows), "precise" (re-estimated over the training data with frozen weights) or "adapt"
     (re-estimated the same way over unlabeled target data, ``source``)."""
-    decay: float
+    decay: float | None
+    """The EMA decay (a Keras BN's momentum); None without BN."""
     warmup: bool
-    ema_updates: int
-    """Optimizer steps whose batch moments the shadows consumed."""
-    epsilon: float
+    ema_updates: int | None
+    """Optimizer steps whose batch moments the shadows consumed (None: not recorded, as in a Keras file)."""
+    epsilon: float | None
     layers: int
+    """BN calls in the graph."""
     folded: tuple[str, ...]
-    """"conv+bn" pairs, in order."""
+    """The folded BN calls in graph order: "layer+bn" (into the layer before it) or "bn>dense" (into the
+    Dense after it)."""
     input_standardization: str
     source: dict | None = None
     """For "adapt": the unlabeled data the statistics were re-estimated on: {"path", "sha256", "samples"} and,
     when it had labels, {"accuracy_before", "accuracy_after"} on it."""
+    multiply_add: tuple[str, ...] = ()
+    """The BN calls that could not be folded and became one per-channel multiply-add x * s + t."""
 
     def to_json(self) -> dict:
-        data = asdict(self) | {"folded": list(self.folded)}
+        data = asdict(self) | {"folded": list(self.folded), "multiply_add": list(self.multiply_add)}
         return data if self.source is not None else {k: v for k, v in data.items() if k != "source"}
 
 
@@ -147,9 +152,9 @@ class Manifest:
     monitor: MonitorSpec | None = None
 
     @property
-    def accuracy(self) -> float:
-        """Held-out accuracy with the statistics that were folded."""
-        return self.heldout_accuracy[self.batch_normalization.statistics]
+    def accuracy(self) -> float | None:
+        """Held-out accuracy with the statistics that were folded (None: exported without labels)."""
+        return self.heldout_accuracy.get(self.batch_normalization.statistics)
 
     def to_json(self) -> dict:
         data = {
@@ -206,11 +211,17 @@ class Manifest:
         outputs = tensor_specs(data["outputs"], f"{where}: field 'outputs'")
         bn = data["batch_normalization"]
         try:
-            provenance = BatchNormProvenance(**{**bn, "folded": tuple(bn["folded"])})
+            provenance = BatchNormProvenance(
+                **{
+                    **bn,
+                    "folded": tuple(bn["folded"]),
+                    "multiply_add": tuple(bn.get("multiply_add", ())),
+                }
+            )
         except (TypeError, KeyError) as exc:
             raise UserError(f"{where}: field 'batch_normalization': {exc}") from None
         statistics = provenance.statistics
-        if statistics not in data["heldout_accuracy"]:
+        if data["heldout_accuracy"] and statistics not in data["heldout_accuracy"]:
             raise UserError(
                 f"{where}: field 'heldout_accuracy' has no entry for the folded statistics {statistics!r}"
             )
