@@ -24,7 +24,6 @@ from bnserve.core.drift import (
     DEFAULT_QUANTILE,
     DEFAULT_WINDOW,
     MONITOR_MODEL,
-    MonitoredLayer,
     MonitorSpec,
     calibrate_thresholds,
 )
@@ -387,8 +386,8 @@ def check_request(request: ExportRequest) -> None:
         )
     if not request.source.is_dir():
         raise UserError(
-            f"{str(request.source)!r}: neither a run directory nor a Keras model file "
-            f"(.keras, .h5)"
+            f"RUN_DIR {str(request.source)!r}: no such directory (and not a Keras model file: "
+            "MODEL names end in .keras, .h5 or .hdf5)"
         )
     check_has_checkpoint(request.source)
 
@@ -407,6 +406,10 @@ def export(
     """Fold, write, certify and publish one version; returns (version, directory, manifest)."""
     check_request(request)
     kind = statistics_kind(request.statistics)
+    adapt = screened = None
+    if kind == "adapt" and not is_keras_file(request.source):
+        # A run's target data is checked (and screened) before TensorFlow restores anything.
+        adapt, screened = _run_adapt_data(request)
     with progress(f"reading {request.source}", log):
         source = load_source(request)
         where = (
@@ -426,8 +429,7 @@ def export(
             "nothing learned; re-estimate them from data with --stats precise"
             + (" --data D.npz" if is_keras_file(request.source) else "")
         )
-    adapt = screened = None
-    if kind == "adapt":
+    if kind == "adapt" and adapt is None:
         adapt = load_adapt_data(
             request.statistics, tuple(graph.input_shape[1:]), len(source.class_labels)
         )
@@ -440,10 +442,10 @@ def export(
     statistics_source = None
     if kind == "precise":
         if source.precise_images is None:
-            raise UserError("--stats precise re-estimates the statistics from data: give --data D.npz")
-        with progress(
-            f"re-estimating BN statistics on {len(source.precise_images)} inputs", log
-        ):
+            raise UserError(
+                "--stats precise re-estimates the statistics from data: give --data D.npz"
+            )
+        with progress(f"re-estimating BN statistics on {len(source.precise_images)} inputs", log):
             statistics = precise_statistics(graph, source.precise_images, source.batch_size)
             set_statistics(graph, statistics)
         if source.heldout_labels is not None:
@@ -477,12 +479,19 @@ def export(
             reference = ReferenceModule(plan)
             expected = {
                 key: np.concatenate(
-                    [reference.logits(images[i : i + 512]).numpy() for i in range(0, len(images), 512)]
+                    [
+                        reference.logits(images[i : i + 512]).numpy()
+                        for i in range(0, len(images), 512)
+                    ]
                 )
                 for key, images in inputs.items()
             }
             agreement = reference_agreement(
-                plan, source, expected["random_batch_64"], inputs["random_batch_64"], request.tolerance
+                plan,
+                source,
+                expected["random_batch_64"],
+                inputs["random_batch_64"],
+                request.tolerance,
             )
             results = [
                 measure(
@@ -495,9 +504,7 @@ def export(
                 for name, run in artifact_runners(built).items()
             ]
         log(format_table(results, request.tolerance))
-        parity = certificate(results, request.tolerance) | {
-            "reference_vs_keras_max_abs": agreement
-        }
+        parity = certificate(results, request.tolerance) | {"reference_vs_keras_max_abs": agreement}
         if not parity["passed"]:
             raise ParityError(f"parity above tolerance {request.tolerance:g}: nothing published")
         monitor = None
@@ -539,6 +546,20 @@ def export(
         discard(built)
         raise
     return version, path, read_manifest(path)
+
+
+def _run_adapt_data(request: ExportRequest) -> tuple[AdaptData, Screened]:
+    from bnserve.trainer.data import load_dataset, split
+    from bnserve.trainer.rundir import read_run_record
+
+    record = read_run_record(request.source)
+    adapt = load_adapt_data(
+        request.statistics, tuple(record.model["input_shape"]), record.model["num_classes"]
+    )
+    config = record.config
+    train, _ = split(load_dataset(config["data"]), config["seed"], config["heldout_fraction"])
+    train_range = (float(train.images.min()), float(train.images.max()))
+    return adapt, screen_adapt_data(request.statistics, adapt, train_range)
 
 
 def _stored(graph: LayerGraph) -> dict[str, tuple[np.ndarray, np.ndarray]]:

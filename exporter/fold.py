@@ -99,7 +99,9 @@ def fold_into_producer(
     if layout == OUTPUT_AXIS_LAST:
         produced = kernel.shape[-1]
     if produced is not None and produced != channels:
-        raise ValueError(f"a kernel {kernel.shape} makes {produced} channels, the BN has {channels}")
+        raise ValueError(
+            f"a kernel {kernel.shape} makes {produced} channels, the BN has {channels}"
+        )
     bias = np.zeros(channels) if bias is None else np.asarray(bias, np.float64)
     if bias.shape != (channels,):
         raise ValueError(f"bias {bias.shape} for {channels} channels")

@@ -117,7 +117,9 @@ class FoldPlan:
     def preprocessing(self) -> tuple[str, ...]:
         """The per-channel affine preprocessing layers left as a multiply-add."""
         return tuple(
-            self.graph.nodes[i].name for i in self.affine if self.graph.nodes[i].index not in self.bn_nodes
+            self.graph.nodes[i].name
+            for i in self.affine
+            if self.graph.nodes[i].index not in self.bn_nodes
         )
 
     @property
@@ -220,9 +222,12 @@ def _preprocessing_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray]
         scale = np.asarray(layer.scale, np.float64)
         offset = np.asarray(layer.offset, np.float64)
     elif isinstance(layer, keras.layers.Normalization):
-        mean = np.asarray(layer.mean.numpy() if hasattr(layer.mean, "numpy") else layer.mean, np.float64)
+        mean = np.asarray(
+            layer.mean.numpy() if hasattr(layer.mean, "numpy") else layer.mean, np.float64
+        )
         variance = np.asarray(
-            layer.variance.numpy() if hasattr(layer.variance, "numpy") else layer.variance, np.float64
+            layer.variance.numpy() if hasattr(layer.variance, "numpy") else layer.variance,
+            np.float64,
         )
         std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
         scale, offset = (std, mean) if layer.invert else (1.0 / std, -mean / std)
@@ -309,8 +314,16 @@ def plan_folding(
             plan.identity.add(node.index)
             plan.calls.append(
                 BatchNormCall(
-                    node.index, layer.name, "into", producer.name, scale, shift, mean,
-                    variance, epsilon, z,
+                    node.index,
+                    layer.name,
+                    "into",
+                    producer.name,
+                    scale,
+                    shift,
+                    mean,
+                    variance,
+                    epsilon,
+                    z,
                 )
             )
         elif (
@@ -328,16 +341,32 @@ def plan_folding(
             plan.identity.add(node.index)
             plan.calls.append(
                 BatchNormCall(
-                    node.index, layer.name, "forward", dense.name, np.ones_like(scale),
-                    np.zeros_like(shift), mean, variance, epsilon, z,
+                    node.index,
+                    layer.name,
+                    "forward",
+                    dense.name,
+                    np.ones_like(scale),
+                    np.zeros_like(shift),
+                    mean,
+                    variance,
+                    epsilon,
+                    z,
                 )
             )
         else:
             plan.affine[node.index] = (scale, shift)
             plan.calls.append(
                 BatchNormCall(
-                    node.index, layer.name, "multiply-add", None, scale, shift, mean, variance,
-                    epsilon, y,
+                    node.index,
+                    layer.name,
+                    "multiply-add",
+                    None,
+                    scale,
+                    shift,
+                    mean,
+                    variance,
+                    epsilon,
+                    y,
                 )
             )
     _choose_logits(plan)
@@ -455,7 +484,14 @@ class FoldedModule(tf.Module):
         super().__init__(name="bnserve_folded")
         self._plan = plan
         # Tracked so that tf.saved_model.save finds every variable the graph reads.
-        self.layers = [node.operation for node in plan.graph.nodes]
+        # (only the layers that run: a folded BN or conv left in would ship its unfolded weights too).
+        self.layers = [
+            node.operation
+            for node in plan.graph.nodes
+            if node.index not in plan.identity
+            and node.index not in plan.affine
+            and node.index not in plan.replacements
+        ]
         self.replacements = list(plan.replacements.values())
         shape = plan.graph.input_shape[1:]
         self.serve = tf.function(
@@ -572,7 +608,10 @@ class BatchStatisticsModule(tf.Module):
         self._graph.run(images, call, [])
         # A BN layer called at several places contributes the mean of its calls' moments.
         return {
-            name: (tf.add_n([m for m, _ in calls]) / len(calls), tf.add_n([v for _, v in calls]) / len(calls))
+            name: (
+                tf.add_n([m for m, _ in calls]) / len(calls),
+                tf.add_n([v for _, v in calls]) / len(calls),
+            )
             for name, calls in recorded.items()
         }
 

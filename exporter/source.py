@@ -183,9 +183,7 @@ def keras_source(
     )
     bn = list(batch_norm_layers(graph).values())
     shadow = [layer for layer in bn if isinstance(layer, ShadowBatchNormalization)]
-    decay = (
-        float(shadow[0].decay) if shadow else (float(bn[0].momentum) if bn else None)
-    )
+    decay = float(shadow[0].decay) if shadow else (float(bn[0].momentum) if bn else None)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return ModelSource(
         model=model,

@@ -423,11 +423,12 @@ def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_a
     digits_run, reference, exported, tmp_path
 ):
     """--stats adapt: the published artifacts equal the reference model with the statistics re-estimated
-    (bnserve.exporter.export.precise_statistics) on the target inputs; the manifest says where they came from; a polling
+    (bnserve.exporter.folded.precise_statistics) on the target inputs; the manifest says where they came from; a polling
     server under traffic moves to the adapted version without a failed request."""
     import threading
 
-    from bnserve.exporter.export import precise_statistics
+    from bnserve.exporter.folded import precise_statistics
+    from bnserve.exporter.graph import layer_graph
     from bnserve.trainer.checkpoint import restore_trained_model
 
     run_dir, record = digits_run
@@ -472,7 +473,8 @@ def test_adapt_re_estimates_bn_statistics_on_unlabeled_data_and_every_artifact_a
     assert bn.source["accuracy_after"] > bn.source["accuracy_before"]
     assert manifest.parity["passed"] and "adapt" in manifest.heldout_accuracy
     model, _, _ = restore_trained_model(run_dir)
-    model.set_statistics(precise_statistics(model, shifted, record.config["batch_size"]))
+    graph = layer_graph(model.functional(), "run")
+    model.set_statistics(precise_statistics(graph, shifted, record.config["batch_size"]))
     expected = model(shifted, training=False).numpy()
     session = onnxruntime.InferenceSession(
         str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]

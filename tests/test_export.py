@@ -12,8 +12,9 @@ import tensorflow as tf
 from bnserve.core.errors import UserError
 from bnserve.core.repository import file_digests, read_manifest, verify_files
 from bnserve.exporter.artifacts import onnx_op_types, saved_model_op_types
-from bnserve.exporter.export import ExportRequest, ParityError, export, precise_statistics
-from bnserve.exporter.folded import FoldedModule, fold_network
+from bnserve.exporter.export import ExportRequest, ParityError, export
+from bnserve.exporter.folded import FoldedModule, plan_folding, precise_statistics
+from bnserve.exporter.graph import layer_graph
 from bnserve.trainer.checkpoint import restore_trained_model
 from bnserve.trainer.data import load_dataset, split
 from bnserve.trainer.model import ModelConfig, build_model
@@ -142,7 +143,9 @@ def test_precise_statistics_average_the_batch_moments(digits_run):
     train, _ = split(
         load_dataset("digits"), record.config["seed"], record.config["heldout_fraction"]
     )
-    statistics = precise_statistics(model, train.images, batch_size=100)
+    statistics = precise_statistics(
+        layer_graph(model.functional(), "run"), train.images, batch_size=100
+    )
     # The first BN layer's input does not depend on any BN: recompute it batch by batch.
     means, variances, weights = [], [], []
     for start in range(0, len(train), 100):
@@ -185,7 +188,7 @@ def test_folding_conv_with_bias_and_bn_without_gamma(conv_bias, bn_scale):
             rng.integers(0, 4, 16).astype(np.int64),
         )
     statistics = {n.name: (n.shadow_mean.numpy(), n.shadow_variance.numpy()) for n in model.norms}
-    folded = FoldedModule(fold_network(model.parameters(), statistics))
+    folded = FoldedModule(plan_folding(layer_graph(model.functional(), "run"), statistics))
     x = rng.normal(2, 3, (9, 6, 6, 2)).astype(np.float32)
     # Folding reorders the arithmetic (s * (W x) vs W x then BN): equal to rounding of the logits' scale.
     assert_same_function(
@@ -245,7 +248,8 @@ def test_model_onnx_alone_tells_its_consumers_what_it_is(exported):
         name: r["max_abs"] for name, r in manifest["parity"]["artifacts"].items()
     }
     assert json.loads(props["bnserve.heldout_accuracy"]) == manifest["heldout_accuracy"]
-    assert "folded into the convolutions with the ema statistics" in meta.description
+    assert "3 are folded into the layer next to them and 0 are one" in meta.description
+    assert "with the ema statistics" in meta.description
     assert "raw values in [0, 16]" in meta.description
 
 

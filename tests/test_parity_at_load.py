@@ -155,7 +155,12 @@ def forge_saved_model(version_dir):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(version_dir / "saved_model"))
-    loaded.dense_bias.assign_add(tf.fill(loaded.dense_bias.shape, np.float32(LOGIT_SHIFT)))
+    bias = next(
+        v
+        for v in loaded.signatures["serving_default"].variables
+        if v.name.endswith("logits/bias:0")
+    )
+    bias.assign_add(tf.fill(bias.shape, np.float32(LOGIT_SHIFT)))
     shutil.rmtree(version_dir / "saved_model")
     tf.saved_model.save(loaded, str(version_dir / "saved_model"), signatures=loaded.signatures)
     rehash(version_dir)
