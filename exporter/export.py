@@ -410,13 +410,11 @@ def export(
     if kind == "adapt" and not is_keras_file(request.source):
         # A run's target data is checked (and screened) before TensorFlow restores anything.
         adapt, screened = _run_adapt_data(request)
-    with progress(f"reading {request.source}", log):
-        source = load_source(request)
-        where = (
-            f"MODEL {request.source.name!r}" if is_keras_file(request.source) else "the run's model"
-        )
-        graph = layer_graph(source.model, where)
-        check_layers(graph, where)
+    # Read without a progress line: a refusal here is the export's one line of output.
+    source = load_source(request)
+    where = f"MODEL {request.source.name!r}" if is_keras_file(request.source) else "the run's model"
+    graph = layer_graph(source.model, where)
+    check_layers(graph, where)
     if not batch_norm_layers(graph):
         log(f"warning: {where} has no BatchNormalization layer: nothing to fold")
     stale = never_updated(graph)
