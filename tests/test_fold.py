@@ -83,3 +83,43 @@ def test_standalone_bn_is_a_multiply_add():
 def test_fold_rejects_inconsistent_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):
         fold_conv_bn(*arguments)
+
+
+def _affine(rng, channels):
+    return rng.uniform(0.5, 2.0, channels), rng.normal(size=channels)
+
+
+def test_fold_into_depthwise_transposed_and_next_dense_match_numpy():
+    from bnserve.exporter.fold import (
+        OUTPUT_AXIS_DEPTHWISE,
+        OUTPUT_AXIS_TRANSPOSED,
+        fold_into_next_dense,
+        fold_into_producer,
+    )
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 5, 5, 3))
+    # Depthwise, multiplier 2: output channel c * 2 + m.
+    kernel, bias = rng.normal(size=(3, 3, 3, 2)), rng.normal(size=6)
+    scale, shift = _affine(rng, 6)
+    z = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME").numpy() + bias
+    k2, b2 = fold_into_producer(kernel, bias, scale, shift, OUTPUT_AXIS_DEPTHWISE)
+    y = tf.nn.depthwise_conv2d(x, k2.astype(np.float64), [1, 1, 1, 1], "SAME").numpy() + b2
+    np.testing.assert_allclose(y, z * scale + shift, atol=1e-5 * (1 + np.abs(z).max()))
+    # Transposed conv: kernel [kh, kw, out, in].
+    kernel, bias = rng.normal(size=(3, 3, 4, 3)), None
+    scale, shift = _affine(rng, 4)
+    shape = [2, 10, 10, 4]
+    z = tf.nn.conv2d_transpose(x, kernel, shape, 2, "SAME").numpy()
+    k2, b2 = fold_into_producer(kernel, bias, scale, shift, OUTPUT_AXIS_TRANSPOSED)
+    y = tf.nn.conv2d_transpose(x, k2.astype(np.float64), shape, 2, "SAME").numpy() + b2
+    np.testing.assert_allclose(y, z * scale + shift, atol=1e-5 * (1 + np.abs(z).max()))
+    # Forward into the next Dense: (s * f + t) W + b.
+    features = rng.normal(size=(4, 6))
+    kernel, bias = rng.normal(size=(6, 3)), rng.normal(size=3)
+    scale, shift = _affine(rng, 6)
+    expected = (features * scale + shift) @ kernel + bias
+    k2, b2 = fold_into_next_dense(kernel, bias, scale, shift)
+    np.testing.assert_allclose(
+        features @ k2 + b2, expected, atol=1e-5 * (1 + np.abs(expected).max())
+    )
