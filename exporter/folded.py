@@ -466,7 +466,9 @@ class ReferenceModule(tf.Module):
         )
         shape = plan.graph.input_shape[1:]
         self.logits = tf.function(
-            self._logits, input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
+            self._logits,
+            input_signature=[tf.TensorSpec([None, *shape], tf.float32)],
+            autograph=False,
         )
 
     def _logits(self, images):
@@ -497,6 +499,7 @@ class FoldedModule(tf.Module):
         self.serve = tf.function(
             self._forward,
             input_signature=[tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)],
+            autograph=False,
         )
 
     def _forward(self, images):
@@ -558,6 +561,7 @@ class MonitorModule(tf.Module):
         self.moments = tf.function(
             self._moments,
             input_signature=[tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)],
+            autograph=False,
         )
 
     def _moments(self, images):
@@ -582,7 +586,9 @@ class BatchStatisticsModule(tf.Module):
         self._graph = graph
         shape = graph.input_shape[1:]
         self.moments = tf.function(
-            self._moments, input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
+            self._moments,
+            input_signature=[tf.TensorSpec([None, *shape], tf.float32)],
+            autograph=False,
         )
 
     def _moments(self, images):
