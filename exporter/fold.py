@@ -95,10 +95,10 @@ def fold_into_producer(
         broadcast = scale.reshape(inputs, multiplier)
     else:
         raise ValueError(f"unknown kernel layout {layout!r}")
-    produced = kernel.shape[-2] if layout == OUTPUT_AXIS_TRANSPOSED else None
-    if layout == OUTPUT_AXIS_LAST:
-        produced = kernel.shape[-1]
-    if produced is not None and produced != channels:
+    produced = {OUTPUT_AXIS_LAST: kernel.shape[-1], OUTPUT_AXIS_TRANSPOSED: kernel.shape[-2]}.get(
+        layout, channels
+    )
+    if produced != channels:
         raise ValueError(
             f"a kernel {kernel.shape} makes {produced} channels, the BN has {channels}"
         )

@@ -304,8 +304,7 @@ def plan_folding(
             and producer.operation.get_config().get("activation") in (None, "linear")
             and producer.index not in plan.identity
         ):
-            _, layout = KERNEL_LAYOUTS[type(producer.operation)]
-            kernel_name = KERNEL_LAYOUTS[type(producer.operation)][0]
+            kernel_name, layout = KERNEL_LAYOUTS[type(producer.operation)]
             held = current(producer)
             held[kernel_name], held["bias"] = fold_into_producer(
                 held[kernel_name], held.get("bias"), scale, shift, layout

@@ -9,6 +9,19 @@ import tensorflow as tf
 from bnserve.trainer.config import TrainConfig
 
 
+def add_step_counter(owner, name: str):
+    """A non-trainable int64 scalar counting optimizer steps (n in the warm-up decay), kept by the first
+    replica only under tf.distribute."""
+    return owner.add_weight(
+        shape=(),
+        dtype="int64",
+        initializer="zeros",
+        trainable=False,
+        aggregation="only_first_replica",
+        name=name,
+    )
+
+
 @keras.saving.register_keras_serializable(package="bnserve")
 class ShadowBatchNormalization(keras.layers.Layer):
     """Per-channel batch normalisation (channels last) with EMA shadow statistics.
@@ -99,14 +112,7 @@ class ShadowBatchNormalization(keras.layers.Layer):
             name="batch_variance",
         )
         if self._own_counter:
-            self.shadow_updates = self.add_weight(
-                shape=(),
-                dtype="int64",
-                initializer="zeros",
-                trainable=False,
-                aggregation="only_first_replica",
-                name="shadow_updates",
-            )
+            self.shadow_updates = add_step_counter(self, "shadow_updates")
             self._num_updates = self.shadow_updates.value
         self.ema = tf.train.ExponentialMovingAverage(
             self.decay, num_updates=self._num_updates, name=f"{self.name}_ema"

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnserve.trainer.bn import ShadowBatchNormalization
+from bnserve.trainer.bn import ShadowBatchNormalization, add_step_counter
 from bnserve.trainer.config import TrainConfig
 
 
@@ -90,14 +90,7 @@ class ShadowBNConvNet(keras.Model):
         super().__init__(name="shadow_bn_convnet")
         self.config = config
         # n in the warm-up decay: the optimizer steps whose batch moments the shadows have consumed.
-        self.shadow_step = self.add_weight(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            aggregation="only_first_replica",
-            name="shadow_step",
-        )
+        self.shadow_step = add_step_counter(self, "shadow_step")
         num_updates = self.shadow_step.value if config.warmup else None
         self.standardize = InputStandardization(
             config.input_mean, config.input_std, name="standardize"
