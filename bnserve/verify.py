@@ -156,6 +156,7 @@ def verify(
         )
     print(
         f"verified: {runtime} on {device} reproduces {manifest.name or '?'} version "
-        f"{manifest.version or '?'} within {golden.tolerance:g}",
+        f"{manifest.version or '?'} within {check.allowed:.3g} (tolerance {golden.tolerance:g} x "
+        f"max(1, logit scale {check.reference_scale:.3g}))",
         file=out,
     )

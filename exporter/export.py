@@ -31,6 +31,7 @@ from bnserve.core.errors import BnserveError, UserError
 from bnserve.core.golden import GOLDEN, golden_inputs, write_golden
 from bnserve.core.parity import (
     REFERENCE_EVALUATOR_SAMPLES,
+    allowed_error,
     certificate,
     format_table,
     measure,
@@ -298,15 +299,18 @@ def reference_agreement(
 ) -> float:
     """The certificate's reference (logits from the graph walk) against the original model's own output
     in inference mode: equal logits, or, when the model ends in a softmax, equal probabilities. Guards the
-    reference itself: a walk that ran a layer differently from Keras fails here, before any artifact."""
+    reference itself: a walk that ran a layer differently from Keras fails here, before any artifact.
+    The allowance is the certificate's, sized by the logits' magnitude for both (softmax halves an error,
+    bnserve.core.parity)."""
     original = np.asarray(source.inference(images))
     mine = reference if plan.logits_from == "model output" else tf.nn.softmax(reference).numpy()
     error = float(np.max(np.abs(mine - original)))
-    scale = max(1.0, float(np.max(np.abs(original))))
-    if error > tolerance * scale:
+    scale = float(np.max(np.abs(reference)))
+    if error > allowed_error(tolerance, scale):
         raise ParityError(
             f"the certificate's reference differs by {error:.3g} from the Keras model's own output in "
-            f"inference mode (tolerance {tolerance:g} x {scale:.3g}): nothing published"
+            f"inference mode (allowed {allowed_error(tolerance, scale):.3g}: tolerance {tolerance:g} x "
+            f"max(1, logit scale {scale:.3g})): nothing published"
         )
     return error
 
@@ -412,7 +416,7 @@ def export(
         adapt, screened = _run_adapt_data(request)
     # Read without a progress line: a refusal here is the export's one line of output.
     source = load_source(request)
-    where = f"MODEL {request.source.name!r}" if is_keras_file(request.source) else "the run's model"
+    where = f"MODEL {str(request.source)!r}" if is_keras_file(request.source) else "the run's model"
     graph = layer_graph(source.model, where)
     check_layers(graph, where)
     if not batch_norm_layers(graph):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from bnserve.core.npz import check_declared_size, declared_arrays
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 MAX_DATA_BYTES = 4 << 30
 """Arrays a --data file may declare, decompressed."""
+MAX_CONFIG_BYTES = 64 << 20
+"""A model file's architecture JSON (config.json in a .keras archive, model_config in HDF5)."""
+OWN_LAYER_PREFIX = "bnserve>"
+"""The registered names of bnserve's own serializable layers."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,88 @@ def parse_input_range(text: str | None) -> tuple[float, float] | None:
     return low, high
 
 
+def model_config(path: Path, label: str) -> dict:
+    """The architecture a model file declares, read as JSON without deserializing anything, so that no
+    layer's code runs before the file is judged."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if "config.json" not in archive.namelist():
+                    raise UserError(f"{label} holds no model (a zip archive without config.json)")
+                if archive.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                    raise UserError(f"{label}: config.json is larger than {MAX_CONFIG_BYTES} bytes")
+                return json.loads(archive.read("config.json"))
+        import h5py
+
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as archive:
+                raw = archive.attrs.get("model_config")
+                if raw is None:
+                    raise UserError(
+                        f"{label} holds no model (an HDF5 file without a model_config: weights "
+                        "alone? save the model with model.save)"
+                    )
+                raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if len(raw) > MAX_CONFIG_BYTES:
+                    raise UserError(
+                        f"{label}: model_config is larger than {MAX_CONFIG_BYTES} bytes"
+                    )
+                return json.loads(raw)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(
+            f"{label} is not a readable Keras model ({type(exc).__name__}: {exc})"
+        ) from None
+    raise UserError(
+        f"{label} is not a Keras model file: neither a .keras zip archive nor an HDF5 .h5 file"
+    )
+
+
+def declared_layers(config) -> list[tuple[str, str, str]]:
+    """(name, class, module) of every layer a model config declares, nested models included."""
+    found = []
+    if isinstance(config, dict):
+        kind = config.get("class_name")
+        if (
+            isinstance(kind, str)
+            and not kind.startswith("__")  # __keras_tensor__ and the like: references, not layers
+            and isinstance(config.get("config"), dict)
+            and "name" in config["config"]
+        ):
+            registered = config.get("registered_name") or ""
+            module = config.get("module") or ""
+            if registered.startswith(OWN_LAYER_PREFIX):
+                module = "bnserve"
+            elif registered and not module.startswith("keras"):
+                # Built-in classes carry no registered name; a registered one from outside Keras is custom.
+                module = module or (registered.partition(">")[0] if ">" in registered else "custom")
+            found.append((str(config["config"]["name"]), kind, module))
+        for value in config.values():
+            found.extend(declared_layers(value))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(declared_layers(value))
+    return found
+
+
+def check_declared_layers(config: dict, label: str) -> None:
+    """Lambda layers and classes from outside Keras and bnserve are refused by name, before Keras would
+    run or refuse them with a message that names neither."""
+    from bnserve.exporter.folded import REFUSED_LAYERS
+
+    for name, kind, module in declared_layers(config):
+        if kind in REFUSED_LAYERS:
+            raise UserError(
+                f"{label}: layer {name!r} is a {kind}: {REFUSED_LAYERS[kind]}; replace it with "
+                "built-in Keras layers"
+            )
+        # HDF5 configs name no module: there Keras's own "Unknown layer" refusal names the class.
+        if module and not module.startswith("keras") and module != "bnserve":
+            raise UserError(
+                f"{label}: layer {name!r} is a custom layer ({module}.{kind}) that bnserve does not "
+                "know how to fold or certify; express it with built-in Keras layers"
+            )
+
+
 def load_keras_model(path: Path):
     """The user's model file, or one UserError naming the file and why it cannot be read."""
     import keras
@@ -116,6 +204,7 @@ def load_keras_model(path: Path):
     label = f"MODEL {str(path)!r}"
     if not path.is_file():
         raise UserError(f"{label}: no such file")
+    check_declared_layers(model_config(path, label), label)
     try:
         model = keras.saving.load_model(
             str(path),
@@ -148,7 +237,7 @@ def keras_source(
     from bnserve.trainer.bn import ShadowBatchNormalization
 
     model = load_keras_model(path)
-    where = f"MODEL {path.name!r}"
+    where = f"MODEL {str(path)!r}"
     graph = layer_graph(model, where)
     shape = graph.input_shape
     if len(shape) != 4 or any(not isinstance(d, int) for d in shape[1:]):

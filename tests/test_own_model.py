@@ -91,3 +91,123 @@ def test_without_data_the_input_range_is_required(own, tmp_path):
         bnserve("export", root / "own.keras", "--repository", tmp_path / "r", "--name", "m"),
         "--input-range LO,HI",
     )
+
+
+def conv_bn(images):
+    import keras
+
+    x = keras.layers.Conv2D(4, 3, name="c")(images)
+    return keras.layers.BatchNormalization(name="bn")(x)
+
+
+def head(x, classes=3):
+    import keras
+
+    return keras.layers.Dense(classes)(keras.layers.GlobalAveragePooling2D()(x))
+
+
+def lambda_model(path):
+    import keras
+
+    images = keras.Input((8, 8, 1))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(conv_bn(images))
+    keras.Model(images, head(x)).save(path)
+
+
+def custom_layer_model(path):
+    import keras
+
+    class Doubler(keras.layers.Layer):
+        def call(self, t):
+            return t * 2.0
+
+    images = keras.Input((8, 8, 1))
+    keras.Model(images, head(Doubler(name="doubler")(conv_bn(images)))).save(path)
+
+
+def two_inputs_model(path):
+    import keras
+
+    left, right = keras.Input((8, 8, 1), name="left"), keras.Input((8, 8, 1), name="right")
+    x = conv_bn(keras.layers.Concatenate()([left, right]))
+    keras.Model([left, right], head(x)).save(path)
+
+
+def two_outputs_model(path):
+    import keras
+
+    images = keras.Input((8, 8, 1))
+    x = keras.layers.GlobalAveragePooling2D()(conv_bn(images))
+    keras.Model(images, [keras.layers.Dense(3)(x), keras.layers.Dense(2)(x)]).save(path)
+
+
+def channels_first_model(path):
+    import keras
+
+    images = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(images)
+    keras.Model(images, head(keras.layers.BatchNormalization(axis=1, name="bn_first")(x))).save(
+        path
+    )
+
+
+def unreadable_file(path):
+    path.write_bytes(b"not a model" * 10)
+
+
+def weights_only_h5(path):
+    import h5py
+
+    with h5py.File(path, "w") as archive:
+        archive.create_dataset("kernel", data=np.ones(3))
+
+
+BAD_MODELS = {
+    "lambda.keras": (
+        lambda_model,
+        "layer 'double' is a Lambda: its Python function cannot be read, so nothing about it can "
+        "be certified; replace it with built-in Keras layers",
+    ),
+    "custom.keras": (
+        custom_layer_model,
+        "layer 'doubler' is a custom layer (tests.test_own_model.Doubler) that bnserve does not know "
+        "how to fold "
+        "or certify; express it with built-in Keras layers",
+    ),
+    "two_inputs.keras": (
+        two_inputs_model,
+        "the model has 2 inputs (left, right); bnserve serves models with one image input",
+    ),
+    "two_outputs.keras": (
+        two_outputs_model,
+        "the model has 2 outputs; bnserve serves models with one output (the logits or the "
+        "probabilities)",
+    ),
+    "channels_first.keras": (
+        channels_first_model,
+        "BN layer 'bn_first' normalises axis 1 of a rank-4 tensor; bnserve folds channels-last BN "
+        "only (axis -1)",
+    ),
+    "unreadable.keras": (
+        unreadable_file,
+        "is not a Keras model file: neither a .keras zip archive nor an HDF5 .h5 file",
+    ),
+    "weights.h5": (
+        weights_only_h5,
+        "holds no model (an HDF5 file without a model_config: weights alone? save the model with "
+        "model.save)",
+    ),
+}
+
+
+@pytest.mark.parametrize("filename", list(BAD_MODELS))
+def test_a_model_bnserve_cannot_fold_gets_one_line_naming_why(filename, tmp_path):
+    build, expected = BAD_MODELS[filename]
+    build(tmp_path / filename)
+    repository = tmp_path / "repo"
+    result = bnserve(
+        "export", tmp_path / filename, "--repository", repository, "--name", "m",
+        "--input-range", "0,16",
+    )  # fmt: skip
+    assert_user_error(result, f"MODEL {str(tmp_path / filename)!r}", expected)
+    assert not list(repository.glob("m/*")) and not list(repository.glob(".staging/*"))

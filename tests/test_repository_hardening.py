@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bnserve.core.repository import version_dirs
+from bnserve.core.repository import MAX_MANIFEST_BYTES, version_dirs
 from tests.helpers.serving import (
     POLL,
     index,
@@ -76,11 +76,11 @@ def bad_entries(repository, source, outside):
 
     def huge_manifest(directory):
         manifest = json.loads((directory / "manifest.json").read_text())
-        manifest["padding"] = "x" * (2 << 20)
+        manifest["padding"] = "x" * (MAX_MANIFEST_BYTES + 1)
         (directory / "manifest.json").write_text(json.dumps(manifest))
 
     publish_copy(source, repository, "hugemanifest", 1, mutate=huge_manifest)
-    expected[("hugemanifest", "1")] = "more than the 1048576 allowed"
+    expected[("hugemanifest", "1")] = f"more than the {MAX_MANIFEST_BYTES} allowed"
     for odd in ("01", " 1", "+1", "\u0661"):  # not versions: ignored, never served as version 1
         shutil.copytree(source, repository / "odd" / odd)
     publish_copy(source, repository, "odd", 2)

@@ -87,20 +87,28 @@ class MonitoredLayer:
 
 def layer_shift(mean_y: np.ndarray, mean_square_y: np.ndarray, layer: MonitoredLayer) -> float:
     """The shift of one layer from the window means Ybar (``mean_y``) and Y2bar (``mean_square_y``), per channel."""
+    return float(layer_shifts(mean_y, mean_square_y, layer))
+
+
+def layer_shifts(
+    mean_y: np.ndarray, mean_square_y: np.ndarray, layer: MonitoredLayer
+) -> np.ndarray:
+    """layer_shift for many windows at once: ``mean_y`` and ``mean_square_y`` are [..., C], the result [...]."""
     scale = np.asarray(layer.scale, np.float64)
     informative = np.abs(scale) > GAMMA_ZERO
+    mean_y = np.asarray(mean_y, np.float64)
     if not informative.any():
-        return 0.0
+        return np.zeros(mean_y.shape[:-1])
     scale = scale[informative]
-    mean_y = np.asarray(mean_y, np.float64)[informative]
-    mean_square_y = np.asarray(mean_square_y, np.float64)[informative]
+    mean_y = mean_y[..., informative]
+    mean_square_y = np.asarray(mean_square_y, np.float64)[..., informative]
     live_mean = (mean_y - np.asarray(layer.shift, np.float64)[informative]) / scale
     live_variance = np.maximum(mean_square_y - mean_y**2, 0.0) / scale**2
     frozen_mean = np.asarray(layer.mean, np.float64)[informative]
     frozen_variance = np.asarray(layer.variance, np.float64)[informative] + layer.epsilon
     ratio = (live_variance + layer.epsilon) / frozen_variance
     kl = 0.5 * (ratio + (live_mean - frozen_mean) ** 2 / frozen_variance - 1.0 - np.log(ratio))
-    return float(np.mean(kl))
+    return np.mean(kl, axis=-1)
 
 
 def window_shifts(moments: dict[str, np.ndarray], layers: list[MonitoredLayer]) -> list[float]:
@@ -132,11 +140,19 @@ def calibrate_thresholds(
     their thresholds and the clean scores [windows, layers]."""
     samples = len(next(iter(moments.values())))
     rng = np.random.default_rng(seed)
-    scores = np.empty((windows, len(layers)))
+    # Window w's mean of any output is counts[w] @ values / window, where counts[w, i] is how often
+    # sample i was drawn: one matrix product per output instead of a gather per window and output.
+    counts = np.zeros((windows, samples))
     for row in range(windows):
-        chosen = rng.integers(0, samples, window)
-        scores[row] = window_shifts(
-            {name: values[chosen] for name, values in moments.items()}, layers
+        np.add.at(counts[row], rng.integers(0, samples, window), 1.0)
+    counts /= window
+    scores = np.empty((windows, len(layers)))
+    for index, layer in enumerate(layers):
+        mean_name, square_name = output_names(index)
+        scores[:, index] = layer_shifts(
+            counts @ moments[mean_name].astype(np.float64),
+            counts @ moments[square_name].astype(np.float64),
+            layer,
         )
     limits = margin * np.quantile(scores, quantile, axis=0)
     calibrated = [

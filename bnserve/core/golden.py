@@ -10,7 +10,9 @@ The sets are ``heldout`` (the first held-out samples), ``random_batch_1`` and ``
 (uniform images over the training data's value range; 64 is the default maximum batch size, so the
 batch path is exercised too). A runtime passes when, for every set and both outputs,
 
-    max |runtime output - reference output| <= tolerance
+    max |runtime output - reference output| <= tolerance * max(1, max |reference logits|)
+
+the certificate's rule (bnserve.core.parity.allowed_error), with the logits' magnitude over all sets
 
 and every output has one row per input row. The exporter writes the file (hashed in the manifest like
 every file); the server checks it before a version takes traffic and ``bnserve verify`` on any machine.
@@ -28,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from bnserve.core.errors import UserError
+from bnserve.core.parity import allowed_error
 from bnserve.core.npz import check_declared_size, declared_arrays
 from bnserve.core.repository import OUTPUT_NAMES
 
@@ -131,17 +134,24 @@ class GoldenCheck:
     column: int
     tolerance: float
     samples: int
+    reference_scale: float = 1.0
+    """max |reference logits| over every set: the allowance is tolerance * max(1, reference_scale)."""
+
+    @property
+    def allowed(self) -> float:
+        return allowed_error(self.tolerance, self.reference_scale)
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_error <= self.tolerance
+        return self.max_abs_error <= self.allowed
 
     def describe(self) -> str:
         verdict = "within" if self.passed else "above"
         return (
             f"golden check: output {self.output!r} differs by at most {self.max_abs_error:.4g} from the reference "
-            f"(set {self.input_set!r}, row {self.row}, column {self.column}), {verdict} the tolerance "
-            f"{self.tolerance:g} ({self.samples} samples)"
+            f"(set {self.input_set!r}, row {self.row}, column {self.column}), {verdict} the allowed "
+            f"{self.allowed:.3g} (tolerance {self.tolerance:g} x max(1, logit scale {self.reference_scale:.3g})"
+            f"; {self.samples} samples)"
         )
 
 
@@ -150,6 +160,13 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
     largest |output - reference| over both outputs; raises UserError when the runtime returns another
     number of rows or columns than the reference has (a model that ignores the batch dimension)."""
     worst = None
+    scale = max(
+        (
+            float(np.max(np.abs(logits), initial=0.0))
+            for logits in golden.outputs["logits"].values()
+        ),
+        default=0.0,
+    )
     for key, images in golden.inputs.items():
         step = max_batch_size or len(images)
         chunks = [run(images[start : start + step]) for start in range(0, len(images), step)]
@@ -167,7 +184,14 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
             if not np.all(np.isfinite(error)):
                 row, column = np.argwhere(~np.isfinite(error))[0]
                 return GoldenCheck(
-                    float("inf"), name, key, int(row), int(column), golden.tolerance, golden.samples
+                    float("inf"),
+                    name,
+                    key,
+                    int(row),
+                    int(column),
+                    golden.tolerance,
+                    golden.samples,
+                    scale,
                 )
             row, column = np.unravel_index(int(np.argmax(error)), error.shape)
             if worst is None or error[row, column] > worst.max_abs_error:
@@ -179,5 +203,6 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
                     int(column),
                     golden.tolerance,
                     golden.samples,
+                    scale,
                 )
     return worst
