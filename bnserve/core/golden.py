@@ -30,8 +30,8 @@ from typing import Callable
 import numpy as np
 
 from bnserve.core.errors import UserError
-from bnserve.core.parity import allowed_error
 from bnserve.core.npz import check_declared_size, declared_arrays
+from bnserve.core.parity import allowed_error
 from bnserve.core.repository import OUTPUT_NAMES
 
 GOLDEN = "golden.npz"
