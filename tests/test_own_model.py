@@ -7,6 +7,8 @@ import pytest
 from bnserve.core.repository import read_manifest
 from bnserve.exporter.artifacts import onnx_op_types, saved_model_op_types
 from tests.helpers.cli import assert_user_error, bnserve
+from tests.helpers.drift import send, window_after
+from tests.servers import start_server
 from tests.tolerance import assert_same_function
 
 
@@ -211,3 +213,93 @@ def test_a_model_bnserve_cannot_fold_gets_one_line_naming_why(filename, tmp_path
     )  # fmt: skip
     assert_user_error(result, f"MODEL {str(tmp_path / filename)!r}", expected)
     assert not list(repository.glob("m/*")) and not list(repository.glob(".staging/*"))
+
+
+# -- a Sequential CNN trained with model.fit on digits ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_digits(tmp_path_factory):
+    """A Sequential conv net a user would write, trained with fit (which updates the moving statistics),
+    its held-out digits as --data (x, y, labels), and a copy whose statistics were never updated."""
+    import keras
+
+    from bnserve.trainer.data import load_dataset, split
+
+    root = tmp_path_factory.mktemp("fitted")
+    train, heldout = split(load_dataset("digits"), seed=0, heldout_fraction=0.2)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(32, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(train.images, train.labels, batch_size=64, epochs=12, verbose=0)
+    model.save(root / "digits_cnn.keras")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
+            layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    model.save(root / "never_updated.keras")
+    np.savez(
+        root / "heldout.npz",
+        x=heldout.images,
+        y=heldout.labels,
+        labels=np.array(heldout.class_names),
+    )
+    return root, heldout
+
+
+def test_a_fitted_sequential_cnn_is_served_and_its_drift_monitor_raises_the_alarm(fitted_digits):
+    root, heldout = fitted_digits
+    repository = root / "repo"
+    result = bnserve(
+        "export", root / "digits_cnn.keras", "--repository", repository, "--name", "m",
+        "--data", root / "heldout.npz",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(repository / "m" / "1")
+    assert manifest.accuracy is not None and manifest.accuracy > 0.85, manifest.accuracy
+    assert manifest.class_labels == tuple(heldout.class_names)
+    assert len(manifest.batch_normalization.folded) == 2
+    clean = heldout.images[:256].astype(np.float32)
+    server = start_server(
+        repository, "--model-control", "none", "--monitor-sample-rate", "1",
+        "--monitor-max-share", "0", http=True,
+    )  # fmt: skip
+    try:
+        send(server, clean)
+        status = window_after(server, 1)
+        assert not status["alarm"], status
+        send(server, clean * 0.5 + 4)  # contrast x 0.5, offset +4
+        status = window_after(server, 2)
+        assert status["alarm"] and any(layer["alarm"] for layer in status["layers"][1:]), status
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_never_updated_copy_is_refused_then_exported_with_precise_statistics(fitted_digits):
+    root, _ = fitted_digits
+    repository = root / "repo-precise"
+    command = ("export", root / "never_updated.keras", "--repository", repository, "--name", "m")
+    assert_user_error(
+        bnserve(*command, "--data", root / "heldout.npz"),
+        "still holds its initial statistics (moving mean all 0, variance all 1)",
+        "--stats precise --data D.npz",
+    )
+    assert not (repository / "m").exists()
+    result = bnserve(*command, "--data", root / "heldout.npz", "--stats", "precise")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(repository / "m" / "1")
+    # The frozen statistics, wrong for inference, scored far lower; the re-estimated ones recover.
+    assert manifest.heldout_accuracy["ema"] < manifest.heldout_accuracy["precise"] - 0.2
+    assert manifest.accuracy == manifest.heldout_accuracy["precise"] > 0.85
