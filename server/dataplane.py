@@ -21,7 +21,7 @@ from bnserve.server.monitor import DriftStatus, TrafficSampler
 from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
 
 SERVER_NAME = "bnserve"
-EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
 
 
 # The request path's own types are NamedTuples: immutable like frozen dataclasses, and built in a quarter of
@@ -42,6 +42,8 @@ class InferenceRequest(NamedTuple):
     """Requested outputs; empty means all."""
     timeout_s: float | None = None
     """Time left before the client's deadline; an expired request is dropped before compute."""
+    class_counts: tuple[tuple[str, int], ...] = ()
+    """(output, N) for outputs asked for with Triton's classification extension: top-N strings instead."""
 
 
 class ModelMetadata(NamedTuple):
@@ -110,7 +112,32 @@ def validated_images(
             raise InvalidInput(
                 f"outputs[{position}].name: duplicate output {name!r}; request each output once"
             )
+    for name, count in request.class_counts:
+        position = request.outputs.index(name)
+        if count < 1:
+            raise InvalidInput(
+                f"outputs[{position}].parameters.classification: {count}; expected a class count >= 1"
+            )
     return tensor.data
+
+
+def top_classes(values: np.ndarray, count: int, labels: tuple[str, ...]) -> np.ndarray:
+    """Triton's classification extension: for each row of ``values`` [N, K], its min(count, K) largest
+    entries, largest first (ties: lower index first), each as the bytes "<value>:<index>:<label>" (":<label>"
+    only where the manifest names one) with the
+    value printed as C's %f (Triton's std::to_string), e.g. b"0.981234:3:3". Returns BYTES [N, min(count, K)]
+    as an object array of bytes."""
+    kept = min(count, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :kept]
+    rows = [
+        [
+            f"{float(row[index]):f}:{index}".encode()
+            + (f":{labels[index]}".encode() if index < len(labels) else b"")
+            for index in indices
+        ]
+        for row, indices in zip(values, order)
+    ]
+    return np.array(rows, dtype=object).reshape(len(values), kept)
 
 
 def check_finite(images: np.ndarray) -> None:
@@ -396,6 +423,7 @@ class DataPlane:
             if self.settings.reject_non_finite:
                 check_finite(images)
             outputs = list(request.outputs) or model.output_names
+            counts = dict(request.class_counts)
             check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
             if self.sampler.active:
                 self.sampler.offer(model, images)
@@ -420,5 +448,14 @@ class DataPlane:
             model.name,
             str(model.version),
             request.id,
-            tuple(InferOutput(name, "FP32", results[name]) for name in outputs),
+            tuple(
+                InferOutput(name, "FP32", results[name])
+                if name not in counts
+                else InferOutput(
+                    name,
+                    "BYTES",
+                    top_classes(results[name], counts[name], model.manifest.class_labels),
+                )
+                for name in outputs
+            ),
         )

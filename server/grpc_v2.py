@@ -11,11 +11,22 @@ import grpc
 from bnserve.protos import inference_pb2 as pb
 from bnserve.protos import inference_pb2_grpc
 from bnserve.server.controller import RepositoryController
-from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
+from bnserve.server.dataplane import (
+    DataPlane,
+    InferenceRequest,
+    InferenceResponse,
+    InferInput,
+)
 from bnserve.server.errors import InvalidInput, ServingError
 from bnserve.server.grpc_errors import grpc_errors
 from bnserve.server.settings import STREAM_WINDOW
-from bnserve.server.tensors import V2_CONTENTS_FIELD, V2_TO_NUMPY, array_from_raw, array_from_values
+from bnserve.server.tensors import (
+    V2_CONTENTS_FIELD,
+    V2_TO_NUMPY,
+    array_from_raw,
+    array_from_values,
+    raw_contents,
+)
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
 
@@ -31,13 +42,15 @@ def to_infer_request(
         dtype = V2_TO_NUMPY.get(tensor.datatype)
         if dtype is not None and not tensor.HasField("contents"):
             data = array_from_raw(raw[0], dtype, list(tensor.shape), "raw_input_contents[0]")
+            names, counts = requested_outputs(request) if request.outputs else ((), ())
             return InferenceRequest(
                 request.model_name,
                 request.model_version,
                 request.id,
                 (InferInput(tensor.name, tensor.datatype, data),),
-                tuple(output.name for output in request.outputs),
+                names,
                 timeout_s,
+                counts,
             )
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -67,13 +80,15 @@ def to_infer_request(
             )
             data = array_from_values(values, dtype, shape, f"{field}.contents")
         inputs.append(InferInput(tensor.name, tensor.datatype, data))
+    names, counts = requested_outputs(request)
     return InferenceRequest(
         request.model_name,
         request.model_version,
         request.id,
         tuple(inputs),
-        tuple(output.name for output in request.outputs),
+        names,
         timeout_s,
+        counts,
     )
 
 
@@ -88,8 +103,29 @@ def from_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
             )
             for o in response.outputs
         ],
-        raw_output_contents=[o.data.tobytes() for o in response.outputs],
+        raw_output_contents=[raw_contents(o) for o in response.outputs],
     )
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[tuple[str, ...], tuple]:
+    """The requested output names and (name, N) for those asking for the classification extension
+    (``parameters["classification"].int64_param``); shared memory is refused with it, as Triton does."""
+    names, counts = [], []
+    for position, output in enumerate(request.outputs):
+        names.append(output.name)
+        if "classification" not in output.parameters:
+            continue
+        field = f"outputs[{position}].parameters.classification"
+        parameter = output.parameters["classification"]
+        if parameter.WhichOneof("parameter_choice") != "int64_param":
+            raise InvalidInput(f"{field}: expected an int64_param class count")
+        if any(key.startswith("shared_memory") for key in output.parameters):
+            raise InvalidInput(
+                f"{field}: cannot be combined with shared memory; the classification extension "
+                "returns strings in the response"
+            )
+        counts.append((output.name, parameter.int64_param))
+    return tuple(names), tuple(counts)
 
 
 HANDLER_FACTORIES = {
@@ -127,7 +163,7 @@ def encode_infer_response(response: InferenceResponse) -> bytes:
     return (
         head
         + pb.ModelInferResponse(
-            id=response.id, raw_output_contents=[o.data.tobytes() for o in response.outputs]
+            id=response.id, raw_output_contents=[raw_contents(o) for o in response.outputs]
         ).SerializeToString()
     )
 

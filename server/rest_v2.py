@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
 from bnserve.server.json_codec import expect, optional_object, parse_json
-from bnserve.server.tensors import V2_TO_NUMPY, array_from_json, array_from_raw, element_count
+from bnserve.server.tensors import (
+    V2_TO_NUMPY,
+    array_from_json,
+    array_from_raw,
+    element_count,
+    raw_contents,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_TIMEOUT_US = 10**15
@@ -135,7 +141,7 @@ def parse_infer(
     outputs_json = expect(
         document.get("outputs", []), list, "outputs", "a list of requested outputs"
     )
-    names, binary_flags = [], {}
+    names, binary_flags, counts = [], {}, []
     for position, output in enumerate(outputs_json):
         field = f"outputs[{position}]"
         expect(output, dict, field, "an object with a name")
@@ -143,20 +149,36 @@ def parse_infer(
             raise InvalidInput(f"{field}.name: missing")
         name = expect(output["name"], str, f"{field}.name", "a string")
         output_parameters = optional_object(output, "parameters", f"{field}.parameters")
-        if "classification" in output_parameters:
-            raise InvalidInput(
-                f"{field}.parameters.classification: not supported; request the probabilities "
-                "output and take the top classes client-side"
-            )
         binary_flags[name] = expect(
             output_parameters.get("binary_data", binary_by_default),
             bool,
             f"{field}.parameters.binary_data",
             "true or false",
         )
+        if "classification" in output_parameters:
+            count = output_parameters["classification"]
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise InvalidInput(
+                    f"{field}.parameters.classification: {json.dumps(count)[:40]}; expected an integer "
+                    "class count"
+                )
+            # Binary stays allowed: tritonclient.http asks for it by default, and BYTES travel in
+            # binary as length-prefixed strings, as Triton sends them.
+            if "shared_memory_region" in output_parameters:
+                raise InvalidInput(
+                    f"{field}.parameters.classification: cannot be combined with "
+                    "shared_memory_region; the classification extension returns strings in the response"
+                )
+            counts.append((name, count))
         names.append(name)
     request = InferenceRequest(
-        model_name, model_version, request_id, tuple(inputs), tuple(names), timeout_s
+        model_name,
+        model_version,
+        request_id,
+        tuple(inputs),
+        tuple(names),
+        timeout_s,
+        tuple(counts),
     )
     return request, OutputEncoding(binary_flags, binary_by_default)
 
@@ -167,9 +189,11 @@ def encode_infer(response: InferenceResponse, encoding: OutputEncoding) -> tuple
     for output in response.outputs:
         entry = {"name": output.name, "datatype": output.datatype, "shape": list(output.data.shape)}
         if encoding.is_binary(output.name):
-            raw = output.data.tobytes()
+            raw = raw_contents(output)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif output.datatype == "BYTES":  # classification strings (ASCII: value, index and label)
+            entry["data"] = [item.decode("utf-8", "replace") for item in output.data.reshape(-1)]
         else:
             entry["data"] = output.data.reshape(-1).tolist()
         outputs.append(entry)

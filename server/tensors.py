@@ -163,3 +163,11 @@ def json_kind(array: np.ndarray) -> str:
         "U": "strings",
         "O": "mixed values (strings, objects, nulls or huge integers)",
     }.get(array.dtype.kind, array.dtype.name)
+
+
+def raw_contents(output) -> bytes:
+    """An output's raw_output_contents entry: the tensor's bytes, or for BYTES each element as a 4-byte
+    little-endian length and its bytes (the v2 protocol's raw BYTES layout)."""
+    if output.datatype != "BYTES":
+        return output.data.tobytes()
+    return b"".join(len(item).to_bytes(4, "little") + item for item in output.data.reshape(-1))

@@ -145,7 +145,7 @@ def test_metadata_health_config_statistics_and_index(server):
     assert requests.get(f"{base}/v2").json() == {
         "name": "bnserve",
         "version": "0.1.0",
-        "extensions": ["model_configuration", "statistics", "model_repository"],
+        "extensions": ["classification", "model_configuration", "statistics", "model_repository"],
     }
     assert requests.get(f"{base}/v2/health/live").json() == {"live": True}
     # The server is not ready: digits/2 is tampered, but digits has a ready version, so every model serves.
