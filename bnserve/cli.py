@@ -379,7 +379,12 @@ def add_predict_parser(commands) -> None:
     )
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", default="", help="default: the newest served version")
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        help="how many classes per sample, with their labels and scores",
+    )
     parser.add_argument(
         "--pixel-scale",
         type=float,
@@ -393,6 +398,8 @@ def add_predict_parser(commands) -> None:
 def run_predict(args) -> int:
     from bnserve.server.client import predict
 
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: expected a class count >= 1")
     print(predict(args.url, args.model, args.version, args.input, args.top, args.pixel_scale))
     return 0
 

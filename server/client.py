@@ -84,7 +84,13 @@ def predict(
                         name=metadata.inputs[0].name, datatype="FP32", shape=images.shape
                     )
                 ],
-                outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
+                # Triton's classification extension: the server picks the top classes and names them.
+                outputs=[
+                    pb.ModelInferRequest.InferRequestedOutputTensor(
+                        name="probabilities",
+                        parameters={"classification": pb.InferParameter(int64_param=top)},
+                    )
+                ],
                 raw_input_contents=[images.tobytes()],
             )
             response = stub.ModelInfer(request, timeout=timeout)
@@ -93,12 +99,33 @@ def predict(
                 raise UserError(f"{exc.code().name}: {exc.details()}") from None
             raise UserError(f"--url {url}: {exc.code().name}: {exc.details()}") from None
     output = response.outputs[0]
-    probabilities = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(output.shape)
+    entries = split_bytes(response.raw_output_contents[0])
+    per_sample = int(output.shape[1]) if len(output.shape) == 2 else 0
     lines = [f"model {response.model_name} version {response.model_version}"]
-    for index, row in enumerate(probabilities):
-        best = np.argsort(row)[::-1][:top]
-        lines.append(f"sample {index}: " + ", ".join(f"class {k} {row[k]:.4f}" for k in best))
+    for index in range(int(output.shape[0]) if per_sample else 0):
+        row = entries[index * per_sample : (index + 1) * per_sample]
+        lines.append(f"sample {index}: " + ", ".join(describe_class(entry) for entry in row))
     return "\n".join(lines)
+
+
+def split_bytes(raw: bytes) -> list[bytes]:
+    """A raw BYTES tensor's elements: each a 4-byte little-endian length, then that many bytes."""
+    entries, offset = [], 0
+    while offset + 4 <= len(raw):
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        entries.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return entries
+
+
+def describe_class(entry: bytes) -> str:
+    """b"0.981234:3:three" -> "three 0.981234 (class 3)" (the score as the server printed it); the index
+    alone when the label repeats it."""
+    score, _, rest = entry.decode("utf-8", "replace").partition(":")
+    index, _, label = rest.partition(":")
+    if not label or label == index:
+        return f"class {index} {score}"
+    return f"{label} {score} (class {index})"
 
 
 def drift(url: str, model: str, version: str, timeout: float = 30.0) -> str:

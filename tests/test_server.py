@@ -401,9 +401,14 @@ def test_predict_command(server, tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert (
-        lines[0] == "model digits version 1"
-        and lines[1].startswith("sample 0: class ")
-        and len(lines) == 3
-    )
+    client = triton.InferenceServerClient(server.url)
+    tensor = triton.InferInput("images", [2, 8, 8, 1], "FP32")
+    tensor.set_data_from_numpy(images(2))
+    probabilities = client.infer("digits", [tensor]).as_numpy("probabilities")
+    client.close()
+    expected = ["model digits version 1"] + [
+        f"sample {i}: "
+        + ", ".join(f"class {k} {row[k]:f}" for k in np.argsort(-row, kind="stable")[:3])
+        for i, row in enumerate(probabilities)
+    ]
+    assert result.stdout.strip().splitlines() == expected
