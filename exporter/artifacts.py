@@ -96,7 +96,7 @@ def onnx_doc_string(manifest: Manifest) -> str:
         f"'logits' and 'probabilities' over {len(labels)} classes {labels}. Of its {bn.layers} BN calls, "
         f"{len(bn.folded)} are folded into the layer next to them and {len(bn.multiply_add)} are one "
         f"per-channel multiply-add, with the {bn.statistics} statistics (EMA decay {bn.decay}, warm-up "
-        f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {bn.epsilon}), so the graph holds no "
+        f"{'on' if bn.warmup else 'off'}, {bn.ema_updates} updates, epsilon {'per layer' if bn.epsilon is None else bn.epsilon}), so the graph holds no "
         f"BatchNormalization op. Certified against the unfolded model in inference mode to "
         f"{manifest.parity['tolerance']:g} x max(1, max |logit|) (max abs logit error); metadata_props hold the details."
     )

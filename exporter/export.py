@@ -330,6 +330,10 @@ def build_manifest(
     classes = len(source.class_labels)
     epsilons = sorted({call.epsilon for call in plan.calls})
     extra = {"logits": plan.logits_from}
+    if (
+        len(epsilons) > 1
+    ):  # one epsilon per BN call is in the monitor's layers; here the distinct ones
+        extra["epsilons"] = epsilons
     if monitor_absent:
         extra["monitor_absent"] = monitor_absent
     return Manifest(
@@ -343,7 +347,7 @@ def build_manifest(
             decay=source.decay,
             warmup=source.warmup,
             ema_updates=source.ema_updates,
-            epsilon=epsilons[0] if len(epsilons) == 1 else (epsilons or [None])[0],
+            epsilon=epsilons[0] if len(epsilons) == 1 else None,
             layers=len(plan.calls),
             folded=plan.folded,
             input_standardization="multiply-add (x * s + t per channel)"

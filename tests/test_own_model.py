@@ -60,6 +60,8 @@ def test_own_model_is_folded_certified_and_published(own):
     manifest = read_manifest(version_dir)
     bn = manifest.batch_normalization
     assert bn.folded == ("c1+bn1", "dw+bn2", "bn4>out") and bn.multiply_add == ("bn3",)
+    # bn4 has epsilon 1e-2, the others Keras's 1e-3: no single epsilon to record.
+    assert bn.epsilon is None and manifest.source["epsilons"] == [1e-3, 1e-2]
     assert "softmax" in manifest.source["logits"] and manifest.monitor is not None
     assert manifest.accuracy == 1.0 and manifest.parity["passed"]
     assert not [op for op in onnx_op_types(version_dir / "model.onnx") if "BatchNorm" in op]
