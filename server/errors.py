@@ -101,6 +101,13 @@ class Unavailable(ServingError):
     http_status = 503
 
 
+class Unimplemented(ServingError):
+    """A method of a protocol that bnserve does not serve, with the reason."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+
+
 class StartupError(UserError):
     """The server cannot start as configured (e.g. --device gpu without a usable GPU): exit status 2."""
 

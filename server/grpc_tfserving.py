@@ -12,7 +12,7 @@ from google.protobuf.any_pb2 import Any
 
 from bnserve.protos import tfserving_pb2 as pb
 from bnserve.server.dataplane import DataPlane, InferenceRequest, InferenceResponse, InferInput
-from bnserve.server.errors import InvalidInput
+from bnserve.server.errors import InvalidInput, Unimplemented
 from bnserve.server.grpc_errors import grpc_errors
 from bnserve.server.tensors import (
     NUMPY_TO_TF,
@@ -23,11 +23,16 @@ from bnserve.server.tensors import (
     array_from_values,
 )
 from bnserve.server.tfserving_documents import (
+    CLASSIFY_METHOD,
+    CLASSIFY_SIGNATURE,
+    CLASSIFY_SIGNATURES,
     MODEL_SERVICE,
     PREDICT_METHOD,
     PREDICTION_SERVICE,
     SIGNATURE_DEF_MAP_URL,
     SIGNATURE_NAME,
+    examples_to_images,
+    ranked_classes,
 )
 
 TF_ERROR_CODES = {"OK": 0, "UNKNOWN": 2}
@@ -84,6 +89,36 @@ def to_infer_request(
     )
 
 
+def example_features(example: pb.Example) -> dict[str, tuple[str, list]]:
+    """feature name -> (kind, values) of one tf.Example."""
+    features = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        features[name] = (kind or "empty", list(getattr(feature, kind).value) if kind else [])
+    return features
+
+
+def classify_examples(request: pb.ClassificationRequest) -> tuple[str, list]:
+    """The request's examples (a context's features join each example's, as TensorFlow Serving merges them)."""
+    if request.model_spec.signature_name not in CLASSIFY_SIGNATURES:
+        raise InvalidInput(
+            f"model_spec.signature_name: unknown signature {request.model_spec.signature_name!r}; "
+            f"expected {CLASSIFY_SIGNATURE!r} or {SIGNATURE_NAME!r}"
+        )
+    kind = request.input.WhichOneof("kind")
+    if kind == "example_list":
+        return "input.example_list.examples", [
+            example_features(e) for e in request.input.example_list.examples
+        ]
+    if kind == "example_list_with_context":
+        listed = request.input.example_list_with_context
+        context = example_features(listed.context)
+        return "input.example_list_with_context.examples", [
+            context | example_features(e) for e in listed.examples
+        ]
+    raise InvalidInput("input: empty; expected example_list or example_list_with_context")
+
+
 def to_tensor_proto(data: np.ndarray) -> pb.TensorProto:
     return pb.TensorProto(
         dtype=NUMPY_TO_TF[data.dtype],
@@ -98,6 +133,10 @@ def from_infer_response(response: InferenceResponse) -> pb.PredictResponse:
     return pb.PredictResponse(
         model_spec=spec, outputs={o.name: to_tensor_proto(o.data) for o in response.outputs}
     )
+
+
+def shape_proto(*dims: int) -> pb.TensorShapeProto:
+    return pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=d) for d in dims])
 
 
 def tensor_info(spec) -> pb.TensorInfo:
@@ -118,6 +157,44 @@ class TensorFlowServingServicer:
         return from_infer_response(await self.dataplane.infer(domain))
 
     @grpc_errors
+    async def Classify(self, request, context):
+        version = requested_version(request.model_spec)
+        with self.dataplane.admission(request.model_spec.name, version):
+            field, examples = classify_examples(request)
+            model = self.dataplane.model(request.model_spec.name, version)
+            images = examples_to_images(examples, tuple(model.input.shape[1:]), field)
+            domain = InferenceRequest(
+                model.name,
+                str(model.version),
+                "",
+                (InferInput(model.input.name, "FP32", images),),
+                ("probabilities",),
+                context.time_remaining(),
+            )
+        response = await self.dataplane.infer(domain)
+        ranked = ranked_classes(response.outputs[0].data, model.manifest.class_labels)
+        spec = pb.ModelSpec(name=response.model_name, signature_name=CLASSIFY_SIGNATURE)
+        spec.version.value = int(response.model_version)
+        return pb.ClassificationResponse(
+            model_spec=spec,
+            result=pb.ClassificationResult(
+                classifications=[
+                    pb.Classifications(
+                        classes=[pb.Class(label=label, score=score) for label, score in row]
+                    )
+                    for row in ranked
+                ]
+            ),
+        )
+
+    @grpc_errors
+    async def Regress(self, request, context):
+        raise Unimplemented(
+            "Regress: bnserve serves classifiers (logits and probabilities over class labels); "
+            "use Classify or Predict"
+        )
+
+    @grpc_errors
     async def GetModelMetadata(self, request, context):
         check_signature(request.model_spec)
         fields = list(request.metadata_field)
@@ -131,7 +208,26 @@ class TensorFlowServingServicer:
             outputs={o.name: tensor_info(o) for o in model.outputs},
             method_name=PREDICT_METHOD,
         )
-        signatures = pb.SignatureDefMap(signature_def={SIGNATURE_NAME: signature})
+        classes = len(model.manifest.class_labels)
+        classify = pb.SignatureDef(
+            inputs={
+                "inputs": pb.TensorInfo(
+                    name="tf_example:0", dtype=pb.DT_STRING, tensor_shape=shape_proto(-1)
+                )
+            },
+            outputs={
+                "classes": pb.TensorInfo(
+                    name="classes:0", dtype=pb.DT_STRING, tensor_shape=shape_proto(-1, classes)
+                ),
+                "scores": pb.TensorInfo(
+                    name="scores:0", dtype=pb.DT_FLOAT, tensor_shape=shape_proto(-1, classes)
+                ),
+            },
+            method_name=CLASSIFY_METHOD,
+        )
+        signatures = pb.SignatureDefMap(
+            signature_def={SIGNATURE_NAME: signature, CLASSIFY_SIGNATURE: classify}
+        )
         spec = pb.ModelSpec(name=model.name, signature_name=SIGNATURE_NAME)
         spec.version.value = model.version
         packed = Any(type_url=SIGNATURE_DEF_MAP_URL, value=signatures.SerializeToString())
@@ -174,6 +270,10 @@ def handlers(servicer: TensorFlowServingServicer) -> list[grpc.GenericRpcHandler
                     pb.GetModelMetadataRequest,
                     pb.GetModelMetadataResponse,
                 ),
+                "Classify": unary(
+                    servicer.Classify, pb.ClassificationRequest, pb.ClassificationResponse
+                ),
+                "Regress": unary(servicer.Regress, pb.RegressionRequest, pb.ClassificationResponse),
             },
         ),
         grpc.method_handlers_generic_handler(

@@ -33,11 +33,13 @@ from bnserve.server.errors import (
     ErrorLogLimiter,
     InvalidInput,
     ServingError,
+    Unimplemented,
 )
 from bnserve.server.json_codec import expect, message_json, parse_json
 from bnserve.server.json_offload import JsonDecoder
 from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
+from bnserve.server.tfserving_documents import ranked_classes
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
 log = logging.getLogger("bnserve.server")
@@ -344,16 +346,26 @@ class HttpFront:
         name = request.match_info["model"]
         method = request.match_info["method"]
         with self.dataplane.admission(name, request.match_info.get("version", ""), "http"):
-            if method != "predict":
-                raise InvalidInput(
-                    f":{method}: not served; expected :predict (classify and regress need "
-                    "signatures these models do not have)"
+            if method == "regress":
+                raise Unimplemented(
+                    ":regress: bnserve serves classifiers (logits and probabilities over class "
+                    "labels); use :classify or :predict"
                 )
+            if method not in ("predict", "classify"):
+                raise InvalidInput(f":{method}: not served; expected :predict or :classify")
             version = self.tf_version(request)
             model = self.dataplane.model(name, version)
             body = await self.body(request)
-            domain, row_format = await self.json.decode(
-                len(body), rest_tfserving.parse_predict, body, model.name, model.input, version
-            )
+            if method == "classify":
+                domain = await self.json.decode(
+                    len(body), rest_tfserving.parse_classify, body, model.name, model.input, version
+                )
+            else:
+                domain, row_format = await self.json.decode(
+                    len(body), rest_tfserving.parse_predict, body, model.name, model.input, version
+                )
         answer = await self.dataplane.infer(domain, "http")
+        if method == "classify":
+            ranked = ranked_classes(answer.outputs[0].data, model.manifest.class_labels)
+            return json_response(rest_tfserving.encode_classify(ranked))
         return json_response(rest_tfserving.encode_predict(answer, row_format))

@@ -19,7 +19,15 @@ from bnserve.server.errors import InvalidInput
 from bnserve.server.json_codec import expect, parse_json
 from bnserve.server.models import ServedVersion
 from bnserve.server.tensors import V2_TO_NUMPY, array_from_json
-from bnserve.server.tfserving_documents import PREDICT_METHOD, SIGNATURE_NAME, TfVersionStatus
+from bnserve.server.tfserving_documents import (
+    CLASSIFY_METHOD,
+    CLASSIFY_SIGNATURE,
+    CLASSIFY_SIGNATURES,
+    PREDICT_METHOD,
+    SIGNATURE_NAME,
+    TfVersionStatus,
+    examples_to_images,
+)
 
 
 def check_signature(document: dict) -> None:
@@ -95,6 +103,59 @@ def parse_predict(
     return request, row_format
 
 
+def parse_classify(
+    body: bytes,
+    model_name: str,
+    input_spec: TensorSpec,
+    model_version: str,
+    timeout_s: float | None = None,
+) -> InferenceRequest:
+    """A ``:classify`` body ({"examples": [{feature: values}], optional "context"}) -> the domain request for
+    the probabilities of the images in the examples' "images" feature."""
+    document = expect(parse_json(body), dict, "body", 'a JSON object with "examples"')
+    name = expect(document.get("signature_name", ""), str, "signature_name", "a string")
+    if name not in CLASSIFY_SIGNATURES:
+        raise InvalidInput(
+            f"signature_name: unknown signature {name!r}; expected {CLASSIFY_SIGNATURE!r} or "
+            f"{SIGNATURE_NAME!r}"
+        )
+    examples = expect(document.get("examples"), list, "examples", "a list of examples (objects)")
+    context = expect(document.get("context", {}), dict, "context", "an object of features")
+    features = []
+    for position, example in enumerate(examples):
+        expect(example, dict, f"examples[{position}]", "an object of features")
+        merged = {**context, **example}
+        features.append({key: json_feature(value) for key, value in merged.items()})
+    images = examples_to_images(features, tuple(input_spec.shape[1:]), "examples")
+    return InferenceRequest(
+        model_name,
+        model_version,
+        "",
+        (InferInput(input_spec.name, input_spec.datatype, images),),
+        ("probabilities",),
+        timeout_s,
+    )
+
+
+def json_feature(value) -> tuple[str, list]:
+    """One REST feature value -> (kind, values): numbers (nested lists are flattened) are a float_list,
+    strings and {"b64": ...} a bytes_list."""
+    if isinstance(value, (dict, str)) or (
+        isinstance(value, list) and value and isinstance(value[0], (dict, str))
+    ):
+        return "bytes_list", value if isinstance(value, list) else [value]
+    try:
+        values = np.asarray(value, np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        return "unreadable", []
+    return "float_list", values
+
+
+def encode_classify(ranked: list[list[tuple[str, float]]]) -> dict:
+    """TensorFlow Serving's REST classify result: per example, [label, score] pairs."""
+    return {"result": [[[label, score] for label, score in row] for row in ranked]}
+
+
 def json_array(values, dtype: np.dtype, field: str) -> np.ndarray:
     """Nested JSON lists -> an array of their own shape (the shape is the nesting, as TF Serving reads it)."""
     expect(values, list, field, "nested lists of numbers")
@@ -147,7 +208,28 @@ def metadata_json(model: ServedVersion) -> dict:
         "outputs": {o.name: tensor_info_json(o) for o in model.outputs},
         "method_name": PREDICT_METHOD,
     }
+    classes = str(len(model.manifest.class_labels))
+    classify = {
+        "inputs": {"inputs": string_info("tf_example:0", ["-1"])},
+        "outputs": {
+            "classes": string_info("classes:0", ["-1", classes]),
+            "scores": string_info("scores:0", ["-1", classes]) | {"dtype": "DT_FLOAT"},
+        },
+        "method_name": CLASSIFY_METHOD,
+    }
     return {
         "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-        "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {SIGNATURE_NAME: signature, CLASSIFY_SIGNATURE: classify}
+            }
+        },
+    }
+
+
+def string_info(name: str, dims: list[str]) -> dict:
+    return {
+        "dtype": "DT_STRING",
+        "tensor_shape": {"dim": [{"size": d, "name": ""} for d in dims], "unknown_rank": False},
+        "name": name,
     }

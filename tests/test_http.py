@@ -462,11 +462,19 @@ ERRORS = [  # method, path, body, headers, status, the message (a substring), sa
     ),
     (
         "POST",
+        "/v1/models/digits:explain",
+        json.dumps(tf_rest_body(IMAGE)).encode(),
+        {},
+        400,
+        ":explain: not served; expected :predict or :classify",
+    ),
+    (
+        "POST",
         "/v1/models/digits:classify",
         json.dumps(tf_rest_body(IMAGE)).encode(),
         {},
         400,
-        ":classify: not served",
+        "examples: expected a list of examples (objects)",
     ),
     (
         "POST",
