@@ -123,10 +123,9 @@ def validated_images(
 
 def top_classes(values: np.ndarray, count: int, labels: tuple[str, ...]) -> np.ndarray:
     """Triton's classification extension: for each row of ``values`` [N, K], its min(count, K) largest
-    entries, largest first (ties: lower index first), each as the bytes "<value>:<index>:<label>" (":<label>"
-    only where the manifest names one) with the
-    value printed as C's %f (Triton's std::to_string), e.g. b"0.981234:3:3". Returns BYTES [N, min(count, K)]
-    as an object array of bytes."""
+    entries, largest first (ties: lower index first), each as the bytes "<value>:<index>:<label>", with the
+    value printed as C's %f (Triton's std::to_string), e.g. b"0.981234:3:3" (":<label>" only where the
+    manifest names one). Returns BYTES [N, min(count, K)] as an object array of bytes."""
     kept = min(count, values.shape[1])
     order = np.argsort(-values, axis=1, kind="stable")[:, :kept]
     rows = [
