@@ -189,6 +189,8 @@ def main() -> None:
                 }
             )
             print(f"{name}: export {export_s:.1f} s", file=sys.stderr)
+        # Written before the served part as well, so a failure there keeps the tables above.
+        arguments.out.write_text(report(rows, None, arguments))
         served = (
             served_against_in_process(repository, "resnet50", arguments.repeats, arguments.seconds)
             if "resnet50" in names
