@@ -223,3 +223,47 @@ def test_each_keras_producer_takes_its_bn_and_equals_keras(kind):
     x = rng.normal(size=(4, *model.input_shape[1:])).astype(np.float32)
     folded = FoldedModule(plan).serve(tf.constant(x))["logits"].numpy()
     assert_same_function(folded, model(x, training=False).numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"center": False},
+        {"scale": False},
+        {"center": False, "scale": False, "epsilon": 0.1},
+        {"synchronized": True},
+    ],
+    ids=["no-center", "no-scale", "neither-eps0.1", "synchronized"],
+)
+def test_keras_bn_options_fold_and_equal_keras(options):
+    import keras
+
+    from bnserve.exporter.folded import (
+        FoldedModule,
+        batch_norm_layers,
+        plan_folding,
+        stored_statistics,
+    )
+    from bnserve.exporter.graph import layer_graph
+
+    keras.utils.set_random_seed(4)
+    images = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(5, 3)(images)
+    x = keras.layers.BatchNormalization(name="bn", **options)(x)
+    model = keras.Model(images, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(4)
+    bn.moving_mean.assign(rng.normal(0, 0.5, 5).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.3, 2.0, 5).astype(np.float32))
+    for weight in (bn.gamma, bn.beta):
+        if weight is not None:
+            weight.assign(rng.uniform(0.5, 1.5, 5).astype(np.float32))
+    graph = layer_graph(model, "options")
+    statistics = {
+        name: stored_statistics(layer) for name, layer in batch_norm_layers(graph).items()
+    }
+    plan = plan_folding(graph, statistics)
+    assert [call.how for call in plan.calls] == ["into"]
+    x = rng.normal(size=(4, 6, 6, 2)).astype(np.float32)
+    folded = FoldedModule(plan).serve(tf.constant(x))["logits"].numpy()
+    assert_same_function(folded, model(x, training=False).numpy(), rtol=1e-5)
