@@ -1,6 +1,7 @@
 """Triton's classification extension on gRPC and HTTP, with tritonclient as Triton's users call it."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,8 +16,11 @@ from tests.servers import start_server
 
 
 @pytest.fixture(scope="module")
-def server(exported):
-    repository, _, _ = exported
+def server(exported, tmp_path_factory):
+    # A repository of its own: other modules publish more versions into the session's one.
+    _, version_dir, _ = exported
+    repository = tmp_path_factory.mktemp("classification")
+    shutil.copytree(version_dir, repository / "digits" / "1")
     server = start_server(repository, http=True)
     yield server
     assert server.stop() == 0

@@ -1,6 +1,7 @@
 """TensorFlow Serving's Classify with its own clients: the tensorflow-serving-api stub and curl :classify."""
 
 import json
+import shutil
 import subprocess
 
 import grpc
@@ -20,8 +21,11 @@ from tests.servers import start_server
 
 
 @pytest.fixture(scope="module")
-def server(exported):
-    repository, _, _ = exported
+def server(exported, tmp_path_factory):
+    # A repository of its own: other modules publish more versions into the session's one.
+    _, version_dir, _ = exported
+    repository = tmp_path_factory.mktemp("classify")
+    shutil.copytree(version_dir, repository / "digits" / "1")
     server = start_server(repository, http=True)
     yield server
     assert server.stop() == 0
