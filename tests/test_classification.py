@@ -1,7 +1,6 @@
 """Triton's classification extension on gRPC and HTTP, with tritonclient as Triton's users call it."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from bnserve.core.repository import read_manifest
+from tests.helpers.serving import publish_copy
 from tests.requests import random_images
 from tests.servers import start_server
 
@@ -20,7 +20,7 @@ def server(exported, tmp_path_factory):
     # A repository of its own: other modules publish more versions into the session's one.
     _, version_dir, _ = exported
     repository = tmp_path_factory.mktemp("classification")
-    shutil.copytree(version_dir, repository / "digits" / "1")
+    publish_copy(version_dir, repository, "digits", 1)
     server = start_server(repository, http=True)
     yield server
     assert server.stop() == 0

@@ -1,7 +1,6 @@
 """TensorFlow Serving's Classify with its own clients: the tensorflow-serving-api stub and curl :classify."""
 
 import json
-import shutil
 import subprocess
 
 import grpc
@@ -16,6 +15,7 @@ from tensorflow_serving.apis import (
 )
 
 from bnserve.core.repository import read_manifest
+from tests.helpers.serving import publish_copy
 from tests.requests import random_images
 from tests.servers import start_server
 
@@ -25,7 +25,7 @@ def server(exported, tmp_path_factory):
     # A repository of its own: other modules publish more versions into the session's one.
     _, version_dir, _ = exported
     repository = tmp_path_factory.mktemp("classify")
-    shutil.copytree(version_dir, repository / "digits" / "1")
+    publish_copy(version_dir, repository, "digits", 1)
     server = start_server(repository, http=True)
     yield server
     assert server.stop() == 0

@@ -21,6 +21,7 @@ NumPy only: no TensorFlow, no ONNX Runtime.
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
         ),
         default=0.0,
     )
+    found = functools.partial(
+        GoldenCheck, tolerance=golden.tolerance, samples=golden.samples, reference_scale=scale
+    )
     for key, images in golden.inputs.items():
         step = max_batch_size or len(images)
         chunks = [run(images[start : start + step]) for start in range(0, len(images), step)]
@@ -183,26 +187,8 @@ def check_golden(run: Runner, golden: Golden, max_batch_size: int | None = None)
             error = np.abs(np.concatenate(parts).astype(np.float64) - expected)
             if not np.all(np.isfinite(error)):
                 row, column = np.argwhere(~np.isfinite(error))[0]
-                return GoldenCheck(
-                    float("inf"),
-                    name,
-                    key,
-                    int(row),
-                    int(column),
-                    golden.tolerance,
-                    golden.samples,
-                    scale,
-                )
+                return found(float("inf"), name, key, int(row), int(column))
             row, column = np.unravel_index(int(np.argmax(error)), error.shape)
             if worst is None or error[row, column] > worst.max_abs_error:
-                worst = GoldenCheck(
-                    float(error[row, column]),
-                    name,
-                    key,
-                    int(row),
-                    int(column),
-                    golden.tolerance,
-                    golden.samples,
-                    scale,
-                )
+                worst = found(float(error[row, column]), name, key, int(row), int(column))
     return worst
