@@ -14,8 +14,15 @@ from bnserve.core.repository import TensorSpec
 from bnserve.server import metrics
 from bnserve.server.batching import ComputeTimes, DynamicBatcher
 from bnserve.server.capture import Capture
-from bnserve.server.errors import InvalidInput, ResponseTooLarge, ServingError, Unavailable
+from bnserve.server.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ResponseTooLarge,
+    ServingError,
+    Unavailable,
+)
 from bnserve.server.execution import ModelThreads
+from bnserve.server.json_offload import separator_limit
 from bnserve.server.models import READY, UNLOADING, ModelRegistry, ServedVersion, VersionState
 from bnserve.server.monitor import DriftStatus, TrafficSampler
 from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
@@ -371,6 +378,16 @@ class DataPlane:
 
     def model(self, name: str, version: str = "") -> ServedVersion:
         return self.registry.get(name, version)
+
+    def json_separator_limit(self, name: str, version: str = "") -> int | None:
+        """The most JSON separators an infer body for this version may hold (json_offload.separator_limit),
+        or None when no such version is served (the request's own lookup then names what is wrong)."""
+        try:
+            model = self.registry.get(name, version)
+        except ModelNotFound:
+            return None
+        options = self.registry.settings.batching_options(model.name)
+        return separator_limit(options.max_batch_size, tuple(model.input.shape[1:]))
 
     def drift(self, name: str, version: str = "") -> DriftStatus:
         """The drift monitor's state of a served version (NOT_FOUND for an unknown one)."""

@@ -262,7 +262,13 @@ class HttpFront:
             # With the binary extension the JSON is only the header: the tensors are viewed, not parsed.
             size = int(header_length) if (header_length or "").isdigit() else len(body)
             domain, encoding = await self.json.decode(
-                size, rest_v2.parse_infer, body, header_length, name, version
+                size,
+                self.dataplane.json_separator_limit(name, version),
+                rest_v2.parse_infer,
+                body,
+                header_length,
+                name,
+                version,
             )
         answer = await self.dataplane.infer(domain, "http")
         content, header_length = rest_v2.encode_infer(answer, encoding)
@@ -356,13 +362,26 @@ class HttpFront:
             version = self.tf_version(request)
             model = self.dataplane.model(name, version)
             body = await self.body(request)
+            limit = self.dataplane.json_separator_limit(name, version)
             if method == "classify":
                 domain = await self.json.decode(
-                    len(body), rest_tfserving.parse_classify, body, model.name, model.input, version
+                    len(body),
+                    limit,
+                    rest_tfserving.parse_classify,
+                    body,
+                    model.name,
+                    model.input,
+                    version,
                 )
             else:
                 domain, row_format = await self.json.decode(
-                    len(body), rest_tfserving.parse_predict, body, model.name, model.input, version
+                    len(body),
+                    limit,
+                    rest_tfserving.parse_predict,
+                    body,
+                    model.name,
+                    model.input,
+                    version,
                 )
         answer = await self.dataplane.infer(domain, "http")
         if method == "classify":

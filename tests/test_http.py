@@ -1097,11 +1097,12 @@ def test_json_bodies_have_their_own_smaller_limit_and_binary_keeps_the_larger_on
 
 def test_health_answers_within_50_ms_while_a_large_json_body_is_decoded(repository):
     """One 63 MiB JSON body once held every client of the port, gRPC ServerLive included, for 3.9 s."""
+    # max_batch_size 65536 lets 4.5M values past the separator bound, so the body is decoded in full.
     server = start_server(repository, "--model-control", "none", "--max-json-bytes", str(64 << 20),
-                          http=True)  # fmt: skip
+                          "--max-batch-size", "65536", http=True)  # fmt: skip
     channel, stub = stub_for(server.url)
-    values = np.random.default_rng(0).uniform(0, 16, 4_000_000).round(4)
-    body = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [62_500, 8, 8, 1],
+    values = np.random.default_rng(0).uniform(0, 16, 70_000 * 64).round(4)
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [70_000, 8, 8, 1],
                                    "data": values.tolist()}]}).encode()  # fmt: skip
     del values
     try:
@@ -1122,7 +1123,7 @@ def test_health_answers_within_50_ms_while_a_large_json_body_is_decoded(reposito
             time.sleep(0.01)
         sender.join()
         # The body was decoded (by the decoding process) and then refused for its batch size.
-        assert answer["status"] == 400 and "batch size 62500" in answer["error"], answer
+        assert answer["status"] == 400 and "batch size 70000" in answer["error"], answer
         assert len(latencies) >= 20, latencies
         # 95 % of the probes within 50 ms, and none near the defect's 3.9 s: on 2 shared cores a single
         # probe can wait ~0.1 s for the scheduler or the body's own read, which is not the freeze.
@@ -1130,4 +1131,51 @@ def test_health_answers_within_50_ms_while_a_large_json_body_is_decoded(reposito
         assert max(latencies) < 0.5, sorted(latencies)[-5:]
     finally:
         channel.close()
+        assert server.stop() == 0
+
+
+def tree_peak_rss_bytes(pid: int) -> dict[int, int]:
+    """VmHWM (peak resident set) of a process and every descendant, by pid, from /proc."""
+    peaks, pending = {}, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+        peaks[current] = int(kib) * 1024
+    return peaks
+
+
+def test_a_json_body_with_more_values_than_a_batch_can_hold_is_refused_before_it_is_decoded(
+    repository,
+):
+    """63 MiB of `1,` (33M values; json.loads would build ~1 GB of floats) for a model whose batches hold
+    64 x 64 values: refused with 413 on the count of its separators, no process of the server near 1 GB."""
+    server = start_server(repository, "--model-control", "none", "--max-json-bytes", str(64 << 20),
+                          http=True)  # fmt: skip
+    head = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 8, 8, 1], "data": ['
+    body = head + b"1," * ((63 << 20) // 2) + b"1]}]}"
+    try:
+        small = requests.post(f"{server.http_url}/v2/models/m/infer",
+                              data=head + b"1," * 63 + b"1]}]}", timeout=30)  # fmt: skip
+        assert small.status_code == 200, small.text
+        answer = requests.post(f"{server.http_url}/v2/models/m/infer", data=body, timeout=120)
+        assert answer.status_code == 413, answer.text
+        error = answer.json()["error"]
+        assert error.startswith(f"body: {body.count(b',')} JSON separators (','), more than the 12288 "
+                                "that a request of the model's max_batch_size inputs can hold"), error  # fmt: skip
+        peaks = tree_peak_rss_bytes(server.process.pid)
+        assert len(peaks) >= 2, peaks  # the decoding process counted it
+        assert max(peaks.values()) < 500 << 20, peaks
+        tf_body = b'{"instances": [' + b"1," * ((63 << 20) // 2) + b"1]}"
+        tf_answer = requests.post(
+            f"{server.http_url}/v1/models/m:predict", data=tf_body, timeout=120
+        )
+        assert tf_answer.status_code == 413 and "JSON separators" in tf_answer.text, tf_answer.text
+        assert max(tree_peak_rss_bytes(server.process.pid).values()) < 500 << 20
+    finally:
         assert server.stop() == 0
