@@ -629,6 +629,11 @@ def precise_statistics(
     One pass over ``images_all`` in batches of ``batch_size`` with every BN in training form
     (BatchStatisticsModule); per BN layer, mean = sum_b n_b m_b / N and variance = sum_b n_b v_b / N,
     accumulated in float64, with m_b, v_b batch b's moments of that layer's input.
+
+    m_b and v_b themselves are float32, as the model computes: for ``--stats adapt`` every sample was first
+    screened into the training range's band (exporter.adapt.screen_samples), so with finite weights no
+    square can overflow, and moments that still come out non-finite refuse the version
+    (exporter.adapt.adapted_refusal) rather than being published.
     """
     module = BatchStatisticsModule(graph)
     sums: dict[str, list] = {}

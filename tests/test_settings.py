@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import requests
 
 from bnserve.cli import build_parser
 from bnserve.core.errors import UserError
@@ -25,6 +26,8 @@ from bnserve.server.settings import (
     settings_from_args,
 )
 from tests.helpers.cli import assert_user_error, bnserve
+from tests.helpers.serving import infer_request, stub_for
+from tests.servers import start_server
 
 
 def serve_parser():
@@ -194,3 +197,28 @@ def test_the_numbers_of_the_probe_are_refused_in_one_line(repository, flags, mes
         "serve", "--repository", repository, "--grpc-port", "0", "--http-port", "0", *flags
     )
     assert_user_error(result, message)
+
+
+@pytest.mark.parametrize("end", [0, 1], ids=["lower", "upper"])
+def test_every_numeric_flag_at_the_same_end_of_its_range_gives_a_server_that_answers(
+    repository, tmp_path, end
+):
+    """The fuzz above proves that what is accepted lies in BOUNDS; this proves BOUNDS itself serves: every
+    numeric flag at once at its lowest (then its highest) value, and a real request answered."""
+    flags = []
+    for key, bounds in BOUNDS.items():
+        if key.endswith("_port") or (key == "capture_rate" and end == 0):
+            continue  # start_server chooses the ports; a capture rate of 0 is capture off, as unset
+        flags += [flag_of(SETTING_FIELDS[key]), str(bounds[end])]
+    if end == 1:
+        flags += ["--capture-dir", str(tmp_path / "capture")]
+    server = start_server(repository, *flags, http=True)
+    try:
+        channel, stub = stub_for(server.url)
+        answer = stub.ModelInfer(infer_request(), timeout=60)
+        assert len(answer.raw_output_contents) == 2
+        channel.close()
+        health = requests.get(f"{server.http_url}/v2/health/ready", timeout=10)
+        assert health.status_code == 200, health.text
+    finally:
+        assert server.stop() == 0
