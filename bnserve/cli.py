@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -388,8 +389,14 @@ def add_predict_parser(commands) -> None:
     parser.add_argument(
         "--pixel-scale",
         type=float,
-        default=16 / 255,
-        help="multiplier for PNG/JPEG pixels (default 16/255: the digits range 0..16)",
+        default=None,
+        help="decode a PNG/JPEG here with value = pixel x this (default: the served version's own "
+        "mapping from its ModelConfig, the one the server applies to image_bytes)",
+    )
+    parser.add_argument(
+        "--send-bytes",
+        action="store_true",
+        help="send a PNG/JPEG INPUT as it is, in the image_bytes input, for the server to decode",
     )
     parser.add_argument("input", type=Path, metavar="INPUT", help=".npy, .npz, .png or .jpg")
     parser.set_defaults(handler=run_predict)
@@ -400,7 +407,25 @@ def run_predict(args) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: expected a class count >= 1")
-    print(predict(args.url, args.model, args.version, args.input, args.top, args.pixel_scale))
+    if args.send_bytes and args.pixel_scale is not None:
+        raise UserError(
+            "--send-bytes and --pixel-scale: the server decodes sent bytes by its own mapping"
+        )
+    if args.pixel_scale is not None and not (
+        math.isfinite(args.pixel_scale) and args.pixel_scale > 0
+    ):
+        raise UserError(f"--pixel-scale {args.pixel_scale}: expected a positive number")
+    print(
+        predict(
+            args.url,
+            args.model,
+            args.version,
+            args.input,
+            args.top,
+            args.pixel_scale,
+            args.send_bytes,
+        )
+    )
     return 0
 
 

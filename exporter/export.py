@@ -29,6 +29,7 @@ from bnserve.core.drift import (
 )
 from bnserve.core.errors import BnserveError, UserError
 from bnserve.core.golden import GOLDEN, golden_inputs, write_golden
+from bnserve.core.images import ImageMapping
 from bnserve.core.parity import (
     REFERENCE_EVALUATOR_SAMPLES,
     allowed_error,
@@ -342,6 +343,7 @@ def build_manifest(
         class_labels=source.class_labels,
         input_values=source.input_values,
         input_range=source.input_range,
+        image_bytes=ImageMapping.from_range(source.input_range) if source.input_range else None,
         batch_normalization=BatchNormProvenance(
             statistics=statistics_kind(request.statistics),
             decay=source.decay,

@@ -8,17 +8,21 @@ import grpc
 import numpy as np
 
 from bnserve.core.errors import UserError
+from bnserve.core.images import IMAGE_BYTES_INPUT, ImageMapping, ImageRefused, decode_image
 from bnserve.protos import inference_pb2 as pb
 from bnserve.protos import inference_pb2_grpc
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
+def read_input(
+    path: Path, shape: list[int], mapping: ImageMapping | None, pixel_scale: float | None = None
+) -> np.ndarray:
     """float32 [N,H,W,C] from .npy, .npz (array ``x`` or the only array) or a PNG/JPEG image.
 
-    Image pixels (0..255) are resized to H x W, converted to C channels and multiplied by ``pixel_scale``.
-    """
+    An image is decoded by the served version's own rule (bnserve.core.images, with ``mapping`` from its
+    ModelConfig), so that it equals what the server makes of the same file sent as image_bytes;
+    ``pixel_scale`` replaces the mapping by p -> p x pixel_scale."""
     height, width, channels = shape[1:]
     if not path.is_file():
         raise UserError(f"INPUT {str(path)!r}: no such file")
@@ -39,11 +43,17 @@ def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
                     )
                 array = archive[key]
         elif suffix in IMAGE_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                array = np.asarray(image, np.float32).reshape(height, width, channels) * pixel_scale
+            if pixel_scale is not None:
+                mapping = ImageMapping(0.0, 255.0 * pixel_scale)
+            if mapping is None:
+                raise UserError(
+                    f"INPUT {str(path)!r}: the served version declares no pixel mapping (exported "
+                    "without an input range); give --pixel-scale"
+                )
+            try:
+                array = decode_image(path.read_bytes(), (height, width, channels), mapping)[None]
+            except ImageRefused as exc:
+                raise UserError(f"INPUT {str(path)!r}: {exc}") from None
         else:
             raise UserError(f"INPUT {str(path)!r}: expected .npy, .npz, .png, .jpg or .jpeg")
     except (OSError, ValueError) as exc:
@@ -60,30 +70,65 @@ def read_input(path: Path, shape: list[int], pixel_scale: float) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def served_mapping(config: pb.ModelConfigResponse) -> ImageMapping | None:
+    """The image_bytes mapping a bnserve ModelConfig states (server/triton_documents.image_parameters)."""
+    parameters = config.config.parameters
+    try:
+        return ImageMapping(
+            float(parameters["image_bytes_value_at_0"].string_value),
+            float(parameters["image_bytes_value_at_255"].string_value),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 def predict(
     url: str,
     model: str,
     version: str,
     path: Path,
     top: int,
-    pixel_scale: float,
+    pixel_scale: float | None = None,
+    send_bytes: bool = False,
     timeout: float = 30.0,
 ) -> str:
+    """The top classes of INPUT's samples. With ``send_bytes`` an image file travels as it is, in the
+    image_bytes input, and the server decodes it."""
+    if send_bytes and path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"--send-bytes: INPUT {str(path)!r} is not a .png, .jpg or .jpeg file")
+    if send_bytes and not path.is_file():
+        raise UserError(f"INPUT {str(path)!r}: no such file")
     with grpc.insecure_channel(url) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         try:
             metadata = stub.ModelMetadata(
                 pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
             )
-            images = read_input(path, list(metadata.inputs[0].shape), pixel_scale)
+            if send_bytes:
+                if IMAGE_BYTES_INPUT not in [tensor.name for tensor in metadata.inputs]:
+                    raise UserError(
+                        f"--send-bytes: model {model!r} declares no {IMAGE_BYTES_INPUT!r} input"
+                    )
+                tensor = pb.ModelInferRequest.InferInputTensor(
+                    name=IMAGE_BYTES_INPUT, datatype="BYTES", shape=[1]
+                )
+                encoded = path.read_bytes()
+                raw = [len(encoded).to_bytes(4, "little") + encoded]
+            else:
+                config = stub.ModelConfig(
+                    pb.ModelConfigRequest(name=model, version=version), timeout=timeout
+                )
+                images = read_input(
+                    path, list(metadata.inputs[0].shape), served_mapping(config), pixel_scale
+                )
+                tensor = pb.ModelInferRequest.InferInputTensor(
+                    name=metadata.inputs[0].name, datatype="FP32", shape=images.shape
+                )
+                raw = [images.tobytes()]
             request = pb.ModelInferRequest(
                 model_name=model,
                 model_version=version,
-                inputs=[
-                    pb.ModelInferRequest.InferInputTensor(
-                        name=metadata.inputs[0].name, datatype="FP32", shape=images.shape
-                    )
-                ],
+                inputs=[tensor],
                 # Triton's classification extension: the server picks the top classes and names them.
                 outputs=[
                     pb.ModelInferRequest.InferRequestedOutputTensor(
@@ -91,7 +136,7 @@ def predict(
                         parameters={"classification": pb.InferParameter(int64_param=top)},
                     )
                 ],
-                raw_input_contents=[images.tobytes()],
+                raw_input_contents=raw,
             )
             response = stub.ModelInfer(request, timeout=timeout)
         except grpc.RpcError as exc:

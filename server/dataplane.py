@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 
 import bnserve
+from bnserve.core.images import IMAGE_BYTES_INPUT, ImageRefused, decode_images
 from bnserve.core.repository import TensorSpec
 from bnserve.server import metrics
 from bnserve.server.batching import ComputeTimes, DynamicBatcher
@@ -28,6 +30,8 @@ from bnserve.server.monitor import DriftStatus, TrafficSampler
 from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
 
 SERVER_NAME = "bnserve"
+IMAGE_THREADS = 2
+"""Threads decoding image_bytes: decoding runs outside the GIL, so two keep the 2-core machine busy."""
 EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
 
 
@@ -80,35 +84,39 @@ class InferenceResponse(NamedTuple):
 def validated_images(
     model: ServedVersion, request: InferenceRequest, max_batch_size: int
 ) -> np.ndarray:
-    """The single input as float32 [N,H,W,C], or InvalidInput naming the field and what was expected."""
+    """The single input: float32 [N,H,W,C], or for ``image_bytes`` its encoded images as an object array
+    [N] (decoded later, off the event loop); InvalidInput names the field and what was expected."""
     spec = model.input
+    accepted = [item.name for item in model.inputs]
+    expected = " or ".join(repr(name) for name in accepted)
     if not request.inputs:
-        raise InvalidInput(f"inputs: the request has no input; expected one named {spec.name!r}")
+        raise InvalidInput(f"inputs: the request has no input; expected one named {expected}")
     names = [tensor.name for tensor in request.inputs]
+    if spec.name in names and IMAGE_BYTES_INPUT in names and IMAGE_BYTES_INPUT in accepted:
+        raise InvalidInput(
+            f"inputs: both {spec.name!r} and {IMAGE_BYTES_INPUT!r}; send the tensor or the encoded "
+            "images, not both"
+        )
     for position, name in enumerate(names):
-        if name != spec.name:
+        if name not in accepted:
+            reason = (
+                f"; this version takes no encoded images ({model.name} version {model.version} was "
+                "exported without an input range)"
+                if name == IMAGE_BYTES_INPUT
+                else ""
+            )
             raise InvalidInput(
-                f"inputs[{position}].name: unknown input {name!r}; expected {spec.name!r}"
+                f"inputs[{position}].name: unknown input {name!r}; expected {expected}{reason}"
             )
         if position > 0:
             raise InvalidInput(
                 f"inputs[{position}].name: duplicate input {name!r}; expected it once"
             )
     tensor = request.inputs[0]
-    if tensor.datatype != spec.datatype:
-        raise InvalidInput(f"inputs[0].datatype: got {tensor.datatype}, expected {spec.datatype}")
-    shape = list(tensor.data.shape)
-    expected = list(spec.shape)
-    if len(shape) != len(expected):
-        raise InvalidInput(
-            f"inputs[0].shape: got {shape} (rank {len(shape)}), expected rank {len(expected)} {expected}"
-        )
-    if shape[1:] != expected[1:]:
-        raise InvalidInput(f"inputs[0].shape: got {shape}, expected {expected}")
-    if not 1 <= shape[0] <= max_batch_size:
-        raise InvalidInput(
-            f"inputs[0].shape: batch size {shape[0]}, expected 1 to max_batch_size {max_batch_size}"
-        )
+    if tensor.name == IMAGE_BYTES_INPUT:
+        data = validated_encoded_images(tensor, max_batch_size)
+    else:
+        data = validated_tensor(spec, tensor, max_batch_size)
     for position, name in enumerate(request.outputs):
         if name not in model.output_names:
             raise InvalidInput(
@@ -125,7 +133,45 @@ def validated_images(
             raise InvalidInput(
                 f"outputs[{position}].parameters.classification: {count}; expected a class count >= 1"
             )
+    return data
+
+
+def validated_tensor(spec: TensorSpec, tensor: InferInput, max_batch_size: int) -> np.ndarray:
+    if tensor.datatype != spec.datatype:
+        raise InvalidInput(f"inputs[0].datatype: got {tensor.datatype}, expected {spec.datatype}")
+    shape = list(tensor.data.shape)
+    expected = list(spec.shape)
+    if len(shape) != len(expected):
+        raise InvalidInput(
+            f"inputs[0].shape: got {shape} (rank {len(shape)}), expected rank {len(expected)} {expected}"
+        )
+    if shape[1:] != expected[1:]:
+        raise InvalidInput(f"inputs[0].shape: got {shape}, expected {expected}")
+    if not 1 <= shape[0] <= max_batch_size:
+        raise InvalidInput(
+            f"inputs[0].shape: batch size {shape[0]}, expected 1 to max_batch_size {max_batch_size}"
+        )
     return tensor.data
+
+
+def validated_encoded_images(tensor: InferInput, max_batch_size: int) -> np.ndarray:
+    """``image_bytes``: BYTES of shape [N] (or [N, 1], as Triton clients often send strings)."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(
+            f"inputs[0].datatype: got {tensor.datatype}, expected BYTES (PNG or JPEG files) for "
+            f"{IMAGE_BYTES_INPUT!r}"
+        )
+    shape = list(tensor.data.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidInput(
+            f"inputs[0].shape: got {shape}, expected [N] (one encoded image per element) for "
+            f"{IMAGE_BYTES_INPUT!r}"
+        )
+    if not 1 <= shape[0] <= max_batch_size:
+        raise InvalidInput(
+            f"inputs[0].shape: batch size {shape[0]}, expected 1 to max_batch_size {max_batch_size}"
+        )
+    return tensor.data.reshape(-1)
 
 
 def top_classes(values: np.ndarray, count: int, labels: tuple[str, ...]) -> np.ndarray:
@@ -207,6 +253,7 @@ class DataPlane:
         self.accepting = True
         """False once shutdown began: new requests get UNAVAILABLE."""
         self.in_flight = 0
+        self._image_threads: ThreadPoolExecutor | None = None
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
         settings = registry.settings
         capture = (
@@ -249,6 +296,9 @@ class DataPlane:
         for _, batcher in self._batchers.values():
             await batcher.stop()
         self._batchers.clear()
+        if self._image_threads is not None:
+            self._image_threads.shutdown(wait=False, cancel_futures=True)
+            self._image_threads = None
         self.sampler.hand_over()
         await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
 
@@ -319,7 +369,7 @@ class DataPlane:
             model.name,
             tuple(str(v) for v in self.served_versions(name)),
             model.backend.platform,
-            (model.input,),
+            model.inputs,
             tuple(model.outputs),
         )
 
@@ -419,6 +469,28 @@ class DataPlane:
             self._metric_children[key] = children
         return children
 
+    async def decoded_images(self, model: ServedVersion, encoded: np.ndarray) -> np.ndarray:
+        """The ``image_bytes`` of one request -> float32 [N,H,W,C] by the manifest's mapping, decoded in the
+        image threads (Pillow releases the GIL while it decodes), never on the event loop."""
+        if self._image_threads is None:
+            self._image_threads = ThreadPoolExecutor(
+                IMAGE_THREADS, thread_name_prefix="bnserve-image"
+            )
+        settings = self.settings
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._image_threads,
+                decode_images,
+                list(encoded),
+                tuple(model.input.shape[1:]),
+                model.manifest.image_bytes,
+                f"inputs[0] ({IMAGE_BYTES_INPUT})",
+                settings.max_image_bytes,
+                settings.max_image_pixels,
+            )
+        except ImageRefused as exc:
+            raise InvalidInput(str(exc)) from None
+
     async def infer(self, request: InferenceRequest, protocol: str = "grpc") -> InferenceResponse:
         """Validate (before any batching, so a bad request never joins a batch), then run via the batcher.
         ``protocol`` ("grpc" or "http") labels the request metrics only: both mean the same here."""
@@ -436,6 +508,8 @@ class DataPlane:
         try:
             batcher = self.batcher(model)
             images = validated_images(model, request, batcher.options.max_batch_size)
+            if images.dtype == object:
+                images = await self.decoded_images(model, images)
             if self.settings.reject_non_finite:
                 check_finite(images)
             outputs = list(request.outputs) or model.output_names

@@ -21,6 +21,7 @@ from bnserve.server.tensors import (
     TF_VALUES_FIELD,
     array_from_raw,
     array_from_values,
+    object_array,
 )
 from bnserve.server.tfserving_documents import (
     CLASSIFY_METHOD,
@@ -31,7 +32,7 @@ from bnserve.server.tfserving_documents import (
     PREDICTION_SERVICE,
     SIGNATURE_DEF_MAP_URL,
     SIGNATURE_NAME,
-    examples_to_images,
+    examples_input,
     ranked_classes,
 )
 
@@ -57,10 +58,13 @@ def check_signature(spec: pb.ModelSpec) -> None:
 
 
 def to_array(tensor: pb.TensorProto, field: str) -> np.ndarray:
+    """A TensorProto as NumPy; DT_STRING (encoded images) as an object array of bytes."""
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    if tensor.dtype == pb.DT_STRING:
+        return object_array(list(tensor.string_val), shape, f"{field}.string_val")
     dtype = TF_TO_NUMPY.get(tensor.dtype)
     if dtype is None:
         raise InvalidInput(f"{field}.dtype: unsupported tensorflow.DataType {tensor.dtype}")
-    shape = [dim.size for dim in tensor.tensor_shape.dim]
     if tensor.tensor_content:
         return array_from_raw(tensor.tensor_content, dtype, shape, f"{field}.tensor_content")
     return array_from_values(
@@ -78,7 +82,7 @@ def to_infer_request(
     inputs = []
     for key in sorted(request.inputs):
         data = to_array(request.inputs[key], f"inputs[{key!r}]")
-        inputs.append(InferInput(key, NUMPY_TO_V2[data.dtype], data))
+        inputs.append(InferInput(key, NUMPY_TO_V2.get(data.dtype, "BYTES"), data))
     return InferenceRequest(
         request.model_spec.name,
         requested_version(request.model_spec),
@@ -142,7 +146,9 @@ def shape_proto(*dims: int) -> pb.TensorShapeProto:
 def tensor_info(spec) -> pb.TensorInfo:
     dims = [pb.TensorShapeProto.Dim(size=d) for d in spec.shape]
     return pb.TensorInfo(
-        name=f"{spec.name}:0", dtype=pb.DT_FLOAT, tensor_shape=pb.TensorShapeProto(dim=dims)
+        name=f"{spec.name}:0",
+        dtype=pb.DT_STRING if spec.datatype == "BYTES" else pb.DT_FLOAT,
+        tensor_shape=pb.TensorShapeProto(dim=dims),
     )
 
 
@@ -162,12 +168,11 @@ class TensorFlowServingServicer:
         with self.dataplane.admission(request.model_spec.name, version):
             field, examples = classify_examples(request)
             model = self.dataplane.model(request.model_spec.name, version)
-            images = examples_to_images(examples, tuple(model.input.shape[1:]), field)
             domain = InferenceRequest(
                 model.name,
                 str(model.version),
                 "",
-                (InferInput(model.input.name, "FP32", images),),
+                (InferInput(*examples_input(examples, model.input, field)),),
                 ("probabilities",),
                 context.time_remaining(),
             )
@@ -204,7 +209,7 @@ class TensorFlowServingServicer:
             )
         model = self.dataplane.model(request.model_spec.name, requested_version(request.model_spec))
         signature = pb.SignatureDef(
-            inputs={model.input.name: tensor_info(model.input)},
+            inputs={spec.name: tensor_info(spec) for spec in model.inputs},
             outputs={o.name: tensor_info(o) for o in model.outputs},
             method_name=PREDICT_METHOD,
         )

@@ -25,6 +25,8 @@ from bnserve.server.tensors import (
     V2_TO_NUMPY,
     array_from_raw,
     array_from_values,
+    bytes_from_raw,
+    object_array,
     raw_contents,
 )
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
@@ -61,10 +63,26 @@ def to_infer_request(
     for position, tensor in enumerate(request.inputs):
         field = f"inputs[{position}]"
         dtype = V2_TO_NUMPY.get(tensor.datatype)
+        if tensor.datatype == "BYTES":
+            shape = list(tensor.shape)
+            if raw and tensor.contents.ByteSize():
+                raise InvalidInput(
+                    f"{field}.contents: the request carries raw_input_contents too; send each input "
+                    "either raw or typed, not both"
+                )
+            data = (
+                bytes_from_raw(raw[position], shape, f"raw_input_contents[{position}]")
+                if raw
+                else object_array(
+                    list(tensor.contents.bytes_contents), shape, f"{field}.contents.bytes_contents"
+                )
+            )
+            inputs.append(InferInput(tensor.name, "BYTES", data))
+            continue
         if dtype is None:
             raise InvalidInput(
                 f"{field}.datatype: unknown datatype {tensor.datatype!r}; expected one of "
-                f"{', '.join(V2_TO_NUMPY)}"
+                f"{', '.join(V2_TO_NUMPY)}, BYTES"
             )
         shape = list(tensor.shape)
         if raw and tensor.HasField("contents") and tensor.contents.ByteSize():

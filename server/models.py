@@ -16,6 +16,7 @@ import numpy as np
 
 from bnserve.core.errors import UserError
 from bnserve.core.golden import GOLDEN, GoldenCheck, check_golden, read_golden
+from bnserve.core.images import IMAGE_BYTES_INPUT
 from bnserve.core.repository import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -58,6 +59,14 @@ class ServedVersion:
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
     directory: Path | None = None
     """REPO/NAME/VERSION, where the monitor finds monitor.onnx."""
+
+    @functools.cached_property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """What metadata declares: the tensor input, then, where the manifest maps pixels to values, the
+        alternative BYTES input of encoded images [N] (bnserve.core.images)."""
+        if self.manifest.image_bytes is None:
+            return (self.input,)
+        return (self.input, TensorSpec(IMAGE_BYTES_INPUT, "BYTES", (-1,)))
 
     @property
     def output_names(self) -> list[str]:

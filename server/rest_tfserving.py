@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnserve.core.images import IMAGE_BYTES_INPUT
 from bnserve.core.repository import TensorSpec
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
 from bnserve.server.json_codec import expect, parse_json
 from bnserve.server.models import ServedVersion
-from bnserve.server.tensors import V2_TO_NUMPY, array_from_json
+from bnserve.server.tensors import V2_TO_NUMPY, array_from_json, bytes_from_json, json_bytes
 from bnserve.server.tfserving_documents import (
     CLASSIFY_METHOD,
     CLASSIFY_SIGNATURE,
@@ -26,7 +27,7 @@ from bnserve.server.tfserving_documents import (
     PREDICT_METHOD,
     SIGNATURE_NAME,
     TfVersionStatus,
-    examples_to_images,
+    examples_input,
 )
 
 
@@ -60,7 +61,7 @@ def parse_predict(
             'body: expected exactly one of "instances" (row format) or "inputs" (columnar format)'
         )
     input_name = input_spec.name
-    dtype = V2_TO_NUMPY[input_spec.datatype]
+    names = (input_name, IMAGE_BYTES_INPUT)
     row_format = "instances" in document
     if row_format:
         instances = expect(
@@ -68,35 +69,51 @@ def parse_predict(
         )
         if not instances:
             raise InvalidInput("instances: empty; expected at least one instance")
-        if all(isinstance(row, dict) for row in instances):
+        if all(isinstance(row, dict) and set(row) == {"b64"} for row in instances):
+            columns = {IMAGE_BYTES_INPUT: instances}  # bare {"b64": ...} rows: encoded images
+        elif all(isinstance(row, dict) for row in instances):
+            keys = sorted(instances[0])
             for position, row in enumerate(instances):
-                if set(row) != {input_name}:
+                if sorted(row) != keys or not set(row) <= set(names):
                     raise InvalidInput(
                         f"instances[{position}]: named inputs {sorted(row)}; expected "
-                        f"[{input_name!r}]"
+                        f"[{input_name!r}] or [{IMAGE_BYTES_INPUT!r}] in every instance"
                     )
-            values = [row[input_name] for row in instances]
+            columns = {key: [row[key] for row in instances] for key in keys}
         elif any(isinstance(row, dict) for row in instances):
             raise InvalidInput(
                 "instances: mixes named (objects) and bare rows; expected one form for all"
             )
         else:
-            values = instances
-        data = json_array(values, dtype, "instances")
+            columns = {input_name: instances}
+        where = "instances"
     else:
         inputs = document["inputs"]
         if isinstance(inputs, dict):
-            if set(inputs) != {input_name}:
+            if not inputs or not set(inputs) <= set(names):
                 raise InvalidInput(
-                    f"inputs: named inputs {sorted(inputs)}; expected [{input_name!r}]"
+                    f"inputs: named inputs {sorted(inputs)}; expected [{input_name!r}] or "
+                    f"[{IMAGE_BYTES_INPUT!r}]"
                 )
-            inputs = inputs[input_name]
-        data = json_array(inputs, dtype, "inputs")
+            columns = dict(inputs)
+        else:
+            columns = {input_name: inputs}
+        where = "inputs"
+    tensors = tuple(
+        InferInput(
+            name,
+            input_spec.datatype,
+            json_array(values, V2_TO_NUMPY[input_spec.datatype], where),
+        )
+        if name == input_name
+        else InferInput(name, "BYTES", bytes_from_json(values, None, where))
+        for name, values in sorted(columns.items(), key=lambda item: names.index(item[0]))
+    )
     request = InferenceRequest(
         model_name,
         model_version,
         "",
-        (InferInput(input_name, input_spec.datatype, data),),
+        tensors,
         (),
         timeout_s,
     )
@@ -125,25 +142,30 @@ def parse_classify(
     for position, example in enumerate(examples):
         expect(example, dict, f"examples[{position}]", "an object of features")
         merged = {**context, **example}
-        features.append({key: json_feature(value) for key, value in merged.items()})
-    images = examples_to_images(features, tuple(input_spec.shape[1:]), "examples")
+        features.append(
+            {
+                key: json_feature(value, f"examples[{position}].{key}")
+                for key, value in merged.items()
+            }
+        )
     return InferenceRequest(
         model_name,
         model_version,
         "",
-        (InferInput(input_spec.name, input_spec.datatype, images),),
+        (InferInput(*examples_input(features, input_spec, "examples")),),
         ("probabilities",),
         timeout_s,
     )
 
 
-def json_feature(value) -> tuple[str, list]:
+def json_feature(value, field: str) -> tuple[str, list]:
     """One REST feature value -> (kind, values): numbers (nested lists are flattened) are a float_list,
-    strings and {"b64": ...} a bytes_list."""
+    strings and {"b64": ...} a bytes_list of their bytes."""
     if isinstance(value, (dict, str)) or (
         isinstance(value, list) and value and isinstance(value[0], (dict, str))
     ):
-        return "bytes_list", value if isinstance(value, list) else [value]
+        items = value if isinstance(value, list) else [value]
+        return "bytes_list", [json_bytes(item, field) for item in items]
     try:
         values = np.asarray(value, np.float32).reshape(-1)
     except (TypeError, ValueError):
@@ -192,7 +214,7 @@ def status_json(statuses: list[TfVersionStatus]) -> dict:
 
 def tensor_info_json(spec) -> dict:
     return {
-        "dtype": "DT_FLOAT",
+        "dtype": "DT_STRING" if spec.datatype == "BYTES" else "DT_FLOAT",
         "tensor_shape": {
             "dim": [{"size": str(d), "name": ""} for d in spec.shape],
             "unknown_rank": False,
@@ -204,7 +226,7 @@ def tensor_info_json(spec) -> dict:
 def metadata_json(model: ServedVersion) -> dict:
     """GET .../metadata, as TensorFlow Serving's REST API writes a SignatureDefMap (64-bit ints as strings)."""
     signature = {
-        "inputs": {model.input.name: tensor_info_json(model.input)},
+        "inputs": {spec.name: tensor_info_json(spec) for spec in model.inputs},
         "outputs": {o.name: tensor_info_json(o) for o in model.outputs},
         "method_name": PREDICT_METHOD,
     }

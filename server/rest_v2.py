@@ -19,6 +19,8 @@ from bnserve.server.tensors import (
     V2_TO_NUMPY,
     array_from_json,
     array_from_raw,
+    bytes_from_json,
+    bytes_from_raw,
     element_count,
     raw_contents,
 )
@@ -98,10 +100,10 @@ def parse_infer(
         name = expect(tensor["name"], str, f"{field}.name", "a string")
         datatype = expect(tensor["datatype"], str, f"{field}.datatype", "a string")
         dtype = V2_TO_NUMPY.get(datatype)
-        if dtype is None:
+        if dtype is None and datatype != "BYTES":
             raise InvalidInput(
                 f"{field}.datatype: unknown datatype {datatype!r}; expected one of "
-                f"{', '.join(V2_TO_NUMPY)}"
+                f"{', '.join(V2_TO_NUMPY)}, BYTES"
             )
         shape = expect(tensor["shape"], list, f"{field}.shape", "a list of dimensions")
         for axis, dim in enumerate(shape):
@@ -121,12 +123,19 @@ def parse_infer(
                     f"{len(binary) - offset} left (truncated body, or a wrong "
                     f"{HEADER_LENGTH})"
                 )
-            data = array_from_raw(
-                binary[offset : offset + size], dtype, shape, f"{field} (binary data)"
+            chunk = binary[offset : offset + size]
+            data = (
+                bytes_from_raw(chunk, shape, f"{field} (binary data)")
+                if dtype is None
+                else array_from_raw(chunk, dtype, shape, f"{field} (binary data)")
             )
             offset += size
         elif "data" in tensor:
-            data = array_from_json(tensor["data"], dtype, shape, f"{field}.data")
+            data = (
+                bytes_from_json(tensor["data"], shape, f"{field}.data")
+                if dtype is None
+                else array_from_json(tensor["data"], dtype, shape, f"{field}.data")
+            )
         else:
             raise InvalidInput(
                 f"{field}.data: missing; expected data, or parameters.binary_data_size with the "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bnserve.core.errors import UserError
+from bnserve.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from bnserve.core.repository import validate_model_name
 
 BACKENDS = ("onnx", "tf")
@@ -133,6 +134,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "monitor_max_share": (0, 1_000),
     "capture_rate": (0, 1),
     "capture_max_bytes": (1 << 20, 1 << 50),
+    "max_image_bytes": (1024, 2**31 - 1),
+    "max_image_pixels": (1, 1 << 28),
 }
 """Every numeric setting's range, inclusive: the one table behind the flags and --model-option. A value outside
 it, NaN or infinity is refused before anything starts."""
@@ -501,6 +504,17 @@ class ServerSettings:
         1 << 30,
         doc="keep the shards this server family wrote under --capture-dir under this size, oldest "
         "first (no other file there is counted or deleted)",
+    )
+    max_image_bytes: int = setting(
+        MAX_IMAGE_BYTES,
+        protocols=BOTH_PORTS,
+        doc="largest encoded image (PNG or JPEG) one image_bytes element may have",
+    )
+    max_image_pixels: int = setting(
+        MAX_IMAGE_PIXELS,
+        protocols=BOTH_PORTS,
+        doc="most pixels (width x height, as its header declares them) an encoded image may have; "
+        "checked before anything is decoded, against decompression bombs",
     )
     reject_non_finite: bool = setting(
         False,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import numpy as np
 
 from bnserve.server.errors import InvalidInput
@@ -171,3 +174,89 @@ def raw_contents(output) -> bytes:
     if output.datatype != "BYTES":
         return output.data.tobytes()
     return b"".join(len(item).to_bytes(4, "little") + item for item in output.data.reshape(-1))
+
+
+# -- BYTES tensors (encoded images): object arrays of bytes ----------------------------------------------
+
+
+def object_array(items: list, shape, field: str) -> np.ndarray:
+    expected = element_count(shape, field)
+    if len(items) != expected:
+        raise InvalidInput(
+            f"{field}: {len(items)} elements, expected {expected} for shape {list(shape)}"
+        )
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def bytes_from_raw(raw, shape, field: str) -> np.ndarray:
+    """The v2 raw BYTES layout (each element a 4-byte little-endian length, then its bytes) as an object
+    array of ``shape``; a length that runs past the end, or a count that differs, is refused."""
+    expected = element_count(shape, field)
+    view, items, offset = memoryview(raw), [], 0
+    while offset < len(view):
+        if len(items) == expected:
+            raise InvalidInput(
+                f"{field}: {len(view) - offset} bytes after the {expected} elements of shape "
+                f"{list(shape)}; expected none"
+            )
+        if offset + 4 > len(view):
+            raise InvalidInput(
+                f"{field}: element {len(items)}: {len(view) - offset} bytes left, expected a 4-byte "
+                "length prefix"
+            )
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(
+                f"{field}: element {len(items)} declares {length} bytes, {len(view) - offset} left"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    return object_array(items, shape, field)
+
+
+def json_bytes(value, field: str) -> bytes:
+    """One JSON BYTES element: {"b64": base64} (standard or web-safe alphabet, padding optional; TensorFlow
+    Serving's REST form for binary) or a string, taken as its UTF-8 bytes."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
+        raise InvalidInput(
+            f'{field}: expected {{"b64": "<base64>"}} or a string, got {json_type(value)}'
+        )
+    text = value["b64"].strip().translate(WEB_SAFE)
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{field}.b64: not base64 ({len(text)} characters)") from None
+
+
+WEB_SAFE = str.maketrans("-_", "+/")
+
+
+def bytes_from_json(values, shape, field: str) -> np.ndarray:
+    """JSON BYTES (a flat or nested list of json_bytes elements) as an object array of ``shape`` (None: the
+    nesting's own shape)."""
+    if not isinstance(values, list):
+        raise InvalidInput(
+            f'{field}: expected a list of {{"b64": ...}} elements, got {json_type(values)}'
+        )
+    flat, nesting = [], []
+
+    def walk(item, depth, where):
+        if isinstance(item, list):
+            if len(nesting) <= depth:
+                nesting.append(len(item))
+            elif nesting[depth] != len(item):
+                raise InvalidInput(f"{field}: nested lists of unequal length")
+            for position, inner in enumerate(item):
+                walk(inner, depth + 1, f"{where}[{position}]")
+        else:
+            if len(nesting) != depth:
+                raise InvalidInput(f"{field}: nested lists of unequal depth")
+            flat.append(json_bytes(item, where))
+
+    walk(values, 0, field)
+    return object_array(flat, nesting if shape is None else shape, field)

@@ -9,7 +9,7 @@ from bnserve.server.models import ServedVersion
 from bnserve.server.settings import ServerSettings, VersionPolicy
 from bnserve.server.statistics import Duration, VersionStatistics
 
-CONFIG_TYPES = {"FP32": pb.TYPE_FP32}
+CONFIG_TYPES = {"FP32": pb.TYPE_FP32, "BYTES": pb.TYPE_STRING}
 
 
 def to_model_config(model: ServedVersion, settings: ServerSettings) -> pb.ModelConfig:
@@ -29,13 +29,18 @@ def to_model_config(model: ServedVersion, settings: ServerSettings) -> pb.ModelC
         name=model.name,
         platform=model.backend.platform,
         backend="onnxruntime" if model.backend.platform.startswith("onnx") else "tensorflow",
+        # With image_bytes beside it each input is optional: a request sends exactly one of them.
         input=[
             pb.ModelInput(
-                name=model.input.name,
-                data_type=CONFIG_TYPES[model.input.datatype],
-                format=pb.ModelInput.FORMAT_NHWC,
-                dims=model.input.shape[1:],
+                name=spec.name,
+                data_type=CONFIG_TYPES[spec.datatype],
+                format=pb.ModelInput.FORMAT_NHWC
+                if spec.datatype != "BYTES"
+                else pb.ModelInput.FORMAT_NONE,
+                dims=spec.shape[1:] if spec.datatype != "BYTES" else [1],
+                optional=len(model.inputs) > 1,
             )
+            for spec in model.inputs
         ],
         output=[
             pb.ModelOutput(name=o.name, data_type=CONFIG_TYPES[o.datatype], dims=o.shape[1:])
@@ -51,9 +56,23 @@ def to_model_config(model: ServedVersion, settings: ServerSettings) -> pb.ModelC
         ],
         parameters={
             key: pb.ModelParameter(string_value=value)
-            for key, value in parity_parameters(model).items()
+            for key, value in (parity_parameters(model) | image_parameters(model)).items()
         },
     )
+
+
+def image_parameters(model: ServedVersion) -> dict[str, str]:
+    """The image_bytes rule's mapping (bnserve.core.images), so that a client decoding an image itself
+    (bnserve predict) computes what the server would: pixel p -> value_at_0 + p (value_at_255 -
+    value_at_0) / 255 (floats as repr, exact)."""
+    mapping = model.manifest.image_bytes
+    if mapping is None:
+        return {}
+    return {
+        "image_bytes_value_at_0": repr(mapping.value_at_0),
+        "image_bytes_value_at_255": repr(mapping.value_at_255),
+        "image_bytes_resize": mapping.resize,
+    }
 
 
 def parity_parameters(model: ServedVersion) -> dict[str, str]:

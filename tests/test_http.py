@@ -155,7 +155,10 @@ def test_metadata_health_config_statistics_and_index(server):
         "name": "digits",
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 8, 8, 1]}],
+        "inputs": [
+            {"name": "images", "datatype": "FP32", "shape": [-1, 8, 8, 1]},
+            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+        ],
         "outputs": [
             {"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},

@@ -74,7 +74,12 @@ def test_model_metadata_and_config(client, server):
     metadata = client.get_model_metadata("digits")
     assert metadata.versions == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        ("images", "FP32", [-1, 8, 8, 1])
+        ("images", "FP32", [-1, 8, 8, 1]),
+        (
+            "image_bytes",
+            "BYTES",
+            [-1],
+        ),  # encoded images, the alternative (tests/test_image_bytes.py)
     ]
     assert [(t.name, list(t.shape)) for t in metadata.outputs] == [
         ("logits", [-1, 10]),

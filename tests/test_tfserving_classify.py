@@ -103,8 +103,9 @@ def test_grpc_classify_returns_labels_and_scores(server, exported):
         (lambda r: None, "input: empty; expected example_list or example_list_with_context"),
         (
             lambda r: r.input.example_list.examples.add(),
-            "input.example_list.examples[0]: no feature 'images' (found none); expected a float_list "
-            "of 64 raw values (8x8x1, channels last)",
+            "input.example_list.examples[0]: no feature 'images' or 'image_bytes' (found none); expected "
+            "a float_list of 64 raw values (8x8x1, channels last) in 'images', or one PNG or JPEG in a "
+            "bytes_list 'image_bytes'",
         ),
         (
             lambda r: r.input.example_list.examples.add().features.feature["images"].float_list.value.extend([1.0] * 3),
@@ -112,7 +113,8 @@ def test_grpc_classify_returns_labels_and_scores(server, exported):
         ),
         (
             lambda r: r.input.example_list.examples.add().features.feature["images"].bytes_list.value.append(b"\x89PNG"),
-            "input.example_list.examples[0].images: a bytes_list; encoded images are not accepted yet",
+            "input.example_list.examples[0].images: a bytes_list; send encoded images in the feature "
+            "'image_bytes', or a float_list of 64 raw values here",
         ),
     ],
 )  # fmt: skip
@@ -158,7 +160,10 @@ def test_curl_classify_and_regress(server, exported):
     status, document = curl(
         f"{server.http_url}/v1/models/digits:classify", {"examples": [{"pixels": [0.0] * 64}]}
     )
-    assert status == 400 and "examples[0]: no feature 'images' (found pixels)" in document["error"]
+    assert (
+        status == 400
+        and "examples[0]: no feature 'images' or 'image_bytes' (found pixels)" in document["error"]
+    )
     status, document = curl(f"{server.http_url}/v1/models/digits/metadata")
     signatures = document["metadata"]["signature_def"]["signature_def"]
     assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bnserve.core.drift import MonitorSpec
 from bnserve.core.errors import UserError
+from bnserve.core.images import ImageMapping
 
 MANIFEST = "manifest.json"
 ONNX_MODEL = "model.onnx"
@@ -112,6 +113,7 @@ MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "files": ((dict,), False),
     "sizes": ((dict,), False),
     "monitor": ((dict,), False),
+    "image_bytes": ((dict,), False),
 }
 
 
@@ -127,6 +129,8 @@ class Manifest:
     heldout_accuracy         {"ema": a[, "precise": b]}: held-out accuracy in inference mode per statistics
     parity                   the export certificate: tolerance, passed, per artifact max_abs/max_rel/...
     golden                   {"file": "golden.npz", "tolerance": t, "sets": {set: rows}} (absent on old versions)
+    image_bytes              pixel -> value mapping of the image_bytes input (bnserve.core.images.ImageMapping),
+                             from input_range (absent without one: encoded images are then refused)
     monitor                  the drift monitor (bnserve.core.drift.MonitorSpec): monitor.onnx, window W, threshold
                              calibration and every layer's scale, shift, frozen moments and threshold
     source, versions, onnx_opset, created, signature: provenance
@@ -153,6 +157,9 @@ class Manifest:
     sizes: dict[str, int] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
     monitor: MonitorSpec | None = None
+    image_bytes: ImageMapping | None = None
+    """How an encoded image's pixels become input values (bnserve.core.images); None: image_bytes is not
+    accepted (a version exported without an input range)."""
 
     @property
     def accuracy(self) -> float | None:
@@ -180,6 +187,7 @@ class Manifest:
             "input_range": list(self.input_range) if self.input_range else None,
             "golden": self.golden,
             "monitor": self.monitor.to_json() if self.monitor else None,
+            "image_bytes": self.image_bytes.to_json() if self.image_bytes else None,
             "onnx_opset": self.onnx_opset,
             "name": self.name or None,
             "version": self.version or None,
@@ -242,6 +250,12 @@ class Manifest:
                     f"{where}: field 'monitor': expected file, window, margin, quantile, clean_windows, "
                     f"clean_samples and layers ({type(exc).__name__}: {exc})"
                 ) from None
+        image_bytes = None
+        if "image_bytes" in data:
+            try:
+                image_bytes = ImageMapping.from_json(data["image_bytes"])
+            except ValueError as exc:
+                raise UserError(f"{where}: field 'image_bytes': {exc}") from None
         return cls(
             inputs,
             outputs,
@@ -262,6 +276,7 @@ class Manifest:
             files,
             sizes,
             monitor=monitor,
+            image_bytes=image_bytes,
         )
 
 
