@@ -66,10 +66,13 @@ class RunningServer:
         return self.controller.registry
 
     async def stop(self) -> None:
-        """Readiness false on every protocol and health NOT_SERVING, refuse new requests (UNAVAILABLE), let
-        in-flight ones finish, stop."""
+        """Readiness false on every protocol and health NOT_SERVING; keep serving new requests for
+        --drain-seconds (endpoints are being removed); then refuse them (UNAVAILABLE), let in-flight ones
+        finish within --grace-seconds, stop."""
         self.dataplane.begin_drain()
         await self.controller.health.refresh()
+        if self.settings.drain_seconds:
+            await asyncio.sleep(self.settings.drain_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
@@ -88,13 +91,6 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     dataplane = DataPlane(registry)
     health = ReadinessHealth(dataplane)
     controller = RepositoryController(settings, registry, dataplane, health)
-    controller.load_at_start()
-    for name in sorted(set(settings.model_options) - set(registry.model_names())):
-        log.warning(
-            "--model-option %s: the repository has no model %r (yet); the option applies when it appears",
-            name,
-            name,
-        )
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -168,6 +164,29 @@ async def create_server(settings: ServerSettings) -> RunningServer:
             await server.stop(0)
             raise
     await server.start()
+    # The ports answer from here on: live, and not ready on any protocol until the repository is loaded
+    # (in the loader thread, so that probes are answered meanwhile).
+    await health.refresh()
+    log.info(
+        "ports bound (gRPC %s:%d%s); loading the repository: live, not ready until it is loaded",
+        settings.host,
+        running.port,
+        f", HTTP {running.http_port}" if running.http_port else "",
+    )
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            controller.loader, controller.load_at_start
+        )
+    except BaseException:
+        await running.stop()
+        raise
+    dataplane.loading = False
+    for name in sorted(set(settings.model_options) - set(registry.model_names())):
+        log.warning(
+            "--model-option %s: the repository has no model %r (yet); the option applies when it appears",
+            name,
+            name,
+        )
     await health.refresh()
     controller.start()
     return running

@@ -31,7 +31,13 @@ from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
 
 SERVER_NAME = "bnserve"
 IMAGE_THREADS = 2
-"""Threads decoding image_bytes: decoding runs outside the GIL, so two keep the 2-core machine busy."""
+"""Threads decoding image_bytes: Pillow's decoders run outside the GIL, so two keep 2 cores busy."""
+INLINE_IMAGE_BYTES = 4096
+"""A request whose images total fewer bytes is decoded on the event loop: such an image's ~0.1 ms is
+Pillow's Python layer, which holds the GIL in a thread too, and the hand-over to a thread and back cost
+more: with every image in a thread, served 8x8 JPEGs at c=32 reached 0.34 of the tensor request rate
+and conv6's 32x32 JPEGs 0.58; decoded inline, 0.45 and 0.78 (bench/image_bytes.py, one run each).
+Larger images go to the image threads, where Pillow's C decoders release the GIL."""
 EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
 
 
@@ -251,7 +257,11 @@ class DataPlane:
         self.registry = registry
         self._batchers: dict[tuple[str, int], tuple[ServedVersion, DynamicBatcher]] = {}
         self.accepting = True
-        """False once shutdown began: new requests get UNAVAILABLE."""
+        """False once the drain's --drain-seconds passed: new requests get UNAVAILABLE."""
+        self._draining = False
+        """True from SIGTERM on: every readiness answer is false (endpoints are removed first)."""
+        self.loading = True
+        """True until the repository's first load finished: live, never ready."""
         self.in_flight = 0
         self._image_threads: ThreadPoolExecutor | None = None
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
@@ -314,6 +324,7 @@ class DataPlane:
     async def drain(self, grace_seconds: float) -> None:
         """Stop accepting requests and wait (at most ``grace_seconds``) for the ones inside to finish."""
         self.begin_drain()
+        self.accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
         while self.in_flight and loop.time() < deadline:
@@ -327,16 +338,17 @@ class DataPlane:
 
     @property
     def draining(self) -> bool:
-        return not self.accepting
+        return self._draining
 
     def begin_drain(self) -> None:
-        """From now on every readiness answer is false and new requests get UNAVAILABLE."""
-        self.accepting = False
+        """From now on every readiness answer is false; requests are still served until ``drain``."""
+        self._draining = True
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        """Never while draining. With a version: that version is served (loaded, golden-checked). Without:
-        the model serves every version its policy asks for (ModelRegistry.meets_policy)."""
-        if self.draining:
+        """Never while loading or draining. With a version: that version is served (loaded,
+        golden-checked). Without: the model serves every version its policy asks for
+        (ModelRegistry.meets_policy)."""
+        if self.draining or self.loading:
             return False
         if not version:
             return self.registry.meets_policy(name)
@@ -347,12 +359,16 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Never while draining; else every model on disk serves every version its policy asks for (entries
-        that are not models, such as a folder with an invalid name, are reported by RepositoryIndex but do not
-        hold readiness back)."""
-        return not self.draining and all(
-            self.registry.meets_policy(name) for name in self.registry.model_names()
-        )
+        """Never while loading or draining. Else, with --ready-requires all (Triton's strict readiness),
+        every model on disk serves every version its policy asks for; with ``any``, at least one model does.
+        Entries that are not models, such as a folder with an invalid name, are reported by RepositoryIndex
+        but do not hold readiness back."""
+        if self.draining or self.loading:
+            return False
+        meets = [self.registry.meets_policy(name) for name in self.registry.model_names()]
+        if self.registry.settings.ready_requires == "any":
+            return any(meets)
+        return all(meets)
 
     def model_names(self) -> list[str]:
         return self.registry.model_names()
@@ -470,23 +486,26 @@ class DataPlane:
         return children
 
     async def decoded_images(self, model: ServedVersion, encoded: np.ndarray) -> np.ndarray:
-        """The ``image_bytes`` of one request -> float32 [N,H,W,C] by the manifest's mapping, decoded in the
-        image threads (Pillow releases the GIL while it decodes), never on the event loop."""
-        if self._image_threads is None:
-            self._image_threads = ThreadPoolExecutor(
-                IMAGE_THREADS, thread_name_prefix="bnserve-image"
-            )
+        """The ``image_bytes`` of one request -> float32 [N,H,W,C] by the manifest's mapping: in the image
+        threads (Pillow's decoders release the GIL), or under INLINE_IMAGE_BYTES in all on the event loop."""
         settings = self.settings
+        arguments = (
+            list(encoded),
+            tuple(model.input.shape[1:]),
+            model.manifest.image_bytes,
+            f"inputs[0] ({IMAGE_BYTES_INPUT})",
+            settings.max_image_bytes,
+            settings.max_image_pixels,
+        )
         try:
+            if sum(len(item) for item in encoded) < INLINE_IMAGE_BYTES:
+                return decode_images(*arguments)
+            if self._image_threads is None:
+                self._image_threads = ThreadPoolExecutor(
+                    IMAGE_THREADS, thread_name_prefix="bnserve-image"
+                )
             return await asyncio.get_running_loop().run_in_executor(
-                self._image_threads,
-                decode_images,
-                list(encoded),
-                tuple(model.input.shape[1:]),
-                model.manifest.image_bytes,
-                f"inputs[0] ({IMAGE_BYTES_INPUT})",
-                settings.max_image_bytes,
-                settings.max_image_pixels,
+                self._image_threads, decode_images, *arguments
             )
         except ImageRefused as exc:
             raise InvalidInput(str(exc)) from None

@@ -122,6 +122,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_message_bytes": (1024, 2**31 - 1),
     "max_json_bytes": (1024, 2**31 - 1),
     "grace_seconds": (0, 86_400),
+    "drain_seconds": (0, 86_400),
     "poll_seconds": (0, 86_400),
     "max_connections": (1, 1_000_000),
     # gRPC takes both as int milliseconds (under 2^31); below 0.1 s no call could finish on an idle
@@ -385,6 +386,18 @@ class ServerSettings:
         protocols=("HTTP",),
         doc="largest HTTP body sent as JSON (KServe v2 JSON, TensorFlow Serving REST): JSON is parsed "
         "on the event loop (~0.3 s for 16 MiB here), binary tensors take up to --max-message-bytes",
+    )
+    drain_seconds: float = setting(
+        0.0,
+        protocols=BOTH_PORTS,
+        doc="after SIGTERM, readiness is false at once on every protocol but new requests are still "
+        "served this long, so that load balancers remove the endpoint first; then --grace-seconds",
+    )
+    ready_requires: str = setting(
+        "all",
+        choices=("all", "any"),
+        doc="server readiness with a partly failed repository: all: every model serves what its "
+        "version policy asks for (Triton's strict readiness); any: at least one model does",
     )
     grace_seconds: float = setting(
         5.0,
