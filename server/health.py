@@ -25,6 +25,8 @@ class ReadinessHealth(health_aio.HealthServicer):
         self.dataplane = dataplane
 
     def status(self, service: str):
+        if self.dataplane.loading:  # no model is known yet, and none is ready
+            return NOT_SERVING
         if service == "":
             return SERVING if self.dataplane.server_ready() else NOT_SERVING
         if service not in self.dataplane.model_names():
