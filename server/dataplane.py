@@ -299,6 +299,14 @@ class DataPlane:
                 ),
             )
             self._batchers[key] = entry
+            version = str(model.version)
+            # Read when scraped: the request path pays nothing for either gauge but an integer.
+            metrics.QUEUE_DEPTH.labels(model.name, version).set_function(
+                lambda batcher=entry[1]: batcher.queued
+            )
+            metrics.INFLIGHT_REQUESTS.labels(model.name, version).set_function(
+                lambda model=model: model.in_flight
+            )
         return entry[1]
 
     async def stop(self) -> None:
@@ -320,6 +328,12 @@ class DataPlane:
             _, batcher = self._batchers.pop(key)
             await batcher.drain(grace_seconds)
             self.sampler.forget(*key)
+            if key not in self._batchers:  # not reloaded meanwhile
+                for gauge in (metrics.QUEUE_DEPTH, metrics.INFLIGHT_REQUESTS):
+                    try:
+                        gauge.remove(key[0], str(key[1]))
+                    except KeyError:
+                        pass
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop accepting requests and wait (at most ``grace_seconds``) for the ones inside to finish."""
@@ -523,6 +537,7 @@ class DataPlane:
             metrics.REQUESTS.labels("", "", exc.code.name, protocol).inc()
             raise
         self.in_flight += 1
+        model.in_flight += 1
         code = "OK"
         try:
             batcher = self.batcher(model)
@@ -548,6 +563,7 @@ class DataPlane:
             raise
         finally:
             self.in_flight -= 1
+            model.in_flight -= 1
             elapsed = time.perf_counter_ns() - started
             model.statistics.record_request(code == "OK", elapsed)
             requests, seconds = self._request_metrics(model, code, protocol)

@@ -8,6 +8,8 @@
     bnserve_batch_size{model,version}                 histogram: samples per model call
     bnserve_model_calls_total{model,version,place}    model calls by where they ran: "inline" (event loop) or "thread"
     bnserve_loaded_versions{model}                    gauge: versions ready to serve
+    bnserve_queue_depth{model,version}                gauge: requests waiting for a model call (read at scrape)
+    bnserve_inflight_requests{model,version}          gauge: requests inside the server, waiting or computing
     bnserve_load_failures_total{model}                versions refused at load (bad hash, unreadable ...)
     bnserve_parity_max_abs_error{model,version}       gauge: largest |output - golden reference| measured at load
     bnserve_bn_shift{model,version,layer}             gauge: the last window's shift score per BN layer (bnserve.core.drift)
@@ -84,6 +86,16 @@ MODEL_CALLS = Counter(
     ["model", "version", "place"],
 )
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
+QUEUE_DEPTH = Gauge(
+    "bnserve_queue_depth",
+    "Requests waiting for a model call (the autoscaling signal, as Triton's pending request count)",
+    ["model", "version"],
+)
+INFLIGHT_REQUESTS = Gauge(
+    "bnserve_inflight_requests",
+    "Requests inside the server for this version: decoded and not yet answered (waiting or computing)",
+    ["model", "version"],
+)
 LOAD_FAILURES = Counter("bnserve_load_failures", "Versions refused at load", ["model"])
 PARITY_MAX_ABS_ERROR = Gauge(
     "bnserve_parity_max_abs_error",

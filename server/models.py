@@ -57,6 +57,8 @@ class ServedVersion:
     calibration: dict[int, int] = field(default_factory=dict)
     """{batch rows: ns} of the load-time calls (warm-up, golden samples): the batcher's first compute times."""
     statistics: VersionStatistics = field(default_factory=VersionStatistics)
+    in_flight: int = 0
+    """Requests inside DataPlane.infer for this version (bnserve_inflight_requests, read at scrape)."""
     directory: Path | None = None
     """REPO/NAME/VERSION, where the monitor finds monitor.onnx."""
 

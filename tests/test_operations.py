@@ -27,6 +27,7 @@ from tests.helpers.serving import (
     stub_for,
     wait_for,
 )
+from tests.helpers.versions import with_slow_model
 from tests.servers import start_server
 
 
@@ -461,4 +462,36 @@ def test_metrics_show_the_requests_and_batches_of_this_test(repository):
         assert metric(text, "bnserve_loaded_versions", model="m") == 1
     finally:
         channel.close()
+        assert server.stop() == 0
+
+
+def test_queue_depth_and_inflight_gauges_follow_the_load_and_return_to_zero(repository, source):
+    """The autoscaling signals: six concurrent calls to a slow model run one at a time (batching off, one
+    instance), so while they run five wait; scraped meanwhile and after."""
+    publish_copy(source, repository, "slow", 1, mutate=with_slow_model)
+    server = start_server(repository, "--metrics-port", "0", "--poll-seconds", "0",
+                          "--model-option", "slow:dynamic_batching=off",
+                          "--model-option", "slow:instances=1")  # fmt: skip
+    results = {}
+
+    async def six():
+        async with grpc.aio.insecure_channel(server.url) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            return await asyncio.gather(
+                *(stub.ModelInfer(infer_request(batch=4, model="slow")) for _ in range(6))
+            )
+
+    sender = threading.Thread(target=lambda: results.update(answers=asyncio.run(six())))
+    try:
+        sender.start()
+        wait_for(lambda: 'bnserve_inflight_requests{model="slow",version="1"} 6.0' in scrape(server),
+                 timeout=30, what="six requests inside")  # fmt: skip
+        text = scrape(server)
+        assert metric(text, "bnserve_queue_depth", model="slow", version="1") >= 4
+        sender.join(timeout=120)
+        assert len(results["answers"]) == 6
+        text = scrape(server)
+        assert metric(text, "bnserve_queue_depth", model="slow", version="1") == 0
+        assert metric(text, "bnserve_inflight_requests", model="slow", version="1") == 0
+    finally:
         assert server.stop() == 0
