@@ -43,13 +43,17 @@ run: $(INSTALLED)
 	$(VENV)/bin/bnserve serve --repository $(REPOSITORY) --host 127.0.0.1 --grpc-port $(PORT) --http-port $(HTTP_PORT)
 
 # The formatter and its lint first (ruff, settings in pyproject.toml; `make format` applies them), then the
-# tests. Debian's chromium renders the status page in tests/test_status_page.py (installed here when missing).
+# tests. Debian's chromium renders the status page in tests/test_status_page.py, and kubectl renders the
+# kustomize overlays in tests/test_deploy.py (each installed here when missing).
 test: $(INSTALLED)
 	$(PY) -m ruff format --check --quiet .
 	$(PY) -m ruff check --quiet .
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || sudo apt-get install -y -qq chromium >/dev/null \
 		|| echo "warning: could not install Debian's chromium; tests/test_status_page.py will fail"
+	@command -v kubectl >/dev/null || apt-get install -y -qq kubernetes-client >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null) \
+		|| echo "warning: could not install kubectl; tests/test_deploy.py cannot render the kustomize overlays"
 	$(PY) -m pytest -q
 
 # Needs Debian's h2load (nghttp2-client) as the load generator; installed here when missing.

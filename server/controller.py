@@ -49,7 +49,7 @@ class RepositoryController:
         self.tasks: set[asyncio.Task] = set()
 
     def load_at_start(self) -> None:
-        scan = scan_repository(self.settings.repository)
+        scan = scan_repository(self.settings.repository, self.settings.model_name)
         self.signatures = signatures_of(scan)
         self.registry.load_all(scan)
 
@@ -94,7 +94,9 @@ class RepositoryController:
 
     async def poll_once(self) -> None:
         loop = asyncio.get_running_loop()
-        scan = await loop.run_in_executor(self.loader, scan_repository, self.settings.repository)
+        scan = await loop.run_in_executor(
+            self.loader, scan_repository, self.settings.repository, self.settings.model_name
+        )
         self.registry.set_problems(scan.problems)
         current = signatures_of(scan)
         changed = [

@@ -246,11 +246,14 @@ class ModelRegistry:
             validate_model_name(name)
         except UserError:
             raise ModelNotFound(name) from None
-        available = scanned if scanned is not None else scan_model(self.settings.repository, name)
+        directory = self.settings.model_directory(name)
+        available = (
+            scanned
+            if scanned is not None
+            else scan_model(self.settings.repository, name, directory)
+        )
         if not available:
-            raise ModelNotFound(
-                name, reason=f"no version directory under {str(self.settings.repository / name)!r}"
-            )
+            raise ModelNotFound(name, reason=f"no version directory under {str(directory)!r}")
         policy = self.settings.version_policy
         served, states = {}, {}
         with self._lock:

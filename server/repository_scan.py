@@ -22,10 +22,13 @@ class ScannedVersion:
     """Why the version cannot be served as it is (a special file, a link out of the repository ...)."""
 
 
-def scan_model(repository: Path, name: str) -> dict[int, ScannedVersion]:
-    """Every version directory of one model, each inspected on its own: a bad one never hides the others."""
+def scan_model(
+    repository: Path, name: str, model_directory: Path | None = None
+) -> dict[int, ScannedVersion]:
+    """Every version directory of one model (in ``model_directory``, default REPO/NAME), each inspected on
+    its own: a bad one never hides the others."""
     scanned = {}
-    for version, directory in version_dirs(repository / name).items():
+    for version, directory in version_dirs(model_directory or repository / name).items():
         try:
             files = version_files(directory, repository)
         except UserError as exc:
@@ -50,8 +53,12 @@ class RepositoryScan:
     """{entry name: reason} for top-level entries that cannot be models (an invalid name, a link out)."""
 
 
-def scan_repository(repository: Path) -> RepositoryScan:
-    """Every model of the repository, per model and per version isolated; reads no file and never blocks."""
+def scan_repository(repository: Path, single_model: str | None = None) -> RepositoryScan:
+    """Every model of the repository, per model and per version isolated; reads no file and never blocks.
+    With ``single_model`` the repository is that one model's directory (--model-name)."""
+    if single_model is not None:
+        versions = scan_model(repository, single_model, repository)
+        return RepositoryScan({single_model: versions} if versions else {}, {})
     models, problems = {}, {}
     root = repository.resolve()
     for entry in sorted(os.scandir(repository), key=lambda e: e.name):

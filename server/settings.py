@@ -298,6 +298,11 @@ def setting(
 @dataclass(frozen=True)
 class ServerSettings:
     repository: Path = setting(doc="model repository root (REPO/NAME/VERSION/...)", parse=Path)
+    model_name: str | None = setting(
+        None,
+        doc="--repository is one model's directory (its versions 1, 2, ... directly inside, as KServe's "
+        "storage initializer leaves a storageUri that names a model), served under this name",
+    )
     host: str = setting(
         "127.0.0.1", doc="address the gRPC and HTTP ports listen on", protocols=BOTH_PORTS
     )
@@ -537,9 +542,24 @@ class ServerSettings:
         "the tensor); off: it is served as the model computes it, and kept out of the drift moments",
     )
 
+    def model_directory(self, name: str) -> Path:
+        """Where model ``name``'s versions are: --repository itself for --model-name, else REPO/NAME."""
+        return self.repository if name == self.model_name else self.repository / name
+
     def __post_init__(self):
         if not self.repository.is_dir():
             raise UserError(f"--repository {str(self.repository)!r}: no such directory")
+        if self.model_name is not None:
+            try:
+                validate_model_name(self.model_name)
+            except UserError as exc:
+                raise UserError(f"--model-name: {exc}") from None
+            if (self.repository / "manifest.json").exists():
+                raise UserError(
+                    f"--repository {str(self.repository)!r} with --model-name: it holds manifest.json, "
+                    "so it is one version; give the model's directory (versions 1, 2, ... inside it) "
+                    "or the whole repository"
+                )
         for flag, host in (("--host", self.host), ("--metrics-host", self.metrics_host)):
             try:  # before anything loads: an unresolvable name is not a busy port
                 socket.getaddrinfo(host, None)

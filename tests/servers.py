@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening on (?:127\.0\.0\.1|0\.0\.0\.0):(\d+)")
 
 
 @dataclass
@@ -72,9 +72,14 @@ def start_server(
     return server
 
 
-def start_listening(command: list[str], timeout: float = 120) -> ServerProcess:
-    """Start ``command`` and wait for its "listening on 127.0.0.1:PORT" line."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_listening(
+    command: list[str], timeout: float = 120, env: dict | None = None, cwd: Path | None = None
+) -> ServerProcess:
+    """Start ``command`` (in ``env`` and ``cwd`` when given) and wait for its "listening on
+    127.0.0.1:PORT" line."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
     lines: list[str] = []
     port: list[int] = []
     ready = threading.Event()
