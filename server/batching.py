@@ -43,6 +43,9 @@ class Pending:
     """Event-loop time of arrival; max_queue_delay_us counts from the oldest request of a batch."""
     enqueued_ns: int
     future: asyncio.Future
+    timing: list | None = None
+    """A traced request's [compute started, compute ended, batch rows] (perf_counter_ns), filled in by
+    the batch that ran it; None untraced."""
 
     @property
     def size(self) -> int:
@@ -126,9 +129,14 @@ class DynamicBatcher:
         """Moving average (weight 1/8) of ``_inside`` seen by each arriving request."""
 
     async def submit(
-        self, images: np.ndarray, outputs: list[str], timeout_s: float | None = None
+        self,
+        images: np.ndarray,
+        outputs: list[str],
+        timeout_s: float | None = None,
+        timing: list | None = None,
     ) -> dict[str, np.ndarray]:
-        """Queue one validated request; returns its requested outputs, rows of this request only."""
+        """Queue one validated request; returns its requested outputs, rows of this request only.
+        ``timing`` (a traced request's list) receives its batch's compute start, end and rows."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._dispatch())
@@ -139,7 +147,13 @@ class DynamicBatcher:
             )
         deadline = loop.time() + timeout_s if timeout_s is not None else None
         pending = Pending(
-            images, outputs, deadline, loop.time(), time.perf_counter_ns(), loop.create_future()
+            images,
+            outputs,
+            deadline,
+            loop.time(),
+            time.perf_counter_ns(),
+            loop.create_future(),
+            timing,
         )
         self.concurrency += (self._inside - self.concurrency) / 8
         self._inside += 1
@@ -329,6 +343,8 @@ class DynamicBatcher:
                     pending.future.set_result(
                         {name: results[name][rows] for name in pending.outputs}
                     )
+                if pending.timing is not None:
+                    pending.timing[:] = (input_done, infer_done, len(images))
                 queued_ns += started - pending.enqueued_ns
                 self._queue_seconds.observe((started - pending.enqueued_ns) / 1e9)
             self.statistics.queue.add(queued_ns, len(batch))

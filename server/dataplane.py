@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 import bnserve
-from bnserve.core.images import IMAGE_BYTES_INPUT, ImageRefused, decode_images
+from bnserve.core.images import IMAGE_BYTES_INPUT, ImageRefused, declared_pixels, decode_images
 from bnserve.core.repository import TensorSpec
 from bnserve.server import metrics
 from bnserve.server.batching import ComputeTimes, DynamicBatcher
@@ -28,6 +28,7 @@ from bnserve.server.json_offload import separator_limit
 from bnserve.server.models import READY, UNLOADING, ModelRegistry, ServedVersion, VersionState
 from bnserve.server.monitor import DriftStatus, TrafficSampler
 from bnserve.server.tfserving_documents import TfVersionStatus, version_statuses
+from bnserve.server.tracing import CURRENT_TRACE, RequestTrace, Tracing
 
 SERVER_NAME = "bnserve"
 IMAGE_THREADS = 2
@@ -38,6 +39,9 @@ Pillow's Python layer, which holds the GIL in a thread too, and the hand-over to
 more: with every image in a thread, served 8x8 JPEGs at c=32 reached 0.34 of the tensor request rate
 and conv6's 32x32 JPEGs 0.58; decoded inline, 0.45 and 0.78 (bench/image_bytes.py, one run each).
 Larger images go to the image threads, where Pillow's C decoders release the GIL."""
+INLINE_IMAGE_PIXELS = 256 * 256
+"""...and whose headers each declare at most this many pixels: a few KiB of deflate can declare and
+really hold megapixels (a zlib stream expands up to ~1000x), which would stop the loop for milliseconds."""
 EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
 
 
@@ -264,6 +268,9 @@ class DataPlane:
         """True until the repository's first load finished: live, never ready."""
         self.in_flight = 0
         self._image_threads: ThreadPoolExecutor | None = None
+        endpoint = registry.settings.otlp_endpoint
+        self.tracing = Tracing(endpoint) if endpoint else None
+        """OpenTelemetry spans of inference requests (--otlp-endpoint), or None: tracing off."""
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
         settings = registry.settings
         capture = (
@@ -319,6 +326,8 @@ class DataPlane:
             self._image_threads = None
         self.sampler.hand_over()
         await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
+        if self.tracing is not None:  # export what is buffered (a dead collector: 2 s at most)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
 
     async def release_unserved(self, grace_seconds: float) -> None:
         """Drain and drop the batchers of versions no longer served: their in-flight requests finish."""
@@ -512,7 +521,10 @@ class DataPlane:
             settings.max_image_pixels,
         )
         try:
-            if sum(len(item) for item in encoded) < INLINE_IMAGE_BYTES:
+            if sum(len(item) for item in encoded) < INLINE_IMAGE_BYTES and all(
+                (declared_pixels(item) or INLINE_IMAGE_PIXELS + 1) <= INLINE_IMAGE_PIXELS
+                for item in encoded
+            ):
                 return decode_images(*arguments)
             if self._image_threads is None:
                 self._image_threads = ThreadPoolExecutor(
@@ -524,10 +536,15 @@ class DataPlane:
         except ImageRefused as exc:
             raise InvalidInput(str(exc)) from None
 
-    async def infer(self, request: InferenceRequest, protocol: str = "grpc") -> InferenceResponse:
+    async def infer(
+        self, request: InferenceRequest, protocol: str = "grpc", trace: RequestTrace | None = None
+    ) -> InferenceResponse:
         """Validate (before any batching, so a bad request never joins a batch), then run via the batcher.
-        ``protocol`` ("grpc" or "http") labels the request metrics only: both mean the same here."""
+        ``protocol`` ("grpc" or "http") labels the request metrics only: both mean the same here.
+        ``trace``: the request's RequestTrace (with tracing on, else None; by default the task's own)."""
         started = time.perf_counter_ns()
+        if self.tracing is not None and trace is None:
+            trace = CURRENT_TRACE.get()
         if not self.accepting:
             metrics.REQUESTS.labels("", "", "UNAVAILABLE", protocol).inc()
             self.check_accepting()
@@ -551,7 +568,13 @@ class DataPlane:
             check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
             if self.sampler.active:
                 self.sampler.offer(model, images)
-            results = await batcher.submit(images, outputs, request.timeout_s)
+            if trace is None:
+                results = await batcher.submit(images, outputs, request.timeout_s)
+            else:
+                trace.decoded, trace.rows = started, len(images)
+                trace.model, trace.version = model.name, str(model.version)
+                results = await batcher.submit(images, outputs, request.timeout_s, trace.timing)
+                trace.answered = time.perf_counter_ns()
         except (
             BaseException
         ) as exc:  # errors, and cancellation by the client (its deadline passed or it hung up)

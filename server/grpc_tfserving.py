@@ -35,6 +35,7 @@ from bnserve.server.tfserving_documents import (
     examples_input,
     ranked_classes,
 )
+from bnserve.server.tracing import traced
 
 TF_ERROR_CODES = {"OK": 0, "UNKNOWN": 2}
 """tensorflow.error.Code by name."""
@@ -157,12 +158,14 @@ class TensorFlowServingServicer:
         self.dataplane = dataplane
 
     @grpc_errors
+    @traced("grpc")
     async def Predict(self, request, context):
         with self.dataplane.admission(request.model_spec.name, ""):
             domain = to_infer_request(request, context.time_remaining())
         return from_infer_response(await self.dataplane.infer(domain))
 
     @grpc_errors
+    @traced("grpc")
     async def Classify(self, request, context):
         version = requested_version(request.model_spec)
         with self.dataplane.admission(request.model_spec.name, version):

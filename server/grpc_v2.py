@@ -29,6 +29,7 @@ from bnserve.server.tensors import (
     object_array,
     raw_contents,
 )
+from bnserve.server.tracing import grpc_carrier
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
 
@@ -254,16 +255,27 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(
-        self, request: pb.ModelInferRequest, timeout_s: float | None
+        self, request: pb.ModelInferRequest, timeout_s: float | None, trace=None
     ) -> InferenceResponse:
         with self.dataplane.admission(request.model_name, request.model_version):
             domain = to_infer_request(request, timeout_s)
-        return await self.dataplane.infer(domain)
+        return await self.dataplane.infer(domain, "grpc", trace)
 
     @grpc_errors
     async def ModelInfer(self, request, context):
         """Answers serialized bytes (see add_inference_service)."""
-        return encode_infer_response(await self._infer(request, context.time_remaining()))
+        if self.dataplane.tracing is None:
+            return encode_infer_response(await self._infer(request, context.time_remaining()))
+        trace = self.dataplane.tracing.begin(grpc_carrier(context), "grpc")
+        try:
+            answer = encode_infer_response(
+                await self._infer(request, context.time_remaining(), trace)
+            )
+        except BaseException as exc:
+            trace.finish(exc)
+            raise
+        trace.finish()
+        return answer
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of a stream run concurrently (and batch with everything else); each answer, or the

@@ -40,6 +40,7 @@ from bnserve.server.json_offload import JsonDecoder
 from bnserve.server.rest_v2 import HEADER_LENGTH
 from bnserve.server.settings import ServerSettings
 from bnserve.server.tfserving_documents import ranked_classes
+from bnserve.server.tracing import traced
 from bnserve.server.triton_documents import to_model_config, to_model_statistics
 
 log = logging.getLogger("bnserve.server")
@@ -252,6 +253,7 @@ class HttpFront:
         ready = self.dataplane.model_ready(name, version)
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
+    @traced("http")
     async def infer(self, request: web.Request):
         name, version = request.match_info["model"], request.match_info.get("version", "")
         with self.dataplane.admission(
@@ -348,6 +350,7 @@ class HttpFront:
         model = self.dataplane.model(request.match_info["model"], self.tf_version(request))
         return json_response(rest_tfserving.metadata_json(model))
 
+    @traced("http")
     async def tf_predict(self, request: web.Request):
         name = request.match_info["model"]
         method = request.match_info["method"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -523,6 +524,11 @@ class ServerSettings:
         doc="keep the shards this server family wrote under --capture-dir under this size, oldest "
         "first (no other file there is counted or deleted)",
     )
+    otlp_endpoint: str | None = setting(
+        None,
+        doc="send OpenTelemetry spans of inference requests (decode, queue, compute, encode) over "
+        "OTLP/gRPC to this collector, e.g. http://collector:4317 (needs the otel extra)",
+    )
     max_image_bytes: int = setting(
         MAX_IMAGE_BYTES,
         protocols=BOTH_PORTS,
@@ -549,6 +555,13 @@ class ServerSettings:
     def __post_init__(self):
         if not self.repository.is_dir():
             raise UserError(f"--repository {str(self.repository)!r}: no such directory")
+        if self.otlp_endpoint is not None and not re.fullmatch(
+            r"https?://[^\s/:]+(:\d{1,5})?/?", self.otlp_endpoint
+        ):
+            raise UserError(
+                f"--otlp-endpoint {self.otlp_endpoint!r}: expected http://HOST:PORT or "
+                "https://HOST:PORT (an OTLP/gRPC collector)"
+            )
         if self.model_name is not None:
             try:
                 validate_model_name(self.model_name)

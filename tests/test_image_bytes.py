@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from bnserve.core.images import ImageMapping, ImageRefused, decode_image
+from bnserve.core.images import ImageMapping, ImageRefused, declared_pixels, decode_image
 from bnserve.core.repository import read_manifest
 from bnserve.trainer.data import load_dataset
 from tests.helpers.cli import bnserve
@@ -493,3 +493,20 @@ def stub_for(url):
     process imports only one of them."""
     channel = grpc.insecure_channel(url)
     return channel, service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.mark.parametrize(
+    "data, pixels",
+    [
+        (encoded(np.zeros((8, 8), np.uint8), "PNG"), 64),
+        (encoded(np.zeros((8, 8), np.uint8), "PNG", (40, 30)), 1200),
+        (encoded(np.zeros((8, 8), np.uint8), "JPEG", (40, 30)), 1200),
+        (encoded(np.zeros((8, 8), np.uint8), "JPEG", (33, 17), "RGB"), 561),
+        (png_declaring(100_000, 3), 300_000),
+        (b"GIF89a....", None),
+        (b"\xff\xd8\xff", None),
+    ],
+)
+def test_declared_pixels_reads_the_headers_pillow_would(data, pixels):
+    """What decides whether a request is small enough to decode on the event loop."""
+    assert declared_pixels(data) == pixels

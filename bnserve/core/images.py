@@ -100,6 +100,38 @@ class ImageMapping:
         return pixels.astype(np.float32) * scale + np.float32(self.value_at_0)
 
 
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height as a PNG's IHDR or a JPEG's frame header declares it, read without Pillow; None when
+    neither is found (not PNG or JPEG, or truncated before the header)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            offset += 2
+            continue
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        if marker in _JPEG_FRAME_MARKERS:
+            if offset + 9 > len(data):
+                return None
+            height = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            width = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return width * height
+        offset += 2 + length
+    return None
+
+
 def format_of(data: bytes) -> str | None:
     """The name of a refused format recognised from its leading bytes, or None."""
     for prefix, name in _SIGNATURES:
