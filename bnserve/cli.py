@@ -365,7 +365,14 @@ def run_serve(args) -> int:
         from bnserve.server.workers import run_workers
 
         return run_workers(
-            args.host, args.grpc_port, args.workers, args.argv, args.metrics_port, args.http_port
+            args.host,
+            args.grpc_port,
+            args.workers,
+            args.argv,
+            args.metrics_port,
+            args.http_port,
+            settings.metrics_host,
+            settings.auth_token if settings.metrics_auth else None,
         )
     from bnserve.server.app import serve
 

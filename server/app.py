@@ -65,14 +65,19 @@ class RunningServer:
     def registry(self) -> ModelRegistry:
         return self.controller.registry
 
-    async def stop(self) -> None:
+    async def stop(self, cut_drain: asyncio.Event | None = None) -> None:
         """Readiness false on every protocol and health NOT_SERVING; keep serving new requests for
-        --drain-seconds (endpoints are being removed); then refuse them (UNAVAILABLE), let in-flight ones
-        finish within --grace-seconds, stop."""
+        --drain-seconds (endpoints are being removed) or until ``cut_drain`` is set (a second signal);
+        then refuse them (UNAVAILABLE), let in-flight ones finish within --grace-seconds, stop."""
         self.dataplane.begin_drain()
         await self.controller.health.refresh()
         if self.settings.drain_seconds:
-            await asyncio.sleep(self.settings.drain_seconds)
+            cut = cut_drain or asyncio.Event()
+            try:
+                await asyncio.wait_for(cut.wait(), self.settings.drain_seconds)
+                log.info("second signal: drain cut short, finishing in-flight requests")
+            except TimeoutError:
+                pass
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_seconds
         await self.dataplane.drain(self.settings.grace_seconds)
@@ -197,11 +202,18 @@ async def serve(settings: ServerSettings) -> None:
     running = await create_server(settings)
     # Handlers first: whoever saw the "listening" line may send SIGTERM at once and expect a clean stop.
     stop = asyncio.Event()
+    cut_drain = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # The first signal stops; a second one (an operator's second Ctrl-C) ends --drain-seconds early,
+        # and the in-flight requests still get --grace-seconds.
+        (cut_drain if stop.is_set() else stop).set()
+
     # SIGHUP (the terminal went away, or an operator's habit) is a graceful stop too: the repository is
     # followed by polling, so there is nothing to reload.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     if running.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics_port)
@@ -224,9 +236,17 @@ async def serve(settings: ServerSettings) -> None:
         else f"off, model control {settings.model_control}",
     )
     await stop.wait()
-    log.info(
-        "stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
-        settings.grace_seconds,
-    )
-    await running.stop()
+    if settings.drain_seconds:
+        log.info(
+            "stopping: readiness false, still serving for --drain-seconds %g (a second signal ends that), "
+            "then finishing in-flight requests (grace %.1f s)",
+            settings.drain_seconds,
+            settings.grace_seconds,
+        )
+    else:
+        log.info(
+            "stopping: health NOT_SERVING, refusing new requests, finishing in-flight ones (grace %.1f s)",
+            settings.grace_seconds,
+        )
+    await running.stop(cut_drain)
     log.info("stopped (pid %d)", os.getpid())

@@ -269,7 +269,7 @@ class DataPlane:
         self.in_flight = 0
         self._image_threads: ThreadPoolExecutor | None = None
         endpoint = registry.settings.otlp_endpoint
-        self.tracing = Tracing(endpoint) if endpoint else None
+        self.tracing = Tracing(endpoint, registry.settings.trace_sample_rate) if endpoint else None
         """OpenTelemetry spans of inference requests (--otlp-endpoint), or None: tracing off."""
         self._metric_children: dict[tuple[str, int, str], tuple] = {}
         settings = registry.settings

@@ -267,6 +267,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         if self.dataplane.tracing is None:
             return encode_infer_response(await self._infer(request, context.time_remaining()))
         trace = self.dataplane.tracing.begin(grpc_carrier(context), "grpc")
+        if trace is None:  # not sampled
+            return encode_infer_response(await self._infer(request, context.time_remaining()))
         try:
             answer = encode_infer_response(
                 await self._infer(request, context.time_remaining(), trace)

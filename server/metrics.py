@@ -104,12 +104,13 @@ PARITY_MAX_ABS_ERROR = Gauge(
 )
 
 
-def serve_metrics(host: str, port: int, token: BearerToken | None = None) -> int:
+def serve_metrics(host: str, port: int, token: BearerToken | None = None, registry=None) -> int:
     """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (0 picks one).
 
-    With ``token``, a scrape must carry ``authorization: Bearer <token>``, else it gets 401.
+    With ``token``, a scrape must carry ``authorization: Bearer <token>``, else it gets 401. ``registry``:
+    what to expose (default: this process's metrics).
     """
-    metrics_app = make_wsgi_app()
+    metrics_app = make_wsgi_app() if registry is None else make_wsgi_app(registry)
 
     def app(environ, start_response):
         if token is not None and token.refusal(
@@ -163,3 +164,77 @@ CAPTURE_FAILURES = Counter(
     "Capture shards not written (disk full or unwritable)",
     ["model", "version"],
 )
+
+
+# -- --workers N: one port for the replica ---------------------------------------------------------------
+
+LARGEST_OF_WORKERS = {
+    "bnserve_loaded_versions",
+    "bnserve_parity_max_abs_error",
+    "bnserve_bn_shift",
+    "bnserve_drift_alarm",
+    "process_start_time_seconds",
+    "process_max_fds",
+    "python_info",
+}
+"""Gauges that describe the versions every worker loads (or the processes), where the replica's value is the
+largest worker's, not the sum: each worker loads every version and runs its own monitor."""
+
+
+class WorkersCollector:
+    """The replica's metrics under --workers N: every worker's /metrics scraped at collection time, samples
+    with the same name and labels summed (counters, histograms, queue and in-flight gauges), or for
+    LARGEST_OF_WORKERS the largest taken. A worker that does not answer (restarting) is left out."""
+
+    def __init__(self, ports: list[int], token: str | None = None, timeout_s: float = 2.0):
+        self.ports, self.token, self.timeout_s = ports, token, timeout_s
+
+    def scrape(self, port: int) -> str | None:
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple, float]] = {}
+        answered = 0
+        for port in self.ports:
+            text = self.scrape(port)
+            if text is None:
+                continue
+            answered += 1
+            for family in text_string_to_metric_families(text):
+                families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type, family.unit)
+                )
+                table = values.setdefault(family.name, {})
+                largest = family.name in LARGEST_OF_WORKERS
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):  # a worker's own start time, not a count
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key in table:
+                        table[key] = (
+                            max(table[key], sample.value) if largest else table[key] + sample.value
+                        )
+                    else:
+                        table[key] = sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+        workers = Metric(
+            "bnserve_workers_answering", "Workers whose metrics this scrape summed", "gauge"
+        )
+        workers.add_sample("bnserve_workers_answering", {}, answered)
+        yield workers

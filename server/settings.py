@@ -135,6 +135,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "monitor_window": (16, 1_000_000),
     "monitor_max_share": (0, 1_000),
     "capture_rate": (0, 1),
+    "trace_sample_rate": (0, 1),
     "capture_max_bytes": (1 << 20, 1 << 50),
     "max_image_bytes": (1024, 2**31 - 1),
     "max_image_pixels": (1, 1 << 28),
@@ -396,8 +397,9 @@ class ServerSettings:
     drain_seconds: float = setting(
         0.0,
         protocols=BOTH_PORTS,
-        doc="after SIGTERM, readiness is false at once on every protocol but new requests are still "
-        "served this long, so that load balancers remove the endpoint first; then --grace-seconds",
+        doc="after SIGTERM, readiness is false at once on gRPC and HTTP but new requests are still "
+        "served this long, so that load balancers remove the endpoint first (a second signal ends it "
+        "early); then --grace-seconds",
     )
     ready_requires: str = setting(
         "all",
@@ -529,16 +531,21 @@ class ServerSettings:
         doc="send OpenTelemetry spans of inference requests (decode, queue, compute, encode) over "
         "OTLP/gRPC to this collector, e.g. http://collector:4317 (needs the otel extra)",
     )
+    trace_sample_rate: float = setting(
+        0.01,
+        doc="with --otlp-endpoint, the share of requests traced when the caller sends no W3C "
+        "traceparent (one with one is traced as its sampled flag says); 1: every request",
+    )
     max_image_bytes: int = setting(
         MAX_IMAGE_BYTES,
         protocols=BOTH_PORTS,
-        doc="largest encoded image (PNG or JPEG) one image_bytes element may have",
+        doc="largest encoded image (PNG or JPEG) one image_bytes element may have, on gRPC and HTTP",
     )
     max_image_pixels: int = setting(
         MAX_IMAGE_PIXELS,
         protocols=BOTH_PORTS,
-        doc="most pixels (width x height, as its header declares them) an encoded image may have; "
-        "checked before anything is decoded, against decompression bombs",
+        doc="most pixels (width x height, as its header declares them) an encoded image may have, on "
+        "gRPC and HTTP; checked before anything is decoded, against decompression bombs",
     )
     reject_non_finite: bool = setting(
         False,

@@ -10,7 +10,8 @@ One span ``bnserve.infer`` per inference request, with four children laid end to
 Attributes: ``bnserve.model``, ``bnserve.version``, ``bnserve.protocol`` (grpc or http),
 ``bnserve.request_rows`` and ``bnserve.batch_rows`` (the rows of the model call it joined). A W3C
 ``traceparent`` (gRPC metadata or HTTP header) makes the span a child of the caller's. Health, metadata and
-metrics calls get no span. Spans are exported in batches by the SDK's BatchSpanProcessor over OTLP/gRPC; an
+metrics calls get no span. A request is sampled as its caller's ``traceparent`` says, else with probability
+``--trace-sample-rate``; an unsampled one costs nothing more than the sampling draw. Spans are exported in batches by the SDK's BatchSpanProcessor over OTLP/gRPC; an
 endpoint that cannot be reached logs one warning and serving goes on.
 
 With tracing off (no ``--otlp-endpoint``) no OpenTelemetry module is imported, and the request path
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import random
 import time
 from typing import Mapping
 
@@ -55,6 +57,8 @@ def traced(protocol: str):
                 else {key.lower(): value for key, value in request.headers.items()}
             )
             trace = tracing.begin(carrier, protocol)
+            if trace is None:  # not sampled
+                return await method(self, request, *rest)
             token = CURRENT_TRACE.set(trace)
             try:
                 answer = await method(self, request, *rest)
@@ -113,8 +117,9 @@ class RequestTrace:
 
 
 class Tracing:
-    def __init__(self, endpoint: str, exporter=None):
+    def __init__(self, endpoint: str, sample_rate: float = 1.0, exporter=None):
         """``exporter``: a SpanExporter instead of OTLP to ``endpoint`` (embedding, tests)."""
+        self.sample_rate = sample_rate
         try:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
@@ -152,8 +157,19 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         self.tracer = self.provider.get_tracer("bnserve.server")
 
-    def begin(self, carrier: Mapping[str, str], protocol: str) -> RequestTrace:
-        return RequestTrace(self, carrier, protocol)
+    def begin(self, carrier: Mapping[str, str], protocol: str) -> RequestTrace | None:
+        """A trace for this request, or None when it is not sampled: a caller's ``traceparent`` decides
+        (its sampled flag, W3C trace-flags bit 0); without one, a request is sampled with probability
+        ``sample_rate``. An unsampled request costs nothing more."""
+        parent = carrier.get("traceparent")
+        if parent is not None and len(parent) >= 55 and parent[2] == "-":
+            try:
+                sampled = int(parent[53:55], 16) & 1
+            except ValueError:
+                sampled = random.random() < self.sample_rate
+        else:
+            sampled = random.random() < self.sample_rate
+        return RequestTrace(self, carrier, protocol) if sampled else None
 
     def emit(self, trace: RequestTrace, ended: int, error: str) -> None:
         parent = self.propagator.extract(carrier=trace.carrier)

@@ -55,14 +55,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-REPLACED = ("--workers", "--grpc-port", "--metrics-port", "--http-port")
+REPLACED = ("--workers", "--grpc-port", "--metrics-port", "--metrics-host", "--http-port")
 
 
 def worker_arguments(
     argv: list[str], port: int, index: int, metrics_port: int | None, http_port: int = 0
 ) -> list[str]:
-    """Worker ``index``'s serve arguments: the reserved gRPC and HTTP ports, and metrics on port + index
-    (each process has its own counters; with port 0 each picks a free one)."""
+    """Worker ``index``'s serve arguments: the reserved gRPC and HTTP ports, and ``metrics_port`` on
+    127.0.0.1 (its own counters, which the parent sums into the replica's /metrics)."""
     kept, skip = [], False
     for argument in argv:
         if skip:
@@ -83,8 +83,8 @@ def worker_arguments(
         "1",
         "--share-port",
     ]
-    if metrics_port is not None:
-        kept += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
+    if metrics_port is not None:  # the worker's own, private: the parent serves the replica's total
+        kept += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
     return kept
 
 
@@ -95,6 +95,12 @@ STABLE_AFTER_S = 60.0
 EXIT_USER_ERROR = 2
 
 
+def private_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_workers(
     host: str,
     port: int,
@@ -102,6 +108,8 @@ def run_workers(
     argv: list[str],
     metrics_port: int | None = None,
     http_port: int = 0,
+    metrics_host: str = "127.0.0.1",
+    metrics_token: str | None = None,
 ) -> int:
     """Start the workers, restart any that dies (delay doubling from 1 s up to 30 s), pass SIGTERM/SIGINT on.
 
@@ -126,14 +134,44 @@ def run_workers(
         if flag == "--grpc-port":
             port = bound
     parent = os.getpid()
+    worker_metrics = [private_port() for _ in range(workers)] if metrics_port is not None else []
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from bnserve.server.auth import BearerToken
+        from bnserve.server.metrics import WorkersCollector, serve_metrics
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WorkersCollector(worker_metrics, metrics_token))
+        try:
+            bound = serve_metrics(
+                metrics_host,
+                metrics_port,
+                BearerToken(metrics_token) if metrics_token else None,
+                registry,
+            )
+        except OSError as exc:
+            for sock in held:
+                sock.close()
+            raise UserError(
+                f"--metrics-port {metrics_port}: cannot serve metrics on {metrics_host}:"
+                f"{metrics_port} ({exc.strerror})"
+            ) from None
+        log.info(
+            "metrics on http://%s:%d/metrics (the sum of the %d workers)",
+            metrics_host,
+            bound,
+            workers,
+        )
 
     def start(index: int) -> subprocess.Popen:
+        private = worker_metrics[index] if worker_metrics else None
         return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "bnserve.cli",
-                *worker_arguments(argv, port, index, metrics_port, http_port),
+                *worker_arguments(argv, port, index, private, http_port),
             ],
             preexec_fn=lambda: die_with_parent(parent),
         )

@@ -35,6 +35,18 @@ class ServerProcess:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    def stop_cutting_the_drain(self, timeout: float = 30) -> int:
+        """SIGTERM, and once the server says it is stopping, a second one: that ends --drain-seconds."""
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("stopping") or " stopping: " in line for line in self.log):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+
     def loaded_libraries(self) -> str:
         return Path(f"/proc/{self.process.pid}/maps").read_text()
 

@@ -17,11 +17,13 @@ from tests.helpers.cli import assert_user_error, bnserve
 from tests.helpers.serving import (
     index,
     infer_request,
+    metric,
     publish_copy,
     served_versions,
     stub_for,
     wait_for,
 )
+from tests.helpers.serving import scrape as scrape_server
 from tests.servers import start_server
 
 
@@ -268,3 +270,33 @@ def test_workers_never_outlive_their_parent(repository, signum):
     assert code == (-9 if signum == signal.SIGKILL else 0)
     if signum == signal.SIGHUP:  # a graceful stop, as SIGTERM
         assert any("all workers stopped (exit codes [0, 0])" in line for line in server.log)
+
+
+def test_workers_metrics_are_the_replicas_total_on_one_port(repository):
+    """--workers 2 --metrics-port: the parent's port sums both workers' counters; per-version gauges that
+    every worker holds (loaded versions) are the largest worker's, not twice it."""
+    server = start_server(repository, "--workers", "2", "--metrics-port", "0")
+    try:
+        wait_for(lambda: sum("listening on" in line for line in server.log) >= 2, timeout=60,
+                 what="two workers")  # fmt: skip
+        assert "the sum of the 2 workers" in next(
+            line for line in server.log if "metrics on" in line
+        )
+        pids = re.findall(r"started 2 workers on .* \(pids (\d+), (\d+)\)", "\n".join(server.log))[
+            0
+        ]
+        answered_by = set()
+        for _ in range(40):  # new connections: the kernel spreads them over the workers
+            channel, stub = stub_for(server.url)
+            _, call = stub.ServerMetadata.with_call(v2.ServerMetadataRequest())
+            answered_by.add(dict(call.trailing_metadata())["bnserve-worker-pid"])
+            stub.ModelInfer(infer_request())
+            channel.close()
+        text = scrape_server(server)
+        assert metric(text, "bnserve_workers_answering") == 2
+        assert metric(text, "bnserve_requests_total", model="m", version="1", code="OK") == 40
+        assert metric(text, "bnserve_batch_size_count", model="m", version="1") == 40
+        assert metric(text, "bnserve_loaded_versions", model="m") == 1
+        assert answered_by == set(pids), (answered_by, pids)  # both workers served some
+    finally:
+        assert server.stop() == 0

@@ -254,6 +254,24 @@ def test_the_drain_flips_readiness_first_and_serves_for_drain_seconds(repository
         server.stop()
 
 
+def test_a_second_signal_ends_the_drain_and_in_flight_requests_still_finish(repository):
+    """An operator's second Ctrl-C (or a second SIGTERM) must not wait out a long --drain-seconds."""
+    server = start_server(repository, "--drain-seconds", "86400", "--grace-seconds", "5", http=True)
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: readiness(server.url, server.http_url) == LIVE_NOT_READY,
+                 timeout=5, what="readiness false")  # fmt: skip
+        with grpc.insecure_channel(server.url) as channel:
+            v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), timeout=10)
+        second = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - second < 20
+        assert any("drain cut short" in line for line in server.log), "\n".join(server.log)
+    finally:
+        server.stop()
+
+
 def json_infer_body() -> dict:
     return {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 8, 8, 1],
                         "data": [1.0] * 64}]}  # fmt: skip

@@ -54,7 +54,8 @@ def attributes(span) -> dict:
 def test_each_inference_request_is_one_span_with_its_four_phases_and_the_callers_parent(
     repository, collector
 ):
-    server = start_server(repository, "--otlp-endpoint", collector.endpoint, http=True)
+    server = start_server(repository, "--otlp-endpoint", collector.endpoint, "--trace-sample-rate",
+                          "1", http=True)  # fmt: skip
     try:
         with grpc.insecure_channel(server.url) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
@@ -108,7 +109,8 @@ def test_each_inference_request_is_one_span_with_its_four_phases_and_the_callers
 
 def test_a_collector_that_does_not_answer_logs_one_warning_and_serving_goes_on(repository):
     dead = f"http://127.0.0.1:{free_port()}"
-    server = start_server(repository, "--otlp-endpoint", dead, "--grace-seconds", "1")
+    server = start_server(repository, "--otlp-endpoint", dead, "--trace-sample-rate", "1",
+                          "--grace-seconds", "1")  # fmt: skip
     try:
         with grpc.insecure_channel(server.url) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
@@ -128,3 +130,22 @@ def test_a_collector_that_does_not_answer_logs_one_warning_and_serving_goes_on(r
 def test_an_endpoint_that_is_not_a_url_is_refused_in_one_line(repository):
     result = bnserve("serve", "--repository", repository, "--otlp-endpoint", "collector:4317")
     assert_user_error(result, "--otlp-endpoint 'collector:4317': expected http://HOST:PORT")
+
+
+def test_sampling_follows_the_callers_flag_and_else_the_rate(repository, collector):
+    """--trace-sample-rate 0: untraced unless the caller's traceparent says sampled (01); one saying
+    not sampled (00) is not traced even at rate 1."""
+    server = start_server(repository, "--otlp-endpoint", collector.endpoint,
+                          "--trace-sample-rate", "0")  # fmt: skip
+    try:
+        with grpc.insecure_channel(server.url) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(10):
+                stub.ModelInfer(infer_request(), timeout=30)
+            stub.ModelInfer(infer_request(), metadata=[("traceparent", TRACEPARENT)], timeout=30)
+            unsampled = TRACEPARENT[:-2] + "00"
+            stub.ModelInfer(infer_request(), metadata=[("traceparent", unsampled)], timeout=30)
+    finally:
+        assert server.stop() == 0
+    roots = [s for s in collector.spans if s.name == "bnserve.infer"]
+    assert len(roots) == 1 and roots[0].trace_id.hex() == TRACE_ID
