@@ -5,6 +5,16 @@ ratio. Writes docs/compute-bound.md.
 
 Each served figure's ratio is taken against the mean of the in-process figures just before and just after it
 in the same round; the table reports the median over rounds of those ratios, and the median throughput.
+
+The ceiling. A served request costs at least what the model costs per sample in-process plus what the serving
+stack alone costs per request: the no-op grpc.aio server's CPU per request (bench/noop_server.py, same requests,
+same round) and, on shared cores, the load generator's. With K cores for server (and client, when shared):
+
+    served_max = K / (m + f + g),   m = u / r (core-seconds per sample in-process, u its cores used at rate r),
+    f = no-op server cores / no-op req/s,   g = h2load cores / no-op req/s (0 when the client has its own core)
+
+and the best ratio any one-process Python front end on grpc.aio can reach is served_max / r. It assumes perfect
+overlap and nothing above the no-op per request (no decoding, batching, encoding), so it is an upper bound.
 """
 
 from __future__ import annotations
@@ -32,10 +42,13 @@ CONFIGURATIONS = {
     "2 instances, 1 intra-op thread each": ["--instances", "2", "--intra-op-threads", "1"],
     "2 instances, the pool each": ["--instances", "2"],
     "1 instance, 1 intra-op thread": ["--intra-op-threads", "1"],
+    "model process (shared memory), experimental": ["--model-processes"],
 }
 
 
-def in_process(version_dir: Path, batch: int, pin: str | None, seconds: float, threads: int) -> float:
+def in_process(
+    version_dir: Path, batch: int, pin: str | None, seconds: float, threads: int
+) -> float:
     """Samples/s of in-process ONNX Runtime at ``batch`` (a subprocess, under ``taskset`` when pinned):
     ``threads`` 0 is the server's pool for a heavy model (cpu_pool_threads), else that many threads."""
     code = (
@@ -44,17 +57,28 @@ def in_process(version_dir: Path, batch: int, pin: str | None, seconds: float, t
         "from bench.run import sample, timed_rate; "
         "s = onnxruntime.InferenceSession(%r, session_options(%d or cpu_pool_threads()), "
         "providers=['CPUExecutionProvider']); x = sample(%r, %d); "
-        "print(json.dumps(timed_rate(lambda: s.run(None, {'images': x}), %d, %r, 1)))"
+        "c = time.process_time(); w = time.perf_counter(); "
+        "r = timed_rate(lambda: s.run(None, {'images': x}), %d, %r, 1); "
+        "print(json.dumps([r, (time.process_time() - c) / (time.perf_counter() - w)]))"
         % (str(ROOT), str(version_dir / "model.onnx"), threads, SHAPE, batch, batch, seconds)
     )
     command = (["taskset", "-c", pin] if pin else []) + [sys.executable, "-c", code]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1]))
+    rate, cores = json.loads(output.strip().splitlines()[-1])
+    return float(rate), float(cores)
 
 
 def start(repository: Path, flags: list[str], pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
-    command = [*prefix, sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository)]
+    command = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "bnserve.cli",
+        "serve",
+        "--repository",
+        str(repository),
+    ]
     command += ["--grpc-port", "0", "--http-port", "0", "--model-control", "none", *flags]
     return start_listening(command)
 
@@ -65,30 +89,125 @@ def measure(
     body = model_infer_body("conv6", sample(SHAPE, 1))
     version = repository / "conv6" / "1"
     servers = {name: start(repository, flags, pin) for name, flags in CONFIGURATIONS.items()}
+    prefix = ["taskset", "-c", pin] if pin else []
+    noop = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py")])
+    ceilings: list[float] = []
     served: dict[tuple[str, int], list[float]] = {}
+    batches: dict[tuple[str, int], list[float]] = {}
+    cores: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     baselines: dict[str, list[float]] = {"pool": [], "1 thread": []}
     try:
         for _ in range(rounds):
-            before = in_process(version, 8, pin, seconds, 0)
+            before, used = in_process(version, 8, pin, seconds, 0)
             baselines["pool"].append(before)
-            baselines["1 thread"].append(in_process(version, 8, pin, seconds, 1))
+            baselines["1 thread"].append(in_process(version, 8, pin, seconds, 1)[0])
+            floor = run_load(noop.port, body, 8, seconds, noop.process.pid, cpu=client_pin)
+            model_cost = used / before
+            stack_cost = (
+                floor.server_cores + (0 if pin else floor.client_cores)
+            ) / floor.throughput
+            cores_for_both = 1 if pin else (os.cpu_count() or 1)
+            ceilings.append(cores_for_both / (model_cost + stack_cost) / before)
             figures = {}
             for name, server in servers.items():
                 for concurrency in (1, 8):
+                    calls_before = model_calls(server.port)
                     result = run_load(
                         server.port, body, concurrency, seconds, server.process.pid, cpu=client_pin
                     )
+                    calls_after = model_calls(server.port)
                     figures[(name, concurrency)] = result.throughput
-            after = in_process(version, 8, pin, seconds, 0)
+                    batches.setdefault((name, concurrency), []).append(
+                        (calls_after[0] - calls_before[0])
+                        / max(1, calls_after[1] - calls_before[1])
+                    )
+                    cores.setdefault((name, concurrency), []).append(result.server_cores)
+            after = in_process(version, 8, pin, seconds, 0)[0]
             baselines["pool"].append(after)
             for key, throughput in figures.items():
                 served.setdefault(key, []).append(throughput)
                 ratios.setdefault(key, []).append(throughput / ((before + after) / 2))
     finally:
-        for server in servers.values():
+        for server in (*servers.values(), noop):
             server.stop()
-    return {"served": served, "ratios": ratios, "baselines": baselines}
+    return {
+        "ceilings": ceilings,
+        "served": served,
+        "ratios": ratios,
+        "baselines": baselines,
+        "batches": batches,
+        "cores": cores,
+    }
+
+
+def model_calls(port: int) -> tuple[int, int]:
+    """(samples inferred, model calls) of conv6 so far, from the server's ModelStatistics; warm-up included,
+    so a run's mean batch is the difference of two readings over calls."""
+    import grpc
+
+    from bnserve.protos import inference_pb2 as pb
+    from bnserve.protos import inference_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stats = (
+            inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            .ModelStatistics(pb.ModelStatisticsRequest(name="conv6", version="1"), timeout=10)
+            .model_stats[0]
+        )
+    return int(stats.inference_count), int(stats.execution_count)
+
+
+MODEL_THREAD_STATES = {
+    "in Session.run (computing, or taking the GIL back after it)": "Session.run",
+    "handing the result to the loop (call_soon_threadsafe: the self-pipe write, then the GIL)": "_write_to_self",
+    "waiting for the next batch": "ModelThreads._work (server/execution.py",
+}
+
+
+def where_the_model_thread_waits(
+    repository: Path, pin: str | None, client_pin: str | None, seconds: float
+) -> dict[str, float]:
+    """py-spy samples (idle ones too) of the default server's model thread during a c=8 load: the share of
+    wall time it spends in each state of MODEL_THREAD_STATES (the rest: other Python lines)."""
+    import shutil
+    import threading
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    body = model_infer_body("conv6", sample(SHAPE, 1))
+    server = start(repository, [], pin)
+    with tempfile.TemporaryDirectory() as directory:
+        raw = Path(directory) / "raw.txt"
+        try:
+            run_load(server.port, body, 8, 1.0, server.process.pid, cpu=client_pin)  # threads exist
+            load = threading.Thread(
+                target=run_load,
+                args=(server.port, body, 8, seconds + 2, server.process.pid),
+                kwargs={"cpu": client_pin},
+            )
+            load.start()
+            time.sleep(1)
+            subprocess.run(
+                [py_spy, "record", "-p", str(server.process.pid), "-d", str(round(seconds)), "-r",
+                 "200", "-f", "raw", "-o", str(raw), "--threads", "--idle", "--nonblocking"],
+                capture_output=True, check=True,
+            )  # fmt: skip
+            load.join()
+        finally:
+            server.stop()
+        counts = dict.fromkeys(MODEL_THREAD_STATES, 0)
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, samples = line.rpartition(" ")
+            if "bnserve-model" not in stack.split(";")[0]:
+                continue
+            total += int(samples)
+            leaf = stack.split(";")[-1]
+            for state, marker in MODEL_THREAD_STATES.items():
+                if marker in leaf:
+                    counts[state] += int(samples)
+                    break
+    return {state: count / max(total, 1) for state, count in counts.items()}
 
 
 def table(title: str, figures: dict) -> list[str]:
@@ -100,8 +219,9 @@ def table(title: str, figures: dict) -> list[str]:
         f"In-process ONNX Runtime at batch 8: {pool:,.0f} samples/s with the server's pool, {one:,.0f} with one "
         "thread (medians over rounds).",
         "",
-        "| configuration | c=1 req/s | c=8 req/s | c=8 / in-process batch 8 (pool), same round |",
-        "|---|---|---|---|",
+        "| configuration | c=1 req/s | c=8 req/s | c=8 / in-process batch 8 (pool), same round | c=8 mean "
+        "batch | c=8 server CPU (cores) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in CONFIGURATIONS:
         c1 = statistics.median(figures["served"][(name, 1)])
@@ -109,8 +229,23 @@ def table(title: str, figures: dict) -> list[str]:
         ratio = figures["ratios"][(name, 8)]
         lines.append(
             f"| {name} | {c1:,.0f} | {c8:,.0f} | {statistics.median(ratio):.2f} "
-            f"({min(ratio):.2f}-{max(ratio):.2f}) |"
+            f"({min(ratio):.2f}-{max(ratio):.2f}) | {statistics.median(figures['batches'][(name, 8)]):.1f} | "
+            f"{statistics.median(figures['cores'][(name, 8)]):.2f} |"
         )
+    ceilings = figures["ceilings"]
+    lines += [
+        "",
+        f"Ceiling of c=8 / in-process (module docstring: in-process cost per sample plus the no-op grpc.aio "
+        f"server's cost per request, same round): **{statistics.median(ceilings):.2f}** "
+        f"({min(ceilings):.2f}-{max(ceilings):.2f}).",
+        "",
+        "Where the default server's model thread spent a c=8 load (py-spy, idle samples included, share of "
+        "wall time):",
+        "",
+        "| model thread | share |",
+        "|---|---|",
+        *[f"| {state} | {share:.2f} |" for state, share in figures["model thread"].items()],
+    ]
     return [*lines, ""]
 
 
@@ -128,9 +263,18 @@ def main() -> None:
             work = Path(directory)
             repository = work / "repository"
             bnserve("train", "--out", str(work / "conv6-run"), *COMPUTE_MODEL)
-            bnserve("export", str(work / "conv6-run"), "--repository", str(repository), "--name", "conv6")
+            bnserve(
+                "export",
+                str(work / "conv6-run"),
+                "--repository",
+                str(repository),
+                "--name",
+                "conv6",
+            )
         shared = measure(repository, None, None, args.seconds, args.rounds)
+        shared["model thread"] = where_the_model_thread_waits(repository, None, None, 4)
         pinned = measure(repository, "0", "1", args.seconds, args.rounds)
+        pinned["model thread"] = where_the_model_thread_waits(repository, "0", "1", 4)
     lines = [
         "# Compute-bound serving: where conv6's time goes, A/B",
         "",

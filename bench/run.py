@@ -311,14 +311,18 @@ MACHINE_CLASSES = (
     ("2 cores shared by server and load generator", None, None),
     ("server pinned to core 0, load generator on core 1", "0", "1"),
 )
-SERVERS = ("no-op", "bnserve", "kserve", "mlserver")
+SERVERS = ("no-op", "floor", "bnserve", "kserve", "mlserver")
+""""floor" is the no-op that also calls the digits model once a request (bench/noop_server.py --model): the
+floor of any one-process server on grpc.aio that calls the model per request, which batching must beat."""
+PEERS = ("kserve", "mlserver")
 
 
 def start_named(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
-    if name == "no-op":
+    if name in ("no-op", "floor"):
+        model = ["--model", str(repository / "digits" / "1")] if name == "floor" else []
         return start_listening(
-            [*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"]
+            [*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", *model]
         )
     if name == "bnserve":
         return start_listening(
@@ -409,7 +413,7 @@ def peer_tables(
         try:
             for name in SERVERS:
                 servers[name] = start_named(name, repository, work, server_pin)
-                if name != "no-op":
+                if name not in ("no-op", "floor"):
                     check_answer(servers[name].port, "digits", images, expected)
             before = served_count(servers["bnserve"].port)
             runs: dict[tuple[str, int], list[LoadResult]] = {
@@ -434,7 +438,7 @@ def peer_tables(
             assert counted >= sent, (
                 f"bnserve answered {counted} samples, h2load reports {sent} successes"
             )
-            for name in ("no-op", "bnserve"):
+            for name in ("no-op", "floor", "bnserve"):
                 breakdowns.append(
                     (
                         f"{name}, digits, c=32",
@@ -463,61 +467,45 @@ def peer_tables(
                     f"{r.throughput / best_peer:.2f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.server_cores:.2f} |"
                 )
         report.add(*lines, "")
-        ours, noop = results["bnserve"], results["no-op"]
-        best = {
-            c: max(results["kserve"][c].throughput, results["mlserver"][c].throughput)
-            for c in CONCURRENCIES
-        }
+        ours, noop, floor = results["bnserve"], results["no-op"], results["floor"]
+        best = {c: max(results[peer][c].throughput for peer in PEERS) for c in CONCURRENCIES}
         report.target(
-            f"[{title}] c=1: p50 <= no-op p50 + 0.15 ms",
-            f"{ours[1].p50_ms:.3f} - {noop[1].p50_ms:.3f} = {ours[1].p50_ms - noop[1].p50_ms:+.3f} ms",
-            ours[1].p50_ms - noop[1].p50_ms <= 0.15,
-        )
-        report.target(
-            f"[{title}] c=1: >= 1.2 x best peer",
-            f"{ours[1].throughput:,.0f} / {best[1]:,.0f} = {ours[1].throughput / best[1]:.2f}",
-            ours[1].throughput >= 1.2 * best[1],
+            f"[{title}] digits c=1: p50 <= floor p50 + 0.05 ms",
+            f"{ours[1].p50_ms:.3f} - {floor[1].p50_ms:.3f} = {ours[1].p50_ms - floor[1].p50_ms:+.3f} ms",
+            ours[1].p50_ms - floor[1].p50_ms <= 0.05,
         )
         for c in (8, 32):
             report.target(
-                f"[{title}] c={c}: >= 0.8 x no-op",
-                f"{ours[c].throughput:,.0f} / {noop[c].throughput:,.0f} = "
-                f"{ours[c].throughput / noop[c].throughput:.2f}",
-                ours[c].throughput >= 0.8 * noop[c].throughput,
+                f"[{title}] digits c={c}: >= 1.0 x floor (no-op + one model call a request)",
+                f"{ours[c].throughput:,.0f} / {floor[c].throughput:,.0f} = "
+                f"{ours[c].throughput / floor[c].throughput:.2f}",
+                ours[c].throughput >= floor[c].throughput,
             )
+        for c, factor in ((1, 1.2), (8, 1.5), (32, 1.5)):
             report.target(
-                f"[{title}] c={c}: >= 1.5 x best peer",
+                f"[{title}] digits c={c}: >= {factor} x best peer",
                 f"{ours[c].throughput:,.0f} / {best[c]:,.0f} = {ours[c].throughput / best[c]:.2f}",
-                ours[c].throughput >= 1.5 * best[c],
+                ours[c].throughput >= factor * best[c],
             )
-        # conv6 at c=8 against in-process ONNX Runtime on the cores the server had, at the batch size it ran.
-        server = start_named("bnserve", repository, work, server_pin)
-        try:
-            conv6 = median_result(
-                [
-                    run_load(
-                        server.port, conv6_body, 8, seconds, server.process.pid, cpu=client_pin
-                    )
-                    for _ in range(repeats)
-                ]
-            )
-            breakdowns.append(
-                ("bnserve, conv6, c=8", *cpu_breakdown(server, conv6_body, 8, seconds, client_pin))
-            )
-        finally:
-            server.stop()
-        in_process = in_process_pinned(
-            repository / "conv6" / "1", (32, 32, 3), 8, server_pin, seconds, repeats
-        )
-        report.add(
-            f"conv6 at c=8 ({title}): {conv6.throughput:,.0f} req/s served vs {in_process:,.0f} samples/s "
-            f"in-process at batch 8 on the same cores = {conv6.throughput / in_process:.2f}",
-            "",
-        )
+        ours_us = ours[32].server_cores / ours[32].throughput * 1e6
+        noop_us = noop[32].server_cores / noop[32].throughput * 1e6
         report.target(
-            f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores)",
-            f"{conv6.throughput:,.0f} / {in_process:,.0f} = {conv6.throughput / in_process:.2f}",
-            conv6.throughput >= 0.7 * in_process,
+            f"[{title}] digits c=32: server CPU per request <= no-op's + 40 us",
+            f"{ours_us:.0f} - {noop_us:.0f} = {ours_us - noop_us:+.0f} us",
+            ours_us - noop_us <= 40,
+        )
+        breakdowns.append(
+            conv6_against_peers(
+                report,
+                title,
+                work,
+                repository,
+                conv6_body,
+                seconds,
+                repeats,
+                server_pin,
+                client_pin,
+            )
         )
         report.add(
             f"Where the {os.cpu_count()} cores went ({title}; one more run each, CPU seconds per wall second "
@@ -533,6 +521,81 @@ def peer_tables(
             ],
             "",
         )
+
+
+def conv6_against_peers(
+    report: Report,
+    title: str,
+    work: Path,
+    repository: Path,
+    conv6_body: bytes,
+    seconds: float,
+    repeats: int,
+    server_pin: str | None,
+    client_pin: str | None,
+) -> tuple[str, LoadResult, dict[str, float]]:
+    """conv6 served by bnserve and the peers at c=1 and c=8, and in-process ONNX Runtime at batch 8 on the
+    server's cores, all interleaved within each repeat (the machine's speed drifts within minutes). Returns
+    bnserve's CPU breakdown at c=8."""
+    from bench.peers import check_answer, start_peer
+
+    version = repository / "conv6" / "1"
+    images = sample((32, 32, 3), 1)
+    expected = onnxruntime.InferenceSession(
+        str(version / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["logits"], {"images": images})[0]
+    servers = {"bnserve": start_named("bnserve", repository, work, server_pin)}
+    runs: dict[tuple[str, int], list[LoadResult]] = {}
+    in_process: list[float] = []
+    try:
+        for peer in PEERS:
+            servers[peer] = start_peer(peer, version, "conv6", work, server_pin)
+        for name, server in servers.items():
+            check_answer(server.port, "conv6", images, expected)
+        for _ in range(repeats):
+            in_process.append(in_process_pinned(version, (32, 32, 3), 8, server_pin, seconds, 1))
+            for c in (1, 8):
+                for name, server in servers.items():
+                    runs.setdefault((name, c), []).append(
+                        run_load(
+                            server.port, conv6_body, c, seconds, server.process.pid, cpu=client_pin
+                        )
+                    )
+        breakdown = cpu_breakdown(servers["bnserve"], conv6_body, 8, seconds, client_pin)
+    finally:
+        for server in servers.values():
+            server.stop()
+    results = {key: median_result(value) for key, value in runs.items()}
+    baseline = float(np.median(in_process))
+    lines = [
+        f"conv6 ({title}), in-process ONNX Runtime at batch 8 on the same cores {baseline:,.0f} samples/s "
+        "(median of the runs interleaved with these):",
+        "",
+        "| server | concurrency | req/s | vs in-process batch 8 | p50 ms | p99 ms | server CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in (1, 8):
+        for name in servers:
+            r = results[name, c]
+            lines.append(
+                f"| {name} | {c} | {r.throughput:,.0f} | {r.throughput / baseline:.2f} | {r.p50_ms:.3f} | "
+                f"{r.p99_ms:.3f} | {r.server_cores:.2f} |"
+            )
+    report.add(*lines, "")
+    ours = {c: results["bnserve", c].throughput for c in (1, 8)}
+    best = {c: max(results[peer, c].throughput for peer in PEERS) for c in (1, 8)}
+    report.target(
+        f"[{title}] conv6 c=8: >= 0.7 x in-process ONNX Runtime (batch 8, same cores, interleaved)",
+        f"{ours[8]:,.0f} / {baseline:,.0f} = {ours[8] / baseline:.2f}",
+        ours[8] >= 0.7 * baseline,
+    )
+    for c, factor in ((1, 1.1), (8, 1.5)):
+        report.target(
+            f"[{title}] conv6 c={c}: >= {factor} x best peer",
+            f"{ours[c]:,.0f} / {best[c]:,.0f} = {ours[c] / best[c]:.2f}",
+            ours[c] >= factor * best[c],
+        )
+    return ("bnserve, conv6, c=8", *breakdown)
 
 
 def plot(path: Path, bars: list[tuple[str, float]]) -> None:
@@ -740,30 +803,14 @@ def run(
         "",
     )
 
-    on32, off32, noop32 = served["on"][32], served["off"][32], noop_results[32]
-    report.target(
-        "digits, batching on, c=32: >= 0.8 x no-op throughput",
-        f"{on32.throughput:,.0f} / {noop32.throughput:,.0f} = {on32.throughput / noop32.throughput:.2f}",
-        on32.throughput >= 0.8 * noop32.throughput,
-    )
+    on32, off32 = served["on"][32], served["off"][32]
     report.target(
         "digits, c=32: batching on >= 1.5 x batching off",
         f"{on32.throughput:,.0f} / {off32.throughput:,.0f} = {on32.throughput / off32.throughput:.2f}",
         on32.throughput >= 1.5 * off32.throughput,
     )
-    on1, noop1 = served["on"][1], noop_results[1]
-    report.target(
-        "digits, c=1: p50 within 0.15 ms of no-op",
-        f"{on1.p50_ms:.3f} - {noop1.p50_ms:.3f} = {on1.p50_ms - noop1.p50_ms:.3f} ms",
-        on1.p50_ms - noop1.p50_ms <= 0.15,
-    )
+    on1 = served["on"][1]
     report.target("digits, c=1: p99 <= 1.5 ms", f"{on1.p99_ms:.3f} ms", on1.p99_ms <= 1.5)
-    conv6_on = served["conv6-on"][8]
-    report.target(
-        "compute-bound, c=8: >= 0.85 x in-process best",
-        f"{conv6_on.throughput:,.0f} / {conv6_best:,.0f} = {conv6_on.throughput / conv6_best:.2f}",
-        conv6_on.throughput >= 0.85 * conv6_best,
-    )
     onnx_start, onnx_rss = start_rows[0][1], start_rows[0][2]
     report.target("ONNX Runtime backend: cold start <= 2 s", f"{onnx_start:.2f} s", onnx_start <= 2)
     report.target("ONNX Runtime backend: peak RSS <= 300 MB", f"{onnx_rss:.0f} MB", onnx_rss <= 300)

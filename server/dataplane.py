@@ -286,6 +286,21 @@ class DataPlane:
             settings.monitor_max_share,
         )
 
+    def _executor(self, model: ServedVersion, instances: int):
+        """Where the version's batches run: model threads, or with the experimental --model-processes
+        (ONNX Runtime on the CPU) processes of their own."""
+        if (
+            self.registry.settings.model_processes
+            and model.backend.platform == "onnxruntime_onnx"
+            and model.backend.device == "cpu"
+        ):
+            from bnserve.server.model_process import ModelProcesses
+
+            return ModelProcesses(
+                instances, model.directory / "model.onnx", model.backend.intra_op_threads
+            )
+        return ModelThreads(instances)
+
     def batcher(self, model: ServedVersion) -> DynamicBatcher:
         """The version's own batcher and model threads, made on first use on the event loop thread (a
         reloaded version gets new ones), with the model's batching options."""
@@ -298,7 +313,7 @@ class DataPlane:
                 DynamicBatcher(
                     model.backend.run,
                     model.output_names,
-                    ModelThreads(options.instances),
+                    self._executor(model, options.instances),
                     options,
                     model.statistics,
                     labels=(model.name, str(model.version)),

@@ -383,6 +383,14 @@ class ServerSettings:
         "one-row call takes at most 100 us on one thread, else ONNX Runtime's "
         "default, kept on the cores this process may use",
     )
+    model_processes: bool = setting(
+        False,
+        action="store_true",
+        hidden=True,
+        doc="experimental, ONNX Runtime on the CPU only: run each instance's model calls in a process "
+        "of its own fed through shared memory (bnserve.server.model_process), so the event loop and "
+        "the model never share a GIL; an A/B of bench/compute_bound.py, not yet shown to win",
+    )
     max_message_bytes: int = setting(
         64 * 1024 * 1024,
         protocols=BOTH_PORTS,
