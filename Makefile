@@ -69,6 +69,7 @@ bench: $(INSTALLED)
 	$(PY) bench/image_bytes.py
 	$(PY) bench/queue_depth.py
 	$(PY) bench/tracing_cost.py
+	$(PY) bench/compute_bound.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale). protoc
 # sees protos/ as bnserve/protos/ (a link in build/), so the generated imports name the installed package.
