@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import model_infer_body, run_load  # noqa: E402
 from bench.run import COMPUTE_MODEL, bnserve, platform_line, sample  # noqa: E402
-from tests.servers import ServerProcess, start_listening  # noqa: E402
+from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 SHAPE = (32, 32, 3)
 CONFIGURATIONS = {
@@ -69,18 +69,7 @@ def in_process(
 
 
 def start(repository: Path, flags: list[str], pin: str | None) -> ServerProcess:
-    prefix = ["taskset", "-c", pin] if pin else []
-    command = [
-        *prefix,
-        sys.executable,
-        "-m",
-        "bnserve.cli",
-        "serve",
-        "--repository",
-        str(repository),
-    ]
-    command += ["--grpc-port", "0", "--http-port", "0", "--model-control", "none", *flags]
-    return start_listening(command)
+    return start_server(repository, "--model-control", "none", *flags, pin=pin)
 
 
 def measure(

@@ -59,13 +59,14 @@ def free_port() -> int:
 
 
 def start_server(
-    repository: Path, *flags: str, timeout: float = 120, http: bool = False
+    repository: Path, *flags: str, timeout: float = 120, http: bool = False, pin: str | None = None
 ) -> ServerProcess:
     """`bnserve serve` on 127.0.0.1, gRPC port 0; with ``http`` the HTTP port too (a free one), else no HTTP
-    (its default, 8501, would collide between servers)."""
+    (its default, 8501, would collide between servers); ``pin``: under ``taskset -c PIN`` (bench/)."""
     http_port = free_port() if http else 0
     server = start_listening(
         [
+            *(["taskset", "-c", pin] if pin else []),
             sys.executable,
             "-m",
             "bnserve.cli",
