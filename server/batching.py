@@ -33,7 +33,7 @@ from bnserve.server.statistics import VersionStatistics
 Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     images: np.ndarray
     outputs: list[str]
@@ -46,10 +46,8 @@ class Pending:
     timing: list | None = None
     """A traced request's [compute started, compute ended, batch rows] (perf_counter_ns), filled in by
     the batch that ran it; None untraced."""
-
-    @property
-    def size(self) -> int:
-        return int(self.images.shape[0])
+    size: int = 0
+    """Rows of ``images``."""
 
 
 class ComputeTimes:
@@ -83,6 +81,11 @@ INLINE_PROBE_EVERY = 16
 """After this many inline calls in a row, one goes to a model thread to look for hidden concurrency."""
 INLINE_BACKOFF_S = 1.0
 """How long inline calls stop after a probe found other requests arriving."""
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def timed(run: Runner, images: np.ndarray, outputs: list[str]) -> tuple[dict[str, np.ndarray], int]:
@@ -119,7 +122,8 @@ class DynamicBatcher:
         self.options = options
         self.statistics = statistics or VersionStatistics()
         self._queue: deque[Pending] = deque()
-        self._arrived = asyncio.Event()
+        self._arrival: asyncio.Future | None = None
+        """What the dispatcher awaits while it waits for a request to arrive (None: it is not waiting)."""
         self._free = asyncio.Semaphore(options.instances)
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
@@ -145,15 +149,16 @@ class DynamicBatcher:
                 f"queue full: {len(self._queue)} requests waiting (limit {self.options.max_queue_size});"
                 " retry later"
             )
-        deadline = loop.time() + timeout_s if timeout_s is not None else None
+        now = loop.time()
         pending = Pending(
             images,
             outputs,
-            deadline,
-            loop.time(),
+            now + timeout_s if timeout_s is not None else None,
+            now,
             time.perf_counter_ns(),
             loop.create_future(),
             timing,
+            len(images),
         )
         self.concurrency += (self._inside - self.concurrency) / 8
         self._inside += 1
@@ -165,7 +170,9 @@ class DynamicBatcher:
                 await self._execute([pending])
             else:
                 self._queue.append(pending)
-                self._arrived.set()
+                arrival = self._arrival
+                if arrival is not None and not arrival.done():
+                    arrival.set_result(None)
             return await pending.future
         finally:
             self._inside -= 1
@@ -246,8 +253,21 @@ class DynamicBatcher:
 
     async def _wait_for_arrival(self) -> None:
         while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
+            await self._next_arrival(None)
+
+    async def _next_arrival(self, timeout_s: float | None) -> None:
+        """Until submit() queues a request, or ``timeout_s`` passed. One future and at most one timer: with
+        asyncio.Event and asyncio.wait_for, each wait made a task and took three trips through the event
+        loop to wake, paid by every request that joins a forming batch."""
+        loop = asyncio.get_running_loop()
+        arrival = self._arrival = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, arrival)
+        try:
+            await arrival
+        finally:
+            self._arrival = None
+            if timer is not None:
+                timer.cancel()
 
     async def _collect(self) -> list[Pending]:
         """The next batch from the queue (empty when everything queued had expired or was cancelled)."""
@@ -262,11 +282,7 @@ class DynamicBatcher:
                 self._queue and size + self._queue[0].size > self.options.max_batch_size
             ):
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+            await self._next_arrival(remaining)
             size = self._take_ready(batch, size)
         return batch
 
@@ -336,12 +352,15 @@ class DynamicBatcher:
                         f"for a batch of {len(images)} input rows; the batch failed"
                     )
             offset = queued_ns = 0
+            alone = len(batch) == 1  # the whole result is the request's: nothing to split
             for pending in batch:
                 rows = slice(offset, offset + pending.size)
                 offset += pending.size
                 if not pending.future.done():
                     pending.future.set_result(
-                        {name: results[name][rows] for name in pending.outputs}
+                        results
+                        if alone
+                        else {name: results[name][rows] for name in pending.outputs}
                     )
                 if pending.timing is not None:
                     pending.timing[:] = (input_done, infer_done, len(images))

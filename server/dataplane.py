@@ -97,6 +97,12 @@ def validated_images(
     """The single input: float32 [N,H,W,C], or for ``image_bytes`` its encoded images as an object array
     [N] (decoded later, off the event loop); InvalidInput names the field and what was expected."""
     spec = model.input
+    if len(request.inputs) == 1 and request.inputs[0].name == spec.name:
+        # The usual request: what the checks below would accept, without building the lists they name.
+        data = validated_tensor(spec, request.inputs[0], max_batch_size)
+        if request.outputs:
+            validate_outputs(model, request)
+        return data
     accepted = [item.name for item in model.inputs]
     expected = " or ".join(repr(name) for name in accepted)
     if not request.inputs:
@@ -127,6 +133,12 @@ def validated_images(
         data = validated_encoded_images(tensor, max_batch_size)
     else:
         data = validated_tensor(spec, tensor, max_batch_size)
+    validate_outputs(model, request)
+    return data
+
+
+def validate_outputs(model: ServedVersion, request: InferenceRequest) -> None:
+    """Requested outputs exist and are named once; a classification count is at least 1."""
     for position, name in enumerate(request.outputs):
         if name not in model.output_names:
             raise InvalidInput(
@@ -143,7 +155,6 @@ def validated_images(
             raise InvalidInput(
                 f"outputs[{position}].parameters.classification: {count}; expected a class count >= 1"
             )
-    return data
 
 
 def validated_tensor(spec: TensorSpec, tensor: InferInput, max_batch_size: int) -> np.ndarray:
@@ -573,14 +584,15 @@ class DataPlane:
         code = "OK"
         try:
             batcher = self.batcher(model)
+            settings = self.registry.settings
             images = validated_images(model, request, batcher.options.max_batch_size)
-            if images.dtype == object:
+            if images.dtype.kind == "O":  # image_bytes
                 images = await self.decoded_images(model, images)
-            if self.settings.reject_non_finite:
+            if settings.reject_non_finite:
                 check_finite(images)
             outputs = list(request.outputs) or model.output_names
             counts = dict(request.class_counts)
-            check_response_size(model, len(images), outputs, self.settings.max_message_bytes)
+            check_response_size(model, len(images), outputs, settings.max_message_bytes)
             if self.sampler.active:
                 self.sampler.offer(model, images)
             if trace is None:

@@ -27,10 +27,15 @@ create unbounded label values.
 from __future__ import annotations
 
 import threading
+import time
+from bisect import bisect_left
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, make_wsgi_app
+from prometheus_client import metrics as client_metrics
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 from bnserve.server.auth import BearerToken
 
@@ -54,36 +59,143 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-REQUESTS = Counter(
+
+# -- the request path's metrics ----------------------------------------------------------------------------
+# A request pays for two counters and four histogram observations. prometheus_client's take a lock per value
+# and check the metric's state on every call: 0.7 us an increment and 1.6 us an observation here, ~8 us of a
+# request's ~60 us of Python. These are written by the event loop thread only, so they need no lock: an
+# increment is one addition (0.1 us), an observation a bisect and two additions (0.3 us). They are exposed
+# by the same registry, with the same names, labels and samples as prometheus_client's Counter and Histogram.
+
+
+class LoopCounterChild:
+    __slots__ = ("value", "created")
+
+    def __init__(self):
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class LoopHistogramChild:
+    __slots__ = ("upper_bounds", "counts", "sum", "created")
+
+    def __init__(self, upper_bounds: tuple[float, ...]):
+        self.upper_bounds = upper_bounds
+        self.counts = [0] * len(upper_bounds)
+        """counts[i]: observations in (upper_bounds[i-1], upper_bounds[i]]; the last bound is +Inf."""
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Prometheus buckets are inclusive (le): the first bound >= amount."""
+        self.counts[bisect_left(self.upper_bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopMetric:
+    """A labelled counter or histogram updated on the event loop thread only (see above) and collected by the
+    metrics thread. A scrape copies each child's counts in one step under the GIL, so buckets and _count always
+    agree; _sum may lag them by the one observation being made meanwhile."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        kind: str,
+        buckets: tuple[float, ...] = (),
+        registry=REGISTRY,
+    ):
+        self.name, self.documentation, self.kind = name, documentation, kind
+        self.labelnames = tuple(labelnames)
+        self.upper_bounds = (*(float(b) for b in buckets), float("inf"))
+        self._children: dict[tuple[str, ...], LoopCounterChild | LoopHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values) -> LoopCounterChild | LoopHistogramChild:
+        key = tuple(str(value) for value in values)
+        child = self._children.get(key)
+        if child is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name}: {len(key)} label values, expected {len(self.labelnames)} "
+                    f"({', '.join(self.labelnames)})"
+                )
+            child = (
+                LoopCounterChild()
+                if self.kind == "counter"
+                else LoopHistogramChild(self.upper_bounds)
+            )
+            self._children[key] = child
+        return child
+
+    def remove(self, *values) -> None:
+        """KeyError when no such child exists, as prometheus_client's remove."""
+        del self._children[tuple(str(value) for value in values)]
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self.name, self.documentation, self.kind)]
+
+    def collect(self):
+        metric = Metric(self.name, self.documentation, self.kind)
+        for key, child in list(self._children.items()):
+            labels = dict(zip(self.labelnames, key))
+            if isinstance(child, LoopCounterChild):
+                metric.add_sample(self.name + "_total", labels, child.value)
+            else:
+                counts, total = child.counts[:], child.sum
+                cumulative = 0
+                for bound, count in zip(child.upper_bounds, counts):
+                    cumulative += count
+                    metric.add_sample(
+                        self.name + "_bucket", {**labels, "le": floatToGoString(bound)}, cumulative
+                    )
+                metric.add_sample(self.name + "_count", labels, cumulative)
+                metric.add_sample(self.name + "_sum", labels, total)
+            # as prometheus_client's own (PROMETHEUS_DISABLE_CREATED_SERIES, disable_created_metrics())
+            if getattr(client_metrics, "_use_created", True):
+                metric.add_sample(self.name + "_created", labels, child.created)
+        yield metric
+
+
+REQUESTS = LoopMetric(
     "bnserve_requests",
     "Requests answered, by gRPC status code and protocol",
     ["model", "version", "code", "protocol"],
+    "counter",
 )
-REQUEST_SECONDS = Histogram(
+REQUEST_SECONDS = LoopMetric(
     "bnserve_request_seconds",
     "Request time inside the server",
     ["model", "version", "protocol"],
-    buckets=LATENCY_BUCKETS,
+    "histogram",
+    LATENCY_BUCKETS,
 )
-QUEUE_SECONDS = Histogram(
+QUEUE_SECONDS = LoopMetric(
     "bnserve_queue_seconds",
     "Time a request waited for its batch",
     ["model", "version"],
-    buckets=LATENCY_BUCKETS,
+    "histogram",
+    LATENCY_BUCKETS,
 )
-COMPUTE_SECONDS = Histogram(
+COMPUTE_SECONDS = LoopMetric(
     "bnserve_compute_seconds",
     "Model call time per batch",
     ["model", "version"],
-    buckets=LATENCY_BUCKETS,
+    "histogram",
+    LATENCY_BUCKETS,
 )
-BATCH_SIZE = Histogram(
-    "bnserve_batch_size", "Samples per model call", ["model", "version"], buckets=BATCH_BUCKETS
+BATCH_SIZE = LoopMetric(
+    "bnserve_batch_size", "Samples per model call", ["model", "version"], "histogram", BATCH_BUCKETS
 )
-MODEL_CALLS = Counter(
+MODEL_CALLS = LoopMetric(
     "bnserve_model_calls",
     "Model calls by where they ran (inline: on the event loop)",
     ["model", "version", "place"],
+    "counter",
 )
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
 QUEUE_DEPTH = Gauge(

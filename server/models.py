@@ -70,8 +70,9 @@ class ServedVersion:
             return (self.input,)
         return (self.input, TensorSpec(IMAGE_BYTES_INPUT, "BYTES", (-1,)))
 
-    @property
+    @functools.cached_property
     def output_names(self) -> list[str]:
+        """Shared by every request that asks for all outputs: read, never modified."""
         return [spec.name for spec in self.outputs]
 
     @functools.cached_property

@@ -375,7 +375,7 @@ class TrafficSampler:
         if (
             monitor is not None
             and self.max_share
-            and monitor.spent_ns > self.max_share * model.statistics.compute_infer.ns
+            and monitor.spent_ns > self.max_share * model.statistics.infer_ns
         ):
             # Over budget: on a compute-bound model every monitored sample costs about one more sample of
             # compute; skipping depends on time only, never on the input, so the windows stay unbiased.
