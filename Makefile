@@ -56,10 +56,13 @@ test: $(INSTALLED)
 		|| echo "warning: could not install kubectl; tests/test_deploy.py cannot render the kustomize overlays"
 	$(PY) -m pytest -q
 
-# Needs Debian's h2load (nghttp2-client) as the load generator; installed here when missing.
+# Needs Debian's h2load (nghttp2-client) as the load generator and valgrind (callgrind) to count instructions;
+# installed here when missing.
 bench: $(INSTALLED)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || (apt-get update && apt-get install -y nghttp2-client)) \
 		|| sudo apt-get install -y nghttp2-client
+	command -v valgrind >/dev/null || (apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)) \
+		|| sudo apt-get install -y valgrind
 	$(PY) -m pip install --quiet -e '.[bench,test]'
 	$(PY) bench/warmup_study.py --out docs/warmup.md
 	$(PY) bench/run.py
@@ -70,6 +73,7 @@ bench: $(INSTALLED)
 	$(PY) bench/queue_depth.py
 	$(PY) bench/tracing_cost.py
 	$(PY) bench/compute_bound.py
+	$(PY) bench/instructions.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale). protoc
 # sees protos/ as bnserve/protos/ (a link in build/), so the generated imports name the installed package.

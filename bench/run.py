@@ -138,10 +138,17 @@ def bnserve(*args: str) -> None:
     )
 
 
-def prepare_models(work: Path) -> Path:
+def prepare_digits(work: Path) -> Path:
+    """WORK/repository with the digits model, trained and exported by the CLI."""
     repository = work / "repository"
     bnserve("train", "--out", str(work / "digits-run"))
     bnserve("export", str(work / "digits-run"), "--repository", str(repository), "--name", "digits")
+    return repository
+
+
+def prepare_models(work: Path) -> Path:
+    """prepare_digits, and the compute-bound conv6 model beside it."""
+    repository = prepare_digits(work)
     bnserve("train", "--out", str(work / "conv6-run"), *COMPUTE_MODEL)
     bnserve("export", str(work / "conv6-run"), "--repository", str(repository), "--name", "conv6")
     return repository

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from bnserve.core.errors import UserError
 from bnserve.protos import inference_pb2, monitor_pb2_grpc
@@ -19,7 +19,7 @@ from bnserve.server import grpc_monitor, grpc_tfserving, tfserving_documents
 from bnserve.server.auth import BearerToken, TokenAuthInterceptor
 from bnserve.server.controller import RepositoryController
 from bnserve.server.dataplane import DataPlane
-from bnserve.server.grpc_v2 import InferenceServicer, add_inference_service
+from bnserve.server.grpc_v2 import GenericHandlersOnly, InferenceServicer, add_inference_service
 from bnserve.server.health import ReadinessHealth
 from bnserve.server.metrics import serve_metrics
 from bnserve.server.models import ModelRegistry
@@ -118,19 +118,25 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     server.add_generic_rpc_handlers(
         grpc_tfserving.handlers(grpc_tfserving.TensorFlowServingServicer(dataplane))
     )
-    monitor_pb2_grpc.add_MonitorServicer_to_server(grpc_monitor.MonitorServicer(dataplane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            # Listed so tools see every service of the port; their messages are described under the project's
-            # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
-            *tfserving_documents.SERVICE_NAMES,
-            grpc_monitor.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    generic_only = GenericHandlersOnly(server)
+    monitor_pb2_grpc.add_MonitorServicer_to_server(
+        grpc_monitor.MonitorServicer(dataplane), generic_only
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, generic_only)
+    # reflection.enable_server_reflection, whose check for a grpc.aio.Server the wrapper would not pass
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            [
+                inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                # Listed so tools see every service of the port; their messages are described under the project's
+                # own wire-compatible package (bnserve.tfserving), see protos/tfserving.proto.
+                *tfserving_documents.SERVICE_NAMES,
+                grpc_monitor.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ]
+        ),
+        generic_only,
     )
     address = f"{settings.host}:{settings.grpc_port}"
     credentials = settings.server_credentials()
