@@ -124,7 +124,10 @@ class DynamicBatcher:
         self._queue: deque[Pending] = deque()
         self._arrival: asyncio.Future | None = None
         """What the dispatcher awaits while it waits for a request to arrive (None: it is not waiting)."""
-        self._free = asyncio.Semaphore(options.instances)
+        self._free_instances = options.instances
+        """Instances not running a batch. Taken by submit()'s direct path (never waits) and the dispatcher."""
+        self._instance_freed: asyncio.Future | None = None
+        """What the dispatcher awaits while every instance is busy (None: it is not waiting)."""
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._inside = 0
@@ -163,10 +166,10 @@ class DynamicBatcher:
         self.concurrency += (self._inside - self.concurrency) / 8
         self._inside += 1
         try:
-            if not self._queue and not self._free.locked() and self._companions_expected() == 0:
+            if not self._queue and self._free_instances and self._companions_expected() == 0:
                 # Nothing queued, an instance free, nobody expected: run now, without the dispatcher
                 # task's extra trips through the event loop (the latency of a lone client).
-                await self._free.acquire()
+                self._free_instances -= 1
                 await self._execute([pending])
             else:
                 self._queue.append(pending)
@@ -215,14 +218,31 @@ class DynamicBatcher:
             await self._wait_for_arrival()
             # The instance is taken only once work is queued, so an idle batcher leaves it free for
             # the direct path in submit().
-            await self._free.acquire()
+            await self._take_instance()
             batch = await self._collect()
             if not batch:
-                self._free.release()
+                self._release_instance()
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _take_instance(self) -> None:
+        """asyncio.Semaphore.acquire for the one waiter there is (the dispatcher), without the walk over its
+        waiters that each of the semaphore's calls made."""
+        while not self._free_instances:
+            self._instance_freed = asyncio.get_running_loop().create_future()
+            try:
+                await self._instance_freed
+            finally:
+                self._instance_freed = None
+        self._free_instances -= 1
+
+    def _release_instance(self) -> None:
+        self._free_instances += 1
+        freed = self._instance_freed
+        if freed is not None and not freed.done():
+            freed.set_result(None)
 
     def _expired(self, pending: Pending, now: float) -> bool:
         """Cancelled by its client, or past its deadline (then failed with DEADLINE_EXCEEDED)."""
@@ -380,4 +400,4 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
-            self._free.release()
+            self._release_instance()

@@ -234,7 +234,12 @@ def check_response_size(
     """Refuse, before compute, a request whose answer could not be sent: sum over the requested outputs of
     rows x prod(output dims) x 4 bytes, plus RESPONSE_OVERHEAD_BYTES."""
     row_bytes = model.output_row_bytes
-    size = RESPONSE_OVERHEAD_BYTES + rows * sum(row_bytes[name] for name in outputs)
+    per_row = (
+        model.all_outputs_row_bytes
+        if outputs is model.output_names
+        else sum(row_bytes[name] for name in outputs)
+    )
+    size = RESPONSE_OVERHEAD_BYTES + rows * per_row
     if size > max_message_bytes:
         raise ResponseTooLarge(
             f"outputs: the response would take {size} bytes, more than --max-message-bytes "
@@ -619,11 +624,8 @@ class DataPlane:
             requests, seconds = self._request_metrics(model, code, protocol)
             requests.inc()
             seconds.observe(elapsed / 1e9)
-        return InferenceResponse(
-            model.name,
-            str(model.version),
-            request.id,
-            tuple(
+        if counts:
+            answers = tuple(
                 InferOutput(name, "FP32", results[name])
                 if name not in counts
                 else InferOutput(
@@ -632,5 +634,7 @@ class DataPlane:
                     top_classes(results[name], counts[name], model.manifest.class_labels),
                 )
                 for name in outputs
-            ),
-        )
+            )
+        else:
+            answers = tuple([InferOutput(name, "FP32", results[name]) for name in outputs])
+        return InferenceResponse(model.name, str(model.version), request.id, answers)

@@ -80,6 +80,11 @@ class ServedVersion:
         """Bytes one row of each output takes (FP32): prod(shape[1:]) x 4."""
         return {spec.name: math.prod(spec.shape[1:]) * 4 for spec in self.outputs}
 
+    @functools.cached_property
+    def all_outputs_row_bytes(self) -> int:
+        """Bytes one row of all outputs takes: the sum of output_row_bytes."""
+        return sum(self.output_row_bytes.values())
+
 
 @dataclass(frozen=True)
 class VersionState:
