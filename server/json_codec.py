@@ -33,6 +33,8 @@ def parse_json(text: bytes, field: str = "body"):
 
 def expect(value, kind: type | tuple[type, ...], field: str, what: str):
     """``value`` if it is a ``kind`` (a bool is never an int here), else InvalidInput naming the field."""
+    if type(value) is kind:  # the usual case, decided at once (a bool's type is not int)
+        return value
     if isinstance(value, bool) and kind in (int, (int, float)):
         raise InvalidInput(f"{field}: expected {what}, got a boolean")
     if not isinstance(value, kind):
