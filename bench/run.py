@@ -56,10 +56,39 @@ ANALYSIS = [
     "- **The targets were restated on 2026-12-03** against floors measured in the same run (the table at the "
     'top): the "floor" server (no-op + one model call a request) for digits, the peers at c=1/8/32, server CPU '
     "per request against the no-op's, and conv6 against in-process ONNX Runtime and the peers, interleaved. "
-    "The notes below are from the 2026-11-29 run and still name the withdrawn targets (0.8 of the no-op). "
-    "`docs/compute-bound.md` (bench/compute_bound.py) bounds the conv6 ratio from above: in-process cost per "
-    "sample plus the no-op's cost per request leave at most ~0.8 (shared) and ~0.76 (pinned), so 0.7 needs "
-    "bnserve's per-request work within ~75 us of the no-op's.",
+    "The notes further below are from the 2026-11-29 run and still name the withdrawn targets (0.8 of the "
+    "no-op). `docs/compute-bound.md` (bench/compute_bound.py) bounds the conv6 ratio from above: in-process "
+    "cost per sample plus the no-op's cost per request leave at most ~0.8 (shared) and ~0.76 (pinned).",
+    "- **This machine's speed is not constant within one run.** In the 2026-12-03 run the no-op answered "
+    "1,343 req/s at c=1 in section 1 and 562 in section 7 some minutes later; bnserve digits c=32 read 1,194 "
+    "req/s (0.69 of the floor) in section 7's medians and 1,743 (1.01 of the floor's 1,733) in the per-thread "
+    "run right after. Ratios from 3 runs of 2 s move by more than the changes they are meant to show. Two "
+    "measures that do not move with the host back the changes of that day: instructions per request under "
+    "callgrind (`docs/instructions.md`, bench/instructions.py: repeats agree within ~1.5%) and Python calls "
+    "per request on the event loop thread (cProfile counts, exact).",
+    "- **Where bnserve's extra cost per request was, 2026-12-03.** Against the floor at c=1 bnserve executed "
+    "1,265k instructions a request to the floor's 785k, and its loop thread made 618 Python calls a request "
+    "to the floor's 400. The largest single item was grpc.aio itself: bnserve registered its services' 17 "
+    "methods as registered methods too (as the generated `add_*_to_server` functions do), and grpc.aio keeps "
+    "one pending request-call task per registered method and awaits all of them (asyncio.wait: a "
+    "done-callback added and removed on each) for every call: ~100 Python calls a request. The services now "
+    "register generic handlers only (server/grpc_v2.py, GenericHandlersOnly). The rest: prometheus_client's "
+    "locked counters and histograms (6 updates a request, 0.7-1.6 us each; now lock-free loop-thread "
+    "metrics exposed identically, tests/test_metrics.py), asyncio.Event + wait_for and asyncio.Semaphore in "
+    "the batcher (a task and three loop trips per wait; now one future), statistics totals updated per batch "
+    "(now summed when read), and HTTP's body read under wait_for (a task a request; now asyncio.timeout). "
+    "After: 1,111k instructions and 472 calls a request (c=32: 439, the floor's 400). In an interleaved "
+    "A/B (5 rounds of 2 s, shared cores, same minutes) digits c=32 went from 0.76 to 0.90 of the floor, "
+    "c=8 from 0.53 to 0.63, c=1 p50 from +0.118 to +0.079 ms over it, server CPU per request at c=32 from "
+    "+407 to +288 us over the no-op's.",
+    "- **What is left, and why the floor targets are still missed.** The floor's handler is two lines; bnserve's "
+    "request path still validates, batches, times, counts and samples every request: ~70 Python calls and "
+    "~325k instructions a request more than the floor at c=1, ~70k of them the drift monitor at its default "
+    "rate (overstated under callgrind, where the server runs ~50x slower and the monitor's time-based "
+    "hand-over sends batches of one). At c=8/32 batching saves model calls on the model thread, but the "
+    "event loop thread, which bounds throughput here, still does more per request than the floor's does "
+    "with its model call inline. Beating the floor there needs the loop's share per request below the "
+    "floor's: fewer layers between gRPC and the batcher, or a front end that is not one Python thread.",
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
