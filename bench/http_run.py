@@ -188,11 +188,15 @@ def measure(report: Report, work: Path, repository: Path, seconds: float, repeat
                 )
         report.add(*lines, "")
         ours = results["bnserve", "v2 binary"][32]
-        report.target(
-            f"[{title}] HTTP binary c=32: >= 0.8 x HTTP no-op (aiohttp)",
-            f"{ours.throughput:,.0f} / {noop[32].throughput:,.0f} = {ours.throughput / noop[32].throughput:.2f}",
-            ours.throughput >= 0.8 * noop[32].throughput,
-        )
+        # Restated 2026-12-03 (#26) against the floor of any server that calls the model once a request.
+        floor = results["no-op + one model call a request", "v2 binary"][32].throughput
+        for form, factor in (("v2 binary", 0.9), ("v2 JSON", 0.8)):
+            measured = results["bnserve", form][32].throughput
+            report.target(
+                f"[{title}] HTTP {form} c=32: >= {factor} x HTTP floor (aiohttp no-op + one model call)",
+                f"{measured:,.0f} / {floor:,.0f} = {measured / floor:.2f}",
+                measured >= factor * floor,
+            )
         report.target(
             f"[{title}] HTTP binary c=32: >= 1.5 x best peer REST",
             f"{ours.throughput:,.0f} / {best_peer[32]:,.0f} = {ours.throughput / best_peer[32]:.2f}",
