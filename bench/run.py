@@ -71,7 +71,7 @@ ANALYSIS = [
     "to the floor's 400. The largest single item was grpc.aio itself: bnserve registered its services' 17 "
     "methods as registered methods too (as the generated `add_*_to_server` functions do), and grpc.aio keeps "
     "one pending request-call task per registered method and awaits all of them (asyncio.wait: a "
-    "done-callback added and removed on each) for every call: ~100 Python calls a request. The services now "
+    "done-callback added and removed on each) for every call: ~140 Python calls a request. The services now "
     "register generic handlers only (server/grpc_v2.py, GenericHandlersOnly). The rest: prometheus_client's "
     "locked counters and histograms (6 updates a request, 0.7-1.6 us each; now lock-free loop-thread "
     "metrics exposed identically, tests/test_metrics.py), asyncio.Event + wait_for and asyncio.Semaphore in "

@@ -33,8 +33,8 @@ def total(durations: list[Duration]) -> Duration:
 class VersionStatistics:
     """Updated on the event loop thread only, so no lock is needed.
 
-    An execution is recorded once, under its batch size; the totals over batch sizes are summed when read
-    (a statistics request, or the drift monitor's budget check), not on every model call."""
+    An execution is recorded once, under its batch size; the totals over batch sizes are summed when a
+    statistics request reads them, not on every model call."""
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
