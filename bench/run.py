@@ -360,6 +360,23 @@ floor of any one-process server on grpc.aio that calls the model per request, wh
 PEERS = ("kserve", "mlserver")
 
 
+def workers_projection(one: LoadResult, two: LoadResult) -> list[str]:
+    """Throughput per worker process against one process (measured), and what one worker per core would give
+    on a machine with more cores (projected from one process's server CPU per request)."""
+    us_per_request = one.server_cores / one.throughput * 1e6
+    return [
+        f"Measured: 2 workers answer {two.throughput:,.0f} req/s at c=32, {two.throughput / 2:,.0f} per worker, "
+        f"{two.throughput / 2 / one.throughput:.2f} of one process's {one.throughput:,.0f} (these 2 cores also "
+        "run the load generator).",
+        "",
+        f"Projection, not measured: one process spends {us_per_request:,.0f} us of server CPU a request at c=32 "
+        f"(all its threads), so a worker with a core of its own could answer at most ~{1e6 / us_per_request:,.0f} "
+        "req/s, and N workers on N otherwise idle cores ~N times that, until the load generator, the kernel's "
+        "network stack or memory bandwidth take their share.",
+        "",
+    ]
+
+
 def start_named(name: str, repository: Path, work: Path, pin: str | None) -> ServerProcess:
     prefix = ["taskset", "-c", pin] if pin else []
     if name in ("no-op", "floor"):
@@ -829,7 +846,8 @@ def run(
             "--workers 1 vs 2 (digits, batching on)",
             [("1 worker", served["on"][32]), ("2 workers", two_workers[32])],
             noop_results,
-        )
+        ),
+        *workers_projection(served["on"][32], two_workers[32]),
     )
 
     # 7. The peers, on two machine classes; conv6 against in-process ONNX Runtime on the same cores.
