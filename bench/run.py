@@ -59,7 +59,7 @@ ANALYSIS = [
     "The notes further below are from the 2026-11-29 run and still name the withdrawn targets (0.8 of the "
     "no-op). `docs/compute-bound.md` (bench/compute_bound.py) bounds the conv6 ratio from above: in-process "
     "cost per sample plus the no-op's cost per request leave at most ~0.8 (shared) and ~0.76 (pinned).",
-    "- **This machine's speed is not constant within one run.** In the 2026-12-03 run the no-op answered "
+    "- **This machine's speed is not constant within one run.** In the first 2026-12-03 run the no-op answered "
     "1,343 req/s at c=1 in section 1 and 562 in section 7 some minutes later; bnserve digits c=32 read 1,194 "
     "req/s (0.69 of the floor) in section 7's medians and 1,743 (1.01 of the floor's 1,733) in the per-thread "
     "run right after. Ratios from 3 runs of 2 s move by more than the changes they are meant to show. Two "
@@ -77,10 +77,11 @@ ANALYSIS = [
     "metrics exposed identically, tests/test_metrics.py), asyncio.Event + wait_for and asyncio.Semaphore in "
     "the batcher (a task and three loop trips per wait; now one future), statistics totals updated per batch "
     "(now summed when read), and HTTP's body read under wait_for (a task a request; now asyncio.timeout). "
-    "After: 1,089k instructions (docs/instructions.md) and 472 calls a request (c=32: 439, the floor's 400). In an interleaved "
-    "A/B (5 rounds of 2 s, shared cores, same minutes) digits c=32 went from 0.76 to 0.90 of the floor, "
-    "c=8 from 0.53 to 0.63, c=1 p50 from +0.118 to +0.079 ms over it, server CPU per request at c=32 from "
-    "+407 to +288 us over the no-op's.",
+    "After: 1,089k instructions (docs/instructions.md) and 472 calls a request (c=32: 439, the floor's 400). In two "
+    "interleaved A/Bs (the floor, the start-of-day code and the new code side by side, 5 rounds of 2 s, shared "
+    "cores) digits c=32 went from 0.76 to 0.90 and from 0.79 to 0.98 of the floor, c=8 from 0.53 to 0.63 and "
+    "from 0.74 to 0.70, c=1 p50 from +0.118 to +0.079 and from +0.250 to +0.164 ms over it; server CPU per "
+    "request at c=32 from +407 to +288 and from +444 to +282 us over the no-op's.",
     "- **What is left, and why the floor targets are still missed.** The floor's handler is two lines; bnserve's "
     "request path still validates, batches, times, counts and samples every request: ~70 Python calls and "
     "~305k instructions a request more than the floor at c=1, ~65k of them the drift monitor at its default "
