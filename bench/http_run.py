@@ -27,7 +27,7 @@ import requests  # noqa: E402
 from bench.loadgen import LoadResult, median_result, run_http_load  # noqa: E402
 from bench.run import MACHINE_CLASSES, Report, bnserve, platform_line, sample, served_count  # noqa: E402
 from tests.requests import tf_rest_body, v2_binary_body, v2_http_outputs, v2_json_body  # noqa: E402
-from tests.servers import ServerProcess, free_port, start_listening  # noqa: E402
+from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -74,26 +74,7 @@ def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerPro
         server.http_port = server.port
         return server
     if name == "bnserve":
-        http_port = free_port()
-        server = start_listening(
-            [
-                *prefix,
-                sys.executable,
-                "-m",
-                "bnserve.cli",
-                "serve",
-                "--repository",
-                str(repository),
-                "--grpc-port",
-                "0",
-                "--http-port",
-                str(http_port),
-                "--model-control",
-                "none",
-            ]
-        )
-        server.http_port = http_port
-        return server
+        return start_server(repository, "--model-control", "none", http=True, pin=pin)
     from bench.peers import check_answer, start_peer
 
     server = start_peer(name, repository / "digits" / "1", "digits", work, pin)

@@ -24,14 +24,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import MODEL_INFER_PATH, h2load_command, model_infer_body  # noqa: E402
 from bench.run import prepare_digits, sample  # noqa: E402
-from tests.servers import ServerProcess, start_listening  # noqa: E402
+from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
+STARTUP_S = 900
+"""Seconds a server may take to listen under callgrind (~50x slower than at full speed)."""
 SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
@@ -70,18 +73,12 @@ def control(server: ServerProcess, *arguments: str) -> None:
 
 
 def instructions_per_request(
-    command: list[str], body: Path, requests: int, out: Path
+    launch: Callable[[tuple[str, ...]], ServerProcess], body: Path, requests: int, out: Path
 ) -> tuple[float, int]:
-    """(instructions per request, requests counted) of the server ``command`` under callgrind."""
-    server = start_listening(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}.%p",
-            *command,
-        ],
-        timeout=900,
+    """(instructions per request, requests counted) of the server that ``launch(prefix)`` starts under
+    callgrind (``prefix``: the valgrind command to run it under)."""
+    server = launch(
+        ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p")
     )
     try:
         # warm-up: first calls, caches, the inline-or-thread calibration
@@ -117,33 +114,29 @@ def main() -> None:
         body = work / "digits.bin"
         body.write_bytes(model_infer_body("digits", sample((8, 8, 1), 1)))
         noop = [sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0"]
-        serve = [
-            sys.executable,
-            "-m",
-            "bnserve.cli",
-            "serve",
-            "--repository",
-            str(repository),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--model-control",
-            "none",
-        ]
+        floor = [*noop, "--model", str(repository / "digits" / "1")]
+
+        def bnserve(*flags: str) -> Callable[[tuple[str, ...]], ServerProcess]:
+            return lambda prefix: start_server(
+                repository, "--model-control", "none", *flags, timeout=STARTUP_S, prefix=prefix
+            )
+
         servers = [
-            ("no-op (grpc.aio, constant response)", noop),
+            (
+                "no-op (grpc.aio, constant response)",
+                lambda prefix: start_listening([*prefix, *noop], STARTUP_S),
+            ),
             (
                 "no-op + one model call a request (the floor)",
-                [*noop, "--model", str(repository / "digits" / "1")],
+                lambda prefix: start_listening([*prefix, *floor], STARTUP_S),
             ),
-            ("bnserve, defaults", serve),
-            ("bnserve, --monitor-sample-rate 0", [*serve, "--monitor-sample-rate", "0"]),
+            ("bnserve, defaults", bnserve()),
+            ("bnserve, --monitor-sample-rate 0", bnserve("--monitor-sample-rate", "0")),
         ]
         rows = []
-        for index, (name, command) in enumerate(servers):
+        for index, (name, launch) in enumerate(servers):
             per_request, counted = instructions_per_request(
-                command, body, args.requests, work / f"callgrind-{index}"
+                launch, body, args.requests, work / f"callgrind-{index}"
             )
             rows.append((name, per_request, counted))
             print(f"{name}: {per_request / 1000:,.0f}k instructions a request", flush=True)

@@ -386,21 +386,7 @@ def start_named(name: str, repository: Path, work: Path, pin: str | None) -> Ser
             [*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py"), "--port", "0", *model]
         )
     if name == "bnserve":
-        return start_listening(
-            [
-                *prefix,
-                sys.executable,
-                "-m",
-                "bnserve.cli",
-                "serve",
-                "--repository",
-                str(repository),
-                "--grpc-port",
-                "0",
-                "--model-control",
-                "none",
-            ]
-        )
+        return start_server(repository, "--model-control", "none", pin=pin)
     from bench.peers import start_peer
 
     return start_peer(name, repository / "digits" / "1", "digits", work, pin)

@@ -59,13 +59,20 @@ def free_port() -> int:
 
 
 def start_server(
-    repository: Path, *flags: str, timeout: float = 120, http: bool = False, pin: str | None = None
+    repository: Path,
+    *flags: str,
+    timeout: float = 120,
+    http: bool = False,
+    pin: str | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> ServerProcess:
     """`bnserve serve` on 127.0.0.1, gRPC port 0; with ``http`` the HTTP port too (a free one), else no HTTP
-    (its default, 8501, would collide between servers); ``pin``: under ``taskset -c PIN`` (bench/)."""
+    (its default, 8501, would collide between servers); ``pin``: under ``taskset -c PIN`` (bench/); ``prefix``:
+    under that command (bench/instructions.py: valgrind)."""
     http_port = free_port() if http else 0
     server = start_listening(
         [
+            *prefix,
             *(["taskset", "-c", pin] if pin else []),
             sys.executable,
             "-m",
