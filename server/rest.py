@@ -393,4 +393,4 @@ class HttpFront:
         if method == "classify":
             ranked = ranked_classes(answer.outputs[0].data, model.manifest.class_labels)
             return json_response(rest_tfserving.encode_classify(ranked))
-        return json_response(rest_tfserving.encode_predict(answer, row_format))
+        return web.Response(body=rest_tfserving.predict_body(answer, row_format), content_type=JSON)

@@ -11,7 +11,10 @@ Shapes follow TensorFlow Serving's documentation (https://www.tensorflow.org/tfx
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import orjson
 
 from bnserve.core.images import IMAGE_BYTES_INPUT
 from bnserve.core.repository import TensorSpec
@@ -197,6 +200,16 @@ def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
     if len(outputs) == 1:
         return {"outputs": next(iter(outputs.values())).tolist()}
     return {"outputs": {name: data.tolist() for name, data in outputs.items()}}
+
+
+def predict_body(response: InferenceResponse, row_format: bool) -> bytes:
+    """encode_predict's document as JSON. orjson writes it (a digits answer in ~1 us against the standard
+    library's ~13) when every output is floating point and finite; otherwise the standard library does: it
+    keeps the NaN/Infinity tokens (orjson writes null) and its own handling of any other kind of output."""
+    document = encode_predict(response, row_format)
+    if all(o.data.dtype.kind == "f" and np.isfinite(o.data).all() for o in response.outputs):
+        return orjson.dumps(document)
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def status_json(statuses: list[TfVersionStatus]) -> dict:

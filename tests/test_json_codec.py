@@ -1,4 +1,4 @@
-"""parse_json and encode_infer: orjson's fast paths answer exactly what the standard library answers."""
+"""parse_json, encode_infer and predict_body: orjson's fast paths answer exactly what the standard library answers."""
 
 from __future__ import annotations
 
@@ -136,3 +136,36 @@ def test_infer_response_json_reads_as_the_standard_library_writes_it():
     assert b"NaN" in text and b"Infinity" in text
     values = json.loads(text)["outputs"][0]["data"]
     assert math.isnan(values[12]) and values[20] == math.inf
+
+
+@pytest.mark.parametrize("row_format", [True, False])
+def test_tfserving_predict_json_reads_as_the_standard_library_writes_it(row_format):
+    """predict_body (TensorFlow Serving REST) parses to what json.dumps of encode_predict's document parses to,
+    one output or several; NaN and infinity keep the standard library's tokens."""
+    import numpy as np
+
+    from bnserve.server.dataplane import InferenceResponse, InferOutput
+    from bnserve.server.rest_tfserving import encode_predict, predict_body
+
+    draw = np.random.default_rng(27)
+    logits = (draw.standard_normal((3, 10)) * 10.0 ** draw.integers(-30, 30, (3, 10))).astype(
+        np.float32
+    )
+    probabilities = draw.random((3, 10)).astype(np.float32)
+    for outputs in (
+        (InferOutput("logits", "FP32", logits),),
+        (
+            InferOutput("logits", "FP32", logits),
+            InferOutput("probabilities", "FP32", probabilities),
+        ),
+    ):
+        response = InferenceResponse("m", "1", "", outputs)
+        expected = json.loads(json.dumps(encode_predict(response, row_format)))
+        assert json.loads(predict_body(response, row_format)) == expected
+
+    logits[1, 2], logits[2, 0] = np.nan, np.inf
+    response = InferenceResponse("m", "1", "", (InferOutput("logits", "FP32", logits),))
+    text = predict_body(response, row_format)
+    assert b"NaN" in text and b"Infinity" in text
+    rows = json.loads(text)["predictions" if row_format else "outputs"]
+    assert math.isnan(rows[1][2]) and rows[2][0] == math.inf
