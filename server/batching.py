@@ -81,6 +81,26 @@ INLINE_PROBE_EVERY = 16
 """After this many inline calls in a row, one goes to a model thread to look for hidden concurrency."""
 INLINE_BACKOFF_S = 1.0
 """How long inline calls stop after a probe found other requests arriving."""
+LONG_CALL_NS = 1_000_000
+"""A model call at least this long changes how the next batch starts (DynamicBatcher._after_long_call, and
+the hand-over of ModelThreads.submit). Against it: the event loop's ~0.1-0.2 ms a request to answer a batch
+and ~1 ms for a woken model thread to get the GIL; a short call gains nothing from either and batches better
+without them (handing a batch over before answering cost digits 5-11% on one core, 2026-11-29)."""
+HANDOVER_S = 0.002
+"""At most this long the loop waits for a model thread to start a long call (ModelThreads.submit)."""
+
+
+@dataclass(slots=True)
+class Launch:
+    """A batch ready for its model call."""
+
+    batch: list[Pending]
+    outputs: list[str]
+    images: np.ndarray
+    started: int
+    """perf_counter_ns when the batch left the queue."""
+    input_done: int
+    """perf_counter_ns when its input was assembled."""
 
 
 def _settle(future: asyncio.Future) -> None:
@@ -111,6 +131,10 @@ class DynamicBatcher:
         self.compute_times = compute_times or ComputeTimes()
         self.inline_calls = 0
         """Model calls that ran on the event loop (the rest ran on model threads)."""
+        self.early_starts = 0
+        """Batches started by the long call before them, ahead of its answers (_after_long_call)."""
+        self._regroup_rows = 0
+        """Rows the dispatcher's next batch waits for after a long call (0: none; _after_long_call)."""
         self._inline_streak = 0
         self._contended_until = 0.0
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
@@ -296,8 +320,13 @@ class DynamicBatcher:
         size = self._take_ready(batch, 0)
         delay = self.options.max_queue_delay_us / 1e6
         target = min(self.options.max_batch_size, 1 + self._companions_expected())
+        regroup_until = 0.0
+        if self._regroup_rows:
+            target = max(target, min(self.options.max_batch_size, self._regroup_rows))
+            regroup_until = loop.time() + delay
+            self._regroup_rows = 0
         while batch and self.options.coalesce and delay > 0 and size < target:
-            remaining = batch[0].arrived + delay - loop.time()
+            remaining = max(batch[0].arrived + delay, regroup_until) - loop.time()
             if remaining <= 0 or (
                 self._queue and size + self._queue[0].size > self.options.max_batch_size
             ):
@@ -331,31 +360,113 @@ class DynamicBatcher:
             return False
         return self._inline_streak < INLINE_PROBE_EVERY
 
+    def _prepare(self, batch: list[Pending]) -> Launch | None:
+        """The batch's model input and requested outputs, its expired or cancelled requests dropped (a batch
+        that waited for companions is checked again); None when none is left."""
+        now = asyncio.get_running_loop().time()
+        batch = [pending for pending in batch if not self._expired(pending, now)]
+        if not batch:
+            return None
+        started = time.perf_counter_ns()
+        if len(batch) == 1:
+            outputs, images = batch[0].outputs, batch[0].images
+        else:
+            requested = {name for pending in batch for name in pending.outputs}
+            outputs = [name for name in self.output_order if name in requested]
+            images = np.concatenate([p.images for p in batch])
+        return Launch(batch, outputs, images, started, time.perf_counter_ns())
+
     async def _execute(self, batch: list[Pending]) -> None:
+        """Run ``batch`` on the instance its caller took, answer its requests, release the instance."""
         try:
-            now = (
-                asyncio.get_running_loop().time()
-            )  # a batch that waited for companions: check again
-            batch = [pending for pending in batch if not self._expired(pending, now)]
-            if not batch:
-                return
-            started = time.perf_counter_ns()
-            if len(batch) == 1:
-                outputs, images = batch[0].outputs, batch[0].images
-            else:
-                requested = {name for pending in batch for name in pending.outputs}
-                outputs = [name for name in self.output_order if name in requested]
-                images = np.concatenate([p.images for p in batch])
-            input_done = time.perf_counter_ns()
-            if self._runs_inline(len(batch), len(images)):
+            launch = self._prepare(batch)
+        except Exception as exc:
+            self._fail(batch, exc)
+            self._release_instance()
+            return
+        if launch is None:
+            self._release_instance()
+            return
+        await self._complete(launch, None)
+
+    def _after_long_call(self, answered_rows: int) -> bool:
+        """After a call of at least LONG_CALL_NS, before its ``answered_rows`` are answered: regroup, start
+        the queued batch at once, or leave it to the dispatcher. True: the instance passed to a batch
+        started here; False: it is to be released.
+
+        - Regroup, when the queued rows are fewer than the expected companions and they would fit one batch
+          with the rows about to be answered: the dispatcher's next batch then waits, up to
+          ``max_queue_delay_us`` from when it starts collecting, until it also holds that many rows, the
+          requests those answers bring back. Without this, n closed-loop clients on one instance settle
+          into two alternating batches of about n/2 (the queued half runs while the answered half comes
+          back): ResNet50 at concurrency 8 ran batches of 4.00, 0.65 of in-process ONNX Runtime at batch
+          4 and 0.47 at batch 8; regrouped, 5.7 and 0.81 / 0.59 (docs/benchmarks.md).
+        - Start at once, when the queue is ready to leave (companions all there, or its oldest request's
+          delay spent): the model does not wait for the loop to answer the finished batch."""
+        head = self._queue[0] if self._queue else None
+        if head is None or head.future.done():
+            return False
+        delay = self.options.max_queue_delay_us / 1e6
+        target = min(self.options.max_batch_size, 1 + self._companions_expected())
+        queued_rows = sum(pending.size for pending in self._queue)
+        if self.options.coalesce and queued_rows < target:
+            if delay > 0 and queued_rows + answered_rows <= self.options.max_batch_size:
+                self._regroup_rows = queued_rows + answered_rows
+                return False
+            if asyncio.get_running_loop().time() < head.arrived + delay:
+                return False  # still collecting companions: the dispatcher takes it when ready
+        batch: list[Pending] = []
+        self._take_ready(batch, 0)
+        try:
+            launch = self._prepare(batch)
+        except Exception as exc:
+            self._fail(batch, exc)
+            return False
+        if launch is None:
+            return False
+        call = self.threads.submit(
+            timed, self.run, launch.images, launch.outputs, handover_s=HANDOVER_S
+        )
+        task = asyncio.get_running_loop().create_task(self._complete(launch, call))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        self.early_starts += 1
+        return True
+
+    @staticmethod
+    def _fail(batch: list[Pending], exc: Exception) -> None:
+        """A failed call fails only the requests in its batch."""
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    async def _complete(self, launch: Launch, call: asyncio.Future | None) -> None:
+        """Run ``launch`` (``call``: already submitted to a model thread), answer its requests, and release
+        the instance or hand it to the next batch."""
+        batch, outputs, images = launch.batch, launch.outputs, launch.images
+        started, input_done = launch.started, launch.input_done
+        handed_over = False
+        try:
+            if call is None and self._runs_inline(len(batch), len(images)):
                 results = self.run(images, outputs)
                 self.inline_calls += 1
                 self._inline_streak += 1
                 self._inline_calls.inc()
                 self.compute_times.record(len(images), time.perf_counter_ns() - input_done)
             else:
-                probing = self._inline_streak >= INLINE_PROBE_EVERY
-                results, compute_ns = await self.threads.submit(timed, self.run, images, outputs)
+                probing = call is None and self._inline_streak >= INLINE_PROBE_EVERY
+                if call is None:
+                    expected = self.compute_times.expected_ns(len(images))
+                    call = self.threads.submit(
+                        timed,
+                        self.run,
+                        images,
+                        outputs,
+                        handover_s=HANDOVER_S
+                        if expected is not None and expected >= LONG_CALL_NS
+                        else 0.0,
+                    )
+                results, compute_ns = await call
                 self._thread_calls.inc()
                 self.compute_times.record(len(images), compute_ns)
                 if probing:
@@ -364,6 +475,8 @@ class DynamicBatcher:
                         batch
                     ):  # others arrived while the loop was free: there is a backlog
                         self._contended_until = asyncio.get_running_loop().time() + INLINE_BACKOFF_S
+                if compute_ns >= LONG_CALL_NS:
+                    handed_over = self._after_long_call(len(images))
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row
                 if len(results[name]) != len(images):
@@ -395,9 +508,8 @@ class DynamicBatcher:
             )
             self._compute_seconds.observe((infer_done - input_done) / 1e9)
             self._batch_size.observe(offset)
-        except Exception as exc:  # a failed call fails only the requests in this batch
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+        except Exception as exc:
+            self._fail(batch, exc)
         finally:
-            self._release_instance()
+            if not handed_over:
+                self._release_instance()

@@ -38,11 +38,23 @@ class ModelThreads:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, function: Callable, *args) -> asyncio.Future:
-        """Run ``function(*args)`` on a model thread; await the returned future for its result."""
+    def submit(self, function: Callable, *args, handover_s: float = 0.0) -> asyncio.Future:
+        """Run ``function(*args)`` on a model thread; await the returned future for its result.
+
+        ``handover_s`` > 0: block the calling thread, the GIL released, until a model thread has started the
+        call, at most that long. A woken model thread needs the GIL to start, and a busy event loop keeps it
+        until it next waits for I/O: for ResNet50 at concurrency 8 on 2 cores, 1.15 ms (p50) from submit to
+        start, against 0.05 ms with the hand-over, and the model thread busy 0.84 of the time against 0.95.
+        For a long call that is worth the loop's short wait; for a short one it is not."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put((loop, future, function, args))
+        started = None
+        if handover_s > 0:
+            started = threading.Lock()
+            started.acquire()
+        self._jobs.put((loop, future, function, args, started))
+        if started is not None:
+            started.acquire(timeout=handover_s)
         return future
 
     def _work(self) -> None:
@@ -50,7 +62,9 @@ class ModelThreads:
             job = self._jobs.get()
             if job is _STOP:
                 return
-            loop, future, function, args = job
+            loop, future, function, args, started = job
+            if started is not None:
+                started.release()  # the caller waits for this, the GIL released
             try:
                 result, error = function(*args), None
             except (

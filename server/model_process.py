@@ -113,9 +113,12 @@ class ModelProcesses:
         else:
             future.set_exception(Unavailable(f"model process: {error}"))
 
-    def submit(self, function, run, images: np.ndarray, outputs: list[str]) -> asyncio.Future:
+    def submit(
+        self, function, run, images: np.ndarray, outputs: list[str], handover_s: float = 0.0
+    ) -> asyncio.Future:
         """Run a batch on a free child process (the batcher's semaphore guarantees one is free); the future
-        gives ``(results, compute_ns)`` as ``execution.ModelThreads.submit(batching.timed, ...)`` does."""
+        gives ``(results, compute_ns)`` as ``execution.ModelThreads.submit(batching.timed, ...)`` does.
+        ``handover_s`` is ignored: a child process does not wait for this one's GIL to start."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._watch(loop)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bnserve.server.batching import BatchingOptions, DynamicBatcher
+from bnserve.server.batching import LONG_CALL_NS, BatchingOptions, DynamicBatcher
 from bnserve.server.errors import DeadlineExceeded, QueueFull
 from bnserve.server.execution import ModelThreads
 
@@ -350,3 +350,97 @@ def test_inline_execution_can_be_turned_off_and_is_seeded_per_batch_size(executo
     )
     times.record(1, 5_000)
     assert times.expected_ns(1) == 2_000  # 1000 + (5000 - 1000) / 4
+
+
+class SlowModel:
+    """y = 2x, taking ``seconds`` a call (time.sleep releases the GIL, as a model runtime does); records
+    every call's batch size."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.calls: list[int] = []
+
+    def __call__(self, images, outputs):
+        self.calls.append(len(images))
+        time.sleep(self.seconds)
+        return {"double": images * 2, "total": images.reshape(len(images), -1).sum(axis=1)}
+
+
+async def closed_loop(batcher, clients: int, requests_each: int, think_s: float = 0.0) -> None:
+    """``clients`` clients, each sending its next request ``think_s`` after its answer is back (the network
+    and the client's own work); checks every answer."""
+
+    async def client(index):
+        for request in range(requests_each):
+            value = float(index * 1000 + request)
+            result = await batcher.submit(sample(value), ["double"])
+            np.testing.assert_array_equal(result["double"], sample(2 * value))
+            await asyncio.sleep(think_s)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+def test_a_long_call_regroups_with_the_requests_its_answers_bring_back(executor):
+    # Without regrouping, 8 closed-loop clients on one instance settle into two alternating batches (the
+    # queued part runs while the answered part comes back): e.g. 1 and 7, or 4 and 4, never 8.
+    # The delay is below the call's time, so that it alone cannot gather a whole batch.
+    model = SlowModel(seconds=4 * LONG_CALL_NS / 1e9)
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=1000)
+    asyncio.run(closed_loop(batcher, clients=8, requests_each=12, think_s=0.0003))
+    steady = model.calls[len(model.calls) // 2 :]
+    assert sum(model.calls) == 8 * 12
+    assert np.median(steady) == 8, model.calls
+
+
+def test_a_short_call_does_not_regroup(executor):
+    # The same clients on a model far below LONG_CALL_NS: batches follow the companions estimate alone
+    # and never wait for a full max_queue_delay after their oldest request (50 ms here) to regroup.
+    model = SlowModel(seconds=0.0)
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=50_000)
+    started = time.perf_counter()
+    asyncio.run(closed_loop(batcher, clients=8, requests_each=12))
+    assert sum(model.calls) == 8 * 12
+    assert batcher.early_starts == 0
+    # Timing is not the claim (tests do not time), but waits of 50 ms per batch would show: a bound of
+    # the 96 requests' worth of such waits, which a hang guard cannot mistake.
+    assert time.perf_counter() - started < len(model.calls) * 0.05
+
+
+def test_a_long_call_hands_its_instance_to_the_next_batch_before_answering(executor):
+    model = SlowModel(seconds=2 * LONG_CALL_NS / 1e9)
+    batcher = make(model, executor, max_batch_size=8, coalesce=False)
+
+    async def scenario():
+        tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(5)]
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(scenario())
+    assert model.calls == [1, 1, 1, 1, 1]
+    # The first call came through submit()'s direct path or the dispatcher; each later one was started by
+    # the call before it, as soon as that call returned.
+    assert batcher.early_starts == 4
+    for value, result in enumerate(results):
+        np.testing.assert_array_equal(result["double"], sample(2 * value))
+
+
+def test_the_hand_over_returns_once_a_model_thread_has_the_call():
+    threads = ModelThreads(1)
+    try:
+
+        async def scenario():
+            gate = threading.Event()
+            first = threads.submit(gate.wait, 10, handover_s=10.0)
+            assert threads._jobs.empty()  # taken by the model thread before submit() returned
+            # The only thread is busy: the hand-over waits at most handover_s, then leaves the call queued.
+            began = time.perf_counter()
+            second = threads.submit(lambda: "second", handover_s=0.05)
+            waited = time.perf_counter() - began
+            assert not threads._jobs.empty()
+            gate.set()
+            return await first, await second, waited
+
+        first, second, waited = asyncio.run(scenario())
+        assert (first, second) == (True, "second")
+        assert 0.04 <= waited < 5.0
+    finally:
+        threads.shutdown()
