@@ -1,5 +1,5 @@
-"""Compute-bound serving A/B: conv6 served under several execution configurations against in-process ONNX
-Runtime at the same batch on the same cores, measured interleaved (one round = every configuration once, the
+"""Compute-bound serving A/B: conv6, and ResNet50 (keras.applications, the users'-own-models issue's model),
+served under several execution configurations against in-process ONNX Runtime at the same batch on the same cores, measured interleaved (one round = every configuration once, the
 in-process baseline first and last), so that the machine's drift within minutes falls on both sides of every
 ratio. Writes docs/compute-bound.md.
 
@@ -37,18 +37,26 @@ from bench.run import COMPUTE_MODEL, bnserve, platform_line, sample  # noqa: E40
 from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 SHAPE = (32, 32, 3)
+"""conv6's input, and ResNet50's here (tests/helpers/applications.py INPUT_SHAPE)."""
+DEFAULT = "default (1 instance, the pool)"
+LONG_CALLS_OFF = "default, long-call handling off (--long-call-us 0)"
 CONFIGURATIONS = {
-    "default (1 instance, the pool)": [],
-    "2 instances, 1 intra-op thread each": ["--instances", "2", "--intra-op-threads", "1"],
-    "2 instances, the pool each": ["--instances", "2"],
-    "1 instance, 1 intra-op thread": ["--intra-op-threads", "1"],
-    "model process (shared memory), experimental": ["--model-processes"],
+    "conv6": {
+        DEFAULT: [],
+        LONG_CALLS_OFF: ["--long-call-us", "0"],
+        "2 instances, 1 intra-op thread each": ["--instances", "2", "--intra-op-threads", "1"],
+        "2 instances, the pool each": ["--instances", "2"],
+        "1 instance, 1 intra-op thread": ["--intra-op-threads", "1"],
+        "model process (shared memory), experimental": ["--model-processes"],
+    },
+    # ~9 ms a batch of 4 on 2 cores: the configurations that matter for a long call only.
+    "resnet50": {DEFAULT: [], LONG_CALLS_OFF: ["--long-call-us", "0"]},
 }
 
 
 def in_process(
     version_dir: Path, batch: int, pin: str | None, seconds: float, threads: int
-) -> float:
+) -> tuple[float, float]:
     """Samples/s of in-process ONNX Runtime at ``batch`` (a subprocess, under ``taskset`` when pinned):
     ``threads`` 0 is the server's pool for a heavy model (cpu_pool_threads), else that many threads."""
     code = (
@@ -73,11 +81,16 @@ def start(repository: Path, flags: list[str], pin: str | None) -> ServerProcess:
 
 
 def measure(
-    repository: Path, pin: str | None, client_pin: str | None, seconds: float, rounds: int
+    repository: Path,
+    model: str,
+    pin: str | None,
+    client_pin: str | None,
+    seconds: float,
+    rounds: int,
 ) -> dict:
-    body = model_infer_body("conv6", sample(SHAPE, 1))
-    version = repository / "conv6" / "1"
-    servers = {name: start(repository, flags, pin) for name, flags in CONFIGURATIONS.items()}
+    body = model_infer_body(model, sample(SHAPE, 1))
+    version = repository / model / "1"
+    servers = {name: start(repository, flags, pin) for name, flags in CONFIGURATIONS[model].items()}
     prefix = ["taskset", "-c", pin] if pin else []
     noop = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py")])
     ceilings: list[float] = []
@@ -101,11 +114,11 @@ def measure(
             figures = {}
             for name, server in servers.items():
                 for concurrency in (1, 8):
-                    calls_before = model_calls(server.port)
+                    calls_before = model_calls(server.port, model)
                     result = run_load(
                         server.port, body, concurrency, seconds, server.process.pid, cpu=client_pin
                     )
-                    calls_after = model_calls(server.port)
+                    calls_after = model_calls(server.port, model)
                     figures[(name, concurrency)] = result.throughput
                     batches.setdefault((name, concurrency), []).append(
                         (calls_after[0] - calls_before[0])
@@ -130,8 +143,8 @@ def measure(
     }
 
 
-def model_calls(port: int) -> tuple[int, int]:
-    """(samples inferred, model calls) of conv6 so far, from the server's ModelStatistics; warm-up included,
+def model_calls(port: int, model: str) -> tuple[int, int]:
+    """(samples inferred, model calls) of ``model`` so far, from the server's ModelStatistics; warm-up included,
     so a run's mean batch is the difference of two readings over calls."""
     import grpc
 
@@ -141,7 +154,7 @@ def model_calls(port: int) -> tuple[int, int]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stats = (
             inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            .ModelStatistics(pb.ModelStatisticsRequest(name="conv6", version="1"), timeout=10)
+            .ModelStatistics(pb.ModelStatisticsRequest(name=model, version="1"), timeout=10)
             .model_stats[0]
         )
     return int(stats.inference_count), int(stats.execution_count)
@@ -199,7 +212,7 @@ def where_the_model_thread_waits(
     return {state: count / max(total, 1) for state, count in counts.items()}
 
 
-def table(title: str, figures: dict) -> list[str]:
+def table(title: str, model: str, figures: dict) -> list[str]:
     pool = statistics.median(figures["baselines"]["pool"])
     one = statistics.median(figures["baselines"]["1 thread"])
     lines = [
@@ -212,7 +225,7 @@ def table(title: str, figures: dict) -> list[str]:
         "batch | c=8 server CPU (cores) |",
         "|---|---|---|---|---|---|",
     ]
-    for name in CONFIGURATIONS:
+    for name in CONFIGURATIONS[model]:
         c1 = statistics.median(figures["served"][(name, 1)])
         c8 = statistics.median(figures["served"][(name, 8)])
         ratio = figures["ratios"][(name, 8)]
@@ -227,54 +240,94 @@ def table(title: str, figures: dict) -> list[str]:
         f"Ceiling of c=8 / in-process (module docstring: in-process cost per sample plus the no-op grpc.aio "
         f"server's cost per request, same round): **{statistics.median(ceilings):.2f}** "
         f"({min(ceilings):.2f}-{max(ceilings):.2f}).",
-        "",
-        "Where the default server's model thread spent a c=8 load (py-spy, idle samples included, share of "
-        "wall time):",
-        "",
-        "| model thread | share |",
-        "|---|---|",
-        *[f"| {state} | {share:.2f} |" for state, share in figures["model thread"].items()],
     ]
+    if "model thread" in figures:
+        lines += [
+            "",
+            "Where the default server's model thread spent a c=8 load (py-spy, idle samples included, share "
+            "of wall time):",
+            "",
+            "| model thread | share |",
+            "|---|---|",
+            *[f"| {state} | {share:.2f} |" for state, share in figures["model thread"].items()],
+        ]
     return [*lines, ""]
+
+
+def export_resnet50(work: Path, repository: Path) -> None:
+    """keras.applications ResNet50 (weights=None, 32x32x3, trained-looking statistics), through `bnserve
+    export` as a user's own model (as bench/own_models.py does)."""
+    import numpy as np
+
+    from tests.helpers.applications import application_images, application_model
+
+    application_model("resnet50").save(work / "resnet50.keras")
+    np.savez(work / "resnet50.npz", x=application_images(256, seed=1))
+    bnserve(
+        "export",
+        str(work / "resnet50.keras"),
+        "--repository",
+        str(repository),
+        "--name",
+        "resnet50",
+        "--data",
+        str(work / "resnet50.npz"),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repository", type=Path, help="an existing repository holding conv6")
+    parser.add_argument("--models", default=",".join(CONFIGURATIONS))
+    parser.add_argument(
+        "--repository", type=Path, help="an existing repository holding the models (else built)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "compute-bound.md")
     args = parser.parse_args()
+    models = args.models.split(",")
     started = time.perf_counter()
+    sections: list[str] = []
     with tempfile.TemporaryDirectory() as directory:
-        repository = args.repository
-        if repository is None:
-            work = Path(directory)
-            repository = work / "repository"
-            bnserve("train", "--out", str(work / "conv6-run"), *COMPUTE_MODEL)
-            bnserve(
-                "export",
-                str(work / "conv6-run"),
-                "--repository",
-                str(repository),
-                "--name",
-                "conv6",
-            )
-        shared = measure(repository, None, None, args.seconds, args.rounds)
-        shared["model thread"] = where_the_model_thread_waits(repository, None, None, 4)
-        pinned = measure(repository, "0", "1", args.seconds, args.rounds)
-        pinned["model thread"] = where_the_model_thread_waits(repository, "0", "1", 4)
+        work = Path(directory)
+        repository = args.repository or work / "repository"
+        if args.repository is None:
+            if "conv6" in models:
+                bnserve("train", "--out", str(work / "conv6-run"), *COMPUTE_MODEL)
+                bnserve(
+                    "export",
+                    str(work / "conv6-run"),
+                    "--repository",
+                    str(repository),
+                    "--name",
+                    "conv6",
+                )
+            if "resnet50" in models:
+                export_resnet50(work, repository)
+        for model in models:
+            for title, pin, client_pin in (
+                ("2 cores shared by server and load generator", None, None),
+                ("server pinned to core 0, load generator on core 1", "0", "1"),
+            ):
+                figures = measure(repository, model, pin, client_pin, args.seconds, args.rounds)
+                if model == "conv6":
+                    figures["model thread"] = where_the_model_thread_waits(
+                        repository, pin, client_pin, 4
+                    )
+                sections += table(f"{model}, {title}", model, figures)
     lines = [
-        "# Compute-bound serving: where conv6's time goes, A/B",
+        "# Compute-bound serving: where the time goes, A/B",
         "",
         f"Produced by `python bench/compute_bound.py --seconds {args.seconds:g} --rounds {args.rounds}` in "
         f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} cores ({platform_line()}). conv6 is the "
-        "synthetic 32x32x3 model of six conv-BN blocks (32-32-64-64-128-128); h2load sends 1-sample ModelInfer "
-        "requests; every configuration runs once per round, between two in-process runs, and each ratio is "
-        "against the mean of those two.",
+        "synthetic 32x32x3 model of six conv-BN blocks (32-32-64-64-128-128); resnet50 is keras.applications' "
+        "ResNet50 (weights=None, 32x32x3, 10 classes) through `bnserve export`; h2load sends 1-sample "
+        "ModelInfer requests; every configuration runs once per round, between two in-process runs, and each "
+        'ratio is against the mean of those two. "long-call handling off" is the batcher without its '
+        "handling of calls of `--long-call-us` (1000) or more (README, Batching): no hand-over to the model "
+        "thread, no early start, no regrouping.",
         "",
-        *table("2 cores shared by server and load generator", shared),
-        *table("server pinned to core 0, load generator on core 1", pinned),
+        *sections,
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -12,6 +12,11 @@ clients fill batches instead of paying one thread hand-off each.
 A batch runs on a model thread, or on the event loop itself when its measured compute time is within
 ``inline_compute_us`` and nothing else could use the loop meanwhile (``DynamicBatcher._runs_inline``):
 a lone client then pays no thread hand-off, and a slow model still never blocks the loop.
+
+A call measured at ``long_call_us`` or more is handled for the model's sake (``DynamicBatcher._long``): the
+loop waits for the model thread to start it, the next ready batch starts as soon as it returns (before its
+answers are written), and a queue short of the expected companions regroups with the requests its answers
+bring back (``DynamicBatcher._after_long_call``).
 """
 
 from __future__ import annotations
@@ -81,11 +86,6 @@ INLINE_PROBE_EVERY = 16
 """After this many inline calls in a row, one goes to a model thread to look for hidden concurrency."""
 INLINE_BACKOFF_S = 1.0
 """How long inline calls stop after a probe found other requests arriving."""
-LONG_CALL_NS = 1_000_000
-"""A model call at least this long changes how the next batch starts (DynamicBatcher._after_long_call, and
-the hand-over of ModelThreads.submit). Against it: the event loop's ~0.1-0.2 ms a request to answer a batch
-and ~1 ms for a woken model thread to get the GIL; a short call gains nothing from either and batches better
-without them (handing a batch over before answering cost digits 5-11% on one core, 2026-11-29)."""
 HANDOVER_S = 0.002
 """At most this long the loop waits for a model thread to start a long call (ModelThreads.submit)."""
 
@@ -389,8 +389,15 @@ class DynamicBatcher:
             return
         await self._complete(launch, None)
 
+    def _long(self, ns: float) -> bool:
+        """Whether a call of ``ns`` is long (BatchingOptions.long_call_us). Against the threshold: the event
+        loop's ~0.1-0.2 ms a request to answer a batch and ~1 ms for a woken model thread to get the GIL. A
+        short call gains nothing from the long-call handling and batches better without it (handing a batch
+        over before answering cost digits 5-11% on one core, 2026-11-29)."""
+        return 0 < self.options.long_call_us * 1000 <= ns
+
     def _after_long_call(self, answered_rows: int) -> bool:
-        """After a call of at least LONG_CALL_NS, before its ``answered_rows`` are answered: regroup, start
+        """After a long call (``_long``), before its ``answered_rows`` are answered: regroup, start
         the queued batch at once, or leave it to the dispatcher. True: the instance passed to a batch
         started here; False: it is to be released.
 
@@ -463,7 +470,7 @@ class DynamicBatcher:
                         images,
                         outputs,
                         handover_s=HANDOVER_S
-                        if expected is not None and expected >= LONG_CALL_NS
+                        if expected is not None and self._long(expected)
                         else 0.0,
                     )
                 results, compute_ns = await call
@@ -475,7 +482,7 @@ class DynamicBatcher:
                         batch
                     ):  # others arrived while the loop was free: there is a backlog
                         self._contended_until = asyncio.get_running_loop().time() + INLINE_BACKOFF_S
-                if compute_ns >= LONG_CALL_NS:
+                if self._long(compute_ns):
                     handed_over = self._after_long_call(len(images))
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row

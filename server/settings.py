@@ -48,6 +48,10 @@ class BatchingOptions:
     """A batch whose measured compute time (ComputeTimes) is at most this runs on the event loop itself,
     without the hand-off to a model thread and back; 0: always on a model thread. It bounds how long any
     other request or health check can wait behind one model call."""
+    long_call_us: int = 1000
+    """A model call measured to take at least this long (DynamicBatcher._after_long_call): the loop waits
+    for the model thread to start it, the next ready batch starts before it is answered, and a queue short
+    of the expected companions regroups with the requests its answers bring back; 0: off."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ MODEL_OPTION_KEYS = {
     "instances": "instances",
     "dynamic_batching": "coalesce",
     "inline_compute_us": "inline_compute_us",
+    "long_call_us": "long_call_us",
 }
 """--model-option keys and the BatchingOptions field each one sets."""
 
@@ -118,6 +123,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_queue_size": (1, 1_000_000),
     "instances": (1, 256),
     "inline_compute_us": (0, 10_000_000),
+    "long_call_us": (0, 60_000_000),
     "intra_op_threads": (0, 1024),
     # gRPC takes message sizes as a C int.
     "max_message_bytes": (1024, 2**31 - 1),
@@ -160,6 +166,7 @@ def check_batching(
     max_queue_size: int,
     instances: int,
     inline_compute_us: int = 0,
+    long_call_us: int = 0,
 ) -> None:
     """Range checks shared by the server-wide flags (prefix "--") and --model-option overrides."""
     for key, value, low in (
@@ -168,6 +175,7 @@ def check_batching(
         ("max-queue-size", max_queue_size, 1),
         ("instances", instances, 1),
         ("inline-compute-us", inline_compute_us, 0),
+        ("long-call-us", long_call_us, 0),
     ):
         name = key if prefix == "--" else key.replace("-", "_")
         if value < low:
@@ -359,6 +367,12 @@ class ServerSettings:
         BatchingOptions.inline_compute_us,
         doc="model calls measured to take at most this many microseconds run on the "
         "event loop, without the thread hand-off; 0: always on model threads",
+    )
+    long_call_us: int = setting(
+        BatchingOptions.long_call_us,
+        doc="model calls measured to take at least this many microseconds are handed to the "
+        "model thread at once, start the next ready batch before being answered, and let a short "
+        "queue wait for the requests their answers bring back; 0: off",
     )
     model_options: dict[str, dict] = setting(
         factory=dict,
@@ -609,6 +623,7 @@ class ServerSettings:
             self.max_queue_size,
             self.instances,
             self.inline_compute_us,
+            self.long_call_us,
         )
         for name in self.model_options:
             self.batching_options(name)
@@ -707,6 +722,7 @@ class ServerSettings:
             self.instances,
             coalesce=self.dynamic_batching,
             inline_compute_us=self.inline_compute_us,
+            long_call_us=self.long_call_us,
         )
         overrides = self.model_options.get(model, {})
         if overrides:
@@ -718,6 +734,7 @@ class ServerSettings:
                 options.max_queue_size,
                 options.instances,
                 options.inline_compute_us,
+                options.long_call_us,
             )
         return options
 

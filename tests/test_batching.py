@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bnserve.server.batching import LONG_CALL_NS, BatchingOptions, DynamicBatcher
+from bnserve.server.batching import BatchingOptions, DynamicBatcher
 from bnserve.server.errors import DeadlineExceeded, QueueFull
 from bnserve.server.execution import ModelThreads
 
@@ -352,6 +352,10 @@ def test_inline_execution_can_be_turned_off_and_is_seeded_per_batch_size(executo
     assert times.expected_ns(1) == 2_000  # 1000 + (5000 - 1000) / 4
 
 
+LONG_CALL_NS = BatchingOptions().long_call_us * 1000
+"""The default threshold of a long call."""
+
+
 class SlowModel:
     """y = 2x, taking ``seconds`` a call (time.sleep releases the GIL, as a model runtime does); records
     every call's batch size."""
@@ -395,6 +399,7 @@ def test_a_long_call_regroups_with_the_requests_its_answers_bring_back(executor)
 def test_a_short_call_does_not_regroup(executor):
     # The same clients on a model far below LONG_CALL_NS: batches follow the companions estimate alone
     # and never wait for a full max_queue_delay after their oldest request (50 ms here) to regroup.
+    # (The long-call handling's other parts are tested below.)
     model = SlowModel(seconds=0.0)
     batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=50_000)
     started = time.perf_counter()
@@ -406,9 +411,10 @@ def test_a_short_call_does_not_regroup(executor):
     assert time.perf_counter() - started < len(model.calls) * 0.05
 
 
-def test_a_long_call_hands_its_instance_to_the_next_batch_before_answering(executor):
+@pytest.mark.parametrize("long_call_us", [BatchingOptions().long_call_us, 0])
+def test_a_long_call_hands_its_instance_to_the_next_batch_before_answering(executor, long_call_us):
     model = SlowModel(seconds=2 * LONG_CALL_NS / 1e9)
-    batcher = make(model, executor, max_batch_size=8, coalesce=False)
+    batcher = make(model, executor, max_batch_size=8, coalesce=False, long_call_us=long_call_us)
 
     async def scenario():
         tasks = [asyncio.create_task(batcher.submit(sample(v), ["double"])) for v in range(5)]
@@ -417,8 +423,8 @@ def test_a_long_call_hands_its_instance_to_the_next_batch_before_answering(execu
     results = asyncio.run(scenario())
     assert model.calls == [1, 1, 1, 1, 1]
     # The first call came through submit()'s direct path or the dispatcher; each later one was started by
-    # the call before it, as soon as that call returned.
-    assert batcher.early_starts == 4
+    # the call before it, as soon as that call returned (long_call_us 0: by the dispatcher).
+    assert batcher.early_starts == (4 if long_call_us else 0)
     for value, result in enumerate(results):
         np.testing.assert_array_equal(result["double"], sample(2 * value))
 

@@ -18,6 +18,11 @@ def test_device_gpu_without_a_gpu_stops_at_start_up(serving_repository):
     [
         (["--version-policy", "newest"], ["--version-policy 'newest'", "latest:N"]),
         (["--max-batch-size", "0"], ["--max-batch-size 0"]),
+        (["--long-call-us", "-1"], ["--long-call-us -1: expected an integer >= 0"]),
+        (
+            ["--model-option", "digits:long_call_us=-5"],
+            ["--model-option digits:long_call_us -5: expected an integer >= 0"],
+        ),
         (["--backend", "torch"], ["--backend", "invalid choice"]),
         (["--model-option", "digits"], ["--model-option 'digits'", "NAME:key=value"]),
         (["--model-option", "digits:batch=4"], ["unknown key 'batch'", "max_batch_size"]),
