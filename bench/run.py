@@ -149,7 +149,11 @@ ANALYSIS = [
     "and early start) -> 421 req/s (all three), batches 4.00 -> 5.71, 0.47 -> 0.59 of in-process batch 8 "
     "and 0.65 -> 0.81 of in-process batch 4; conv6 c=8 960 -> 985 -> 1,025 req/s (0.40 -> 0.43 of batch 8); "
     "digits c=32 2,937 vs 2,910 (same code path: its calls are far below 1 ms). `bench/compute_bound.py` "
-    "now measures `--long-call-us 0` against the default for both models.",
+    "now measures `--long-call-us 0` against the default for both models."
+    " In `bench/compute_bound.py` (docs/compute-bound.md, 3 rounds of 2 s, off against on): conv6 c=8 969"
+    " -> 1,080 req/s shared (0.38 -> 0.42 of in-process batch 8), 711 -> 701 pinned (0.51 both); ResNet50"
+    " c=8 347 -> 369 shared (0.45 -> 0.48), 250 -> 286 pinned (0.50 -> 0.58); c=1 within noise (ResNet50 "
+    "pinned c=1 137 vs 140 req/s in a 5-round A/B).",
     "    - The drift monitor's monitor.onnx is kept under `--monitor-max-share` (0.1) of the model's compute time.",
     "    - With the server on one core, ONNX Runtime's default pool used to escape to the other core (it pins its "
     "threads itself); it now stays on the cores the process may use, in the server and in the in-process "
