@@ -73,6 +73,7 @@ bench: $(INSTALLED)
 	$(PY) bench/queue_depth.py
 	$(PY) bench/tracing_cost.py
 	$(PY) bench/compute_bound.py
+	$(PY) bench/io_binding.py
 	$(PY) bench/instructions.py
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (tests/test_protos.py fails when they are stale). protoc

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,34 +114,44 @@ def measure(version_dir: Path, batch: int, seconds: float, rounds: int) -> dict[
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
+CASES = [("digits", 1), ("digits", 8), ("digits", 32), ("conv6", 1), ("conv6", 8), ("resnet50", 8)]
+
+
+def measured_rows(repository: Path, seconds: float, rounds: int) -> list:
+    rows = []
+    for model, batch in CASES:
+        figures = measure(latest_version(repository, model), batch, seconds, rounds)
+        rows.append((model, batch, figures))
+        print(model, batch, {k: round(v, 1) for k, v in figures.items()}, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--repository", type=Path, required=True, help="holding digits, conv6, resnet50"
+        "--repository",
+        type=Path,
+        help="an existing repository holding digits, conv6, resnet50 (else built)",
     )
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "io-binding.md")
     args = parser.parse_args()
-    cases = [
-        ("digits", 1),
-        ("digits", 8),
-        ("digits", 32),
-        ("conv6", 1),
-        ("conv6", 8),
-        ("resnet50", 8),
-    ]
     started = time.perf_counter()
-    rows = []
-    for model, batch in cases:
-        figures = measure(latest_version(args.repository, model), batch, args.seconds, args.rounds)
-        rows.append((model, batch, figures))
-        print(model, batch, {k: round(v, 1) for k, v in figures.items()}, flush=True)
+    with tempfile.TemporaryDirectory() as directory:
+        repository = args.repository
+        if repository is None:
+            from bench.compute_bound import export_resnet50
+            from bench.run import prepare_models
+
+            repository = prepare_models(Path(directory))
+            export_resnet50(Path(directory), repository)
+        rows = measured_rows(repository, args.seconds, args.rounds)
     names = list(rows[0][2])
     lines = [
         "# ONNX Runtime I/O binding with preallocated outputs, A/B",
         "",
-        f"Produced by `python bench/io_binding.py --repository R --seconds {args.seconds} --rounds {args.rounds}` "
+        f"Produced by `python bench/io_binding.py --seconds {args.seconds} --rounds {args.rounds}` "
         f"in {time.perf_counter() - started:.0f} s on {platform_line()}. Microseconds per model call, in-process, "
         "the server's session options for each model; median over rounds, the ways interleaved in every round "
         "(bench/io_binding.py's docstring says what each way does).",

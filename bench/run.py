@@ -154,6 +154,25 @@ ANALYSIS = [
     " -> 1,080 req/s shared (0.38 -> 0.42 of in-process batch 8), 711 -> 701 pinned (0.51 both); ResNet50"
     " c=8 347 -> 369 shared (0.45 -> 0.48), 250 -> 286 pinned (0.50 -> 0.58); c=1 within noise (ResNet50 "
     "pinned c=1 137 vs 140 req/s in a 5-round A/B).",
+    "    - ONNX Runtime's I/O binding with preallocated outputs, 2026-12-04 (`bench/io_binding.py`, "
+    "docs/io-binding.md: in-process, interleaved, the server's session options): a binding built per call, "
+    "as a server must build it when every batch brings a new input array, costs 1.31x `Session.run` for a "
+    "digits row; bound once per batch size with the outputs copied out after each call, what one binding per "
+    "model thread could do, it saves 1.7-4.6 us a digits call and nothing measurable on conv6 (batch 1 and 8) "
+    "or ResNet50 (batch 8). Against the hundreds of microseconds of event loop a served request costs, not "
+    "worth a binding per thread and batch size: the server keeps `Session.run`.",
+    "    - A batch's decode and encode off the event loop, 2026-12-04. In-process, per request (min of 5 x "
+    "20,000): protobuf parse 0.36 us (digits) / 0.62 us (32x32x3), `to_infer_request` 3.7 / 4.1 us, "
+    "`encode_infer_response` 2.3 us; per batch of 8: `np.concatenate` 1.8 / 3.2 us, the split into 8 answers "
+    "3.9 us: about 8 us a request in all, 2-3% of the loop's time per request at c=32. Interleaved A/B with a "
+    "temporary environment switch (two servers side by side, 5 and 7 rounds of 3 s, h2load, 2 shared cores), "
+    "the batch's concatenation and its split into answers moved into the model thread, in the same call as "
+    "the model: off/on medians 1.02 and 1.00 (digits c=8), 1.05 and 0.99 (digits c=32), 1.00 and 1.00 (conv6 "
+    "c=8), 0.99 and 0.99 (ResNet50 c=8), every range straddling 1. Python moved to another thread still "
+    "holds the same GIL, and the model thread doing it starts its next call later: not kept. The request's "
+    "protobuf parse and the answer's serialization happen inside grpc.aio, on the loop, before the handler "
+    "sees the request and after it returns; moving them would need a hop per request, which costs more than "
+    "they do.",
     "    - The drift monitor's monitor.onnx is kept under `--monitor-max-share` (0.1) of the model's compute time.",
     "    - With the server on one core, ONNX Runtime's default pool used to escape to the other core (it pins its "
     "threads itself); it now stays on the cores the process may use, in the server and in the in-process "
