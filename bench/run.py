@@ -108,14 +108,14 @@ ANALYSIS = [
     "`predict` is "
     "the best peer everywhere. The four servers now run side by side and their runs interleave; even so, "
     "run-to-run spread on this VM is 10-25% (c=1 against KServe read 1.07-1.25 across five runs on 2026-11-29).",
-    "- **c=1** (target: no-op p50 + 0.15 ms; measured +0.246 ms shared, +0.179 ms pinned, +0.153 ms in section "
+    "- **c=1** (withdrawn target: no-op p50 + 0.15 ms; 2026-11-29: +0.246 ms shared, +0.179 ms pinned, +0.153 ms in section "
     "2). The floor is +0.06-0.14 ms; the rest is bnserve's "
     "Python per request, ~70 us in-process (decoding 6.5, the data plane ~17, the batcher ~17, metrics and "
     "statistics, encoding 2.1), spread over some 60 function calls with none above a few microseconds (py-spy "
     "at c=1: bnserve's own code is 15% of the loop thread's samples against 18% for grpc.aio's, 8% for the "
     "model call and 55% idle in epoll). The drift monitor's sampling costs ~6% at c=1 (A/B with "
     "`--monitor-sample-rate 0`).",
-    "- **c=8/32 vs the no-op** (target 0.8; measured 0.51/0.51 shared, 0.62/0.68 pinned). Batches hold ~5 "
+    "- **c=8/32 vs the no-op** (withdrawn target 0.8; 2026-11-29: 0.51/0.51 shared, 0.62/0.68 pinned). Batches hold ~5 "
     "requests at c=32: requests reach the "
     "handler ~300 us apart, so the 1 ms queue delay collects 3-5.",
     "    - Tried and dropped, earlier: a batcher driven by loop callbacks running whole batches on the loop (same "
@@ -127,8 +127,8 @@ ANALYSIS = [
     "    - What would close the gap: a front end that is not one Python thread per process, e.g. the same "
     "repository behind Triton's C++ server, or `--workers N` (0.66 on these 2 shared cores at c=32, section 6; "
     "each worker is a process with its own statistics and drift windows).",
-    "- **conv6 at c=8** (target 0.7 of in-process ORT at batch 8 on the same cores; measured 0.46 shared, 0.40 "
-    "pinned).",
+    "- **conv6 at c=8** (target 0.7 of in-process ORT at batch 8 on the same cores; 2026-11-29: 0.46 shared, "
+    "0.40 pinned; this run: the table at the top).",
     "    - ONNX Runtime gets about one core (model thread + its pool, section 7) while ~0.35 of the machine "
     "is idle; in-process at batch 8 it uses ~1.85. Timestamps inside the model thread showed it idle ~0.9 ms "
     "before each ~2.5 ms batch even with the next batch already queued: a woken thread needs the GIL, which "
