@@ -154,6 +154,18 @@ ANALYSIS = [
     " -> 1,080 req/s shared (0.38 -> 0.42 of in-process batch 8), 711 -> 701 pinned (0.51 both); ResNet50"
     " c=8 347 -> 369 shared (0.45 -> 0.48), 250 -> 286 pinned (0.50 -> 0.58); c=1 within noise (ResNet50 "
     "pinned c=1 137 vs 140 req/s in a 5-round A/B).",
+    "    - The regroup's window, 2026-12-04. Waiting at most --max-queue-delay-us (1 ms) was shorter than the "
+    "round trip of 5-6 answers and the next requests on 2 busy cores, so ResNet50 batches held 5.7 of 8. The "
+    "window is now max(--max-queue-delay-us, 0.25 x the call just finished) (server/batching.py "
+    "REGROUP_WAIT_SHARE: the model idles at most a fifth of its time for the answered clients). Interleaved "
+    "A/B against the 1 ms window (servers side by side, h2load, rounds of 3 s, medians of the per-round "
+    "ratios): ResNet50 c=8 1.10 (5 rounds, range 1.06-1.14) and 1.08 (7 rounds, 0.87-1.37) on 2 shared cores, "
+    "1.05 (5 rounds, 0.94-1.24) with the server on one core; ResNet50 c=16 1.04 (1.00-1.18) shared, 1.02 "
+    "pinned; conv6 c=8 0.94 (0.83-1.09) and 1.02 (0.92-1.16) shared, 1.00 (0.94-1.06) pinned; conv6 c=16 0.96 "
+    "(0.84-1.03): conv6's calls (~2-4 ms) make a window barely past 1 ms, within its noise. Half of the call "
+    "instead of a quarter read the same (ResNet50 c=8 1.11). Not done: a regroup after a full batch, whose "
+    "queue is empty (the one-core test shows batches alternating 8 and 5): it would also hold burst traffic "
+    "that is not coming back, and was not measured.",
     "    - ONNX Runtime's I/O binding with preallocated outputs, 2026-12-04 (`bench/io_binding.py`, "
     "docs/io-binding.md: in-process, interleaved, the server's session options): a binding built per call, "
     "as a server must build it when every batch brings a new input array, costs 1.31x `Session.run` for a "

@@ -88,6 +88,13 @@ INLINE_BACKOFF_S = 1.0
 """How long inline calls stop after a probe found other requests arriving."""
 HANDOVER_S = 0.002
 """At most this long the loop waits for a model thread to start a long call (ModelThreads.submit)."""
+REGROUP_WAIT_SHARE = 0.25
+"""A regroup after a long call of t waits at most max(max_queue_delay_us, REGROUP_WAIT_SHARE * t) for the
+answered requests to come back, so the model idles at most REGROUP_WAIT_SHARE / (1 + REGROUP_WAIT_SHARE)
+(20%) of its time for them. max_queue_delay_us alone (1 ms) was shorter than the round trip of an answer
+to 8 clients and back on 2 busy cores: ResNet50 batches held 5.7 of 8. Interleaved A/B against the 1 ms
+window, c=8: ResNet50 1.10 / 1.08 (2 shared cores) and 1.05 (server on one core); conv6 (its calls nearer
+1 ms, the window barely longer) 0.94-1.02, within its noise (docs/benchmarks.md)."""
 
 
 @dataclass(slots=True)
@@ -135,6 +142,8 @@ class DynamicBatcher:
         """Batches started by the long call before them, ahead of its answers (_after_long_call)."""
         self._regroup_rows = 0
         """Rows the dispatcher's next batch waits for after a long call (0: none; _after_long_call)."""
+        self._regroup_after_ns = 0
+        """The duration of the long call that set _regroup_rows, which sizes the regroup's window."""
         self._inline_streak = 0
         self._contended_until = 0.0
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(*labels)
@@ -323,7 +332,9 @@ class DynamicBatcher:
         regroup_until = 0.0
         if self._regroup_rows:
             target = max(target, min(self.options.max_batch_size, self._regroup_rows))
-            regroup_until = loop.time() + delay
+            regroup_until = loop.time() + max(
+                delay, REGROUP_WAIT_SHARE * self._regroup_after_ns / 1e9
+            )
             self._regroup_rows = 0
         while batch and self.options.coalesce and delay > 0 and size < target:
             remaining = max(batch[0].arrived + delay, regroup_until) - loop.time()
@@ -396,18 +407,19 @@ class DynamicBatcher:
         over before answering cost digits 5-11% on one core, 2026-11-29)."""
         return 0 < self.options.long_call_us * 1000 <= ns
 
-    def _after_long_call(self, answered_rows: int) -> bool:
-        """After a long call (``_long``), before its ``answered_rows`` are answered: regroup, start
-        the queued batch at once, or leave it to the dispatcher. True: the instance passed to a batch
+    def _after_long_call(self, answered_rows: int, call_ns: int) -> bool:
+        """After a long call (``_long``) of ``call_ns``, before its ``answered_rows`` are answered: regroup,
+        start the queued batch at once, or leave it to the dispatcher. True: the instance passed to a batch
         started here; False: it is to be released.
 
         - Regroup, when the queued rows are fewer than the expected companions and they would fit one batch
           with the rows about to be answered: the dispatcher's next batch then waits, up to
-          ``max_queue_delay_us`` from when it starts collecting, until it also holds that many rows, the
-          requests those answers bring back. Without this, n closed-loop clients on one instance settle
-          into two alternating batches of about n/2 (the queued half runs while the answered half comes
-          back): ResNet50 at concurrency 8 ran batches of 4.00, 0.65 of in-process ONNX Runtime at batch
-          4 and 0.47 at batch 8; regrouped, 5.7 and 0.81 / 0.59 (docs/benchmarks.md).
+          max(``max_queue_delay_us``, REGROUP_WAIT_SHARE * ``call_ns``) from when it starts collecting,
+          until it also holds that many rows, the requests those answers bring back. Without this, n
+          closed-loop clients on one instance settle into two alternating batches of about n/2 (the queued
+          half runs while the answered half comes back): ResNet50 at concurrency 8 ran batches of 4.00,
+          0.65 of in-process ONNX Runtime at batch 4 and 0.47 at batch 8; regrouped within 1 ms, 5.7 and
+          0.81 / 0.59 (docs/benchmarks.md).
         - Start at once, when the queue is ready to leave (companions all there, or its oldest request's
           delay spent): the model does not wait for the loop to answer the finished batch."""
         head = self._queue[0] if self._queue else None
@@ -419,6 +431,7 @@ class DynamicBatcher:
         if self.options.coalesce and queued_rows < target:
             if delay > 0 and queued_rows + answered_rows <= self.options.max_batch_size:
                 self._regroup_rows = queued_rows + answered_rows
+                self._regroup_after_ns = call_ns
                 return False
             if asyncio.get_running_loop().time() < head.arrived + delay:
                 return False  # still collecting companions: the dispatcher takes it when ready
@@ -483,7 +496,7 @@ class DynamicBatcher:
                     ):  # others arrived while the loop was free: there is a backlog
                         self._contended_until = asyncio.get_running_loop().time() + INLINE_BACKOFF_S
                 if self._long(compute_ns):
-                    handed_over = self._after_long_call(len(images))
+                    handed_over = self._after_long_call(len(images), compute_ns)
             infer_done = time.perf_counter_ns()
             for name in outputs:  # never split a result that does not have one row per input row
                 if len(results[name]) != len(images):

@@ -396,6 +396,23 @@ def test_a_long_call_regroups_with_the_requests_its_answers_bring_back(executor)
     assert np.median(steady) == 8, model.calls
 
 
+def test_a_regroup_waits_a_share_of_the_long_call_for_answers_slower_than_the_queue_delay(executor):
+    # The answered clients come back 1.2 ms later, after the 0.5 ms max_queue_delay_us: a window of the
+    # queue delay alone leaves every batch short of them (1, 7, 1, 7, ...: a mean of 4). REGROUP_WAIT_SHARE
+    # of the 12 ms call (3 ms) takes them in (8, 6-7, 8, ... with 2 cores; 8, 5, 8, 5 on one, where the
+    # batch after a full one, its queue empty, collects without a regroup).
+    from bnserve.server.batching import REGROUP_WAIT_SHARE
+
+    call_s = 12 * LONG_CALL_NS / 1e9
+    assert REGROUP_WAIT_SHARE * call_s > 2 * 0.0012
+    model = SlowModel(seconds=call_s)
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=500)
+    asyncio.run(closed_loop(batcher, clients=8, requests_each=10, think_s=0.0012))
+    steady = model.calls[len(model.calls) // 2 :]
+    assert sum(model.calls) == 8 * 10
+    assert np.mean(steady) >= 6 and 8 in steady, model.calls
+
+
 def test_a_short_call_does_not_regroup(executor):
     # The same clients on a model far below LONG_CALL_NS: batches follow the companions estimate alone
     # and never wait for a full max_queue_delay after their oldest request (50 ms here) to regroup.
