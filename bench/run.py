@@ -165,7 +165,8 @@ ANALYSIS = [
     "(0.84-1.03): conv6's calls (~2-4 ms) make a window barely past 1 ms, within its noise. Half of the call "
     "instead of a quarter read the same (ResNet50 c=8 1.11). Not done: a regroup after a full batch, whose "
     "queue is empty (the one-core test shows batches alternating 8 and 5): it would also hold burst traffic "
-    "that is not coming back, and was not measured.",
+    "that is not coming back, and was not measured."
+    " docs/compute-bound.md rerun with it (479 s, off against on): ResNet50 c=8 352 -> 440 req/s shared (0.45 -> 0.56 of in-process batch 8, batches 4.0 -> 6.4), 258 -> 296 pinned (0.52 -> 0.60); conv6 c=8 1,032 -> 1,152 shared (0.41 -> 0.44), 711 -> 722 pinned (0.50 -> 0.51).",
     "    - ONNX Runtime's I/O binding with preallocated outputs, 2026-12-04 (`bench/io_binding.py`, "
     "docs/io-binding.md: in-process, interleaved, the server's session options): a binding built per call, "
     "as a server must build it when every batch brings a new input array, costs 1.31x `Session.run` for a "
