@@ -1078,6 +1078,62 @@ def test_a_body_that_never_finishes_gets_408_and_frees_its_connection(repository
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_body_that_arrives_in_parts_within_body_seconds_is_read_whole(server, chunked, binary):
+    """A body already whole when its handler runs is read without arming --body-seconds; one still arriving
+    is read under it. Here the second half follows 0.3 s after the first, so the handler runs before it."""
+    images = random_images(2)
+    body, headers = (
+        v2_binary_body(images) if binary else (json.dumps(v2_json_body(images)).encode(), {})
+    )
+    head = b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(
+        f"{key}: {value}\r\n".encode() for key, value in headers.items()
+    )
+    half = len(body) // 2
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        parts = [b"%x\r\n%s\r\n" % (half, body[:half]),
+                 b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:])]  # fmt: skip
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        parts = [body[:half], body[half:]]
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=20) as sock:
+        sock.sendall(head + parts[0])
+        time.sleep(0.3)
+        sock.sendall(parts[1])
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    response_head, _, response_body = reply.partition(b"\r\n\r\n")
+    assert response_head.split(b" ")[1] == b"200", reply[:300]
+    if binary:
+        length = int(re.search(rb"(?i)inference-header-content-length: (\d+)", response_head)[1])
+        header = json.loads(response_body[:length])
+        size = header["outputs"][0]["parameters"]["binary_data_size"]
+        logits = np.frombuffer(response_body[length : length + size], np.float32).reshape(2, 10)
+    else:
+        header = json.loads(response_body)
+        logits = np.array(header["outputs"][0]["data"], np.float32).reshape(2, 10)
+    assert header["outputs"][0]["name"] == "logits"
+    assert_same_function(logits, grpc_outputs(server, images)["logits"], err_msg="logits")
+
+
+def test_a_content_type_with_parameters_is_read_by_its_media_type(server):
+    """``application/json; charset=utf-8`` (what many clients send) is JSON; ``text/plain; charset=utf-8``
+    is refused with the header as sent."""
+    url = f"{server.http_url}/v2/models/digits/infer"
+    accepted = requests.post(url, data=json.dumps(GOOD), timeout=30,
+                             headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    assert accepted.status_code == 200, accepted.text
+    refused = requests.post(url, data=json.dumps(GOOD), timeout=30,
+                            headers={"Content-Type": "text/plain; charset=utf-8"})  # fmt: skip
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith(
+        "Content-Type: got 'text/plain; charset=utf-8', expected"
+    )
+
+
 def test_json_bodies_have_their_own_smaller_limit_and_binary_keeps_the_larger_one(repository):
     server = start_server(repository, "--model-control", "none", "--max-json-bytes", str(1 << 20),
                           "--max-batch-size", "8192", http=True)  # fmt: skip
