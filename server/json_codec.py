@@ -94,3 +94,15 @@ def field_json(field, value):
     if field.enum_type is not None:
         return field.enum_type.values_by_number[value].name
     return value
+
+
+def json_document(document) -> bytes:
+    """``document`` as JSON: orjson's text (~1 us for a digits answer against the standard library's ~13)
+    unless it holds ``null``, then the standard library's. orjson writes NaN and infinities as null, where the
+    standard library keeps the NaN/Infinity tokens that say what the model returned; an answer holds no null
+    of its own, so a null in orjson's text is such a value (or those letters inside a string, which costs
+    only the slower writer). One scan of the text, against a finiteness test of each output (~2.5 us)."""
+    text = orjson.dumps(document)
+    if b"null" in text:
+        return json.dumps(document, separators=(",", ":")).encode()
+    return text

@@ -169,3 +169,19 @@ def test_tfserving_predict_json_reads_as_the_standard_library_writes_it(row_form
     assert b"NaN" in text and b"Infinity" in text
     rows = json.loads(text)["predictions" if row_format else "outputs"]
     assert math.isnan(rows[1][2]) and rows[2][0] == math.inf
+
+
+def test_json_document_takes_orjson_unless_its_text_holds_null():
+    """orjson's text when it holds no null; the standard library's when it does: a NaN or infinity, which
+    orjson writes as null, or the letters inside a string, which reads the same either way."""
+    import orjson
+
+    from bnserve.server.json_codec import json_document
+
+    plain = {"model_name": "m", "outputs": [{"name": "logits", "data": [1.5, -2.0, 3e38]}]}
+    assert json_document(plain) == orjson.dumps(plain)
+    named = {"model_name": "nullable", "id": "caf\u00e9", "outputs": [{"data": [0.25]}]}
+    assert json.loads(json_document(named)) == named
+    assert json_document(named) == json.dumps(named, separators=(",", ":")).encode()
+    unbounded = {"outputs": [{"data": [float("nan"), float("-inf"), 1.0]}]}
+    assert json_document(unbounded) == b'{"outputs":[{"data":[NaN,-Infinity,1.0]}]}'
