@@ -387,8 +387,10 @@ async def closed_loop(batcher, clients: int, requests_each: int, think_s: float 
 def test_a_long_call_regroups_with_the_requests_its_answers_bring_back(executor):
     # Without regrouping, 8 closed-loop clients on one instance settle into two alternating batches (the
     # queued part runs while the answered part comes back): e.g. 1 and 7, or 4 and 4, never 8.
-    # The delay is below the call's time, so that it alone cannot gather a whole batch.
-    model = SlowModel(seconds=4 * LONG_CALL_NS / 1e9)
+    # The delay is below the call's time, so that it alone cannot gather a whole batch. After a full batch
+    # (its queue empty) the next one waits up to REGROUP_WAIT_SHARE of the call (3 ms) for all 8: within
+    # the 1 ms delay alone, a host that answers and resubmits 8 clients more slowly got 8, 6, 8, 4, 8, 5.
+    model = SlowModel(seconds=12 * LONG_CALL_NS / 1e9)
     batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=1000)
     asyncio.run(closed_loop(batcher, clients=8, requests_each=12, think_s=0.0003))
     steady = model.calls[len(model.calls) // 2 :]
@@ -411,6 +413,49 @@ def test_a_regroup_waits_a_share_of_the_long_call_for_answers_slower_than_the_qu
     steady = model.calls[len(model.calls) // 2 :]
     assert sum(model.calls) == 8 * 10
     assert np.mean(steady) >= 6 and 8 in steady, model.calls
+
+
+def test_after_a_long_batch_that_emptied_the_queue_the_next_waits_for_the_answered_clients_too(
+    executor,
+):
+    # Nothing was queued behind the 40 ms call of 3 rows: its answered clients come back one by one, 2 ms
+    # apart, each gap 4x the 0.5 ms max_queue_delay_us. Collected by the companions estimate alone they ran
+    # as 1, 1, 1 (closed-loop clients ran 8, 5, 8, 5); the batch now waits for the 3 answered rows, up to
+    # REGROUP_WAIT_SHARE of the call (10 ms) from its end.
+    model = SlowModel(seconds=40 * LONG_CALL_NS / 1e9)
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=500)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit(sample(v), ["double"]) for v in range(4)))
+        assert model.calls == [1, 3]  # the first alone (nobody was expected), then the other three
+
+        async def client(value, gap_s):
+            await asyncio.sleep(gap_s)
+            result = await batcher.submit(sample(value), ["double"])
+            np.testing.assert_array_equal(result["double"], sample(2 * value))
+
+        await asyncio.gather(*(client(v, 0.002 * v) for v in range(3)))
+
+    asyncio.run(scenario())
+    assert model.calls == [1, 3, 3]
+
+
+def test_the_wait_after_a_full_long_batch_ends_with_its_share_of_the_call(executor):
+    # The answered clients need not come back (a burst): the rows beyond the companions estimate are waited
+    # for only within REGROUP_WAIT_SHARE of the call, never for the whole max_queue_delay_us (5 s here).
+    model = SlowModel(seconds=12 * LONG_CALL_NS / 1e9)
+    batcher = make(model, executor, max_batch_size=8, max_queue_delay_us=5_000_000)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit(sample(v), ["double"]) for v in range(8)))
+        burst = 1 + round(batcher.concurrency)
+        started = time.monotonic()
+        await asyncio.gather(*(batcher.submit(sample(v), ["double"]) for v in range(burst)))
+        return burst, time.monotonic() - started
+
+    burst, elapsed = asyncio.run(scenario())
+    assert model.calls[-1] == burst < model.calls[-2], model.calls
+    assert elapsed < 5.0
 
 
 def test_a_short_call_does_not_regroup(executor):
