@@ -101,7 +101,8 @@ def json_document(document) -> bytes:
     unless it holds ``null``, then the standard library's. orjson writes NaN and infinities as null, where the
     standard library keeps the NaN/Infinity tokens that say what the model returned; an answer holds no null
     of its own, so a null in orjson's text is such a value (or those letters inside a string, which costs
-    only the slower writer). One scan of the text, against a finiteness test of each output (~2.5 us)."""
+    only the slower writer). One scan of the text, against a finiteness test of each output (4.0 us for a
+    digits answer, np.isfinite(x).all(), on the host that measured both)."""
     text = orjson.dumps(document)
     if b"null" in text:
         return json.dumps(document, separators=(",", ":")).encode()

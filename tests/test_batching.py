@@ -440,7 +440,9 @@ def test_after_a_long_batch_that_emptied_the_queue_the_next_waits_for_the_answer
     assert model.calls == [1, 3, 3]
 
 
-def test_the_wait_after_a_full_long_batch_ends_with_its_share_of_the_call(executor):
+def test_the_wait_after_a_long_batch_that_emptied_the_queue_ends_with_its_share_of_the_call(
+    executor,
+):
     # The answered clients need not come back (a burst): the rows beyond the companions estimate are waited
     # for only within REGROUP_WAIT_SHARE of the call, never for the whole max_queue_delay_us (5 s here).
     model = SlowModel(seconds=12 * LONG_CALL_NS / 1e9)
