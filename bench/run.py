@@ -183,7 +183,8 @@ ANALYSIS = [
     "(0.97-1.25) with the server on one core, batches 5.5 -> 7.6; c=16 1.06 (1.02-1.10), batches 10.6 -> "
     "14.1; conv6 c=8 0.94 (0.83-1.21) and 1.11 (0.92-1.16) shared, 1.07 (0.83-1.13) pinned, c=16 0.99: noise,"
     " its batches unchanged (4.9)."
-    " docs/compute-bound.md rerun with it (435 s, the same half-speed host, long-call handling off against on): ResNet50 c=8 188 -> 227 req/s shared (0.50 -> 0.58 of in-process batch 8, batches 4.0 -> 7.3), 158 -> 159 pinned (0.59 -> 0.60, batches 4.0 -> 7.8); conv6 c=8 516 -> 505 shared (0.41 -> 0.36), 356 -> 332 pinned (0.45 -> 0.41), ranges overlapping: on this host conv6's calls gain nothing from the long-call handling.",
+    " docs/compute-bound.md rerun with it (435 s, the same half-speed host, long-call handling off against on): ResNet50 c=8 188 -> 227 req/s shared (0.50 -> 0.58 of in-process batch 8, batches 4.0 -> 7.3), 158 -> 159 pinned (0.59 -> 0.60, batches 4.0 -> 7.8); conv6 c=8 516 -> 505 shared (0.41 -> 0.36), 356 -> 332 pinned (0.45 -> 0.41), ranges overlapping: on this host conv6's calls gain nothing from the long-call handling."
+    " Interleaved A/Bs on that host, --long-call-us 0 against the default, conv6 c=8: 0.996 (7 rounds, 0.95-1.19) on 2 shared cores, 1.076 (5 rounds, 0.90-1.23) and 1.004 (7 rounds, 0.87-1.14) with the server on one core.",
     "    - ONNX Runtime's I/O binding with preallocated outputs, 2026-12-04 (`bench/io_binding.py`, "
     "docs/io-binding.md: in-process, interleaved, the server's session options): a binding built per call, "
     "as a server must build it when every batch brings a new input array, costs 1.31x `Session.run` for a "
