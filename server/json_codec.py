@@ -96,6 +96,13 @@ def field_json(field, value):
     return value
 
 
+def may_hold_booleans(text: bytes) -> bool:
+    """Whether JSON ``text`` can hold a boolean: only the tokens ``true`` and ``false`` write one, so text
+    without those letters holds none (with them, a string may be all it is). Two substring searches: 2.6 us
+    over a digits body (1.3 kB) on the host that measured it, against 5.0 us for tensors.holds_booleans."""
+    return b"true" in text or b"false" in text
+
+
 def json_document(document) -> bytes:
     """``document`` as JSON: orjson's text (~1 us for a digits answer against the standard library's ~13)
     unless it holds ``null``, then the standard library's. orjson writes NaN and infinities as null, where the

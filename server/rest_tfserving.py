@@ -19,7 +19,7 @@ from bnserve.core.images import IMAGE_BYTES_INPUT
 from bnserve.core.repository import TensorSpec
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
-from bnserve.server.json_codec import expect, json_document, parse_json
+from bnserve.server.json_codec import expect, json_document, may_hold_booleans, parse_json
 from bnserve.server.models import ServedVersion
 from bnserve.server.tensors import V2_TO_NUMPY, array_from_json, bytes_from_json, json_bytes
 from bnserve.server.tfserving_documents import (
@@ -58,6 +58,7 @@ def parse_predict(
     model's input, so that this runs in a decoding process without the served version)."""
     document = expect(parse_json(body), dict, "body", 'a JSON object with "instances" or "inputs"')
     check_signature(document)
+    booleans_possible = may_hold_booleans(body)
     if ("instances" in document) == ("inputs" in document):
         raise InvalidInput(
             'body: expected exactly one of "instances" (row format) or "inputs" (columnar format)'
@@ -105,7 +106,7 @@ def parse_predict(
         InferInput(
             name,
             input_spec.datatype,
-            json_array(values, V2_TO_NUMPY[input_spec.datatype], where),
+            json_array(values, V2_TO_NUMPY[input_spec.datatype], where, booleans_possible),
         )
         if name == input_name
         else InferInput(name, "BYTES", bytes_from_json(values, None, where))
@@ -180,10 +181,10 @@ def encode_classify(ranked: list[list[tuple[str, float]]]) -> dict:
     return {"result": [[[label, score] for label, score in row] for row in ranked]}
 
 
-def json_array(values, dtype: np.dtype, field: str) -> np.ndarray:
+def json_array(values, dtype: np.dtype, field: str, booleans_possible: bool = True) -> np.ndarray:
     """Nested JSON lists -> an array of their own shape (the shape is the nesting, as TF Serving reads it)."""
     expect(values, list, field, "nested lists of numbers")
-    return array_from_json(values, dtype, None, field)
+    return array_from_json(values, dtype, None, field, booleans_possible)
 
 
 def encode_predict(response: InferenceResponse, row_format: bool) -> dict:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from bnserve.server.dataplane import InferenceRequest, InferenceResponse, InferInput
 from bnserve.server.errors import InvalidInput
-from bnserve.server.json_codec import expect, json_document, optional_object, parse_json
+from bnserve.server.json_codec import (
+    expect,
+    json_document,
+    may_hold_booleans,
+    optional_object,
+    parse_json,
+)
 from bnserve.server.tensors import (
     V2_TO_NUMPY,
     array_from_json,
@@ -66,7 +72,9 @@ def parse_infer(
                 f"{len(body)} (the length of the JSON part)"
             )
         header, binary = view[:length], view[length:]
-    document = parse_json(bytes(header), "body" if header_length is None else "body (JSON header)")
+    text = bytes(header)
+    document = parse_json(text, "body" if header_length is None else "body (JSON header)")
+    booleans_possible = may_hold_booleans(text)
     expect(document, dict, "body", 'a JSON object with "inputs"')
     request_id = expect(document.get("id", ""), str, "id", "a string")
     parameters = optional_object(document, "parameters", "parameters")
@@ -134,7 +142,9 @@ def parse_infer(
             data = (
                 bytes_from_json(tensor["data"], shape, f"{field}.data")
                 if dtype is None
-                else array_from_json(tensor["data"], dtype, shape, f"{field}.data")
+                else array_from_json(
+                    tensor["data"], dtype, shape, f"{field}.data", booleans_possible
+                )
             )
         else:
             raise InvalidInput(

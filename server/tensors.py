@@ -103,13 +103,17 @@ def array_from_values(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
 FP32_MAX = float(np.finfo(np.float32).max)
 
 
-def array_from_json(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
+def array_from_json(
+    values, dtype: np.dtype, shape, field: str, booleans_possible: bool = True
+) -> np.ndarray:
     """JSON numbers (a flat list, or nested lists in row-major order) as ``dtype`` in ``shape`` (None: the
     shape of the nesting itself, as TensorFlow Serving's REST API reads it).
 
     Strict where NumPy would guess: booleans are not numbers (and only booleans fill BOOL), strings and
     ragged lists are refused, floats fill integer types only when integral, and a float beyond the FP32
-    range is refused rather than turned into infinity."""
+    range is refused rather than turned into infinity. ``booleans_possible``: False when the JSON text held
+    neither ``true`` nor ``false`` (json_codec.may_hold_booleans), which spares the look for them among
+    numbers (NumPy reads [true, 1.5] as [1.0, 1.5])."""
     if not isinstance(values, list):
         raise InvalidInput(f"{field}: expected a list of numbers, got {json_type(values)}")
     try:
@@ -132,6 +136,10 @@ def array_from_json(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
             )
     elif kind not in "iuf" and array.size:
         raise InvalidInput(f"{field}: expected numbers, got {json_kind(array)}")
+    elif booleans_possible and holds_booleans(values):
+        raise InvalidInput(
+            f"{field}: expected numbers for {NUMPY_TO_V2[dtype]}, got true/false among them"
+        )
     elif dtype.kind in "iu" and kind == "f":
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
             raise InvalidInput(
@@ -146,6 +154,19 @@ def array_from_json(values, dtype: np.dtype, shape, field: str) -> np.ndarray:
     return array_from_values(
         array.reshape(-1), dtype, array.shape if shape is None else shape, field
     )
+
+
+def holds_booleans(values: list) -> bool:
+    """Whether nested JSON lists hold a true or false anywhere (NumPy reads them among numbers as 1 and 0)."""
+    pending = [values]
+    while pending:
+        items = pending.pop()
+        kinds = set(map(type, items))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            pending.extend(item for item in items if type(item) is list)
+    return False
 
 
 def json_type(value) -> str:

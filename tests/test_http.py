@@ -308,6 +308,14 @@ ERRORS = [  # method, path, body, headers, status, the message (a substring), sa
     (
         "POST",
         "/v2/models/digits/infer",
+        v2_with(data=[1.5] * 63 + [True]),
+        {},
+        400,
+        "inputs[0].data: expected numbers for FP32, got true/false among them",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
         v2_with(data=[[1.0] * 8] * 7 + [[1.0] * 7]),
         {},
         400,
@@ -446,6 +454,14 @@ ERRORS = [  # method, path, body, headers, status, the message (a substring), sa
         {},
         400,
         "instances[0]: named inputs ['pixels']; expected ['images']",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        json.dumps({"instances": [[[[False]] * 8] + [[[1.0]] * 8] * 7]}).encode(),
+        {},
+        400,
+        "instances: expected numbers for FP32, got true/false among them",
     ),
     (
         "POST",

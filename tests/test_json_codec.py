@@ -185,3 +185,25 @@ def test_json_document_takes_orjson_unless_its_text_holds_null():
     assert json_document(named) == json.dumps(named, separators=(",", ":")).encode()
     unbounded = {"outputs": [{"data": [float("nan"), float("-inf"), 1.0]}]}
     assert json_document(unbounded) == b'{"outputs":[{"data":[NaN,-Infinity,1.0]}]}'
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[True, 1.5], [1.5, False], [1, True], [[1.0], [True]], [[[2.0, 3.0]], [[False, 1.0]]]],
+)
+def test_booleans_among_numbers_are_refused_not_read_as_one_and_zero(values):
+    """NumPy reads [true, 1.5] as [1.0, 1.5]; a boolean where a number belongs is refused instead, for float
+    and integer tensors alike (array_from_json: booleans are not numbers)."""
+    import numpy as np
+
+    from bnserve.server.json_codec import may_hold_booleans
+    from bnserve.server.tensors import array_from_json
+
+    text = json.dumps({"data": values}).encode()
+    assert may_hold_booleans(text)
+    for dtype in (np.float32, np.int32):
+        with pytest.raises(InvalidInput, match="got true/false among them"):
+            array_from_json(parse_json(text)["data"], np.dtype(dtype), None, "data")
+    assert not may_hold_booleans(json.dumps({"data": [1.5, 2, [3e5]]}).encode())
+    numbers = array_from_json([[1.0], [2.0]], np.dtype(np.float32), None, "d", False)
+    assert numbers.tolist() == [[1.0], [2.0]]
