@@ -74,7 +74,6 @@ def parse_infer(
         header, binary = view[:length], view[length:]
     text = bytes(header)
     document = parse_json(text, "body" if header_length is None else "body (JSON header)")
-    booleans_possible = may_hold_booleans(text)
     expect(document, dict, "body", 'a JSON object with "inputs"')
     request_id = expect(document.get("id", ""), str, "id", "a string")
     parameters = optional_object(document, "parameters", "parameters")
@@ -143,7 +142,7 @@ def parse_infer(
                 bytes_from_json(tensor["data"], shape, f"{field}.data")
                 if dtype is None
                 else array_from_json(
-                    tensor["data"], dtype, shape, f"{field}.data", booleans_possible
+                    tensor["data"], dtype, shape, f"{field}.data", may_hold_booleans(text)
                 )
             )
         else:
