@@ -58,6 +58,7 @@ def request_formats(images: np.ndarray) -> dict[str, tuple[str, bytes, dict[str,
 SERVED_FORMATS = {
     "no-op": ("v2 binary",),
     "no-op + one model call a request": ("v2 binary",),
+    "no-op + one model call, on uvloop": ("v2 binary",),
     "bnserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
     "kserve": ("v2 JSON", "v2 binary", "TF Serving REST"),
     "mlserver": ("v2 JSON",),
@@ -98,8 +99,9 @@ def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerPro
     prefix = ["taskset", "-c", pin] if pin else []
     if name.startswith("no-op"):
         model = ["--model", str(repository / "digits" / "1")] if name != "no-op" else []
+        loop = ["--event-loop", "uvloop"] if name.endswith("uvloop") else []
         server = start_listening(
-            [*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model]
+            [*prefix, sys.executable, str(ROOT / "bench" / "noop_http_server.py"), *model, *loop]
         )
         server.http_port = server.port
         return server
@@ -140,41 +142,55 @@ def measure(report: Report, work: Path, repository: Path, seconds: float, repeat
     formats = request_formats(sample((8, 8, 1), 1))
     expected = expected_logits(repository)
     for title, server_pin, client_pin in MACHINE_CLASSES:
-        results: dict[tuple[str, str], dict[int, LoadResult]] = {}
-        for name, served in SERVED_FORMATS.items():
-            server = start(name, repository, work, server_pin)
-            try:
-                for form in served:
+        # Every server runs at once (idle while another is loaded) and the runs interleave, server by server
+        # within each repeat: this shared machine's speed drifts by up to 1.7x within minutes, and a ratio is
+        # only fair when both sides are measured in the same minutes.
+        servers: dict[str, ServerProcess] = {}
+        runs: dict[tuple[str, str, int], list[LoadResult]] = {
+            (name, form, c): []
+            for name, served in SERVED_FORMATS.items()
+            for form in served
+            for c in CONCURRENCIES
+        }
+        try:
+            for name, served in SERVED_FORMATS.items():
+                servers[name] = start(name, repository, work, server_pin)
+                if not name.startswith("no-op"):
+                    for form in served:
+                        path, body, headers = formats[form]
+                        check_http_answer(servers[name], path, body, headers, expected)
+            before = served_count(servers["bnserve"].port)
+            for _ in range(repeats):
+                for (name, form, c), results_so_far in runs.items():
                     path, body, headers = formats[form]
-                    if not name.startswith("no-op"):
-                        check_http_answer(server, path, body, headers, expected)
-                    before = served_count(server.port) if name == "bnserve" else 0
-                    results[name, form] = {}
-                    for c in CONCURRENCIES:
-                        runs = [
-                            run_http_load(
-                                server.http_port,
-                                path,
-                                body,
-                                headers,
-                                c,
-                                seconds,
-                                server.process.pid,
-                                cpu=client_pin,
-                            )
-                            for _ in range(repeats)
-                        ]
-                        results[name, form][c] = median_result(runs)
-                    if (
-                        name == "bnserve"
-                    ):  # the server's own count: at least what h2load saw answered (warm-up too)
-                        counted = served_count(server.port) - before
-                        reported = sum(r.requests for r in results[name, form].values())
-                        assert counted >= reported, (
-                            f"bnserve counted {counted} successes, h2load {reported} 2xx"
+                    results_so_far.append(
+                        run_http_load(
+                            servers[name].http_port,
+                            path,
+                            body,
+                            headers,
+                            c,
+                            seconds,
+                            servers[name].process.pid,
+                            cpu=client_pin,
                         )
-            finally:
+                    )
+            # The server's own count: at least what h2load saw answered (warm-up too).
+            counted = served_count(servers["bnserve"].port) - before
+            reported = sum(
+                r.requests for (name, _, _), rs in runs.items() if name == "bnserve" for r in rs
+            )
+            assert counted >= reported, (
+                f"bnserve counted {counted} successes, h2load {reported} 2xx"
+            )
+        finally:
+            for server in servers.values():
                 server.stop()
+        results: dict[tuple[str, str], dict[int, LoadResult]] = {
+            (name, form): {c: median_result(runs[name, form, c]) for c in CONCURRENCIES}
+            for name, served in SERVED_FORMATS.items()
+            for form in served
+        }
         noop = results["no-op", "v2 binary"]
         best_peer = {
             c: max(
@@ -208,6 +224,14 @@ def measure(report: Report, work: Path, repository: Path, seconds: float, repeat
                 f"{measured:,.0f} / {floor:,.0f} = {measured / floor:.2f}",
                 measured >= factor * floor,
             )
+        on_uvloop = results["no-op + one model call, on uvloop", "v2 binary"][32].throughput
+        report.add(
+            f"[{title}] Against that floor on uvloop, bnserve's default loop (no target): v2 binary c=32 "
+            f"{ours.throughput / on_uvloop:.2f}x, v2 JSON "
+            f"{results['bnserve', 'v2 JSON'][32].throughput / on_uvloop:.2f}x; uvloop's gain on the floor "
+            f"itself {on_uvloop / floor:.2f}x.",
+            "",
+        )
         report.target(
             f"[{title}] HTTP binary c=32: >= 1.5 x best peer REST",
             f"{ours.throughput:,.0f} / {best_peer[32]:,.0f} = {ours.throughput / best_peer[32]:.2f}",
@@ -240,7 +264,9 @@ def main() -> None:
         f"each figure is the median of {args.repeats} runs of {args.seconds:g} s after 0.5 s of warm-up. The no-op "
         'is aiohttp answering a prepared v2 binary response (bench/noop_http_server.py); "no-op + one model call a '
         "request\" also runs the digits model.onnx on each request's input row (ONNX Runtime, one thread, on the "
-        "event loop, no batching): the floor of any server that calls the model once a request. The peers serve the same "
+        "event loop, no batching): the floor of any server that calls the model once a request; the targets are set "
+        "against it on asyncio's loop, and its uvloop row (bnserve's default loop) shows the loop's own share. All "
+        "servers run side by side and their runs interleave, so a slow spell weighs on all alike. The peers serve the same "
         'model.onnx (bench/peers/); "vs best peer REST" divides by the fastest peer row at that concurrency, '
         "whatever its format.",
         "",

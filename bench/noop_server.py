@@ -85,5 +85,16 @@ if __name__ == "__main__":
         metavar="VERSION_DIR",
         help="also run this version's model.onnx once on each request's input",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="asyncio: the floor as docs/benchmarks.md defines it; uvloop: the floor on bnserve's default loop",
+    )
     arguments = parser.parse_args()
-    asyncio.run(serve(arguments.port, arguments.model))
+    if arguments.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(arguments.port, arguments.model))
+    else:
+        asyncio.run(serve(arguments.port, arguments.model))

@@ -340,7 +340,6 @@ def add_serve_parser(commands) -> None:
 
 
 def run_serve(args) -> int:
-    import asyncio
     import logging
 
     if args.backend == "tf":
@@ -374,9 +373,9 @@ def run_serve(args) -> int:
             settings.metrics_host,
             settings.auth_token if settings.metrics_auth else None,
         )
-    from bnserve.server.app import serve
+    from bnserve.server.app import run
 
-    asyncio.run(serve(settings))  # a StartupError is a UserError: one line, exit status 2
+    run(settings)  # a StartupError is a UserError: one line, exit status 2
     return 0
 
 

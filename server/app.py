@@ -203,6 +203,22 @@ async def create_server(settings: ServerSettings) -> RunningServer:
     return running
 
 
+def run(settings: ServerSettings) -> None:
+    """Serve on the event loop ``settings.event_loop`` names until stopped (serve)."""
+    if settings.event_loop == "asyncio":
+        asyncio.run(serve(settings))
+        return
+    try:
+        import uvloop
+    except ImportError as exc:
+        # uvloop has no Windows build, so the dependency is not installed there.
+        raise UserError(
+            f"--event-loop uvloop: uvloop is not installed ({exc}); install it (pip install uvloop) "
+            "or pass --event-loop asyncio"
+        ) from None
+    uvloop.run(serve(settings))
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop accepting and let in-flight requests finish."""
     running = await create_server(settings)
@@ -231,11 +247,12 @@ async def serve(settings: ServerSettings) -> None:
             running.http_port,
         )
     log.info(
-        "listening on %s:%d (%s, backend %s, %d model versions ready, polling %s)",
+        "listening on %s:%d (%s, backend %s, event loop %s, %d model versions ready, polling %s)",
         settings.host,
         running.port,
         scheme,
         settings.backend,
+        settings.event_loop,
         len(running.registry.served()),
         f"every {settings.poll_seconds:g} s"
         if settings.polling
