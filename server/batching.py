@@ -379,7 +379,7 @@ class DynamicBatcher:
             return False
         # Callbacks already waiting for the loop (a burst of requests gRPC has delivered but the batcher has
         # not seen yet) would wait behind an inline call. asyncio's ready queue is the only place that shows
-        # them; a loop without one (uvloop) relies on the probes alone.
+        # them; uvloop (the default loop, --event-loop) has none and relies on the probes alone.
         if len(getattr(loop, "_ready", ())) > 0:
             return False
         return self._inline_streak < INLINE_PROBE_EVERY

@@ -344,8 +344,8 @@ class ServerSettings:
         "uvloop",
         choices=EVENT_LOOPS,
         protocols=BOTH_PORTS,
-        doc="the event loop the gRPC and HTTP ports share: uvloop (libuv; 1.0-1.25x the requests a "
-        "second of asyncio's, docs/benchmarks.md) or asyncio (the standard library's)",
+        doc="the event loop the gRPC and HTTP ports share: uvloop (libuv; 1.0-1.25x asyncio's requests a "
+        "second in an interleaved A/B, README) or asyncio (the standard library's)",
     )
     max_batch_size: int = setting(
         BatchingOptions.max_batch_size,
