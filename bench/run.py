@@ -90,6 +90,13 @@ ANALYSIS = [
     "event loop thread, which bounds throughput here, still does more per request than the floor's does "
     "with its model call inline. Beating the floor there needs the loop's share per request below the "
     "floor's: fewer layers between gRPC and the batcher, or a front end that is not one Python thread.",
+    "- **The event loop, 2026-12-04.** bnserve now runs on uvloop by default (`--event-loop`). Interleaved A/B, "
+    "5 rounds of 2 s, uvloop over asyncio (median, range): gRPC digits c=1/8/32 1.01 (0.85-1.23) / 1.25 "
+    "(1.10-1.44) / 1.14 (1.01-1.27) on shared cores, 1.11 / 1.21 / 1.12 with the server on one core; HTTP v2 "
+    "binary c=32 1.08 shared and 0.95-1.06 pinned (an A/A run of two uvloop servers read 0.85-0.88 there, so "
+    "noise); conv6 and ResNet50 c=8 1.03 and 0.99. The floors gain 1.04-1.17x from uvloop themselves, so the "
+    "targets stay against the floor on asyncio, as they were set, and section 7 prints the ratio to the floor "
+    'on uvloop beside them ("floor on uvloop").',
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
