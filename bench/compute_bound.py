@@ -160,10 +160,27 @@ def model_calls(port: int, model: str) -> tuple[int, int]:
     return int(stats.inference_count), int(stats.execution_count)
 
 
+def _work_line(fragment: str) -> str:
+    """The end of py-spy's name for the line of ModelThreads._work holding ``fragment`` (its path differs
+    between a checkout and an installed wheel)."""
+    import inspect
+
+    from bnserve.server.execution import ModelThreads
+
+    lines, first = inspect.getsourcelines(ModelThreads._work)
+    number = first + next(i for i, line in enumerate(lines) if fragment in line)
+    return f"execution.py:{number})"
+
+
+# Leaf frames (any marker of a state). uvloop's call_soon_threadsafe is compiled, so py-spy shows the
+# calling line of ModelThreads._work there; asyncio's shows its own Python frame, _write_to_self.
 MODEL_THREAD_STATES = {
-    "in Session.run (computing, or taking the GIL back after it)": "Session.run",
-    "handing the result to the loop (call_soon_threadsafe: the self-pipe write, then the GIL)": "_write_to_self",
-    "waiting for the next batch": "ModelThreads._work (server/execution.py",
+    "in Session.run (computing, or taking the GIL back after it)": ("Session.run",),
+    "handing the result to the loop (call_soon_threadsafe: waking the loop, then the GIL)": (
+        "_write_to_self",
+        _work_line("call_soon_threadsafe("),
+    ),
+    "waiting for the next batch": (_work_line("self._jobs.get()"),),
 }
 
 
@@ -205,8 +222,8 @@ def where_the_model_thread_waits(
                 continue
             total += int(samples)
             leaf = stack.split(";")[-1]
-            for state, marker in MODEL_THREAD_STATES.items():
-                if marker in leaf:
+            for state, markers in MODEL_THREAD_STATES.items():
+                if any(marker in leaf for marker in markers):
                     counts[state] += int(samples)
                     break
     return {state: count / max(total, 1) for state, count in counts.items()}
