@@ -173,7 +173,10 @@ def _work_line(fragment: str) -> str:
 
 
 # Leaf frames (any marker of a state). uvloop's call_soon_threadsafe is compiled, so py-spy shows the
-# calling line of ModelThreads._work there; asyncio's shows its own Python frame, _write_to_self.
+# calling line of ModelThreads._work there; asyncio's shows its own Python frame, _write_to_self. The share
+# differs by more than the name: asyncio's self-pipe send() releases the GIL and must take it back from the
+# busy loop, while uvloop wakes the loop with uv_async_send (an eventfd write) holding the GIL throughout,
+# so under uvloop the hand-back has no GIL wait in it and reads ~0.
 MODEL_THREAD_STATES = {
     "in Session.run (computing, or taking the GIL back after it)": ("Session.run",),
     "handing the result to the loop (call_soon_threadsafe: waking the loop, then the GIL)": (
