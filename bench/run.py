@@ -97,6 +97,19 @@ ANALYSIS = [
     "noise); conv6 and ResNet50 c=8 1.03 and 0.99. The floors gain 1.04-1.17x from uvloop themselves, so the "
     "targets stay against the floor on asyncio, as they were set, and section 7 prints the ratio to the floor "
     'on uvloop beside them ("floor on uvloop").',
+    "- **Bigger digits batches, 2026-12-05 (tried, not kept).** At c=32 digits batches hold ~2.5 requests: the 32"
+    " clients' requests wait inside gRPC until the busy loop reads them, so ~1.4 a millisecond reach the batcher "
+    "and its count of requests inside (the companions it waits for) stays at ~2.5. Interleaved A/Bs with a "
+    "temporary switch that forced 7 expected companions (two runs of 5 rounds of 2 s, shared cores, h2load, "
+    "medians and ranges over base): within the default 1 ms delay batches grew only from 2.48 to 2.74 (c=32 1.07,"
+    " 0.88-1.15); within 4 ms they held 8.0 (c=32 1.17, 0.80-1.38, and 1.09, 0.87-1.11; c=8 1.06 and 0.89), "
+    "within 2 ms 6.2 (c=32 1.05, 0.95-1.08), and server CPU per request at c=32 fell by 40-115 us (703 to 588, "
+    "616 to 576 and 562 us). `--max-queue-delay-us 4000` alone (the estimator as it is) gave batches of 3.3 and "
+    "1.02 (0.93-1.03). A forced estimate holds a lone client for the whole delay (c=1 261 and 148 req/s against "
+    "1,381), and grpc.aio has no API that counts a server's pending calls, so the batcher cannot tell 32 waiting "
+    "clients from 2; gains of that size, with ranges reaching below 1, at 2-4x the documented default delay, are "
+    "not a default. It is the largest lever left on CPU per request: a front end that sees its backlog (a C++ "
+    "front end, or gRPC's own counts if grpc.aio exposes them) could batch by it.",
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
