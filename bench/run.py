@@ -109,7 +109,15 @@ ANALYSIS = [
     "1,381), and grpc.aio has no API that counts a server's pending calls, so the batcher cannot tell 32 waiting "
     "clients from 2; gains of that size, with ranges reaching below 1, at 2-4x the documented default delay, are "
     "not a default. It is the largest lever left on CPU per request: a front end that sees its backlog (a C++ "
-    "front end, or gRPC's own counts if grpc.aio exposes them) could batch by it.",
+    "front end, or gRPC's own counts if grpc.aio exposes them) could batch by it."
+    " Running every batch on the event loop under load as well (the floor's way; a temporary switch past "
+    "`_runs_inline`'s concurrency checks) makes every batch one request, since the loop takes each as it "
+    "arrives: 0.81 (0.79-0.93) at c=8 and 0.85 (0.80-0.90) at c=32 with shared cores, where ONNX Runtime "
+    "loses the second core, and 0.97 (0.82-1.10) and 1.06 (1.00-1.10) with the server on one core; not kept "
+    "either. perf on the model thread at c=32 with the server on one core: 145-156 us of CPU a call for "
+    "batches of 1.75-1.86, 61% of it inside ONNX Runtime (the same call takes 43-62 us in a tight loop: cold "
+    "caches on a core shared with the loop), 17% Python, 18% kernel and libc (futex waits and wakes of the "
+    "GIL and the job queue).",
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
