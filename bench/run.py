@@ -109,8 +109,9 @@ ANALYSIS = [
     "1,381), and grpc.aio has no API that counts a server's pending calls, so the batcher cannot tell 32 waiting "
     "clients from 2; gains of that size, with ranges reaching below 1, at 2-4x the documented default delay, are "
     "not a default. It is the largest lever left on CPU per request: a front end that sees its backlog (a C++ "
-    "front end, or gRPC's own counts if grpc.aio exposes them) could batch by it."
-    " Running every batch on the event loop under load as well (the floor's way; a temporary switch past "
+    "front end, or gRPC's own counts if grpc.aio exposes them) could batch by it.",
+    "- **Every batch on the event loop under load, 2026-12-05 (tried, not kept).** Running every batch on the "
+    "event loop under load as well (the floor's way; a temporary switch past "
     "`_runs_inline`'s concurrency checks) makes every batch one request, since the loop takes each as it "
     "arrives: 0.81 (0.79-0.93) at c=8 and 0.85 (0.80-0.90) at c=32 with shared cores, where ONNX Runtime "
     "loses the second core, and 0.97 (0.82-1.10) and 1.06 (1.00-1.10) with the server on one core; not kept "
