@@ -179,7 +179,7 @@ def _work_line(fragment: str) -> str:
 # so under uvloop the hand-back has no GIL wait in it and reads ~0.
 MODEL_THREAD_STATES = {
     "in Session.run (computing, or taking the GIL back after it)": ("Session.run",),
-    "handing the result to the loop (call_soon_threadsafe: waking the loop, then the GIL)": (
+    "handing the result to the loop (call_soon_threadsafe: waking the loop; on asyncio, taking the GIL back too)": (
         "_write_to_self",
         _work_line("call_soon_threadsafe("),
     ),
