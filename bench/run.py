@@ -119,6 +119,26 @@ ANALYSIS = [
     "batches of 1.75-1.86, 61% of it inside ONNX Runtime (the same call takes 43-62 us in a tight loop: cold "
     "caches on a core shared with the loop), 17% Python, 18% kernel and libc (futex waits and wakes of the "
     "GIL and the job queue).",
+    "- **What gRPC shows of its backlog, 2026-12-07.** Counted at each request's arrival in the batcher (a "
+    "temporary probe, digits, h2load, 2 shared cores, runs of 4 s): grpc.aio's live calls (its "
+    "`_schedule_rpc_coro` tasks, one per call accepted and not finished) against the batcher's requests inside. "
+    "c=32: 9.5-11.3 calls against 8.9-10.5 inside, equal at 53-61% of arrivals and one apart at 33-41%; c=8: "
+    "5.4-5.5 against 4.9-5.1. The other ~22 of the 32 clients' requests are in gRPC's C core (grpc.aio accepts "
+    "one call at a time on the loop), on the wire or in h2load, where no Python API counts them: asyncio's "
+    "task list tells the batcher nothing it does not count already. How full batches get depends on the host: "
+    "on the full-speed host of the same day (4,390 req/s at c=32) digits batches held 7.9 rows at c=32 and 4.4 "
+    "at c=8 (the version's statistics, execution against inference counts), against ~2.5 at c=32 on the "
+    "half-speed host of 2026-12-05.",
+    "- **Batching on against off, 2026-12-07.** The target row read 2.15 (met) in the first run of 2026-12-04 "
+    "and 1.37 (missed) in that day's uvloop run, on a host at about half the speed; both measured the two "
+    "servers one after the other. Interleaved A/B (batching on and off on either loop, four servers side by "
+    "side, 5 rounds of 2 s, h2load, medians of the per-round ratios): on 2 shared cores on/off 1.69 (c=8) and "
+    "1.78 (c=32) on uvloop, 1.43 and 1.85 on asyncio; with the server on one core 1.26 and 1.28 on uvloop, 1.27 "
+    "and 1.23 on asyncio; at c=32 on 2 cores while `taskset -c 0 make test` kept one of them busy, 1.26 on "
+    "both loops. So the loop is not the cause: batching's gain grows with the cores the server gets (batching "
+    "off keeps 0.56-0.59 of batching on with 2 cores, 0.78-0.80 when the loop and the model thread share one). "
+    "Section 2 now runs both servers side by side with interleaved runs (1.89 in this run); the target stays as "
+    "set, on 2 shared cores, and with the server on one core batching's gain is below it (1.26-1.28).",
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "
@@ -352,6 +372,25 @@ def loads(
         )
         for c in concurrencies
     }
+
+
+def interleaved_loads(
+    servers: dict[str, ServerProcess], body: bytes, concurrencies, seconds, repeats
+) -> dict[str, dict[int, LoadResult]]:
+    """``loads`` for servers running side by side, their runs interleaved: each repeat loads every server in
+    turn at each concurrency, the order reversed every other repeat. Two servers measured one after the
+    other took different minutes of a host whose speed drifts: batching on against off read 2.15 and 1.37
+    in two sequential runs of 2026-12-04, 1.78 in an interleaved A/B of 2026-12-07 (docs/benchmarks.md)."""
+    runs: dict[tuple[str, int], list[LoadResult]] = {
+        (name, c): [] for name in servers for c in concurrencies
+    }
+    for repeat in range(repeats):
+        names = list(servers) if repeat % 2 == 0 else list(servers)[::-1]
+        for c in concurrencies:
+            for name in names:
+                server = servers[name]
+                runs[name, c].append(run_load(server.port, body, c, seconds, server.process.pid))
+    return {name: {c: median_result(runs[name, c]) for c in concurrencies} for name in servers}
 
 
 def load_table(
@@ -884,16 +923,23 @@ def run(
     )
 
     # 2-3. The served models, batching on and off; 6. cold start and memory of the ONNX Runtime backend.
-    served = {}
-    for batching in ("on", "off"):
-        server = start_server(repository, "--dynamic-batching", batching)
-        try:
-            served[batching] = loads(server, digits_body, CONCURRENCIES, seconds, repeats)
-            served[f"conv6-{batching}"] = loads(server, conv6_body, (8,), seconds, repeats)
-        finally:
+    # Both servers run side by side (an idle one takes no measurable CPU) and their runs interleave.
+    batching_servers: dict[str, ServerProcess] = {}
+    try:
+        for batching in ("on", "off"):
+            batching_servers[batching] = start_server(repository, "--dynamic-batching", batching)
+        served = interleaved_loads(batching_servers, digits_body, CONCURRENCIES, seconds, repeats)
+        for batching, rows in interleaved_loads(
+            batching_servers, conv6_body, (8,), seconds, repeats
+        ).items():
+            served[f"conv6-{batching}"] = rows
+    finally:
+        for server in batching_servers.values():
             server.stop()
     report.add(
         "## 2. Served digits model (overhead-bound)",
+        "",
+        "Batching on and off run side by side, their runs interleaved (each repeat loads both in turn).",
         "",
         *load_table(
             "bnserve, ONNX Runtime backend",
