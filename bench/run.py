@@ -139,6 +139,24 @@ ANALYSIS = [
     "off keeps 0.56-0.59 of batching on with 2 cores, 0.78-0.80 when the loop and the model thread share one). "
     "Section 2 now runs both servers side by side with interleaved runs (1.89 in this run); the target stays as "
     "set, on 2 shared cores, and with the server on one core batching's gain is below it (1.26-1.28).",
+    "- **c=1 on either loop, 2026-12-07.** Interleaved p50 A/B (the floor and bnserve, each on both loops, "
+    "side by side, 9 rounds of 2 s, h2load): with shared cores bnserve's p50 is +89 us over the floor's on "
+    "uvloop and +62 on asyncio, the floor on uvloop itself +24; with the server on one core +47 on uvloop and "
+    "+72 on asyncio, the floor on uvloop -28. uvloop moves c=1 latency by ~25 us, up with shared cores and down "
+    "on one core, the floor's and bnserve's alike; bnserve's own cost over the floor on the same loop is 62-75 "
+    "us a request at c=1 on this host, where the target leaves 50. In a 5-round A/B of the same kind "
+    "`--monitor-sample-rate 0` read +99 against the default's +87 (the drift monitor costs nothing measurable "
+    "at c=1) and `--inline-compute-us 0` +170: the inline call saves ~80 us a request. cProfile at c=1: "
+    "bnserve's own functions take 57 calls a request (of 275 in the process) with no item above 14 us "
+    "(profiled), the largest `DataPlane.infer`, `DynamicBatcher._complete` and `to_infer_request`.",
+    "- **The peers held to the pinned core, 2026-12-07.** With the servers held to core 0 by taskset, KServe's "
+    "and MLServer's conv6 used 1.34 and 1.25 cores in that day's first run (server CPU column), against "
+    "bnserve's 0.97-1.00: ONNX Runtime's default pool pins one thread per physical core where it chooses, the "
+    "load generator's core included, as bnserve's own did before it was held to the process's cores. The "
+    "peers' sessions now ask for one thread per allowed core too (bench/peers/peer_threads.py), so \"server "
+    'pinned to core 0" means one core for every server; with shared cores nothing changes (every core '
+    "allowed: ONNX Runtime's default). In that first run, against peers on 1.25-1.34 cores, conv6 read 0.86 "
+    "(c=1) and 0.97 (c=8) of the best peer with the server on one core.",
     '- **One thread holds the server** (section 7, "Where the cores went"). At c=32 with shared cores the event '
     "loop thread runs ~0.9 of a core in both the no-op and bnserve, while ~0.4-0.5 of the machine is idle: both "
     "are bound by one Python thread (the GIL), not by cores. The no-op spends that thread on grpc.aio's own "

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import onnxruntime
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from peer_threads import intra_op_threads
 
 OUTPUTS = ["logits", "probabilities"]
 
@@ -27,6 +28,7 @@ class OnnxModel(Model):
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "0"
         )  # as bnserve: fair to the loop
+        options.intra_op_num_threads = intra_op_threads()  # on the cores taskset allows, as bnserve
         self.session = onnxruntime.InferenceSession(
             f"{self.model_dir}/model.onnx", options, providers=["CPUExecutionProvider"]
         )

@@ -9,6 +9,7 @@ import onnxruntime
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
+from peer_threads import intra_op_threads
 
 OUTPUTS = ["logits", "probabilities"]
 
@@ -17,6 +18,7 @@ class OnnxRuntime(MLModel):
     async def load(self) -> bool:
         options = onnxruntime.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = intra_op_threads()  # on the cores taskset allows, as bnserve
         self.session = onnxruntime.InferenceSession(
             self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
         )
