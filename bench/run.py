@@ -137,8 +137,9 @@ ANALYSIS = [
     "and 1.23 on asyncio; at c=32 on 2 cores while `taskset -c 0 make test` kept one of them busy, 1.26 on "
     "both loops. So the loop is not the cause: batching's gain grows with the cores the server gets (batching "
     "off keeps 0.56-0.59 of batching on with 2 cores, 0.78-0.80 when the loop and the model thread share one). "
-    "Section 2 now runs both servers side by side with interleaved runs (1.89 in this run); the target stays as "
-    "set, on 2 shared cores, and with the server on one core batching's gain is below it (1.26-1.28).",
+    "Section 2 now runs both servers side by side with interleaved runs (1.89 and 2.02 in the two runs of "
+    "2026-12-07); the target stays as set, on 2 shared cores, and with the server on one core batching's gain "
+    "is below it (1.26-1.28).",
     "- **c=1 on either loop, 2026-12-07.** Interleaved p50 A/B (the floor and bnserve, each on both loops, "
     "side by side, 9 rounds of 2 s, h2load): with shared cores bnserve's p50 is +89 us over the floor's on "
     "uvloop and +62 on asyncio, the floor on uvloop itself +24; with the server on one core +47 on uvloop and "
