@@ -393,22 +393,40 @@ def loads(
     }
 
 
-def interleaved_loads(
-    servers: dict[str, ServerProcess], body: bytes, concurrencies, seconds, repeats
-) -> dict[str, dict[int, LoadResult]]:
-    """``loads`` for servers running side by side, their runs interleaved: each repeat loads every server in
-    turn at each concurrency, the order reversed every other repeat. Two servers measured one after the
-    other took different minutes of a host whose speed drifts: batching on against off read 2.15 and 1.37
-    in two sequential runs of 2026-12-04, 1.78 in an interleaved A/B of 2026-12-07 (docs/benchmarks.md)."""
+def interleaved_runs(
+    servers: dict[str, ServerProcess],
+    body: bytes,
+    concurrencies,
+    seconds,
+    repeats,
+    cpu: str | None = None,
+    alternate_order: bool = False,
+) -> dict[tuple[str, int], list[LoadResult]]:
+    """Every run of servers running side by side, by (server, concurrency): each repeat loads every server in
+    turn at each concurrency (``alternate_order``: the order reversed every other repeat); ``cpu`` pins h2load
+    (run_load). Two servers measured one after the other took different minutes of a host whose speed
+    drifts: batching on against off read 2.15 and 1.37 in two sequential runs of 2026-12-04, 1.78 in an
+    interleaved A/B of 2026-12-07 (docs/benchmarks.md)."""
     runs: dict[tuple[str, int], list[LoadResult]] = {
         (name, c): [] for name in servers for c in concurrencies
     }
     for repeat in range(repeats):
-        names = list(servers) if repeat % 2 == 0 else list(servers)[::-1]
+        names = list(servers)[::-1] if alternate_order and repeat % 2 else list(servers)
         for c in concurrencies:
             for name in names:
                 server = servers[name]
-                runs[name, c].append(run_load(server.port, body, c, seconds, server.process.pid))
+                runs[name, c].append(
+                    run_load(server.port, body, c, seconds, server.process.pid, cpu=cpu)
+                )
+    return runs
+
+
+def interleaved_loads(
+    servers: dict[str, ServerProcess], body: bytes, concurrencies, seconds, repeats
+) -> dict[str, dict[int, LoadResult]]:
+    """``loads`` for servers running side by side: the median of their interleaved_runs, the order
+    alternating."""
+    runs = interleaved_runs(servers, body, concurrencies, seconds, repeats, alternate_order=True)
     return {name: {c: median_result(runs[name, c]) for c in concurrencies} for name in servers}
 
 
@@ -630,22 +648,9 @@ def peer_tables(
                 if name not in FLOORS:
                     check_answer(servers[name].port, "digits", images, expected)
             before = served_count(servers["bnserve"].port)
-            runs: dict[tuple[str, int], list[LoadResult]] = {
-                (name, c): [] for name in SERVERS for c in CONCURRENCIES
-            }
-            for _ in range(repeats):
-                for c in CONCURRENCIES:
-                    for name in SERVERS:
-                        runs[name, c].append(
-                            run_load(
-                                servers[name].port,
-                                digits_body,
-                                c,
-                                seconds,
-                                servers[name].process.pid,
-                                cpu=client_pin,
-                            )
-                        )
+            runs = interleaved_runs(
+                servers, digits_body, CONCURRENCIES, seconds, repeats, cpu=client_pin
+            )
             counted = served_count(servers["bnserve"].port) - before
             sent = sum(r.requests for c in CONCURRENCIES for r in runs["bnserve", c])
             # h2load's warm-up requests are answered but not counted by it: bnserve counts more.
