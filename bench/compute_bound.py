@@ -114,10 +114,11 @@ def measure(
     cores: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     baselines: dict[str, list[float]] = {"pool": [], "1 thread": []}
-    # Warmed first: opening monitor.onnx's session (~0.3 s of CPU for ResNet50) is not a cost per request.
-    run_load(servers[DEFAULT].port, body, 8, seconds, servers[DEFAULT].process.pid, cpu=client_pin)
-    cpu_before = thread_cpu_seconds(servers[DEFAULT].process.pid)
     try:
+        # Warmed first: opening monitor.onnx's session (~0.3 s of CPU for ResNet50) is not a cost per request.
+        default = servers[DEFAULT]
+        run_load(default.port, body, 8, seconds, default.process.pid, cpu=client_pin)
+        cpu_before = thread_cpu_seconds(default.process.pid)
         for _ in range(rounds):
             before, used = in_process(version, 8, pin, seconds, 0)
             baselines["pool"].append(before)
@@ -148,7 +149,7 @@ def measure(
             for key, throughput in figures.items():
                 served.setdefault(key, []).append(throughput)
                 ratios.setdefault(key, []).append(throughput / ((before + after) / 2))
-        monitor_share = monitor_cpu_share(servers[DEFAULT].process.pid, cpu_before)
+        monitor_share = monitor_cpu_share(default.process.pid, cpu_before)
     finally:
         for server in (*servers.values(), noop):
             server.stop()
@@ -167,9 +168,8 @@ def monitor_cpu_share(pid: int, before: dict[int, tuple[str, float]]) -> float:
     """The drift monitor thread's share of the server's CPU since ``before`` (thread_cpu_seconds): with the
     server's cores busy, about the share of throughput it costs, and steadier than a throughput ratio."""
     after = thread_cpu_seconds(pid)
-    names = python_thread_names(
-        pid
-    )  # the monitor's thread starts with the first sampled batch: read after
+    # Read after the runs: the monitor's thread starts with the first sampled batch.
+    names = python_thread_names(pid)
     used = {
         tid: seconds - before.get(tid, (name, 0.0))[1] for tid, (name, seconds) in after.items()
     }
