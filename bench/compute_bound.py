@@ -20,7 +20,6 @@ overlap and nothing above the no-op per request (no decoding, batching, encoding
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -39,8 +38,14 @@ from bench.loadgen import (  # noqa: E402
     run_load,
     thread_cpu_seconds,
 )
-from bench.run import COMPUTE_MODEL, bnserve, platform_line, sample, thread_role  # noqa: E402
-from bnserve.server.settings import ServerSettings  # noqa: E402
+from bench.run import (  # noqa: E402
+    COMPUTE_MODEL,
+    bnserve,
+    cpu_seconds_by_role,
+    platform_line,
+    sample,
+)
+from bnserve.server.settings import SETTING_FIELDS, flag_default  # noqa: E402
 from tests.servers import ServerProcess, start_listening, start_server  # noqa: E402
 
 SHAPE = (32, 32, 3)
@@ -169,16 +174,8 @@ def monitor_cpu_share(pid: int, before: dict[int, tuple[str, float]]) -> float:
     server's cores busy, about the share of throughput it costs, and steadier than a throughput ratio."""
     after = thread_cpu_seconds(pid)
     # Read after the runs: the monitor's thread starts with the first sampled batch.
-    names = python_thread_names(pid)
-    used = {
-        tid: seconds - before.get(tid, (name, 0.0))[1] for tid, (name, seconds) in after.items()
-    }
-    monitor = sum(
-        seconds
-        for tid, seconds in used.items()
-        if thread_role(tid, pid, after[tid][0], names.get(tid)) == "drift monitor"
-    )
-    return monitor / max(sum(used.values()), 1e-9)
+    used = cpu_seconds_by_role(pid, before, after, python_thread_names(pid))
+    return used["drift monitor"] / max(sum(used.values()), 1e-9)
 
 
 def model_calls(port: int, model: str) -> tuple[int, int]:
@@ -297,11 +294,10 @@ def table(title: str, model: str, figures: dict) -> list[str]:
         for on, off in zip(figures["served"][(DEFAULT, 8)], figures["served"][(MONITOR_OFF, 8)])
     ]
     monitor_ratio = statistics.median(monitor)
-    defaults = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
     lines += [
         "",
-        f"The drift monitor at its default rate (`--monitor-sample-rate` {defaults['monitor_sample_rate']:g}, "
-        f"`--monitor-max-share` {defaults['monitor_max_share']:g}): c=8 "
+        f"The drift monitor at its default rate (`--monitor-sample-rate` {flag_default(SETTING_FIELDS['monitor_sample_rate']):g}, "
+        f"`--monitor-max-share` {flag_default(SETTING_FIELDS['monitor_max_share']):g}): c=8 "
         f"with it on answers **{monitor_ratio:.2f}** ({min(monitor):.2f}-{max(monitor):.2f}) of the rate with "
         f"it off, same round (target >= {MONITOR_TARGET}: "
         f"{'met' if monitor_ratio >= MONITOR_TARGET else 'missed'}); over all the default server's runs its "

@@ -504,6 +504,21 @@ def thread_role(tid: int, pid: int, kernel_name: str, python_name: str | None) -
     return CPU_ROLES[4] if python_name.startswith("bnserve-monitor") else CPU_ROLES[5]
 
 
+def cpu_seconds_by_role(
+    pid: int,
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    names: dict[int, str],
+) -> dict[str, float]:
+    """CPU seconds each of CPU_ROLES used between two thread_cpu_seconds readings of ``pid`` (a thread
+    absent from ``before`` started in between); ``names``: python_thread_names."""
+    used = dict.fromkeys(CPU_ROLES, 0.0)
+    for tid, (kernel_name, seconds) in after.items():
+        role = thread_role(tid, pid, kernel_name, names.get(tid))
+        used[role] += seconds - before.get(tid, (kernel_name, 0.0))[1]
+    return used
+
+
 def cpu_breakdown(
     server: ServerProcess, body: bytes, concurrency: int, seconds: float, client_pin: str | None
 ) -> tuple[LoadResult, dict[str, float]]:
@@ -515,10 +530,9 @@ def cpu_breakdown(
     result = run_load(server.port, body, concurrency, seconds, pid, warmup_s=0.0, cpu=client_pin)
     wall = time.perf_counter() - started
     after, idle_after = thread_cpu_seconds(pid), idle_cpu_seconds()
-    cores = dict.fromkeys(CPU_ROLES, 0.0)
-    for tid, (kernel_name, used) in after.items():
-        role = thread_role(tid, pid, kernel_name, names.get(tid))
-        cores[role] += (used - before.get(tid, (kernel_name, 0.0))[1]) / wall
+    cores = {
+        role: used / wall for role, used in cpu_seconds_by_role(pid, before, after, names).items()
+    }
     cores["load generator"] = result.client_cores
     cores["idle"] = (idle_after - idle_before) / wall
     return result, cores
