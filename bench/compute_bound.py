@@ -13,8 +13,14 @@ same round) and, on shared cores, the load generator's. With K cores for server 
     served_max = K / (m + f + g),   m = u / r (core-seconds per sample in-process, u its cores used at rate r),
     f = no-op server cores / no-op req/s,   g = h2load cores / no-op req/s (0 when the client has its own core)
 
-and the best ratio any one-process Python front end on grpc.aio can reach is served_max / r. It assumes perfect
-overlap and nothing above the no-op per request (no decoding, batching, encoding), so it is an upper bound.
+and the best ratio any one-process Python front end on grpc.aio can reach is served_max / r (r: the mean of the
+round's in-process runs before and after, as for every ratio here). It assumes perfect overlap and nothing
+above the no-op per request (no decoding, batching, encoding), so it is an upper bound.
+
+The budget. The default server's c=8 run is measured the same way (CPU per thread, by role) and the ceiling's
+terms are replaced by what was measured one at a time (budget_bounds): the model's cost inside the server for
+m, bnserve's front end for f, and the cores left unused. The gap from the ceiling to the measured ratio so
+splits into what the model loses inside the server, what the front end costs above the no-op, and idle cores.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import (  # noqa: E402
+    LoadResult,
     model_infer_body,
     python_thread_names,
     run_load,
@@ -114,6 +121,7 @@ def measure(
     prefix = ["taskset", "-c", pin] if pin else []
     noop = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py")])
     ceilings: list[float] = []
+    budgets: list[dict[str, float]] = []
     served: dict[tuple[str, int], list[float]] = {}
     batches: dict[tuple[str, int], list[float]] = {}
     cores: dict[tuple[str, int], list[float]] = {}
@@ -124,24 +132,35 @@ def measure(
         default = servers[DEFAULT]
         run_load(default.port, body, 8, seconds, default.process.pid, cpu=client_pin)
         cpu_before = thread_cpu_seconds(default.process.pid)
+        names = python_thread_names(default.process.pid)  # after the warm-up: its threads exist
+        cores_for_both = 1 if pin else (os.cpu_count() or 1)
         for _ in range(rounds):
             before, used = in_process(version, 8, pin, seconds, 0)
             baselines["pool"].append(before)
             baselines["1 thread"].append(in_process(version, 8, pin, seconds, 1)[0])
             floor = run_load(noop.port, body, 8, seconds, noop.process.pid, cpu=client_pin)
-            model_cost = used / before
-            stack_cost = (
-                floor.server_cores + (0 if pin else floor.client_cores)
-            ) / floor.throughput
-            cores_for_both = 1 if pin else (os.cpu_count() or 1)
-            ceilings.append(cores_for_both / (model_cost + stack_cost) / before)
             figures = {}
             for name, server in servers.items():
                 for concurrency in (1, 8):
                     calls_before = model_calls(server.port, model)
+                    budgeted = name == DEFAULT and concurrency == 8
+                    if budgeted:
+                        threads_before, started = (
+                            thread_cpu_seconds(server.process.pid),
+                            time.perf_counter(),
+                        )
                     result = run_load(
                         server.port, body, concurrency, seconds, server.process.pid, cpu=client_pin
                     )
+                    if budgeted:
+                        wall = time.perf_counter() - started
+                        roles = cpu_seconds_by_role(
+                            server.process.pid,
+                            threads_before,
+                            thread_cpu_seconds(server.process.pid),
+                            names,
+                        )
+                        served_run = result
                     calls_after = model_calls(server.port, model)
                     figures[(name, concurrency)] = result.throughput
                     batches.setdefault((name, concurrency), []).append(
@@ -151,6 +170,10 @@ def measure(
                     cores.setdefault((name, concurrency), []).append(result.server_cores)
             after = in_process(version, 8, pin, seconds, 0)[0]
             baselines["pool"].append(after)
+            budget = cpu_budget(used / before, floor, served_run, roles, wall, pin)
+            budget["in-process rate"] = (before + after) / 2
+            budgets.append(budget)
+            ceilings.append(budget_bounds(budget, cores_for_both)[0][1])
             for key, throughput in figures.items():
                 served.setdefault(key, []).append(throughput)
                 ratios.setdefault(key, []).append(throughput / ((before + after) / 2))
@@ -160,6 +183,8 @@ def measure(
             server.stop()
     return {
         "ceilings": ceilings,
+        "budgets": budgets,
+        "cores for both": cores_for_both,
         "served": served,
         "ratios": ratios,
         "baselines": baselines,
@@ -167,6 +192,80 @@ def measure(
         "cores": cores,
         "monitor share": monitor_share,
     }
+
+
+MODEL_ROLES = ("model threads", "ONNX Runtime pool and other native threads")
+BUDGET_ITEMS = {
+    "in-process model": "model, in-process at batch 8 (the ceiling's m)",
+    "served model": "model, served (the model threads and ONNX Runtime's pool)",
+    "no-op stack": "the no-op grpc.aio server's whole process (the ceiling's f)",
+    "front end": "bnserve's front end: event loop, gRPC core, drift monitor, other threads",
+    "load generator": "load generator (h2load; 0 with its own core)",
+    "unused": "cores left unused, or used by other processes",
+}
+"""What the default server's c=8 load spent per request, in core-microseconds: what CPU it used (by role, from
+/proc per thread), what the ceiling's terms are, and what was left unused."""
+
+
+def cpu_budget(
+    model_cost: float,
+    floor: LoadResult,
+    served: LoadResult,
+    roles: dict[str, float],
+    wall: float,
+    pin: str | None,
+) -> dict[str, float]:
+    """BUDGET_ITEMS in core-seconds per request: ``model_cost`` in-process core-seconds per sample, ``floor``
+    the no-op's run, ``served`` the default server's c=8 run, ``roles`` its CPU seconds by role
+    (cpu_seconds_by_role) over ``wall`` seconds. The load generator counts on shared cores only; with the
+    server pinned, its one core is the budget and "unused" is what of it the server did not use."""
+    per_request = 1 / (wall * served.throughput)
+    served_model = sum(roles[role] for role in MODEL_ROLES) * per_request
+    front_end = (
+        sum(seconds for role, seconds in roles.items() if role not in MODEL_ROLES) * per_request
+    )
+    generator = 0.0 if pin else served.client_cores / served.throughput
+    cores = 1 if pin else (os.cpu_count() or 1)
+    return {
+        "in-process model": model_cost,
+        "served model": served_model,
+        "no-op stack": floor.server_cores / floor.throughput,
+        "front end": front_end,
+        "load generator": generator,
+        "unused": max(0.0, cores / served.throughput - served_model - front_end - generator),
+        "no-op load generator": 0.0 if pin else floor.client_cores / floor.throughput,
+    }
+
+
+def budget_bounds(budget: dict[str, float], cores: int) -> list[tuple[str, float]]:
+    """The chain from the ceiling to the measured ratio (to the budget's "in-process rate", the round's mean
+    of the in-process runs before and after, as the ratios use it), one term of the budget
+    replaced at a time: with K = ``cores``,
+
+        ceiling        = K / (m + f + g0) / r                 (m in-process model, f no-op, g0 its h2load)
+        served model   = K / (m_s + f + g0) / r               (m_s the model's cost inside the server)
+        front end      = K / (m_s + e + g) / r                (e bnserve's front end, g h2load against it)
+        measured       = K / (m_s + e + g + u) / r            (u the cores left unused per request)
+
+    The last equals the measured rate over r, because the core-seconds per request add up to K / rate."""
+    m, m_s, e, g, u = (
+        budget[k]
+        for k in ("in-process model", "served model", "front end", "load generator", "unused")
+    )
+    f, g0, in_process_rate = (
+        budget["no-op stack"],
+        budget["no-op load generator"],
+        budget["in-process rate"],
+    )
+    return [
+        ("ceiling (in-process model, the no-op's stack)", cores / (m + f + g0) / in_process_rate),
+        ("with the model's cost as served", cores / (m_s + f + g0) / in_process_rate),
+        (
+            "with bnserve's front end instead of the no-op's (no core left unused)",
+            cores / (m_s + e + g) / in_process_rate,
+        ),
+        ("measured (with the unused cores)", cores / (m_s + e + g + u) / in_process_rate),
+    ]
 
 
 def monitor_cpu_share(pid: int, before: dict[int, tuple[str, float]]) -> float:
@@ -309,6 +408,26 @@ def table(title: str, model: str, figures: dict) -> list[str]:
         f"Ceiling of c=8 / in-process (module docstring: in-process cost per sample plus the no-op grpc.aio "
         f"server's cost per request, same round): **{statistics.median(ceilings):.2f}** "
         f"({min(ceilings):.2f}-{max(ceilings):.2f}).",
+    ]
+    budgets = figures["budgets"]
+    medians = {key: statistics.median(b[key] for b in budgets) for key in BUDGET_ITEMS}
+    chains = [budget_bounds(b, figures["cores for both"]) for b in budgets]
+    lines += [
+        "",
+        "Where the default server's c=8 load spent the cores, per request (core-microseconds, CPU per thread "
+        "from /proc, medians over rounds), and the ratio to in-process as each term of the ceiling is "
+        "replaced by what was measured (`budget_bounds`):",
+        "",
+        "| per request | core-us |",
+        "|---|---|",
+        *[f"| {label} | {medians[key] * 1e6:,.0f} |" for key, label in BUDGET_ITEMS.items()],
+        "",
+        "| c=8 / in-process batch 8 | ratio |",
+        "|---|---|",
+        *[
+            f"| {label} | {statistics.median(c[i][1] for c in chains):.2f} |"
+            for i, (label, _) in enumerate(chains[0])
+        ],
     ]
     if "model thread" in figures:
         lines += [

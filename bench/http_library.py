@@ -19,6 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.loadgen import main_phase_seconds  # noqa: E402
+
+WARMUP_S = 0.5
 RESPONSE = json.dumps(
     {
         "model_name": "digits",
@@ -90,7 +95,7 @@ def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple
             "--h1",
             "-D",
             f"{round(seconds * 1000)}ms",
-            "--warm-up-time=500ms",
+            f"--warm-up-time={round(WARMUP_S * 1000)}ms",
             "-c",
             str(connections),
             "-m",
@@ -110,8 +115,7 @@ def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple
     succeeded = int(re.search(r"(\d+) succeeded", output).group(1))
     status_2xx = int(re.search(r"(\d+) 2xx", output).group(1))
     assert status_2xx == succeeded, output
-    finished = re.search(r"finished in ([\d.]+)(m?s)", output)
-    wall = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    wall = main_phase_seconds(output, WARMUP_S)
     mean_ms = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", output).group(1)
     mean = float(mean_ms[:-2]) / 1000 if mean_ms.endswith("us") else float(mean_ms[:-2])
     return succeeded / wall, mean
