@@ -17,6 +17,9 @@ and the best ratio any one-process Python front end on grpc.aio can reach is ser
 round's in-process runs before and after, as for every ratio here). It assumes perfect overlap and nothing
 above the no-op per request (no decoding, batching, encoding), so it is an upper bound.
 
+The peers. ResNet50 is also served by KServe and MLServer (bench/peers.py) in every round, for the issue's
+rows c=1 >= 1.1x and c=8 >= 1.5x the best peer; each round's ratio is bnserve's default over the faster peer.
+
 The budget. The default server's c=8 run is measured the same way (CPU per thread, by role) and the ceiling's
 terms are replaced by what was measured one at a time (budget_bounds): the model's cost inside the server for
 m, bnserve's front end for f, and the cores left unused. The gap from the ceiling to the measured ratio so
@@ -114,14 +117,18 @@ def measure(
     client_pin: str | None,
     seconds: float,
     rounds: int,
+    work: Path,
 ) -> dict:
     body = model_infer_body(model, sample(SHAPE, 1))
     version = repository / model / "1"
     servers = {name: start(repository, flags, pin) for name, flags in CONFIGURATIONS[model].items()}
     prefix = ["taskset", "-c", pin] if pin else []
     noop = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py")])
+    peers = start_peers(model, version, work, pin) if model in PEER_MODELS else {}
     ceilings: list[float] = []
     budgets: list[dict[str, float]] = []
+    peer_rates: dict[tuple[str, int], list[float]] = {}
+    peer_ratios: dict[tuple[str, int], list[float]] = {}
     served: dict[tuple[str, int], list[float]] = {}
     batches: dict[tuple[str, int], list[float]] = {}
     cores: dict[tuple[str, int], list[float]] = {}
@@ -168,6 +175,16 @@ def measure(
                         / max(1, calls_after[1] - calls_before[1])
                     )
                     cores.setdefault((name, concurrency), []).append(result.server_cores)
+            for name, peer in peers.items():
+                for concurrency in (1, 8):
+                    result = run_load(
+                        peer.port, body, concurrency, seconds, peer.process.pid, cpu=client_pin
+                    )
+                    peer_rates.setdefault((name, concurrency), []).append(result.throughput)
+                    figures_of_bnserve = figures[(DEFAULT, concurrency)]
+                    peer_ratios.setdefault((name, concurrency), []).append(
+                        figures_of_bnserve / result.throughput
+                    )
             after = in_process(version, 8, pin, seconds, 0)[0]
             baselines["pool"].append(after)
             budget = cpu_budget(used / before, floor, served_run, roles, wall, pin)
@@ -179,11 +196,13 @@ def measure(
                 ratios.setdefault(key, []).append(throughput / ((before + after) / 2))
         monitor_share = monitor_cpu_share(default.process.pid, cpu_before)
     finally:
-        for server in (*servers.values(), noop):
+        for server in (*servers.values(), noop, *peers.values()):
             server.stop()
     return {
         "ceilings": ceilings,
         "budgets": budgets,
+        "peer rates": peer_rates,
+        "peer ratios": peer_ratios,
         "cores for both": cores_for_both,
         "served": served,
         "ratios": ratios,
@@ -192,6 +211,37 @@ def measure(
         "cores": cores,
         "monitor share": monitor_share,
     }
+
+
+PEER_MODELS = ("resnet50",)
+"""Models also served by the peers in the same rounds (the issue's rows for the ResNet-style model: c=1 >= 1.1x
+and c=8 >= 1.5x the best peer); conv6's peer rows are bench/run.py's."""
+PEER_TARGETS = {1: 1.1, 8: 1.5}
+
+
+def start_peers(model: str, version: Path, work: Path, pin: str | None) -> dict[str, ServerProcess]:
+    """bench/run.py's peers (KServe, MLServer) serving ``version``'s model.onnx, each checked to answer as
+    in-process ONNX Runtime does before it is measured."""
+    import numpy as np
+    import onnxruntime
+
+    from bench.peers import check_answer, start_peer
+    from bench.run import PEERS
+
+    images = sample(SHAPE, 1)
+    expected = onnxruntime.InferenceSession(
+        str(version / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["logits"], {"images": images})[0]
+    peers: dict[str, ServerProcess] = {}
+    try:
+        for name in PEERS:
+            peers[name] = start_peer(name, version, model, work, pin)
+            check_answer(peers[name].port, model, np.ascontiguousarray(images), expected)
+    except BaseException:
+        for peer in peers.values():
+            peer.stop()
+        raise
+    return peers
 
 
 MODEL_ROLES = ("model threads", "ONNX Runtime pool and other native threads")
@@ -366,6 +416,10 @@ def where_the_model_thread_waits(
     return {state: count / max(total, 1) for state, count in counts.items()}
 
 
+def peer_names(figures: dict) -> list[str]:
+    return sorted({name for name, _ in figures["peer rates"]})
+
+
 def table(title: str, model: str, figures: dict) -> list[str]:
     pool = statistics.median(figures["baselines"]["pool"])
     one = statistics.median(figures["baselines"]["1 thread"])
@@ -409,6 +463,35 @@ def table(title: str, model: str, figures: dict) -> list[str]:
         f"server's cost per request, same round): **{statistics.median(ceilings):.2f}** "
         f"({min(ceilings):.2f}-{max(ceilings):.2f}).",
     ]
+    if figures["peer rates"]:
+        lines += [
+            "",
+            "Against the peers serving the same model.onnx in the same rounds (h2load, same requests):",
+            "",
+        ]
+        lines += [
+            "| concurrency | bnserve (default) req/s | "
+            + " | ".join(f"{p} req/s" for p in peer_names(figures))
+            + " | bnserve / best peer, per round | target |",
+            "|---|---|" + "---|" * len(peer_names(figures)) + "---|---|",
+        ]
+        for concurrency, target in PEER_TARGETS.items():
+            ratios = [
+                min(per_peer)
+                for per_peer in zip(
+                    *(figures["peer ratios"][(p, concurrency)] for p in peer_names(figures))
+                )
+            ]
+            best = statistics.median(ratios)
+            lines.append(
+                f"| {concurrency} | {statistics.median(figures['served'][(DEFAULT, concurrency)]):,.0f} | "
+                + " | ".join(
+                    f"{statistics.median(figures['peer rates'][(p, concurrency)]):,.0f}"
+                    for p in peer_names(figures)
+                )
+                + f" | **{best:.2f}** ({min(ratios):.2f}-{max(ratios):.2f}) | >= {target} "
+                f"({'met' if best >= target else 'missed'}) |"
+            )
     budgets = figures["budgets"]
     medians = {key: statistics.median(b[key] for b in budgets) for key in BUDGET_ITEMS}
     chains = [budget_bounds(b, figures["cores for both"]) for b in budgets]
@@ -497,7 +580,9 @@ def main() -> None:
                 ("2 cores shared by server and load generator", None, None),
                 ("server pinned to core 0, load generator on core 1", "0", "1"),
             ):
-                figures = measure(repository, model, pin, client_pin, args.seconds, args.rounds)
+                figures = measure(
+                    repository, model, pin, client_pin, args.seconds, args.rounds, work
+                )
                 if model == "conv6":
                     figures["model thread"] = where_the_model_thread_waits(
                         repository, pin, client_pin, 4
@@ -514,7 +599,9 @@ def main() -> None:
         'ratio is against the mean of those two. "long-call handling off" is the batcher without its '
         "handling of calls of `--long-call-us` (1000) or more (README, Batching): no hand-over to the model "
         'thread, no early start, no regrouping. "drift monitor off" measures what the drift monitor costs '
-        "a compute-bound model, whose monitor.onnx costs about a sample of the model per monitored sample.",
+        "a compute-bound model, whose monitor.onnx costs about a sample of the model per monitored sample. "
+        "resnet50 is also served by bench/run.py's peers (KServe, MLServer: the same model.onnx on ONNX "
+        "Runtime, their pools held to the server's cores) in the same rounds.",
         "",
         *sections,
     ]
