@@ -181,9 +181,9 @@ def measure(
                         peer.port, body, concurrency, seconds, peer.process.pid, cpu=client_pin
                     )
                     peer_rates.setdefault((name, concurrency), []).append(result.throughput)
-                    figures_of_bnserve = figures[(DEFAULT, concurrency)]
+                    bnserve_rate = figures[(DEFAULT, concurrency)]
                     peer_ratios.setdefault((name, concurrency), []).append(
-                        figures_of_bnserve / result.throughput
+                        bnserve_rate / result.throughput
                     )
             after = in_process(version, 8, pin, seconds, 0)[0]
             baselines["pool"].append(after)
