@@ -125,10 +125,8 @@ def measure(
     prefix = ["taskset", "-c", pin] if pin else []
     noop = start_listening([*prefix, sys.executable, str(ROOT / "bench" / "noop_server.py")])
     peers = start_peers(model, version, work, pin) if model in PEER_MODELS else {}
-    ceilings: list[float] = []
     budgets: list[dict[str, float]] = []
     peer_rates: dict[tuple[str, int], list[float]] = {}
-    peer_ratios: dict[tuple[str, int], list[float]] = {}
     served: dict[tuple[str, int], list[float]] = {}
     batches: dict[tuple[str, int], list[float]] = {}
     cores: dict[tuple[str, int], list[float]] = {}
@@ -181,16 +179,11 @@ def measure(
                         peer.port, body, concurrency, seconds, peer.process.pid, cpu=client_pin
                     )
                     peer_rates.setdefault((name, concurrency), []).append(result.throughput)
-                    bnserve_rate = figures[(DEFAULT, concurrency)]
-                    peer_ratios.setdefault((name, concurrency), []).append(
-                        bnserve_rate / result.throughput
-                    )
             after = in_process(version, 8, pin, seconds, 0)[0]
             baselines["pool"].append(after)
-            budget = cpu_budget(used / before, floor, served_run, roles, wall, pin)
+            budget = cpu_budget(used / before, floor, served_run, roles, wall, cores_for_both, pin)
             budget["in-process rate"] = (before + after) / 2
             budgets.append(budget)
-            ceilings.append(budget_bounds(budget, cores_for_both)[0][1])
             for key, throughput in figures.items():
                 served.setdefault(key, []).append(throughput)
                 ratios.setdefault(key, []).append(throughput / ((before + after) / 2))
@@ -199,11 +192,8 @@ def measure(
         for server in (*servers.values(), noop, *peers.values()):
             server.stop()
     return {
-        "ceilings": ceilings,
         "budgets": budgets,
         "peer rates": peer_rates,
-        "peer ratios": peer_ratios,
-        "cores for both": cores_for_both,
         "served": served,
         "ratios": ratios,
         "baselines": baselines,
@@ -222,21 +212,16 @@ PEER_TARGETS = {1: 1.1, 8: 1.5}
 def start_peers(model: str, version: Path, work: Path, pin: str | None) -> dict[str, ServerProcess]:
     """bench/run.py's peers (KServe, MLServer) serving ``version``'s model.onnx, each checked to answer as
     in-process ONNX Runtime does before it is measured."""
-    import numpy as np
-    import onnxruntime
-
-    from bench.peers import check_answer, start_peer
+    from bench.peers import check_answer, reference_logits, start_peer
     from bench.run import PEERS
 
     images = sample(SHAPE, 1)
-    expected = onnxruntime.InferenceSession(
-        str(version / "model.onnx"), providers=["CPUExecutionProvider"]
-    ).run(["logits"], {"images": images})[0]
+    expected = reference_logits(version, images)
     peers: dict[str, ServerProcess] = {}
     try:
         for name in PEERS:
             peers[name] = start_peer(name, version, model, work, pin)
-            check_answer(peers[name].port, model, np.ascontiguousarray(images), expected)
+            check_answer(peers[name].port, model, images, expected)
     except BaseException:
         for peer in peers.values():
             peer.stop()
@@ -263,20 +248,22 @@ def cpu_budget(
     served: LoadResult,
     roles: dict[str, float],
     wall: float,
+    cores: int,
     pin: str | None,
 ) -> dict[str, float]:
     """BUDGET_ITEMS in core-seconds per request: ``model_cost`` in-process core-seconds per sample, ``floor``
     the no-op's run, ``served`` the default server's c=8 run, ``roles`` its CPU seconds by role
-    (cpu_seconds_by_role) over ``wall`` seconds. The load generator counts on shared cores only; with the
-    server pinned, its one core is the budget and "unused" is what of it the server did not use."""
+    (cpu_seconds_by_role) over ``wall`` seconds, ``cores`` the budget's K. The load generator counts on shared
+    cores only; with the server pinned, its one core is the budget and "unused" is what of it the server did
+    not use."""
     per_request = 1 / (wall * served.throughput)
     served_model = sum(roles[role] for role in MODEL_ROLES) * per_request
     front_end = (
         sum(seconds for role, seconds in roles.items() if role not in MODEL_ROLES) * per_request
     )
     generator = 0.0 if pin else served.client_cores / served.throughput
-    cores = 1 if pin else (os.cpu_count() or 1)
     return {
+        "cores": cores,
         "in-process model": model_cost,
         "served model": served_model,
         "no-op stack": floor.server_cores / floor.throughput,
@@ -287,10 +274,10 @@ def cpu_budget(
     }
 
 
-def budget_bounds(budget: dict[str, float], cores: int) -> list[tuple[str, float]]:
+def budget_bounds(budget: dict[str, float]) -> list[tuple[str, float]]:
     """The chain from the ceiling to the measured ratio (to the budget's "in-process rate", the round's mean
     of the in-process runs before and after, as the ratios use it), one term of the budget
-    replaced at a time: with K = ``cores``,
+    replaced at a time: with K = the budget's "cores",
 
         ceiling        = K / (m + f + g0) / r                 (m in-process model, f no-op, g0 its h2load)
         served model   = K / (m_s + f + g0) / r               (m_s the model's cost inside the server)
@@ -302,10 +289,11 @@ def budget_bounds(budget: dict[str, float], cores: int) -> list[tuple[str, float
         budget[k]
         for k in ("in-process model", "served model", "front end", "load generator", "unused")
     )
-    f, g0, in_process_rate = (
+    f, g0, in_process_rate, cores = (
         budget["no-op stack"],
         budget["no-op load generator"],
         budget["in-process rate"],
+        budget["cores"],
     )
     return [
         ("ceiling (in-process model, the no-op's stack)", cores / (m + f + g0) / in_process_rate),
@@ -416,10 +404,6 @@ def where_the_model_thread_waits(
     return {state: count / max(total, 1) for state, count in counts.items()}
 
 
-def peer_names(figures: dict) -> list[str]:
-    return sorted({name for name, _ in figures["peer rates"]})
-
-
 def table(title: str, model: str, figures: dict) -> list[str]:
     pool = statistics.median(figures["baselines"]["pool"])
     one = statistics.median(figures["baselines"]["1 thread"])
@@ -456,14 +440,16 @@ def table(title: str, model: str, figures: dict) -> list[str]:
         f"{'met' if monitor_ratio >= MONITOR_TARGET else 'missed'}); over all the default server's runs its "
         f"thread used {figures['monitor share']:.3f} of the server's CPU (per-thread CPU from /proc).",
     ]
-    ceilings = figures["ceilings"]
+    chains = [budget_bounds(b) for b in figures["budgets"]]
+    ceilings = [chain[0][1] for chain in chains]
     lines += [
         "",
         f"Ceiling of c=8 / in-process (module docstring: in-process cost per sample plus the no-op grpc.aio "
         f"server's cost per request, same round): **{statistics.median(ceilings):.2f}** "
         f"({min(ceilings):.2f}-{max(ceilings):.2f}).",
     ]
-    if figures["peer rates"]:
+    peers = sorted({name for name, _ in figures["peer rates"]})
+    if peers:
         lines += [
             "",
             "Against the peers serving the same model.onnx in the same rounds (h2load, same requests):",
@@ -471,15 +457,17 @@ def table(title: str, model: str, figures: dict) -> list[str]:
         ]
         lines += [
             "| concurrency | bnserve (default) req/s | "
-            + " | ".join(f"{p} req/s" for p in peer_names(figures))
+            + " | ".join(f"{p} req/s" for p in peers)
             + " | bnserve / best peer, per round | target |",
-            "|---|---|" + "---|" * len(peer_names(figures)) + "---|---|",
+            "|---|---|" + "---|" * len(peers) + "---|---|",
         ]
         for concurrency, target in PEER_TARGETS.items():
+            # Each round's bnserve rate over that round's fastest peer.
             ratios = [
-                min(per_peer)
-                for per_peer in zip(
-                    *(figures["peer ratios"][(p, concurrency)] for p in peer_names(figures))
+                bnserve / max(peer_rates)
+                for bnserve, *peer_rates in zip(
+                    figures["served"][(DEFAULT, concurrency)],
+                    *(figures["peer rates"][(p, concurrency)] for p in peers),
                 )
             ]
             best = statistics.median(ratios)
@@ -487,14 +475,12 @@ def table(title: str, model: str, figures: dict) -> list[str]:
                 f"| {concurrency} | {statistics.median(figures['served'][(DEFAULT, concurrency)]):,.0f} | "
                 + " | ".join(
                     f"{statistics.median(figures['peer rates'][(p, concurrency)]):,.0f}"
-                    for p in peer_names(figures)
+                    for p in peers
                 )
                 + f" | **{best:.2f}** ({min(ratios):.2f}-{max(ratios):.2f}) | >= {target} "
                 f"({'met' if best >= target else 'missed'}) |"
             )
-    budgets = figures["budgets"]
-    medians = {key: statistics.median(b[key] for b in budgets) for key in BUDGET_ITEMS}
-    chains = [budget_bounds(b, figures["cores for both"]) for b in budgets]
+    medians = {key: statistics.median(b[key] for b in figures["budgets"]) for key in BUDGET_ITEMS}
     lines += [
         "",
         "Where the default server's c=8 load spent the cores, per request (core-microseconds, CPU per thread "

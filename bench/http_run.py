@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import onnxruntime  # noqa: E402
 import requests  # noqa: E402
 
 from bench.loadgen import LoadResult, median_result, run_http_load  # noqa: E402
@@ -125,10 +124,9 @@ def start(name: str, repository: Path, work: Path, pin: str | None) -> ServerPro
 
 
 def expected_logits(repository: Path) -> np.ndarray:
-    session = onnxruntime.InferenceSession(
-        str(repository / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    return session.run(["logits"], {"images": sample((8, 8, 1), 1)})[0]
+    from bench.peers import reference_logits
+
+    return reference_logits(repository / "digits" / "1", sample((8, 8, 1), 1))
 
 
 def check_http_answer(

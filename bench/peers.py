@@ -38,6 +38,17 @@ def venv_python(peer: str) -> Path:
     return python
 
 
+def reference_logits(version_dir: Path, images: np.ndarray) -> np.ndarray:
+    """``version_dir``'s model.onnx on ``images`` in this process (ONNX Runtime, CPU): the answer every served
+    model is checked against before it is measured (check_answer)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(["logits"], {"images": images})[0]
+
+
 def check_answer(
     port: int, model: str, images: np.ndarray, expected_logits: np.ndarray, timeout_s: float = 120
 ) -> None:

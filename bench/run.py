@@ -670,12 +670,10 @@ def peer_tables(
 ) -> None:
     """Every server driven by the same h2load load; each row also as a ratio to the no-op server and to the best
     peer (KServe or MLServer) at the same concurrency, for both machine classes."""
-    from bench.peers import check_answer
+    from bench.peers import check_answer, reference_logits
 
     images = sample((8, 8, 1), 1)
-    expected = onnxruntime.InferenceSession(
-        str(repository / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    ).run(["logits"], {"images": images})[0]
+    expected = reference_logits(repository / "digits" / "1", images)
     report.add(
         "## 7. bnserve vs its peers (same run, same client, same model.onnx)",
         "",
@@ -822,13 +820,11 @@ def conv6_against_peers(
     """conv6 served by bnserve and the peers at c=1 and c=8, and in-process ONNX Runtime at batch 8 on the
     server's cores, all interleaved within each repeat (the machine's speed drifts within minutes). Returns
     bnserve's CPU breakdown at c=8."""
-    from bench.peers import check_answer, start_peer
+    from bench.peers import check_answer, reference_logits, start_peer
 
     version = repository / "conv6" / "1"
     images = sample((32, 32, 3), 1)
-    expected = onnxruntime.InferenceSession(
-        str(version / "model.onnx"), providers=["CPUExecutionProvider"]
-    ).run(["logits"], {"images": images})[0]
+    expected = reference_logits(version, images)
     servers = {"bnserve": start_named("bnserve", repository, work, server_pin)}
     runs: dict[tuple[str, int], list[LoadResult]] = {}
     in_process: list[float] = []
