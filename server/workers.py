@@ -32,6 +32,10 @@ log = logging.getLogger("bnserve.server")
 def reserve_port(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reservation = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR as every server sets it (gRPC core, asyncio): without it the bind fails for a minute
+    # after the previous server on this port closed connections (theirs sit in TIME_WAIT), so a restart of
+    # --workers on the same ports stopped with "port in use". A live listener still refuses the bind.
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     reservation.bind((host, port))
     return reservation

@@ -4,6 +4,7 @@ TLS files checked before start."""
 import os
 import re
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -256,6 +257,42 @@ def test_a_second_worker_family_cannot_share_the_port(repository, tmp_path):
                 f"{flags[0]} {port}: port {port} is in use"
                 in result.stderr.strip().splitlines()[-1]
             )
+    finally:
+        assert server.stop() == 0
+
+
+def port_left_in_time_wait() -> int:
+    """A free port whose server side of a closed connection sits in TIME_WAIT, as a server that answered and
+    closed connections leaves its port for a minute after it stopped."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server closes first, so its end goes to TIME_WAIT
+            assert client.recv(1) == b""
+    # /proc/net/tcp: local address "0100007F:PORT" in hex, state 06 = TIME_WAIT
+    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    assert any(row[1] == f"0100007F:{port:04X}" and row[3] == "06" for row in rows)
+    return port
+
+
+def test_workers_restart_on_ports_left_in_time_wait(repository):
+    """A restart of --workers on the ports of a server that just stopped: its closed connections keep the
+    ports in TIME_WAIT for a minute, which a bind without SO_REUSEADDR refuses ("port in use")."""
+    grpc_port, http_port = port_left_in_time_wait(), port_left_in_time_wait()
+    server = start_server(
+        repository, "--workers", "2", "--grpc-port", str(grpc_port), "--http-port", str(http_port)
+    )
+    try:
+        assert server.port == grpc_port
+        worker_pids(server)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=10
+        ) as answer:
+            assert answer.status == 200
     finally:
         assert server.stop() == 0
 
