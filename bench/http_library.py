@@ -4,7 +4,10 @@ Each candidate runs in its own process on the default asyncio loop (the loop grp
 no uvloop), answers POST /v2/models/digits/infer with a prepared JSON body after reading the request
 body, and is driven by h2load over HTTP/1.1 (one request in flight per connection).
 
-    python bench/http_library.py [--seconds 3]      # prints a Markdown table
+    python bench/http_library.py [--seconds 3] [--repository R]      # prints a Markdown table
+
+With ``--repository`` (one holding the digits model, e.g. the one `make run` serves) the table ends with
+bnserve itself on that model, same pinning and client: a real 1-sample JSON infer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,8 +93,10 @@ asyncio.run(main())
 
 
 def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple[float, float]:
+    client_pin = ["taskset", "-c", "1"] if os.cpu_count() and os.cpu_count() > 1 else []
     output = subprocess.run(
         [
+            *client_pin,
             "h2load",
             "--h1",
             "-D",
@@ -121,7 +127,7 @@ def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple
     return succeeded / wall, mean
 
 
-def measure(seconds: float) -> list[str]:
+def measure(seconds: float, repository: Path | None = None) -> list[str]:
     rows = [
         "| library | c=1 req/s | c=1 mean ms | c=32 req/s | c=32 mean ms |",
         "|---|---|---|---|---|",
@@ -133,22 +139,55 @@ def measure(seconds: float) -> list[str]:
             program = f"RESPONSE = {RESPONSE!r}\n" + source
             # Server on core 0, h2load on core 1 where there are two: the library is what is measured.
             pin = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []
+            errors = open(Path(work) / "stderr", "w+")  # a file: a full pipe would stall the server
             server = subprocess.Popen(
-                [*pin, sys.executable, "-c", program], stdout=subprocess.PIPE, text=True
+                [*pin, sys.executable, "-c", program],
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
             )
             try:
-                port = int(server.stdout.readline().split()[1])
+                first = server.stdout.readline().split()
+                if first[:1] != ["port"]:
+                    server.wait()
+                    raise RuntimeError(
+                        f"{name} did not start (exit {server.returncode}; the bench extra installs "
+                        f"every candidate): {Path(errors.name).read_text().strip()[-500:]}"
+                    )
+                port = int(first[1])
                 time.sleep(0.5)
                 c1 = run_h2load(port, 1, seconds, body)
                 c32 = run_h2load(port, 32, seconds, body)
             finally:
                 server.terminate()
                 server.wait()
-            rows.append(f"| {name} | {c1[0]:,.0f} | {c1[1]:.3f} | {c32[0]:,.0f} | {c32[1]:.3f} |")
+                errors.close()
+            library = f"{name.split()[0]} {metadata.version(name.split()[0])}{name[len(name.split()[0]) :]}"
+            rows.append(
+                f"| {library} | {c1[0]:,.0f} | {c1[1]:.3f} | {c32[0]:,.0f} | {c32[1]:.3f} |"
+            )
+        if repository is not None:
+            from tests.servers import start_server
+
+            pin = "0" if os.cpu_count() and os.cpu_count() > 1 else None
+            served = start_server(repository, "--model-control", "none", http=True, pin=pin)
+            try:
+                c1 = run_h2load(served.http_port, 1, seconds, body)
+                c32 = run_h2load(served.http_port, 32, seconds, body)
+            finally:
+                served.stop()
+            rows.append(
+                f"| *bnserve on aiohttp, real 1-sample JSON infer, same pinning* | *{c1[0]:,.0f}* | "
+                f"*{c1[1]:.3f}* | *{c32[0]:,.0f}* | *{c32[1]:.3f}* |"
+            )
     return rows
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    print("\n".join(measure(parser.parse_args().seconds)))
+    parser.add_argument(
+        "--repository", type=Path, help="also measure bnserve serving its digits model"
+    )
+    arguments = parser.parse_args()
+    print("\n".join(measure(arguments.seconds, arguments.repository)))
