@@ -16,6 +16,7 @@ behind.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -23,21 +24,58 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bnserve.core.errors import UserError
 
 log = logging.getLogger("bnserve.server")
 
 
+CLOSING_STATES = {"04", "05", "06", "09", "0B"}
+"""/proc/net/tcp states of a connection closed and winding down (FIN_WAIT1, FIN_WAIT2, TIME_WAIT, LAST_ACK,
+CLOSING): they keep its local port bound, TIME_WAIT for a minute, while nobody serves on it."""
+
+
+def held_only_by_closed_connections(port: int) -> bool:
+    """Whether every TCP socket on local ``port`` (IPv4 and IPv6, /proc/net/tcp and tcp6) is a closed
+    connection winding down; False when one listens or is open, or when /proc cannot tell."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return False
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states.append(fields[3])
+    return bool(states) and all(state in CLOSING_STATES for state in states)
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
+    """The port, bound (never listening) with SO_REUSEPORT only, so that no other server can bind it,
+    SO_REUSEADDR ones included, until the workers listen on it.
+
+    A server that stopped leaves the server side of its closed connections in TIME_WAIT for a minute, and
+    without SO_REUSEADDR that bind fails: a restart of --workers on the ports of a single server that had
+    just answered on them stopped with "port in use". Only then, when /proc shows nothing on the port but
+    such connections, is it bound with SO_REUSEADDR too (as gRPC core and asyncio bind every server)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reservation = socket.socket(family, socket.SOCK_STREAM)
-    # SO_REUSEADDR as every server sets it (gRPC core, asyncio): without it the bind fails for a minute
-    # after the previous server on this port closed connections (theirs sit in TIME_WAIT), so a restart of
-    # --workers on the same ports stopped with "port in use". A live listener still refuses the bind.
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reservation.bind((host, port))
+    try:
+        try:
+            reservation.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not port:
+                raise
+            if not held_only_by_closed_connections(port):
+                raise
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            reservation.bind((host, port))
+    except OSError:
+        reservation.close()
+        raise
     return reservation
 
 

@@ -25,7 +25,7 @@ from tests.helpers.serving import (
     wait_for,
 )
 from tests.helpers.serving import scrape as scrape_server
-from tests.servers import start_server
+from tests.servers import free_port, start_server
 
 
 def test_a_second_server_on_a_busy_port_stops_with_exit_2(repository):
@@ -295,6 +295,21 @@ def test_workers_restart_on_ports_left_in_time_wait(repository):
             assert answer.status == 200
     finally:
         assert server.stop() == 0
+
+
+def test_workers_hold_their_ports_against_other_servers(repository):
+    """The parent's reservation keeps SO_REUSEADDR servers out too (the metrics server is one): a metrics
+    port equal to the HTTP port is refused by the parent, before any worker starts."""
+    port = free_port()
+    result = bnserve("serve", "--repository", repository, "--workers", "2", "--grpc-port", "0",
+                     "--http-port", str(port), "--metrics-port", str(port))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: --metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}")
+    ), result.stderr
+    assert "started 2 workers" not in result.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
