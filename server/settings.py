@@ -650,6 +650,16 @@ class ServerSettings:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise UserError(f"--metrics-port {self.metrics_port}: expected 0 to 65535")
+        ports = [("--grpc-port", self.grpc_port), ("--http-port", self.http_port)]
+        wildcards = {"", "0.0.0.0", "::", "[::]"}  # a wildcard address overlaps every other address
+        if self.metrics_port is not None and (
+            self.metrics_host == self.host or {self.metrics_host, self.host} & wildcards
+        ):
+            ports.append(("--metrics-port", self.metrics_port))
+        for index, (flag, port) in enumerate(ports):
+            for other, same in ports[:index]:
+                if port and port == same:  # else the second bind fails with a bare "address in use"
+                    raise UserError(f"{flag} {port}: the same port as {other}; each needs its own")
         if self.max_connections < 1:
             raise UserError(
                 f"--max-connections {self.max_connections}: expected a positive integer"
