@@ -52,9 +52,13 @@ def cpu_pool_threads() -> int:
 def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's default (physical cores)
-    # Spinning intra-op threads keep every core busy between calls, starving the event loop that
-    # feeds them: on 2 cores it halved served throughput at concurrency 32 (docs/benchmarks.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The pool's threads spin within a call, between its parallel sections, and stop when the call returns
+    # (ONNX Runtime's force_spinning_stop). Spinning between calls too (its default) kept every core busy
+    # and starved the event loop that feeds them: on 2 cores it halved throughput at concurrency 32. Not
+    # spinning at all made every parallel section wake a sleeping thread: ResNet50 at batch 1 took 4.05 ms
+    # a call against 3.43 (docs/benchmarks.md, 2026-12-08).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
@@ -81,7 +85,7 @@ class OnnxBackend:
     def __init__(self, version_dir: Path, device: str, intra_op_threads: int = 0):
         """``intra_op_threads`` 0 chooses: on the CPU, one thread when a one-row call takes at most LIGHT_CALL_S
         on one thread, else the pool (cpu_pool_threads: ONNX Runtime's default, kept within this process's
-        cores). Waking a pool thread (spinning is off) costs tens of microseconds and a core that the event loop
+        cores). Waking a pool thread (it sleeps between calls) costs tens of microseconds and a core that the event loop
         and gRPC's poller want too: more than a light model's whole call (README, "intra-op-threads", for the
         measurement)."""
         providers = (
