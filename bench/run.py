@@ -81,7 +81,7 @@ ANALYSIS = [
     "threads never spun (`session.intra_op.allow_spinning` 0), nor did the peers' or the in-process "
     "baselines' (which take the server's session options), so every parallel section of a call woke a "
     "sleeping thread. Now they spin within a call and stop when it returns (`session.force_spinning_stop`). "
-    "In-process on 2 cores (2 threads, 9 interleaved repeats of 0.6 s, medians, ms a call): conv6 0.55 -> "
+    "In-process on 2 cores (2 threads, interleaved repeats of 0.6 s, 9 for conv6 and 5 for ResNet50, medians, ms a call): conv6 0.55 -> "
     "0.43 at batch 1 and 3.15 -> 3.04 at batch 8, ResNet50 4.05 -> 3.43 and 11.96 -> 10.40, as fast as ONNX "
     "Runtime's default (0.40 / 3.00; 3.53 / 10.40), which keeps a thread spinning ~40 ms after every call "
     "(39-47 ms of CPU in the 50 ms after a call, against 0 now; tests/test_server_batching.py checks the "
