@@ -1,7 +1,6 @@
 """Dynamic batching, deadlines and --workers through a real server process."""
 
 import asyncio
-import os
 import time
 
 import grpc
@@ -11,6 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from bench.loadgen import process_cpu_seconds
 from tests.helpers.serving import infer_request, stub_for
 from tests.requests import v2_logits, v2_request
 from tests.servers import start_server
@@ -165,11 +165,6 @@ def test_two_workers_both_answer_and_stop_on_sigterm(serving_repository):
     finally:
         assert server.stop() == 0
     assert any("all workers stopped (exit codes [0, 0])" in line for line in server.log)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_pool_model_spins_only_within_its_calls(repository):
