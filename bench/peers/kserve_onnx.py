@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import onnxruntime
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
-from peer_threads import intra_op_threads
+from peer_threads import session_options
 
 OUTPUTS = ["logits", "probabilities"]
 
@@ -24,13 +24,8 @@ class OnnxModel(Model):
         self.load()
 
     def load(self) -> bool:
-        options = onnxruntime.SessionOptions()
-        # as bnserve: the pool spins within a call only, fair to the loop
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        options.intra_op_num_threads = intra_op_threads()  # on the cores taskset allows, as bnserve
         self.session = onnxruntime.InferenceSession(
-            f"{self.model_dir}/model.onnx", options, providers=["CPUExecutionProvider"]
+            f"{self.model_dir}/model.onnx", session_options(), providers=["CPUExecutionProvider"]
         )
         self.ready = True
         return self.ready

@@ -9,20 +9,15 @@ import onnxruntime
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
-from peer_threads import intra_op_threads
+from peer_threads import session_options
 
 OUTPUTS = ["logits", "probabilities"]
 
 
 class OnnxRuntime(MLModel):
     async def load(self) -> bool:
-        options = onnxruntime.SessionOptions()
-        # as bnserve: the pool spins within a call only, fair to the loop
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        options.intra_op_num_threads = intra_op_threads()  # on the cores taskset allows, as bnserve
         self.session = onnxruntime.InferenceSession(
-            self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
+            self.settings.parameters.uri, session_options(), providers=["CPUExecutionProvider"]
         )
         return True
 

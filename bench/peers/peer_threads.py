@@ -1,4 +1,5 @@
-"""The peers' ONNX Runtime pool held to the cores the process may use, as bnserve holds its own.
+"""The peers' ONNX Runtime session options, as bnserve's (server/backends/onnx.py ``session_options``): the
+pool held to the cores the process may use, spinning within a call only.
 
 ONNX Runtime's default pool (intra_op_num_threads 0) pins one thread per physical core, to cores of its own
 choosing, whatever taskset allowed the process: with the servers held to core 0, KServe's and MLServer's
@@ -11,6 +12,8 @@ virtual environment, without bnserve.
 
 import os
 
+import onnxruntime
+
 
 def intra_op_threads() -> int:
     """0 (ONNX Runtime's default) when this process may run on every core, else one per core it may run on."""
@@ -19,3 +22,13 @@ def intra_op_threads() -> int:
     except AttributeError:  # no affinity masks on this platform (macOS)
         return 0
     return 0 if allowed >= (os.cpu_count() or allowed) else allowed
+
+
+def session_options() -> onnxruntime.SessionOptions:
+    """As bnserve's: the pool spins within a call and stops when it returns, fair to the event loop, and stays
+    on the cores taskset allows (intra_op_threads)."""
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.intra_op_num_threads = intra_op_threads()
+    return options
