@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.loadgen import main_phase_seconds  # noqa: E402
 
 WARMUP_S = 0.5
+PINNED = (os.cpu_count() or 1) > 1
+"""Server on core 0, h2load on core 1 where there are two: the library is what is measured."""
 RESPONSE = json.dumps(
     {
         "model_name": "digits",
@@ -93,7 +95,7 @@ asyncio.run(main())
 
 
 def run_h2load(port: int, connections: int, seconds: float, body: Path) -> tuple[float, float]:
-    client_pin = ["taskset", "-c", "1"] if os.cpu_count() and os.cpu_count() > 1 else []
+    client_pin = ["taskset", "-c", "1"] if PINNED else []
     output = subprocess.run(
         [
             *client_pin,
@@ -137,8 +139,7 @@ def measure(seconds: float, repository: Path | None = None) -> list[str]:
         body.write_bytes(REQUEST)
         for name, source in CANDIDATES.items():
             program = f"RESPONSE = {RESPONSE!r}\n" + source
-            # Server on core 0, h2load on core 1 where there are two: the library is what is measured.
-            pin = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []
+            pin = ["taskset", "-c", "0"] if PINNED else []
             errors = open(Path(work) / "stderr", "w+")  # a file: a full pipe would stall the server
             server = subprocess.Popen(
                 [*pin, sys.executable, "-c", program],
@@ -162,15 +163,17 @@ def measure(seconds: float, repository: Path | None = None) -> list[str]:
                 server.terminate()
                 server.wait()
                 errors.close()
-            library = f"{name.split()[0]} {metadata.version(name.split()[0])}{name[len(name.split()[0]) :]}"
+            package, _, detail = name.partition(" ")
+            library = f"{package} {metadata.version(package)} {detail}".rstrip()
             rows.append(
                 f"| {library} | {c1[0]:,.0f} | {c1[1]:.3f} | {c32[0]:,.0f} | {c32[1]:.3f} |"
             )
         if repository is not None:
             from tests.servers import start_server
 
-            pin = "0" if os.cpu_count() and os.cpu_count() > 1 else None
-            served = start_server(repository, "--model-control", "none", http=True, pin=pin)
+            served = start_server(
+                repository, "--model-control", "none", http=True, pin="0" if PINNED else None
+            )
             try:
                 c1 = run_h2load(served.http_port, 1, seconds, body)
                 c32 = run_h2load(served.http_port, 32, seconds, body)
