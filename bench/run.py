@@ -132,6 +132,26 @@ ANALYSIS = [
     "drops it at its next poll, finds it taken again and waits again. That cost belongs to two threads "
     "sharing one interpreter lock; the model call on the loop instead (2026-12-05, below) made every batch "
     "one request.",
+    "- **Tried later on 2026-12-08, not kept** (interleaved A/Bs as above, 2 shared cores, rounds of 2-3 s, "
+    "medians of the per-round ratios). (1) The drift monitor's thread at the lowest priority, so that its "
+    "one-thread monitor.onnx calls run on cores ONNX Runtime's pool leaves idle (conv6, c=8): SCHED_IDLE 1.06 "
+    "(0.91-1.09, 9 rounds) and 1.04 (0.95-1.19, 15 rounds) of the default, nice 19 1.00 (0.87-1.22), the "
+    "monitor off 1.01 and 1.03, an A/A pair 1.01 (0.91-1.39). The monitor's cost is within that noise, and a "
+    "thread that runs only on idle cores delivers no drift windows while the server is saturated, and can be "
+    "descheduled holding the GIL. (2) gRPC core experiments that grpcio 1.85.4 leaves off "
+    "(`GRPC_EXPERIMENTS`; digits, c=32, 5 rounds): fuse_filters 0.97, ph2_server 0.80, "
+    "tcp_frame_size_tuning with tcp_rcv_lowat 1.05, prioritize_finished_requests 1.06, "
+    "use_call_event_engine_in_completion_queue 1.06, memory_optimization_01/02 1.00, an A/A pair 1.01 "
+    "(0.89-1.21); the three best over 11 rounds 1.02, 0.94 and 1.02, the A/A pair 0.97 (0.58-1.14). "
+    "(3) Compute-bound calls on the event loop at c=1, where a lone client has nothing to wait for "
+    '(`--inline-compute-us` above the call, checked in `bnserve_model_calls_total{place="inline"}`): '
+    "conv6 0.91 (1,000 us) and 0.93 (5,000 us), ResNet50 0.95 (20,000 us), A/A pairs 1.03 and 1.00. "
+    "(4) Free-threaded CPython, which would let the event loop and the model thread run without one "
+    "interpreter lock between them: "
+    "onnxruntime 1.32.0 ships cp313t and cp314t wheels and numpy 2.5.5 cp314t, but grpcio 1.85.4 ships "
+    "none, and gRPC Python holds the GIL internally (grpc/grpc#38762, #41461, both open on 2026-12-08); "
+    "this machine has no free-threaded interpreter to install either (Debian 12; python.org is not "
+    "reachable). That route waits on grpcio.",
     "- **The targets were restated on 2026-12-03** against floors measured in the same run (the table at the "
     'top): the "floor" server (no-op + one model call a request) for digits, the peers at c=1/8/32, server CPU '
     "per request against the no-op's, and conv6 against in-process ONNX Runtime and the peers, interleaved. "
