@@ -146,6 +146,9 @@ ANALYSIS = [
     "(3) Compute-bound calls on the event loop at c=1, where a lone client has nothing to wait for "
     '(`--inline-compute-us` above the call, checked in `bnserve_model_calls_total{place="inline"}`): '
     "conv6 0.91 (1,000 us) and 0.93 (5,000 us), ResNet50 0.95 (20,000 us), A/A pairs 1.03 and 1.00. "
+    "For conv6 at c=8, whose model thread waits 0.41 of the time for the next batch, a shorter wait for "
+    "companions: `--max-queue-delay-us 0` 1.02, 250 1.05, 0 with `--long-call-us 0` 0.97, an A/A pair "
+    "1.03 (0.91-1.24), 9 rounds: the wait is not what idles the model. "
     "(4) Free-threaded CPython, which would let the event loop and the model thread run without one "
     "interpreter lock between them: "
     "onnxruntime 1.32.0 ships cp313t and cp314t wheels and numpy 2.5.5 cp314t, but grpcio 1.85.4 ships "
