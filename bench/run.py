@@ -142,7 +142,8 @@ ANALYSIS = [
     "(`GRPC_EXPERIMENTS`; digits, c=32, 5 rounds): fuse_filters 0.97, ph2_server 0.80, "
     "tcp_frame_size_tuning with tcp_rcv_lowat 1.05, prioritize_finished_requests 1.06, "
     "use_call_event_engine_in_completion_queue 1.06, memory_optimization_01/02 1.00, an A/A pair 1.01 "
-    "(0.89-1.21); the three best over 11 rounds 1.02, 0.94 and 1.02, the A/A pair 0.97 (0.58-1.14). "
+    "(0.89-1.21); over 11 rounds the tcp pair 1.02, prioritize_finished_requests 0.94 and the "
+    "completion-queue experiment 1.02, the A/A pair 0.97 (0.58-1.14). "
     "(3) Compute-bound calls on the event loop at c=1, where a lone client has nothing to wait for "
     '(`--inline-compute-us` above the call, checked in `bnserve_model_calls_total{place="inline"}`): '
     "conv6 0.91 (1,000 us) and 0.93 (5,000 us), ResNet50 0.95 (20,000 us), A/A pairs 1.03 and 1.00. "
