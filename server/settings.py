@@ -613,9 +613,10 @@ class ServerSettings:
                     "so it is one version; give the model's directory (versions 1, 2, ... inside it) "
                     "or the whole repository"
                 )
+        addresses: dict[str, set[str]] = {}
         for flag, host in (("--host", self.host), ("--metrics-host", self.metrics_host)):
             try:  # before anything loads: an unresolvable name is not a busy port
-                socket.getaddrinfo(host, None)
+                addresses[flag] = {info[4][0] for info in socket.getaddrinfo(host, None)}
             except (socket.gaierror, UnicodeError) as exc:
                 reason = getattr(exc, "strerror", None) or exc
                 raise UserError(f"{flag} {host!r}: the name does not resolve ({reason})") from None
@@ -653,7 +654,10 @@ class ServerSettings:
         ports = [("--grpc-port", self.grpc_port), ("--http-port", self.http_port)]
         wildcards = {"", "0.0.0.0", "::", "[::]"}  # a wildcard address overlaps every other address
         if self.metrics_port is not None and (
-            self.metrics_host == self.host or {self.metrics_host, self.host} & wildcards
+            self.metrics_host == self.host
+            or {self.metrics_host, self.host} & wildcards
+            # two names for one address ("localhost" and 127.0.0.1) bind the same socket
+            or addresses["--host"] & addresses["--metrics-host"]
         ):
             ports.append(("--metrics-port", self.metrics_port))
         for index, (flag, port) in enumerate(ports):

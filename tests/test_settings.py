@@ -206,12 +206,14 @@ def test_the_numbers_of_the_probe_are_refused_in_one_line(repository, flags, mes
         (["--grpc-port", "9000", "--http-port", "9001", "--metrics-port", "9001"], "--metrics-port 9001: the same port as --http-port; each needs its own"),
         (["--grpc-port", "9000", "--metrics-port", "9000", "--metrics-host", "0.0.0.0"], "--metrics-port 9000: the same port as --grpc-port; each needs its own"),
         (["--grpc-port", "9000", "--http-port", "9001", "--metrics-port", "9001", "--metrics-host", "127.0.0.2"], None),
+        (["--grpc-port", "9000", "--http-port", "9001", "--metrics-port", "9001", "--metrics-host", "localhost"], "--metrics-port 9001: the same port as --http-port; each needs its own"),
         (["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"], None),
     ],
 )  # fmt: skip
 def test_two_ports_of_one_server_on_the_same_number_are_refused_by_name(tmp_path, flags, message):
     """Else the second bind fails with a bare "address already in use", as if another program held it.
-    Port 0 picks a free port each time; different addresses (neither a wildcard) do not collide."""
+    Port 0 picks a free port each time; different addresses (neither a wildcard) do not collide, and two names
+    of one address ("localhost" for 127.0.0.1) do."""
     argv = ["serve", "--repository", str(tmp_path), "--host", "127.0.0.1", *flags]
     if message is None:
         settings_from_args(build_parser().parse_args(argv))
