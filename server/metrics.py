@@ -197,6 +197,12 @@ MODEL_CALLS = LoopMetric(
     ["model", "version", "place"],
     "counter",
 )
+BUSY_LOOP_BATCHES = LoopMetric(
+    "bnserve_busy_loop_batches",
+    "Batches that could wait for companions up to --busy-queue-delay-us, the event loop being busy",
+    ["model", "version"],
+    "counter",
+)
 LOADED_VERSIONS = Gauge("bnserve_loaded_versions", "Versions ready to serve", ["model"])
 QUEUE_DEPTH = Gauge(
     "bnserve_queue_depth",

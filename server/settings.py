@@ -54,6 +54,10 @@ class BatchingOptions:
     """A model call measured to take at least this long (DynamicBatcher._after_long_call): the loop waits
     for the model thread to start it, the next ready batch starts before it is answered, and a queue short
     of the expected companions regroups with the requests its answers bring back; 0: off."""
+    busy_queue_delay_us: int = 4000
+    """Replaces max_queue_delay_us, where longer, while the event loop is busy (bnserve.server.batching.LoopBusy):
+    its unread requests wait inside gRPC meanwhile, so a longer wait costs it nothing and saves model calls.
+    Only where max_queue_delay_us > 0; 0: off."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class VersionPolicy:
 MODEL_OPTION_KEYS = {
     "max_batch_size": "max_batch_size",
     "max_queue_delay_us": "max_queue_delay_us",
+    "busy_queue_delay_us": "busy_queue_delay_us",
     "max_queue_size": "max_queue_size",
     "instances": "instances",
     "dynamic_batching": "coalesce",
@@ -122,6 +127,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "metrics_port": (0, 65535),
     "max_batch_size": (1, 65536),
     "max_queue_delay_us": (0, 60_000_000),
+    "busy_queue_delay_us": (0, 60_000_000),
     "max_queue_size": (1, 1_000_000),
     "instances": (1, 256),
     "inline_compute_us": (0, 10_000_000),
@@ -169,6 +175,7 @@ def check_batching(
     instances: int,
     inline_compute_us: int = 0,
     long_call_us: int = 0,
+    busy_queue_delay_us: int = 0,
 ) -> None:
     """Range checks shared by the server-wide flags (prefix "--") and --model-option overrides."""
     for key, value, low in (
@@ -178,6 +185,7 @@ def check_batching(
         ("instances", instances, 1),
         ("inline-compute-us", inline_compute_us, 0),
         ("long-call-us", long_call_us, 0),
+        ("busy-queue-delay-us", busy_queue_delay_us, 0),
     ):
         name = key if prefix == "--" else key.replace("-", "_")
         if value < low:
@@ -364,6 +372,12 @@ class ServerSettings:
         doc="longest a batch waits for companions after its oldest request arrived, "
         "only while recent concurrency says they are coming (bnserve.server."
         "batching); 0: run as soon as an instance is free",
+    )
+    busy_queue_delay_us: int = setting(
+        BatchingOptions.busy_queue_delay_us,
+        doc="the same wait while the event loop is busy (its thread on a CPU at least 3/4 of the "
+        "time), where longer: the requests it has not read yet wait inside gRPC meanwhile; "
+        "0: off",
     )
     max_queue_size: int = setting(
         BatchingOptions.max_queue_size,
@@ -636,6 +650,7 @@ class ServerSettings:
             self.instances,
             self.inline_compute_us,
             self.long_call_us,
+            self.busy_queue_delay_us,
         )
         for name in self.model_options:
             self.batching_options(name)
@@ -748,6 +763,7 @@ class ServerSettings:
             coalesce=self.dynamic_batching,
             inline_compute_us=self.inline_compute_us,
             long_call_us=self.long_call_us,
+            busy_queue_delay_us=self.busy_queue_delay_us,
         )
         overrides = self.model_options.get(model, {})
         if overrides:
@@ -760,6 +776,7 @@ class ServerSettings:
                 options.instances,
                 options.inline_compute_us,
                 options.long_call_us,
+                options.busy_queue_delay_us,
             )
         return options
 

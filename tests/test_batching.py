@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bnserve.server.batching import BatchingOptions, DynamicBatcher
+from bnserve.server.batching import BUSY_WINDOW_S, BatchingOptions, DynamicBatcher, LoopBusy
 from bnserve.server.errors import DeadlineExceeded, QueueFull
 from bnserve.server.execution import ModelThreads
 
@@ -47,6 +47,9 @@ def make(model, executor, **options):
     # These tests hold the model inside a call to fill the queue: that call must be on a model thread
     # (held inline, it would hold the event loop). The tests about inline execution set it.
     options.setdefault("inline_compute_us", 0)
+    # Only the tests about a busy event loop wait longer while it is busy: elsewhere a loop busy with the
+    # test itself must not change how long a batch waits.
+    options.setdefault("busy_queue_delay_us", 0)
     return DynamicBatcher(model, ["double", "total"], executor, BatchingOptions(**options))
 
 
@@ -187,6 +190,82 @@ def test_a_batch_leaves_as_soon_as_it_holds_the_expected_companions(executor):
     target, elapsed = asyncio.run(scenario())
     # Waiting for the delay would take 5 s; leaving with the expected companions takes one model call.
     assert model.calls == [target] and elapsed < 5.0
+
+
+def spin(seconds):
+    """Keep this thread on a CPU for ``seconds`` of its own CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+def test_a_thread_that_computes_is_busy_and_one_that_sleeps_is_not():
+    busy = LoopBusy()
+    assert not busy.read()  # the first reading sets the baseline
+    time.sleep(3 * BUSY_WINDOW_S)
+    assert not busy.read()  # asleep, the thread took no CPU at all
+    # Spinning, it takes all the CPU it is given; another process may take some of it, so a few windows
+    # are allowed, but a LoopBusy that never reads busy fails.
+    readings = []
+    for _ in range(20):
+        spin(3 * BUSY_WINDOW_S)
+        readings.append(busy.read())
+        if readings[-1]:
+            break
+    assert readings[-1], readings
+    # Within one window the reading is not taken again: it stays what it was.
+    assert busy.read()
+    time.sleep(3 * BUSY_WINDOW_S)
+    assert not busy.read()
+
+
+def test_a_busy_event_loop_waits_for_companions_up_to_the_busy_delay(executor):
+    """The same two requests 50 ms apart: with the loop idle they leave alone (the queue delay is 1 us); with
+    the loop busy (this coroutine computing on it just before) they share one call, the first having waited
+    up to busy_queue_delay_us for the expected companions."""
+    model = Model()
+    busy_delay_s = 1.0
+    batcher = make(
+        model,
+        executor,
+        max_batch_size=8,
+        max_queue_delay_us=1,
+        busy_queue_delay_us=int(busy_delay_s * 1e6),
+    )
+
+    async def two_requests(computing_s):
+        model.calls.clear()
+        if computing_s:
+            spin(
+                computing_s
+            )  # the next reading's window: this, and the few ms since the last reading
+        else:
+            await asyncio.sleep(
+                0.3
+            )  # the loop idle: whatever came before weighs little in the next reading
+        first = asyncio.create_task(batcher.submit(sample(1), ["double"]))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.submit(sample(2), ["double"]))
+        results = await asyncio.gather(first, second)
+        np.testing.assert_array_equal(results[1]["double"], sample(4))
+        return list(model.calls)
+
+    async def scenario():
+        for _ in range(3):
+            await concurrent_traffic(batcher, model, 8)
+        assert batcher.concurrency > 3  # companions are expected
+        before = batcher.busy_loop_batches
+        idle = await two_requests(0)
+        assert batcher.busy_loop_batches == before
+        for _ in range(10):  # as above: another process may keep the loop's thread off the CPU
+            busy = await two_requests(1.0)
+            if busy == [2]:
+                return idle, busy
+        return idle, busy
+
+    idle, busy = asyncio.run(scenario())
+    assert idle == [1, 1] and busy == [2], (idle, busy)
+    assert batcher.busy_loop_batches >= 1
 
 
 def test_without_delay_a_request_runs_at_once(executor):

@@ -105,6 +105,8 @@ def test_short_calls_run_inline_and_count_like_any_other(exported, tmp_path):
         # waiting for the loop at that moment (how often depends on the machine: 2 of 8 on one pinned core,
         # most of them on two). Sizes 2 and 3 fall in buckets nobody measured yet: a thread.
         assert inline + thread == len(batches) and inline >= 1 and thread >= 2, (inline, thread)
+        # A lone client never waits for companions, so never for the longer wait of a busy loop either.
+        assert metric(text, "bnserve_busy_loop_batches_total", model="m", version="1") == 0
     finally:
         channel.close()
         assert server.stop() == 0

@@ -200,6 +200,31 @@ def test_the_numbers_of_the_probe_are_refused_in_one_line(repository, flags, mes
 
 
 @pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], (1000, 4000)),
+        (["--busy-queue-delay-us", "0"], (1000, 0)),
+        (["--max-queue-delay-us", "200", "--busy-queue-delay-us", "2500"], (200, 2500)),
+        (["--busy-queue-delay-us", "-1"], "--busy-queue-delay-us -1: expected an integer >= 0"),
+        (["--busy-queue-delay-us", "60000001"], "--busy-queue-delay-us 60000001: expected an integer from 0 to 6e+07"),
+        (["--model-option", "m:busy_queue_delay_us=0"], (1000, 0)),
+        (["--model-option", "m:busy_queue_delay_us=-2"], "--model-option m:busy_queue_delay_us -2: expected an integer >= 0"),
+    ],
+)  # fmt: skip
+def test_the_wait_while_the_event_loop_is_busy_is_a_flag_and_a_model_option(
+    tmp_path, flags, expected
+):
+    argv = ["serve", "--repository", str(tmp_path), *flags]
+    if isinstance(expected, str):
+        with pytest.raises(UserError) as caught:
+            settings_from_args(build_parser().parse_args(argv))
+        assert str(caught.value) == expected
+        return
+    options = settings_from_args(build_parser().parse_args(argv)).batching_options("m")
+    assert (options.max_queue_delay_us, options.busy_queue_delay_us) == expected
+
+
+@pytest.mark.parametrize(
     "flags, message",
     [
         (["--grpc-port", "9000", "--http-port", "9000"], "--http-port 9000: the same port as --grpc-port; each needs its own"),
